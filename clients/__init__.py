@@ -1,0 +1,1 @@
+"""Python clients for reversehub (filled in by the clients work)."""

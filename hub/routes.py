@@ -1,0 +1,9 @@
+"""Placeholder: the hub routes (replaced by the real ones)."""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute
+
+
+def routes() -> list[BaseRoute]:
+    return []

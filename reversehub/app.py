@@ -1,0 +1,92 @@
+"""The composition root: the one place that knows both the relay and the hub.
+
+``create_app(settings)`` returns a Starlette app whose lifespan opens the database (migrating it to
+head), the broker and the outbound HTTP client, builds the relay and hub services on ``app.state``
+and runs their background work in one task group. Routes find their service on ``request.app.state``
+(httpx's ASGITransport never delivers lifespan-yielded state, so we do not use it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import httpx
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
+from hub.routes import routes as hub_routes
+from hub.service import Hub
+from relay.routes import routes as relay_routes
+from relay.service import Relay
+from reversehub import db, health
+from reversehub.accesslog import AccessLogMiddleware
+from reversehub.broker import Broker, make_broker
+from reversehub.services import Services
+from reversehub.settings import Settings
+from reversehub.transport import OwnOriginTransport
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    broker: Broker | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Starlette:
+    """Build the app. ``broker`` and ``transport`` (outbound HTTP) may be injected by tests."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        engine = db.create_engine(settings.database_url)
+        try:
+            if settings.migrate:
+                await db.migrate(engine)
+            the_broker = broker if broker is not None else make_broker(settings.redis_url)
+            outbound = transport if transport is not None else httpx.AsyncHTTPTransport()
+            http = httpx.AsyncClient(
+                transport=OwnOriginTransport(app, settings.public_origin, outbound),
+                timeout=httpx.Timeout(settings.delivery_timeout),
+                follow_redirects=False,
+            )
+            services = Services(
+                settings=settings,
+                engine=engine,
+                sessions=db.sessionmaker(engine),
+                broker=the_broker,
+                http=http,
+                metrics=CollectorRegistry(auto_describe=True),
+            )
+            relay = Relay(services)
+            hub = Hub(services)
+            app.state.relay, app.state.hub = relay, hub
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(relay.run)
+                tg.start_soon(hub.run)
+                app.state.services = services
+                logger.info("reversehub serving at %s", settings.public_origin)
+                try:
+                    yield
+                finally:
+                    app.state.services = None
+                    await hub.aclose()
+                    await relay.aclose()
+                    tg.cancel_scope.cancel()
+            await http.aclose()
+            if broker is None:
+                await the_broker.aclose()
+        finally:
+            await engine.dispose()
+
+    app = Starlette(
+        routes=[*health.routes(), *relay_routes(), *hub_routes()],
+        middleware=[Middleware(AccessLogMiddleware)],
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.services = None
+    return app

@@ -1,0 +1,79 @@
+"""The broker seam: what the relay and the hub need from "something between processes".
+
+Three small abilities, each with the semantics both implementations must keep (the contract tests in
+``tests/test_broker.py`` run against each):
+
+- **Queues**: FIFO work queues, every item handed to exactly one consumer. Blocked consumers are
+  served in the order they started waiting (round-robin across pollers). An item taken by a consumer
+  that then cannot use it goes back to the *front* with :meth:`Broker.push_front`, so nothing is lost
+  or reordered. :meth:`Broker.remove` lets a producer withdraw an item nobody took in time; it
+  returns ``False`` when a consumer already has it, which settles the race in one place.
+- **Channels**: fire-and-forget fan-out to every current subscriber on every process.
+- **Keys**: small values with an optional time-to-live, atomic set-if-absent and counters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+
+class BrokerClosed(RuntimeError):
+    """The broker was closed; no more work goes through it."""
+
+
+class Subscription(Protocol):
+    """Messages published on one channel after the subscription started, in publish order."""
+
+    async def get(self) -> bytes:
+        """The next message, waiting as long as it takes (wrap in ``anyio.fail_after`` for a deadline)."""
+        ...
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+
+class Broker(Protocol):
+    # Queues -----------------------------------------------------------------------------------
+    async def push(self, queue: str, item: bytes) -> int:
+        """Append ``item``; return the queue's length after the push."""
+        ...
+
+    async def push_front(self, queue: str, item: bytes) -> None:
+        """Put back an item a consumer took but could not use: it is the next one handed out."""
+        ...
+
+    async def pop(self, queue: str, timeout: float) -> bytes | None:
+        """Take the oldest item, waiting up to ``timeout`` seconds (0: do not wait); None if none came.
+
+        Cancellation never loses an item: one already taken for a cancelled caller goes back to the front.
+        """
+        ...
+
+    async def remove(self, queue: str, item: bytes) -> bool:
+        """Withdraw ``item`` if it is still queued; False if a consumer already took it."""
+        ...
+
+    async def length(self, queue: str) -> int: ...
+
+    # Channels ---------------------------------------------------------------------------------
+    async def publish(self, channel: str, message: bytes) -> None: ...
+
+    def subscribe(self, channel: str) -> AbstractAsyncContextManager[Subscription]:
+        """``async with broker.subscribe(ch) as sub``: subscribed once the block is entered."""
+        ...
+
+    # Keys -------------------------------------------------------------------------------------
+    async def set(self, key: str, value: bytes, ttl: float | None = None, *, nx: bool = False) -> bool:
+        """Store ``value`` (expiring after ``ttl`` seconds); with ``nx`` only if absent. True if stored."""
+        ...
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def delete(self, key: str) -> bool: ...
+
+    async def incr(self, key: str, ttl: float | None = None) -> int:
+        """Add one and return the new value; ``ttl`` is applied when the key is created."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,184 @@
+"""The in-process broker: the embedded default, and the reference for the contract tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from reversehub.broker.base import BrokerClosed
+
+
+class MemorySubscription:
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def get(self) -> bytes:
+        return await self._queue.get()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            yield await self._queue.get()
+
+
+class MemoryBroker:
+    def __init__(self) -> None:
+        self._queues: dict[str, deque[bytes]] = {}
+        self._waiters: dict[str, deque[asyncio.Future[bytes]]] = {}
+        self._channels: dict[str, set[MemorySubscription]] = {}
+        self._keys: dict[str, tuple[bytes, float | None]] = {}
+        self._closed = False
+
+    def _check(self) -> None:
+        if self._closed:
+            raise BrokerClosed("broker is closed")
+
+    # Queues -----------------------------------------------------------------------------------
+    def _hand_over(self, queue: str, item: bytes) -> bool:
+        """Give ``item`` straight to the longest-waiting consumer, if any is still waiting."""
+        waiters = self._waiters.get(queue)
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(item)
+                if not waiters:
+                    del self._waiters[queue]
+                return True
+        self._waiters.pop(queue, None)
+        return False
+
+    async def push(self, queue: str, item: bytes) -> int:
+        self._check()
+        if self._hand_over(queue, item):
+            return len(self._queues.get(queue, ()))
+        q = self._queues.setdefault(queue, deque())
+        q.append(item)
+        return len(q)
+
+    async def push_front(self, queue: str, item: bytes) -> None:
+        self._check()
+        if not self._hand_over(queue, item):
+            self._queues.setdefault(queue, deque()).appendleft(item)
+
+    async def pop(self, queue: str, timeout: float) -> bytes | None:
+        self._check()
+        q = self._queues.get(queue)
+        if q:
+            item = q.popleft()
+            if not q:
+                del self._queues[queue]
+            return item
+        if timeout <= 0:
+            return None
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(queue, deque()).append(fut)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            return self._abandon(queue, fut)
+        except asyncio.CancelledError:
+            item = self._abandon(queue, fut)
+            if item is not None:
+                await self.push_front(queue, item)
+            raise
+
+    def _abandon(self, queue: str, fut: asyncio.Future[bytes]) -> bytes | None:
+        """Stop waiting; an item that was handed over in the meantime is returned, not lost."""
+        if fut.done():
+            return fut.result()
+        fut.cancel()
+        waiters = self._waiters.get(queue)
+        if waiters is not None:
+            try:
+                waiters.remove(fut)
+            except ValueError:
+                pass
+            if not waiters:
+                del self._waiters[queue]
+        return None
+
+    async def remove(self, queue: str, item: bytes) -> bool:
+        q = self._queues.get(queue)
+        if not q:
+            return False
+        try:
+            q.remove(item)
+        except ValueError:
+            return False
+        if not q:
+            del self._queues[queue]
+        return True
+
+    async def length(self, queue: str) -> int:
+        return len(self._queues.get(queue, ()))
+
+    # Channels ---------------------------------------------------------------------------------
+    async def publish(self, channel: str, message: bytes) -> None:
+        self._check()
+        for sub in self._channels.get(channel, ()):
+            sub._queue.put_nowait(message)
+
+    @asynccontextmanager
+    async def subscribe(self, channel: str) -> AsyncIterator[MemorySubscription]:
+        self._check()
+        sub = MemorySubscription()
+        self._channels.setdefault(channel, set()).add(sub)
+        try:
+            yield sub
+        finally:
+            subs = self._channels.get(channel)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._channels[channel]
+
+    # Keys -------------------------------------------------------------------------------------
+    def _live(self, key: str) -> bytes | None:
+        entry = self._keys.get(key)
+        if entry is None:
+            return None
+        value, expires = entry
+        if expires is not None and expires <= time.monotonic():
+            del self._keys[key]
+            return None
+        return value
+
+    async def set(self, key: str, value: bytes, ttl: float | None = None, *, nx: bool = False) -> bool:
+        self._check()
+        if nx and self._live(key) is not None:
+            return False
+        self._keys[key] = (value, time.monotonic() + ttl if ttl is not None else None)
+        if len(self._keys) % 4096 == 0:
+            self._sweep()
+        return True
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, (_, exp) in self._keys.items() if exp is not None and exp <= now]:
+            del self._keys[key]
+
+    async def get(self, key: str) -> bytes | None:
+        return self._live(key)
+
+    async def delete(self, key: str) -> bool:
+        return self._live(key) is not None and self._keys.pop(key, None) is not None
+
+    async def incr(self, key: str, ttl: float | None = None) -> int:
+        self._check()
+        current = self._live(key)
+        if current is None:
+            self._keys[key] = (b"1", time.monotonic() + ttl if ttl is not None else None)
+            return 1
+        value = int(current) + 1
+        self._keys[key] = (str(value).encode(), self._keys[key][1])
+        return value
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for waiters in self._waiters.values():
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_exception(BrokerClosed("broker is closed"))
+        self._waiters.clear()

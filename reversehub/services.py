@@ -1,0 +1,24 @@
+"""What every component gets from the composition root: settings, database, broker, outbound HTTP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+from prometheus_client import CollectorRegistry
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from reversehub.broker import Broker
+from reversehub.settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    broker: Broker
+    # Outbound HTTP (verification, delivery, feed fetches). Requests to our own public origin are
+    # served in-process by the app itself (see reversehub.transport.OwnOriginTransport).
+    http: httpx.AsyncClient
+    metrics: CollectorRegistry

@@ -1,0 +1,30 @@
+"""Outbound HTTP that short-cuts requests to our own public origin into the app itself.
+
+A subscriber whose callback is one of our relay URLs is reached without a socket: the hub simply
+POSTs, and this transport hands the request to the ASGI app, which relays it to the poller. Every
+other URL goes out through the real transport.
+"""
+
+from __future__ import annotations
+
+import httpx
+from starlette.types import ASGIApp
+
+
+class OwnOriginTransport(httpx.AsyncBaseTransport):
+    def __init__(self, app: ASGIApp, origin: str, outbound: httpx.AsyncBaseTransport) -> None:
+        self._own = httpx.ASGITransport(app=app, client=("127.0.0.1", 0))
+        url = httpx.URL(origin)
+        self._scheme, self._host, self._port = url.scheme, url.host, url.port
+        self._outbound = outbound
+
+    def is_own(self, url: httpx.URL) -> bool:
+        return (url.scheme, url.host, url.port) == (self._scheme, self._host, self._port)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.is_own(request.url):
+            return await self._own.handle_async_request(request)
+        return await self._outbound.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._outbound.aclose()
