@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
+from clients.web import routes as client_routes
 from hub.routes import routes as hub_routes
 from hub.service import Hub
 from relay.routes import routes as relay_routes
@@ -83,7 +84,7 @@ def create_app(
             await engine.dispose()
 
     app = Starlette(
-        routes=[*health.routes(), *relay_routes(), *hub_routes()],
+        routes=[*health.routes(), *relay_routes(), *hub_routes(), *client_routes()],
         middleware=[Middleware(AccessLogMiddleware)],
         lifespan=lifespan,
     )
