@@ -35,16 +35,40 @@ def serve_options(f: Any) -> Any:
         [
             ("host", {"default": defaults.host, "help": "Interface to listen on."}),
             ("port", {"default": defaults.port, "type": int, "help": "Port to listen on."}),
-            ("database-url", {"default": defaults.database_url, "help": "SQLAlchemy URL (sqlite:///…, postgresql://…)."}),
+            (
+                "database-url",
+                {"default": defaults.database_url, "help": "SQLAlchemy URL (sqlite:///…, postgresql://…)."},
+            ),
             ("redis-url", {"default": None, "help": "Redis URL for the shared broker (scale-out)."}),
             ("public-url", {"default": None, "help": "How the world reaches this server [default: http://HOST:PORT]."}),
-            ("allow-private-networks", {"is_flag": True, "default": False,
-                                        "help": "Allow callbacks and topic fetches to loopback/private addresses."}),
-            ("poll-timeout", {"default": defaults.poll_timeout, "type": float, "help": "A held poll ends in 204 after S."}),
-            ("unavailable-timeout", {"default": defaults.unavailable_timeout, "type": float,
-                                     "help": "No poller within S: 504 to the requester."}),
-            ("reply-timeout", {"default": defaults.reply_timeout, "type": float,
-                               "help": "Delivered but unanswered within S: 504 to the requester."}),
+            (
+                "allow-private-networks",
+                {
+                    "is_flag": True,
+                    "default": False,
+                    "help": "Allow callbacks and topic fetches to loopback/private addresses.",
+                },
+            ),
+            (
+                "poll-timeout",
+                {"default": defaults.poll_timeout, "type": float, "help": "A held poll ends in 204 after S."},
+            ),
+            (
+                "unavailable-timeout",
+                {
+                    "default": defaults.unavailable_timeout,
+                    "type": float,
+                    "help": "No poller within S: 504 to the requester.",
+                },
+            ),
+            (
+                "reply-timeout",
+                {
+                    "default": defaults.reply_timeout,
+                    "type": float,
+                    "help": "Delivered but unanswered within S: 504 to the requester.",
+                },
+            ),
             ("workers", {"default": 1, "type": int, "help": "Worker processes (needs --redis-url when > 1)."}),
             ("log-level", {"default": "info", "type": click.Choice(["debug", "info", "warning", "error"])}),
         ]

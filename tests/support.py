@@ -93,7 +93,9 @@ def bound_socket() -> socket.socket:
     return sock
 
 
-async def wait_for(condition: Callable[[], bool | Awaitable[bool]], timeout: float = 10, interval: float = 0.01) -> None:
+async def wait_for(
+    condition: Callable[[], bool | Awaitable[bool]], timeout: float = 10, interval: float = 0.01
+) -> None:
     """Poll ``condition`` until true, failing after ``timeout`` seconds (never a bare sleep)."""
     deadline = time.monotonic() + timeout
     while True:
