@@ -6,9 +6,9 @@ as one. Durable state never goes through here: that is the database's job.
 
 from __future__ import annotations
 
-from reversehub.broker.base import Broker, BrokerClosed, Subscription
+from reversehub.broker.base import Broker, BrokerClosed, BrokerUnavailable, Subscription
 
-__all__ = ["Broker", "BrokerClosed", "Subscription", "make_broker"]
+__all__ = ["Broker", "BrokerClosed", "BrokerUnavailable", "Subscription", "make_broker"]
 
 
 def make_broker(redis_url: str | None) -> Broker:

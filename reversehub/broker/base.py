@@ -23,6 +23,10 @@ class BrokerClosed(RuntimeError):
     """The broker was closed; no more work goes through it."""
 
 
+class BrokerUnavailable(RuntimeError):
+    """The broker's server (Redis) cannot be reached right now; the relay answers 503."""
+
+
 class Subscription(Protocol):
     """Messages published on one channel after the subscription started, in publish order."""
 

@@ -1,0 +1,497 @@
+"""The Redis broker: any number of processes, on any hosts, share queues, channels and keys.
+
+Layout in Redis (every name starts with the prefix, ``reversehub:`` unless the URL says
+``?prefix=...``, so several deployments or test runs can share one server):
+
+- ``{prefix}q:{queue}`` is a list (RPUSH at the back, LPUSH at the front, LPOP to take). Each push
+  also publishes on ``{prefix}qn:{queue}`` so that processes with consumers waiting on that queue
+  try to take it at once.
+- ``{prefix}ch:{channel}`` is a pub/sub channel.
+- ``{prefix}k:{key}`` is a plain string with an optional PX expiry.
+
+Why no BLPOP: a blocked BLPOP holds a whole Redis connection. 10,000 idle pollers would need 10,000
+connections (Redis's default ``maxclients``). Instead each process keeps ONE pub/sub connection that
+multiplexes every subscription, and one small task per queue with local waiters, which takes items
+with LPOP when a push notification (or a new waiter) arrives and hands them to its waiters in the
+order they started waiting. Across processes, whichever process's LPOP comes first wins; an item
+is still handed to exactly one consumer because LPOP is atomic.
+
+Failures: a Redis error on a command raises :class:`BrokerUnavailable` (the relay answers 503).
+The pub/sub connection reconnects by itself with backoff and resubscribes; while it is down, channel
+messages are missed (channels are fire-and-forget) and queue waiters are woken to look again once
+it is back, so no queued item waits for a notification that was lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from reversehub.broker.base import BrokerClosed, BrokerUnavailable
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+DEFAULT_PREFIX = "reversehub:"
+
+# INCR, and on creation PEXPIRE, in one atomic step (a crash between the two would leave a counter
+# that never expires).
+_INCR = """
+local v = redis.call('INCR', KEYS[1])
+if v == 1 and tonumber(ARGV[1]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return v
+"""
+
+# A sink receives a message, or None meaning "(re)subscribed: you may have missed messages".
+Sink = Callable[[bytes | None], None]
+
+
+def split_prefix(url: str) -> tuple[str, str]:
+    """``redis://h/0?prefix=x:`` -> (``redis://h/0``, ``x:``); other query parameters stay for redis-py."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefix = next((v for k, v in query if k == "prefix"), DEFAULT_PREFIX)
+    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
+    return urlunsplit(parts._replace(query=rest)), prefix
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """Redis connection trouble becomes BrokerUnavailable where it enters (STYLE: translate at the boundary)."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
+    except RedisError as exc:
+        raise BrokerUnavailable(f"redis error: {exc}") from exc
+
+
+class RedisSubscription:
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    def _sink(self, message: bytes | None) -> None:
+        if message is not None:
+            self._queue.put_nowait(message)
+
+    def _close(self) -> None:
+        self._queue.put_nowait(None)
+
+    async def get(self) -> bytes:
+        message = await self._queue.get()
+        if message is None:
+            self._queue.put_nowait(None)  # every later get() fails too
+            raise BrokerClosed("broker is closed")
+        return message
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            yield await self.get()
+
+
+class _Waiters:
+    """Consumers of one queue waiting in this process, and the task that feeds them."""
+
+    def __init__(self) -> None:
+        self.futures: deque[asyncio.Future[bytes]] = deque()
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+
+class _PubSub:
+    """ONE pub/sub connection per broker, multiplexing every channel and dispatching locally.
+
+    A per-subscription SUBSCRIBE connection would cost a connection and a round trip per relayed
+    request; here a channel is subscribed on Redis once, while at least one local sink listens.
+    """
+
+    def __init__(self, pool: aioredis.ConnectionPool, connect_timeout: float) -> None:
+        self._conn: AbstractConnection = pool.make_connection()  # type: ignore[no-untyped-call]
+        self._connect_timeout = connect_timeout
+        self._sinks: dict[bytes, set[Sink]] = {}
+        self._acks: dict[bytes, deque[asyncio.Future[None]]] = {}
+        self._connected = asyncio.Event()
+        self._write = asyncio.Lock()
+        self._reader: asyncio.Task[None] | None = None
+
+    def _start(self) -> None:
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read_loop(), name="reversehub-redis-pubsub")
+
+    async def _send(self, *args: bytes) -> None:
+        try:
+            await asyncio.wait_for(self._connected.wait(), self._connect_timeout)
+        except TimeoutError:
+            raise BrokerUnavailable("redis unavailable: pub/sub connection is down") from None
+        async with self._write:
+            with _translated():
+                await self._conn.send_command(*args, check_health=False)
+
+    async def add(self, channel: bytes, sink: Sink) -> None:
+        """Register ``sink``; returns once Redis has acknowledged the subscription."""
+        self._start()
+        sinks = self._sinks.get(channel)
+        if sinks is not None:
+            sinks.add(sink)
+            pending = self._acks.get(channel)
+            if pending:  # the first subscriber's SUBSCRIBE is still on its way
+                try:
+                    await asyncio.wait_for(asyncio.shield(pending[-1]), self._connect_timeout)
+                except BaseException:
+                    await self.discard(channel, sink)
+                    raise
+            return
+        self._sinks[channel] = {sink}
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._acks.setdefault(channel, deque()).append(ack)
+        try:
+            await self._send(b"SUBSCRIBE", channel)
+            await asyncio.wait_for(asyncio.shield(ack), self._connect_timeout)
+        except BaseException as exc:
+            pending = self._acks.get(channel)
+            if pending is not None and ack in pending:
+                pending.remove(ack)  # so that a later acknowledgement resolves a later SUBSCRIBE
+                if not pending:
+                    del self._acks[channel]
+            await self.discard(channel, sink)
+            if isinstance(exc, TimeoutError):
+                raise BrokerUnavailable("redis unavailable: no SUBSCRIBE acknowledgement") from None
+            raise
+
+    async def discard(self, channel: bytes, sink: Sink) -> None:
+        sinks = self._sinks.get(channel)
+        if sinks is None:
+            return
+        sinks.discard(sink)
+        if sinks:
+            return
+        del self._sinks[channel]
+        if self._connected.is_set():
+            try:
+                await self._send(b"UNSUBSCRIBE", channel)
+            except BrokerUnavailable:
+                pass  # the connection went away, and the subscription with it
+
+    async def _read_loop(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                if not self._connected.is_set():
+                    await self._conn.connect()  # type: ignore[no-untyped-call]
+                    if self._sinks:  # after a reconnect: resubscribe all, the acks wake queue waiters
+                        await self._conn.send_command(b"SUBSCRIBE", *self._sinks, check_health=False)
+                    self._connected.set()
+                    backoff = 0.05
+                response = await self._conn.read_response(timeout=math.inf, push_request=True)
+            except (RedisError, OSError) as exc:
+                if self._connected.is_set():
+                    logger.warning("redis pub/sub connection lost (%s); reconnecting", exc)
+                self._connected.clear()
+                await self._conn.disconnect(nowait=True)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            self._dispatch(response)
+
+    def _dispatch(self, response: Any) -> None:
+        if not isinstance(response, list) or len(response) < 3:
+            return
+        kind, channel, payload = response[0], response[1], response[2]
+        if kind == b"message":
+            for sink in list(self._sinks.get(channel, ())):
+                sink(payload)
+        elif kind == b"subscribe":
+            pending = self._acks.get(channel)
+            if pending:
+                ack = pending.popleft()
+                if not pending:
+                    del self._acks[channel]
+                if not ack.done():
+                    ack.set_result(None)
+            for sink in list(self._sinks.get(channel, ())):
+                sink(None)
+
+    async def aclose(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            try:
+                await self._reader
+            except asyncio.CancelledError:
+                pass
+        for pending in self._acks.values():
+            for ack in pending:
+                if not ack.done():
+                    ack.set_exception(BrokerClosed("broker is closed"))
+        self._acks.clear()
+        self._sinks.clear()
+        await self._conn.disconnect(nowait=True)
+
+
+class RedisBroker:
+    """The broker over Redis. ``url`` is a redis:// URL, optionally with ``?prefix=name:``."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str | None = None,
+        connect_timeout: float = 2.0,
+        command_timeout: float = 5.0,
+        linger: float = 2.0,
+        max_connections: int = 64,
+    ) -> None:
+        url, url_prefix = split_prefix(url)
+        self.prefix = prefix if prefix is not None else url_prefix
+        # Short retries: a Redis restart is survived, an outage is reported at once (the relay: 503).
+        # Bursts of commands wait for one of ``max_connections`` instead of failing.
+        self._pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=command_timeout,
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=command_timeout,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
+        self._redis = aioredis.Redis(connection_pool=self._pool)
+        self._incr = self._redis.register_script(_INCR)
+        self._pubsub = _PubSub(self._pool, connect_timeout)
+        self._waiting: dict[str, _Waiters] = {}
+        self._subscriptions: set[RedisSubscription] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        # How long a queue's feeder task stays subscribed after its last waiter left, so that a busy
+        # poller's next poll does not pay for a SUBSCRIBE round trip.
+        self._linger = linger
+        self._closed = False
+
+    def _check(self) -> None:
+        if self._closed:
+            raise BrokerClosed("broker is closed")
+
+    async def _run(self, command: Awaitable[T]) -> T:
+        with _translated():
+            return await command
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` outside the caller's cancellation (a put-back must happen even if the caller is gone)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _q(self, queue: str) -> str:
+        return f"{self.prefix}q:{queue}"
+
+    def _qn(self, queue: str) -> bytes:
+        return f"{self.prefix}qn:{queue}".encode()
+
+    def _ch(self, channel: str) -> bytes:
+        return f"{self.prefix}ch:{channel}".encode()
+
+    def _k(self, key: str) -> str:
+        return f"{self.prefix}k:{key}"
+
+    # Queues -----------------------------------------------------------------------------------
+    async def push(self, queue: str, item: bytes) -> int:
+        self._check()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.rpush(self._q(queue), item)
+            pipe.publish(self._qn(queue), b"")
+            length, _ = await self._run(pipe.execute())
+        return int(length)
+
+    async def push_front(self, queue: str, item: bytes) -> None:
+        self._check()
+        await self._put_back(queue, item)
+
+    async def _put_back(self, queue: str, item: bytes) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.lpush(self._q(queue), item)
+            pipe.publish(self._qn(queue), b"")
+            await self._run(pipe.execute())
+
+    async def _take(self, queue: str) -> bytes | None:
+        """LPOP that survives the caller's cancellation: an item popped for a cancelled caller goes back."""
+        task: asyncio.Task[bytes | None] = asyncio.get_running_loop().create_task(
+            self._run(self._redis.lpop(self._q(queue)))  # type: ignore[arg-type]
+        )
+        self._background.add(task)  # aclose() waits for it
+        task.add_done_callback(self._background.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+
+            def put_back(t: asyncio.Task[bytes | None]) -> None:
+                if not t.cancelled() and t.exception() is None and (item := t.result()) is not None:
+                    self._spawn(self._put_back(queue, item))
+
+            task.add_done_callback(put_back)
+            raise
+
+    async def pop(self, queue: str, timeout: float) -> bytes | None:
+        self._check()
+        waiters = self._waiting.get(queue)
+        if waiters is None or not waiters.futures:
+            item = await self._take(queue)
+            if item is not None:
+                return item
+        if timeout <= 0:
+            return None
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        waiters = self._waiting.get(queue)
+        if waiters is None:
+            waiters = self._waiting[queue] = _Waiters()
+        waiters.futures.append(fut)
+        if waiters.task is None:
+            waiters.task = asyncio.get_running_loop().create_task(self._feed(queue, waiters))
+        waiters.wake.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            return self._abandon(waiters, fut)
+        except asyncio.CancelledError:
+            item = self._abandon(waiters, fut)
+            if item is not None:
+                self._spawn(self._put_back(queue, item))
+            raise
+
+    def _abandon(self, waiters: _Waiters, fut: asyncio.Future[bytes]) -> bytes | None:
+        """Stop waiting; an item that was handed over in the meantime is returned, not lost."""
+        if fut.done():
+            return fut.result() if not fut.cancelled() and fut.exception() is None else None
+        fut.cancel()
+        try:
+            waiters.futures.remove(fut)
+        except ValueError:
+            pass
+        if not waiters.futures:
+            waiters.wake.set()  # let the feeder notice it has nobody to feed
+        return None
+
+    async def _feed(self, queue: str, waiters: _Waiters) -> None:
+        """Take items for this process's waiters on ``queue``, oldest waiter first."""
+        futures = waiters.futures
+        try:
+            async with self._listening(self._qn(queue), lambda _msg: waiters.wake.set()):
+                while True:
+                    waiters.wake.clear()
+                    while futures and futures[0].done():
+                        futures.popleft()
+                    if not futures:
+                        try:
+                            await asyncio.wait_for(waiters.wake.wait(), self._linger)
+                        except TimeoutError:
+                            if not futures:
+                                break
+                        continue
+                    item = await self._take(queue)
+                    if item is None:
+                        await waiters.wake.wait()  # a push, a new waiter, a resubscribe, or the last waiter left
+                        continue
+                    while futures:
+                        fut = futures.popleft()
+                        if not fut.done():
+                            fut.set_result(item)
+                            break
+                    else:
+                        await self._put_back(queue, item)  # everybody left meanwhile: it is the next one out
+        except Exception as exc:
+            if not isinstance(exc, BrokerUnavailable | BrokerClosed):
+                logger.exception("redis queue feeder failed")
+            for fut in futures:
+                if not fut.done():
+                    fut.set_exception(exc)
+            futures.clear()
+        finally:
+            # Synchronously with the last check above: a pop() arriving now starts a new feeder.
+            if self._waiting.get(queue) is waiters:
+                del self._waiting[queue]
+
+    async def remove(self, queue: str, item: bytes) -> bool:
+        self._check()
+        return int(await self._run(self._redis.lrem(self._q(queue), 1, item))) > 0  # type: ignore[arg-type]
+
+    async def length(self, queue: str) -> int:
+        self._check()
+        return int(await self._run(self._redis.llen(self._q(queue))))
+
+    # Channels ---------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def _listening(self, channel: bytes, sink: Sink) -> AsyncIterator[None]:
+        await self._pubsub.add(channel, sink)
+        try:
+            yield
+        finally:
+            if not self._closed:
+                await asyncio.shield(self._pubsub.discard(channel, sink))
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        self._check()
+        await self._run(self._redis.publish(self._ch(channel), message))
+
+    @asynccontextmanager
+    async def subscribe(self, channel: str) -> AsyncIterator[RedisSubscription]:
+        self._check()
+        sub = RedisSubscription()
+        async with self._listening(self._ch(channel), sub._sink):
+            self._subscriptions.add(sub)
+            try:
+                yield sub
+            finally:
+                self._subscriptions.discard(sub)
+
+    # Keys -------------------------------------------------------------------------------------
+    async def set(self, key: str, value: bytes, ttl: float | None = None, *, nx: bool = False) -> bool:
+        self._check()
+        px = max(1, math.ceil(ttl * 1000)) if ttl is not None else None
+        return bool(await self._run(self._redis.set(self._k(key), value, px=px, nx=nx)))
+
+    async def get(self, key: str) -> bytes | None:
+        self._check()
+        value = await self._run(self._redis.get(self._k(key)))
+        return value.encode() if isinstance(value, str) else value
+
+    async def delete(self, key: str) -> bool:
+        self._check()
+        return int(await self._run(self._redis.delete(self._k(key)))) > 0
+
+    async def incr(self, key: str, ttl: float | None = None) -> int:
+        self._check()
+        px = max(1, math.ceil(ttl * 1000)) if ttl is not None else 0
+        return int(await self._run(self._incr(keys=[self._k(key)], args=[px])))
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        feeders = [w.task for w in self._waiting.values() if w.task is not None]
+        for waiters in self._waiting.values():
+            for fut in waiters.futures:
+                if not fut.done():
+                    fut.set_exception(BrokerClosed("broker is closed"))
+            waiters.futures.clear()
+            waiters.wake.set()
+        for task in feeders:
+            task.cancel()
+        await asyncio.gather(*feeders, return_exceptions=True)
+        # Put-backs of items taken for cancelled consumers must reach Redis before we hang up.
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        for sub in self._subscriptions:
+            sub._close()
+        await self._pubsub.aclose()
+        await self._redis.aclose()
+        await self._pool.disconnect()

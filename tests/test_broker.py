@@ -1,0 +1,351 @@
+"""The broker contract (reversehub/broker/base.py), run against every implementation.
+
+``make()`` gives "another process": a second RedisBroker on the same Redis and prefix, or the very
+same MemoryBroker (one process is all it serves).
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import anyio
+import pytest
+
+from reversehub.broker import Broker, BrokerClosed, BrokerUnavailable
+from reversehub.broker.memory import MemoryBroker
+from reversehub.broker.redis import RedisBroker, split_prefix
+from tests.support import wait_for
+
+pytestmark = pytest.mark.anyio
+
+Make = Callable[[], Broker]
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def make(request: pytest.FixtureRequest) -> AsyncIterator[Make]:
+    if request.param == "memory":
+        memory = MemoryBroker()
+        yield lambda: memory
+        await memory.aclose()
+        return
+    url = request.getfixturevalue("redis_url")
+    prefix = f"reversehub-test:{uuid.uuid4().hex}:"
+    made: list[RedisBroker] = []
+
+    def factory() -> Broker:
+        made.append(RedisBroker(url, prefix=prefix, linger=0.2))
+        return made[-1]
+
+    yield factory
+    for b in made:
+        await b.aclose()
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(url)
+    keys = [k async for k in r.scan_iter(match=prefix + "*")]
+    if keys:
+        await r.delete(*keys)
+    await r.aclose()
+
+
+@pytest.fixture
+def broker(make: Make) -> Broker:
+    return make()
+
+
+def waiting(b: Broker, queue: str) -> int:
+    """Consumers blocked in pop() on ``queue`` in this broker (implementation detail, tests only)."""
+    if isinstance(b, MemoryBroker):
+        return sum(not f.done() for f in b._waiters.get(queue, ()))
+    assert isinstance(b, RedisBroker)
+    w = b._waiting.get(queue)
+    return 0 if w is None else sum(not f.done() for f in w.futures)
+
+
+async def drain(b: Broker, queue: str, timeout: float = 0.3) -> list[bytes]:
+    items = []
+    while (item := await b.pop(queue, timeout)) is not None:
+        items.append(item)
+    return items
+
+
+# Queues ---------------------------------------------------------------------------------------
+async def test_fifo_and_lengths(broker: Broker) -> None:
+    assert await broker.push("q", b"a") == 1
+    assert await broker.push("q", b"b") == 2
+    assert await broker.push("q", b"c") == 3
+    assert await broker.length("q") == 3
+    assert [await broker.pop("q", 0) for _ in range(3)] == [b"a", b"b", b"c"]
+    assert await broker.length("q") == 0
+    assert await broker.pop("q", 0) is None
+
+
+async def test_pop_times_out_with_none(broker: Broker) -> None:
+    with anyio.fail_after(2):
+        assert await broker.pop("empty", 0.05) is None
+    assert waiting(broker, "empty") == 0
+
+
+async def test_push_front_is_next_out(broker: Broker) -> None:
+    await broker.push("q", b"a")
+    await broker.push("q", b"b")
+    await broker.push_front("q", b"z")
+    assert await drain(broker, "q", 0) == [b"z", b"a", b"b"]
+
+
+@pytest.mark.parametrize("method", ["push", "push_front"])
+async def test_a_push_wakes_a_consumer_on_another_process(make: Make, method: str) -> None:
+    consumer, producer = make(), make()
+    got: list[bytes | None] = []
+    async with anyio.create_task_group() as tg:
+
+        async def consume() -> None:
+            got.append(await consumer.pop("q", 5))
+
+        tg.start_soon(consume)
+        await wait_for(lambda: waiting(consumer, "q") == 1)
+        with anyio.fail_after(2):
+            await getattr(producer, method)("q", b"hello")
+    assert got == [b"hello"]
+
+
+async def test_waiting_consumers_are_served_in_order(broker: Broker, make: Make) -> None:
+    got: list[tuple[int, bytes | None]] = []
+    async with anyio.create_task_group() as tg:
+        for n in range(4):
+
+            async def consume(n: int = n) -> None:
+                got.append((n, await broker.pop("q", 5)))
+
+            tg.start_soon(consume)
+            await wait_for(lambda n=n: waiting(broker, "q") == n + 1)
+        producer = make()
+        for item in (b"0", b"1", b"2", b"3"):
+            await producer.push("q", item)
+    assert sorted(got) == [(0, b"0"), (1, b"1"), (2, b"2"), (3, b"3")]
+
+
+async def test_every_item_goes_to_exactly_one_consumer(make: Make) -> None:
+    processes = [make(), make(), make()]
+    pushed = [f"item-{i}".encode() for i in range(300)]
+    got: list[bytes] = []
+    async with anyio.create_task_group() as tg:
+        for i in range(12):
+
+            async def consume(b: Broker = processes[i % 3]) -> None:
+                while (item := await b.pop("q", 0.5)) is not None:
+                    got.append(item)
+
+            tg.start_soon(consume)
+        for n, item in enumerate(pushed):
+            await processes[n % 3].push("q", item)
+    assert sorted(got) == sorted(pushed)
+    assert len(got) == len(set(got))
+
+
+async def test_cancellation_never_loses_an_item(broker: Broker, make: Make) -> None:
+    """Cancel consumers at random moments while items arrive: every item is popped or still queued."""
+    producer = make()
+    rng = random.Random(1234)
+    pushed: list[bytes] = []
+    delivered: list[bytes] = []
+    for round_ in range(60):
+        async with anyio.create_task_group() as tg:
+
+            async def consume(scope: anyio.CancelScope) -> None:
+                with scope:
+                    item = await broker.pop("q", 2)
+                    if item is not None:
+                        delivered.append(item)
+
+            scope = anyio.CancelScope()
+            tg.start_soon(consume, scope)
+            for _ in range(rng.randrange(4)):
+                await anyio.lowlevel.checkpoint()
+            item = f"item-{round_}".encode()
+            pushed.append(item)
+            await producer.push("q", item)
+            for _ in range(rng.randrange(6)):
+                await anyio.lowlevel.checkpoint()
+            scope.cancel()
+    remaining = await drain(producer, "q")
+    assert sorted(delivered + remaining) == sorted(pushed)
+    assert len(delivered) + len(remaining) == len(pushed)
+
+
+async def test_remove_settles_the_race_with_consumers(broker: Broker) -> None:
+    await broker.push("q", b"a")
+    await broker.push("q", b"b")
+    assert await broker.remove("q", b"a") is True
+    assert await broker.remove("q", b"a") is False  # already withdrawn
+    assert await broker.pop("q", 0) == b"b"
+    assert await broker.remove("q", b"b") is False  # a consumer has it
+    assert await broker.remove("never", b"x") is False
+
+
+async def test_remove_withdraws_only_one_copy(broker: Broker) -> None:
+    for item in (b"x", b"y", b"x"):
+        await broker.push("q", item)
+    assert await broker.remove("q", b"x") is True
+    assert await drain(broker, "q", 0) == [b"y", b"x"]
+
+
+# Channels -------------------------------------------------------------------------------------
+async def test_channels_fan_out_to_every_subscriber_on_every_process(make: Make) -> None:
+    a, b, publisher = make(), make(), make()
+    async with a.subscribe("ch") as sub_a, b.subscribe("ch") as sub_b, a.subscribe("ch") as sub_a2:
+        for m in (b"1", b"2", b"3"):
+            await publisher.publish("ch", m)  # right after subscribe: must not be missed
+        with anyio.fail_after(2):
+            for sub in (sub_a, sub_b, sub_a2):
+                assert [await sub.get() for _ in range(3)] == [b"1", b"2", b"3"]
+
+
+async def test_channels_are_separate_and_leaving_is_clean(make: Make) -> None:
+    a, publisher = make(), make()
+    async with a.subscribe("one") as one:
+        async with a.subscribe("two") as two:
+            await publisher.publish("two", b"for two")
+            await publisher.publish("one", b"for one")
+            with anyio.fail_after(2):
+                assert await two.get() == b"for two"
+                assert await one.get() == b"for one"
+        await publisher.publish("two", b"nobody listens")
+        await publisher.publish("one", b"again")
+        with anyio.fail_after(2):
+            assert await one.get() == b"again"
+    async with a.subscribe("two") as two_again:  # subscribe again after leaving
+        await publisher.publish("two", b"back")
+        with anyio.fail_after(2):
+            assert await two_again.get() == b"back"
+
+
+async def test_subscription_iterates(broker: Broker) -> None:
+    async with broker.subscribe("ch") as sub:
+        await broker.publish("ch", b"x")
+        await broker.publish("ch", b"y")
+        got = []
+        with anyio.fail_after(2):
+            async for m in sub:
+                got.append(m)
+                if len(got) == 2:
+                    break
+    assert got == [b"x", b"y"]
+
+
+# Keys -----------------------------------------------------------------------------------------
+async def test_keys_set_get_delete(make: Make) -> None:
+    a, b = make(), make()
+    assert await a.get("k") is None
+    assert await a.set("k", b"v") is True
+    assert await b.get("k") == b"v"
+    assert await b.set("k", b"w", nx=True) is False
+    assert await a.get("k") == b"v"
+    assert await a.set("k", b"w") is True
+    assert await a.get("k") == b"w"
+    assert await b.delete("k") is True
+    assert await a.delete("k") is False
+    assert await a.set("k", b"new", nx=True) is True
+
+
+async def test_keys_expire(broker: Broker) -> None:
+    assert await broker.set("short", b"v", ttl=0.05) is True
+    assert await broker.set("long", b"v", ttl=60) is True
+    await wait_for(lambda: _is_none(broker.get("short")), timeout=2)
+    assert await broker.set("short", b"again", ttl=60, nx=True) is True  # expired counts as absent
+    assert await broker.get("long") == b"v"
+
+
+async def _is_none(value: object) -> bool:
+    return await value is None  # type: ignore[misc]
+
+
+async def test_incr_counts_and_ttl_applies_on_creation(make: Make) -> None:
+    a, b = make(), make()
+    assert await a.incr("n", ttl=0.2) == 1
+    assert await b.incr("n", ttl=60) == 2  # the ttl of an existing counter is left alone
+    assert await a.incr("n") == 3
+    await wait_for(lambda: _is_none(a.get("n")), timeout=2)
+    assert await b.incr("n") == 1
+    assert await a.incr("forever") == 1
+    assert await a.get("forever") == b"1"
+
+
+# Closing --------------------------------------------------------------------------------------
+async def test_closed_broker_raises(make: Make) -> None:
+    b = make()
+    await b.aclose()
+    with pytest.raises(BrokerClosed):
+        await b.push("q", b"x")
+    with pytest.raises(BrokerClosed):
+        await b.push_front("q", b"x")
+    with pytest.raises(BrokerClosed):
+        await b.pop("q", 0)
+    with pytest.raises(BrokerClosed):
+        await b.publish("ch", b"x")
+    with pytest.raises(BrokerClosed):
+        async with b.subscribe("ch"):
+            pass
+    with pytest.raises(BrokerClosed):
+        await b.set("k", b"v")
+    with pytest.raises(BrokerClosed):
+        await b.incr("k")
+
+
+async def test_close_wakes_waiting_consumers(make: Make) -> None:
+    b = make()
+    errors: list[BaseException] = []
+    async with anyio.create_task_group() as tg:
+
+        async def consume() -> None:
+            try:
+                await b.pop("q", 10)
+            except BrokerClosed as exc:
+                errors.append(exc)
+
+        tg.start_soon(consume)
+        await wait_for(lambda: waiting(b, "q") == 1)
+        with anyio.fail_after(2):
+            await b.aclose()
+    assert len(errors) == 1
+
+
+# Redis only -----------------------------------------------------------------------------------
+def test_prefix_comes_from_the_url() -> None:
+    assert split_prefix("redis://h:1/2?prefix=a:b:&socket_timeout=3") == ("redis://h:1/2?socket_timeout=3", "a:b:")
+    assert split_prefix("redis://h:1/2") == ("redis://h:1/2", "reversehub:")
+
+
+async def test_unreachable_redis_is_reported_as_unavailable() -> None:
+    b = RedisBroker("redis://127.0.0.1:1/0", connect_timeout=0.2)
+    try:
+        with anyio.fail_after(5):
+            with pytest.raises(BrokerUnavailable):
+                await b.push("q", b"x")
+            with pytest.raises(BrokerUnavailable):
+                await b.pop("q", 1)
+            with pytest.raises(BrokerUnavailable):
+                async with b.subscribe("ch"):
+                    pass
+            with pytest.raises(BrokerUnavailable):
+                await b.get("k")
+    finally:
+        await b.aclose()
+
+
+@pytest.mark.redis
+async def test_many_idle_waiters_share_one_pubsub_connection(redis_url: str) -> None:
+    """Waiting consumers hold no Redis connection each (unlike BLPOP): 500 waiting queues, none in use."""
+    b = RedisBroker(redis_url, prefix=f"reversehub-test:{uuid.uuid4().hex}:")
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(500):
+                tg.start_soon(b.pop, f"q{i}", 5)
+            await wait_for(lambda: sum(waiting(b, f"q{i}") for i in range(500)) == 500)
+            await wait_for(lambda: not b._pool._in_use_connections)  # the waiters hold none
+            for i in range(500):
+                await b.push(f"q{i}", b"x")
+    finally:
+        await b.aclose()
