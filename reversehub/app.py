@@ -23,9 +23,11 @@ from hub.routes import routes as hub_routes
 from hub.service import Hub
 from relay.routes import routes as relay_routes
 from relay.service import Relay
-from reversehub import db, health
+from reversehub import dashboard, db, health
 from reversehub.accesslog import AccessLogMiddleware
 from reversehub.broker import Broker, make_broker
+from reversehub.ratelimit import RateLimitMiddleware
+from reversehub.security import SecurityMiddleware
 from reversehub.services import Services
 from reversehub.settings import Settings
 from reversehub.transport import OwnOriginTransport
@@ -84,8 +86,13 @@ def create_app(
             await engine.dispose()
 
     app = Starlette(
-        routes=[*health.routes(), *relay_routes(), *hub_routes(), *client_routes()],
-        middleware=[Middleware(AccessLogMiddleware)],
+        routes=[*health.routes(), *relay_routes(), *hub_routes(), *client_routes(), *dashboard.routes()],
+        middleware=[
+            Middleware(AccessLogMiddleware),
+            # Rate limits first: refused requests cost no more than a counter (reversehub.ratelimit).
+            Middleware(RateLimitMiddleware, settings=settings),
+            Middleware(SecurityMiddleware, settings=settings),
+        ],
         lifespan=lifespan,
     )
     app.state.settings = settings

@@ -23,10 +23,73 @@ def _option(flag: str, **kwargs: Any) -> Any:
     return click.option(f"--{flag}", envvar=_env(flag), show_envvar=True, show_default=True, **kwargs)
 
 
+def _listed(validate: Any = None) -> Any:
+    """Click callback for a repeatable flag whose values may also be comma-separated."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+        items = tuple(item.strip() for v in value for item in v.split(",") if item.strip())
+        if validate is not None:
+            try:
+                validate(items)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc)) from None
+        return items
+
+    return callback
+
+
 @click.group()
 @click.version_option(package_name="reversehub")
 def main() -> None:
     """reversehub: a WebSub hub and ReverseHttp relay."""
+
+
+def security_options(defaults: Settings) -> list[tuple[str, dict[str, Any]]]:
+    """Issue 6 flags: tokens, trusted networks, subscriber policy, rate limits, caps (README "Securing")."""
+    from reversehub.policy import validate_patterns
+    from reversehub.ratelimit import parse_limits
+    from reversehub.security import parse_networks
+    from reversehub.settings import digest_pair
+
+    def many(help: str, validate: Any = None, default: tuple[str, ...] = ()) -> dict[str, Any]:
+        return {"multiple": True, "default": default, "callback": _listed(validate), "help": help}
+
+    secret: dict[str, Any] = {"default": None}
+
+    def pairs(items: tuple[str, ...]) -> None:
+        for item in items:
+            digest_pair(item)
+
+    return [
+        ("admin-token", {**secret, "help": "Token for the dashboard at / and its API (off without one)."}),
+        ("registration-token", {**secret, "help": "Bearer/Basic token required on POST /reversehttp."}),
+        ("publish-token", {**secret, "help": "Bearer/Basic token required to publish."}),
+        ("topic-token", many("PATTERN=TOKEN: only holders publish matching topics (repeatable).", pairs)),
+        ("reserve-name", many("PATTERN=TOKEN: relay names only that registration token may claim.", pairs)),
+        (
+            "trusted-networks",
+            many("CIDRs whose fat pings need no publish token.", parse_networks, defaults.trusted_networks),
+        ),
+        ("allow-topic", many("Topic patterns subscribers may use (fnmatch, or re:REGEX).", validate_patterns)),
+        ("deny-topic", many("Topic patterns refused to subscribers.", validate_patterns)),
+        ("allow-callback", many("Callback patterns allowed.", validate_patterns)),
+        ("deny-callback", many("Callback patterns refused.", validate_patterns)),
+        ("rate-limit-window", {"default": defaults.rate_limit_window, "type": float, "help": "Seconds; 0: no limits."}),
+        ("rate-limit", many("CLASS[:KEY]=N requests per window per client (or per KEY); 0: none.", parse_limits)),
+        (
+            "rate-limit-exempt",
+            many("CIDRs never rate limited.", parse_networks, defaults.rate_limit_exempt),
+        ),
+        ("max-registrations", {"default": defaults.max_registrations, "type": int, "help": "0: no cap."}),
+        (
+            "max-subscriptions-per-callback-host",
+            {"default": defaults.max_subscriptions_per_callback_host, "type": int, "help": "0: no cap."},
+        ),
+        (
+            "max-pending-per-subscription",
+            {"default": defaults.max_pending_per_subscription, "type": int, "help": "0: no cap."},
+        ),
+    ]
 
 
 def serve_options(f: Any) -> Any:
@@ -69,6 +132,7 @@ def serve_options(f: Any) -> Any:
                     "help": "Delivered but unanswered within S: 504 to the requester.",
                 },
             ),
+            *security_options(defaults),
             ("workers", {"default": 1, "type": int, "help": "Worker processes (needs --redis-url when > 1)."}),
             ("log-level", {"default": "info", "type": click.Choice(["debug", "info", "warning", "error"])}),
         ]

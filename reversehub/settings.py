@@ -6,6 +6,7 @@ Nothing reads the environment after start: ``cli.py`` builds a :class:`Settings`
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 MiB = 1024 * 1024
@@ -61,10 +62,44 @@ class Settings:
     poll_min_interval: float = 60.0
     poll_max_interval: float = 3600.0
 
+    # Security (README "Securing a public deployment"). Tokens are kept only as "sha256:<hex>" digests
+    # (__post_init__ hashes a plain value at once); operators may also give the digest itself.
+    # Tuple fields are named like their repeatable flag (--topic-token, --allow-topic, ...).
+    admin_token: str | None = None
+    registration_token: str | None = None
+    publish_token: str | None = None
+    topic_token: tuple[str, ...] = ()  # "TOPIC_PATTERN=TOKEN": only holders may publish matching topics
+    reserve_name: tuple[str, ...] = ()  # "NAME_PATTERN=TOKEN": only that registration token may claim it
+    trusted_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # fat pings without a publish token
+    max_form_size: int = 64 * 1024  # form bodies buffered to authorize or classify a request
+    # Subscriber policy: fnmatch patterns, or regular expressions prefixed "re:" (reversehub.policy).
+    allow_topic: tuple[str, ...] = ()
+    deny_topic: tuple[str, ...] = ()
+    allow_callback: tuple[str, ...] = ()
+    deny_callback: tuple[str, ...] = ()
+    # Rate limits (reversehub.ratelimit): fixed windows of rate_limit_window s (0 disables them all),
+    # "CLASS[:KEY]=N" overrides of the defaults, and client networks that are never limited.
+    rate_limit_window: float = 10.0
+    rate_limit: tuple[str, ...] = ()
+    rate_limit_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    # Caps (0: none).
+    max_registrations: int = 100_000
+    max_subscriptions_per_callback_host: int = 100_000
+    max_pending_per_subscription: int = 10_000
+    # Dashboard: seconds between two samples of the live charts.
+    dashboard_interval: float = 1.0
+
     # Worker processes (`--workers N`, needs the Redis broker).
     workers: int = 1
     log_level: str = "info"
     extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Secrets are kept only as digests: a dump of the settings (or of memory) shows no token.
+        for name in ("admin_token", "registration_token", "publish_token"):
+            object.__setattr__(self, name, token_digest(getattr(self, name)))
+        for name in ("topic_token", "reserve_name"):
+            object.__setattr__(self, name, tuple(digest_pair(pair) for pair in getattr(self, name)))
 
     @property
     def public_origin(self) -> str:
@@ -72,3 +107,17 @@ class Settings:
         if self.public_url:
             return self.public_url.rstrip("/")
         return f"http://{self.host}:{self.port}"
+
+
+def token_digest(token: str | None) -> str | None:
+    """``"sha256:<hex>"`` for a plain token; a value already in that form is kept as it is."""
+    if token is None or (token.startswith("sha256:") and len(token) == 71):
+        return token
+    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
+
+
+def digest_pair(pair: str) -> str:
+    pattern, sep, token = pair.rpartition("=")
+    if not sep or not pattern or not token:
+        raise ValueError(f"expected PATTERN=TOKEN, got {pair.split('=')[0]!r}=…")
+    return f"{pattern}={token_digest(token)}"

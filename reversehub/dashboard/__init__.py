@@ -1,0 +1,7 @@
+"""The admin dashboard at ``/``: registrations, subscriptions, deliveries, live charts (SSE)."""
+
+from __future__ import annotations
+
+from reversehub.dashboard.routes import routes
+
+__all__ = ["routes"]

@@ -1,0 +1,182 @@
+"""Rate limits per client address and per name, counted in the broker so they hold across processes.
+
+Each request is put in one class (registration, poll, publish, subscribe, relay) and counted against
+that class's budget for its client address and, where the request shows one, for the name it
+concerns: the relay name of a registration or public URL, the registration behind a request URL,
+each topic of a publish, the callback host of a subscription. Budgets are per fixed window of
+``--rate-limit-window`` seconds; a request over a budget gets 429 with ``Retry-After`` (the end of
+the window) and is not counted further, so an abusive client does not also drain a name's budget.
+
+Polls are long-held ``GET``s; the limit is on how often they start, never on how many are held.
+
+Counters are broker keys (``incr`` with a time-to-live), so N processes behind one Redis share one
+budget. Should the broker fail, requests pass (limits are protection, not correctness) and it is
+logged. Clients in ``--rate-limit-exempt`` (loopback by default, for local tools and benchmarks)
+and the server's own in-process requests are never limited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+from prometheus_client import CollectorRegistry, Counter
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from reversehub.security import (
+    BodyTooLarge,
+    Denial,
+    client_host,
+    form_value,
+    form_values,
+    in_networks,
+    is_form,
+    is_in_process,
+    parse_networks,
+    peek_form,
+    query_values,
+)
+from reversehub.services import Services
+from reversehub.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# Requests per window (10 s by default) per client address ("CLASS") and per name ("CLASS:KEY").
+# Generous: a busy but honest client never meets them. Override with --rate-limit CLASS[:KEY]=N.
+DEFAULT_LIMITS: Mapping[str, int] = {
+    "registration": 300,
+    "registration:name": 60,
+    "poll": 20_000,
+    "poll:registration": 10_000,
+    "publish": 2_000,
+    "publish:topic": 600,
+    "subscribe": 2_000,
+    "subscribe:callback-host": 500,
+    "relay": 20_000,
+    "relay:name": 10_000,
+}
+
+
+def parse_limits(overrides: tuple[str, ...]) -> dict[str, int]:
+    """The defaults with ``CLASS[:KEY]=N`` overrides applied (0: no limit). ValueError if unknown."""
+    limits = dict(DEFAULT_LIMITS)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in limits:
+            raise ValueError(f"unknown rate limit {key!r}: one of {', '.join(DEFAULT_LIMITS)}")
+        try:
+            limits[key] = int(value)
+        except ValueError:
+            raise ValueError(f"rate limit {key}: {value!r} is not a whole number") from None
+    return limits
+
+
+def _hidden(secret: str) -> str:
+    """A capability never goes to the broker as it is (Redis keys are visible to its operators)."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:24]
+
+
+def _host(url: str | None) -> str:
+    try:
+        return (urlsplit(url or "").hostname or "").lower()
+    except ValueError:
+        return ""
+
+
+async def classify(scope: Scope, receive: Receive, max_form: int) -> tuple[str | None, list[str], Receive]:
+    """(class, ["KEY=name", ...], receive) for a request; class None: not limited."""
+    method, path = scope["method"], scope["path"]
+    if path == "/reversehttp" and method == "POST":
+        names: list[str] = []
+        if is_form(scope):
+            form, receive = await peek_form(scope, receive, max_form)
+            names = [f"name={n.lower()}" for n in form_values(form, "name")[:1]]
+        return "registration", names, receive
+    if path.startswith("/reversehttp/p/") and method in ("PUT", "DELETE"):
+        return "registration", [], receive
+    if path.startswith("/reversehttp/r/") and method == "GET":
+        return "poll", [f"registration={_hidden(path)}"], receive
+    if path.startswith("/relay/"):
+        name = path.split("/", 3)[2].lower()
+        return "relay", [f"name={name}"] if name else [], receive
+    if method != "POST" or path not in ("/publish", "/hub"):
+        return None, [], receive
+    if not is_form(scope):
+        if path == "/publish":
+            return "publish", [f"topic={t}" for t in query_values(scope, "hub.topic")], receive
+        return "subscribe", [], receive
+    form, receive = await peek_form(scope, receive, max_form)
+    mode = form_value(form, "hub.mode")
+    if path == "/publish" or mode == "publish":
+        topics = form_values(form, "hub.url") + form_values(form, "hub.topic")
+        return "publish", [f"topic={t}" for t in topics], receive
+    return "subscribe", [f"callback-host={_host(form_value(form, 'hub.callback'))}"], receive
+
+
+class RateLimitMiddleware:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.window = settings.rate_limit_window
+        self.limits = parse_limits(settings.rate_limit)
+        self.exempt = parse_networks(settings.rate_limit_exempt)
+        self._counter: Counter | None = None
+        self._registry: CollectorRegistry | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        services: Services | None = scope["app"].state.services if "app" in scope else None
+        if (
+            scope["type"] != "http"
+            or self.window <= 0
+            or services is None
+            or is_in_process(scope)
+            or in_networks(client_host(scope), self.exempt)
+        ):
+            await self.app(scope, receive, send)
+            return
+        try:
+            kind, names, receive = await classify(scope, receive, self.settings.max_form_size)
+        except BodyTooLarge as exc:
+            await Denial(413, str(exc))(scope, receive, send)
+            return
+        if kind is not None:
+            denial = await self._check(services, kind, client_host(scope) or "-", names)
+            if denial is not None:
+                await denial(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    async def _check(self, services: Services, kind: str, client: str, names: list[str]) -> Denial | None:
+        now = time.time()
+        slot = int(now // self.window)
+        checks = [(kind, f"client={client}")] + [(f"{kind}:{n.split('=', 1)[0]}", n) for n in names]
+        for limit_name, who in checks:
+            limit = self.limits.get(limit_name, 0)
+            if limit <= 0:
+                continue
+            try:
+                count = await services.broker.incr(f"rl:{kind}:{who}:{slot}", ttl=self.window + 1)
+            except Exception:
+                logger.warning("rate limit counter unavailable; letting the request pass", exc_info=True)
+                return None
+            if count > limit:
+                self._count(services, limit_name)
+                retry_after = max(1, math.ceil((slot + 1) * self.window - now))
+                per = "client" if ":" not in limit_name else limit_name.split(":", 1)[1]
+                return Denial(429, f"rate limit exceeded ({kind} per {per})", {"Retry-After": str(retry_after)})
+        return None
+
+    def _count(self, services: Services, limit_name: str) -> None:
+        registry = services.metrics
+        if self._registry is not registry:
+            self._registry = registry
+            self._counter = Counter(
+                "reversehub_rate_limited", "Requests refused with 429, by limit", ["limit"], registry=registry
+            )
+        assert self._counter is not None
+        self._counter.labels(limit=limit_name).inc()

@@ -1,0 +1,174 @@
+"""Rate limits (issue 6): per client address and per name, 429 with Retry-After, counted in the broker."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from prometheus_client import generate_latest
+
+from reversehub.broker.memory import MemoryBroker
+from reversehub.ratelimit import DEFAULT_LIMITS, parse_limits
+from reversehub.settings import Settings
+from tests.support import wait_for
+from tests.test_security import LOOPBACK, UNTRUSTED, client_for, echo_app
+
+pytestmark = pytest.mark.anyio
+
+OTHER = ("198.51.100.9", 1234)
+
+
+def limited(*limits: str, **overrides: object) -> Settings:
+    overrides = {"rate_limit_exempt": (), **overrides}
+    return dataclasses.replace(Settings(), rate_limit=limits, **overrides)  # type: ignore[arg-type]
+
+
+def test_parse_limits():
+    assert parse_limits(()) == dict(DEFAULT_LIMITS)
+    limits = parse_limits(("publish=5", "relay:name=0"))
+    assert limits["publish"] == 5 and limits["relay:name"] == 0 and limits["poll"] == DEFAULT_LIMITS["poll"]
+    with pytest.raises(ValueError, match="unknown rate limit"):
+        parse_limits(("pubish=5",))
+    with pytest.raises(ValueError, match="whole number"):
+        parse_limits(("publish=lots",))
+
+
+async def test_registration_per_client_with_retry_after():
+    app = echo_app(limited("registration=3", rate_limit_window=30.0))
+    async with client_for(app) as c, client_for(app, OTHER) as other:
+        statuses = [(await c.post("/reversehttp", data={"name": f"n{i}"})).status_code for i in range(5)]
+        refused = await c.post("/reversehttp", data={"name": "n9"})
+        fine = await other.post("/reversehttp", data={"name": "x"})
+    assert statuses == [200, 200, 200, 429, 429]
+    assert refused.text == "rate limit exceeded (registration per client)\n"
+    assert 1 <= int(refused.headers["retry-after"]) <= 30
+    assert fine.status_code == 200
+
+
+async def test_registration_per_name_across_clients():
+    app = echo_app(limited("registration:name=2"))
+    async with client_for(app) as a, client_for(app, OTHER) as b:
+        first = [(await x.post("/reversehttp", data={"name": "Alice"})).status_code for x in (a, b)]
+        third = await b.post("/reversehttp", data={"name": "alice"})  # names are case-insensitive
+        other_name = await b.post("/reversehttp", data={"name": "bob"})
+    assert first == [200, 200]
+    assert third.status_code == 429 and "per name" in third.text
+    assert other_name.status_code == 200
+
+
+async def test_polls_limited_by_rate_per_registration():
+    app = echo_app(limited("poll=100", "poll:registration=2"))
+    async with client_for(app) as c:
+        same = [(await c.get("/reversehttp/r/capA")).status_code for _ in range(3)]
+        other = await c.get("/reversehttp/r/capB")
+    assert same == [200, 200, 429] and other.status_code == 200
+
+
+async def test_publish_per_client_and_per_topic():
+    app = echo_app(limited("publish=3", "publish:topic=2"))
+    ping = {"hub.mode": "publish", "hub.url": "https://t/a"}
+    async with client_for(app) as c, client_for(app, OTHER) as other:
+        a = [(await c.post("/publish", data=ping)).status_code for _ in range(2)]
+        over_topic = await other.post("/hub", data=ping)  # same topic from elsewhere: the topic's budget is spent
+        fat = await c.post("/publish?hub.topic=https://t/b", content=b"x", headers={"Content-Type": "text/plain"})
+        over_client = await c.post("/publish?hub.topic=https://t/c", content=b"x")
+    assert a == [200, 200]
+    assert over_topic.status_code == 429 and "per topic" in over_topic.text
+    assert fat.status_code == 403  # counted, then refused by the fat-ping rule (untrusted network)
+    assert over_client.status_code == 429 and "per client" in over_client.text
+
+
+async def test_subscribe_per_callback_host():
+    app = echo_app(limited("subscribe:callback-host=2"))
+
+    def sub(cb: str) -> dict[str, str]:
+        return {"hub.mode": "subscribe", "hub.topic": "https://t/", "hub.callback": cb}
+
+    async with client_for(app) as c, client_for(app, OTHER) as d:
+        ok = [(await x.post("/hub", data=sub(f"https://Victim.example/{i}"))).status_code for i, x in enumerate((c, d))]
+        third = await c.post("/hub", data=sub("https://victim.example:8443/other"))
+        elsewhere = await c.post("/hub", data=sub("https://me.example/cb"))
+    assert ok == [200, 200]
+    assert third.status_code == 429 and "callback-host" in third.text
+    assert elsewhere.status_code == 200
+
+
+async def test_relay_public_urls_per_name():
+    app = echo_app(limited("relay:name=2"))
+    async with client_for(app) as c:
+        codes = [(await c.get(f"/relay/alice/{i}")).status_code for i in range(3)]
+        bob = await c.post("/relay/bob/x", content=b"hi")
+    assert codes == [200, 200, 429] and bob.text == "app got POST /relay/bob/x hi"
+
+
+async def test_exempt_networks_in_process_requests_and_zero_window():
+    app = echo_app(limited("registration=1", rate_limit_exempt=("127.0.0.0/8",)))
+    async with client_for(app, LOOPBACK) as local, client_for(app, ("127.0.0.1", 0)) as own:
+        assert [(await local.post("/reversehttp")).status_code for _ in range(3)] == [200] * 3
+        assert [(await own.post("/reversehttp")).status_code for _ in range(3)] == [200] * 3
+    app = echo_app(limited("registration=1", rate_limit_window=0.0))
+    async with client_for(app) as c:
+        assert [(await c.post("/reversehttp")).status_code for _ in range(3)] == [200] * 3
+
+
+async def test_window_ends():
+    """A fixed window: once it has passed, the client may go on (the broker key expires with it)."""
+    app = echo_app(limited("registration=1", rate_limit_window=0.05))
+    async with client_for(app) as c:
+        assert (await c.post("/reversehttp")).status_code == 200
+        refused = await c.post("/reversehttp")
+        if refused.status_code == 200:  # the window turned between the two requests
+            refused = await c.post("/reversehttp")
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+
+        async def passes() -> bool:
+            return (await c.post("/reversehttp")).status_code == 200
+
+        await wait_for(passes, timeout=5)
+
+
+async def test_counted_in_the_shared_broker():
+    """Two apps (two processes' worth) on one broker share one budget."""
+    broker = MemoryBroker()
+    apps = [echo_app(limited("publish=3")) for _ in range(2)]
+    for app in apps:
+        app.state.services.broker = broker
+    ping = {"hub.mode": "publish", "hub.url": "https://t/a"}
+    async with client_for(apps[0]) as a, client_for(apps[1]) as b:
+        codes = [(await x.post("/publish", data=ping)).status_code for x in (a, b, a, b)]
+    assert codes == [200, 200, 200, 429]
+
+
+async def test_refusals_are_counted_in_metrics():
+    app = echo_app(limited("registration=1"))
+    async with client_for(app) as c:
+        for _ in range(3):
+            await c.post("/reversehttp")
+    text = generate_latest(app.state.services.metrics).decode()
+    assert 'reversehub_rate_limited_total{limit="registration"} 2.0' in text
+
+
+async def test_a_failing_broker_lets_requests_pass():
+    class Down(MemoryBroker):
+        async def incr(self, key: str, ttl: float | None = None) -> int:
+            raise ConnectionError("redis is down")
+
+    app = echo_app(limited("registration=1"))
+    app.state.services.broker = Down()
+    async with client_for(app) as c:
+        assert [(await c.post("/reversehttp")).status_code for _ in range(3)] == [200] * 3
+
+
+async def test_defaults_do_not_limit_a_busy_honest_client():
+    app = echo_app(dataclasses.replace(Settings(), rate_limit_exempt=()))
+    async with client_for(app, UNTRUSTED) as c:
+        for i in range(250):
+            assert (
+                await c.post("/hub", data={"hub.mode": "subscribe", "hub.callback": f"https://cb{i}/"})
+            ).status_code == 200
+
+
+async def test_installed_in_the_app(make_app):
+    _, client = await make_app(rate_limit=("registration=1",), rate_limit_exempt=())
+    codes = [(await client.post("/reversehttp", data={"name": "alice"})).status_code for _ in range(2)]
+    assert codes[1] == 429 and codes[0] != 429
