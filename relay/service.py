@@ -1,16 +1,277 @@
-"""Placeholder: the relay service (replaced by the real one)."""
+"""The relay service: registrations, polls, replies and requesters (ReverseHttp, Garnock-Jones 2009).
+
+Endpoints (relay.endpoints) parse HTTP and call these methods; they return values or raise
+relay.errors. Durable state is in relay.registry (rows), transient state in relay.queue (broker).
+This object holds only what belongs to this process: the polls parked here (so a DELETE can end
+them with 410 and shutdown with 204) and which names had pollers since the last lease sweep.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+
+import anyio
+from prometheus_client import Counter, Gauge, Histogram
+
+from relay import envelope
+from relay.errors import BadReply, Gone, InvalidInput, NotFound, RelayError, Withdrawn
+from relay.queue import CHANGED_CHANNEL, Delivery, Dispatcher, Item, seen_key
+from relay.registry import Reg, Registry, cap_name, cap_valid, private_cap, request_cap
+from relay.wire import serialize_response
 from reversehub.services import Services
+
+logger = logging.getLogger(__name__)
+
+
+class Park:
+    """One poll waiting here; ``end(reason)`` stops the wait from another task."""
+
+    __slots__ = ("reason", "scope")
+
+    def __init__(self) -> None:
+        self.scope: anyio.CancelScope | None = None
+        self.reason: str | None = None  # "disconnect", "gone" or "closing"
+
+    def end(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        if self.scope is not None:
+            self.scope.cancel()
+
+
+class RelayMetrics:
+    def __init__(self, services: Services) -> None:
+        registry = services.metrics
+        self.registrations = Gauge("relay_registrations", "Registrations in the database", registry=registry)
+        self.pollers = Gauge("relay_pollers_waiting", "Polls held open by this process", registry=registry)
+        self.requests = Counter("relay_requests", "Requests to public URLs by outcome", ["outcome"], registry=registry)
+        self.latency = Histogram(
+            "relay_latency_seconds",
+            "Time from a request's arrival on a public URL to its reply",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=registry,
+        )
 
 
 class Relay:
     def __init__(self, services: Services) -> None:
         self.services = services
+        self.settings = services.settings
+        self.broker = services.broker
+        self.registry = Registry(services.sessions, services.settings)
+        self.dispatcher = Dispatcher(services.broker, services.settings)
+        self.metrics = RelayMetrics(services)
+        self.origin = services.settings.public_origin
+        self._parked: dict[str, set[Park]] = {}
+        self._active: set[str] = set()
+        self._closing = False
+
+    # URLs -----------------------------------------------------------------------------------------
+    def public_url(self, name: str) -> str:
+        return f"{self.origin}/relay/{name}/"
+
+    def request_url(self, cap: str) -> str:
+        return f"{self.origin}/reversehttp/r/{cap}"
+
+    def private_url(self, reg: Reg) -> str:
+        return f"{self.origin}/reversehttp/p/{private_cap(reg)}"
+
+    def links(self, reg: Reg) -> list[tuple[str, str]]:
+        """The headers of a 2xx registration response (spec "Registration")."""
+        return [
+            ("Link", f'<{self.request_url(request_cap(reg))}>; rel="first"'),
+            ("Link", f'<{self.public_url(reg.name)}>; rel="related"'),
+            ("Location", self.private_url(reg)),
+        ]
+
+    # Registrations --------------------------------------------------------------------------------
+    async def register(self, name: str | None, token: str | None, lease: str | None) -> tuple[Reg, bool]:
+        reg, created = await self.registry.register(name, token, lease)
+        if created:
+            await self.broker.publish(CHANGED_CHANNEL, b"changed " + reg.name.encode())
+        logger.info("relay registration %s %s", reg.name, "created" if created else "refreshed")
+        return reg, created
+
+    async def registration(self, cap: str) -> Reg:
+        return await self.registry.by_private_cap(cap)
+
+    async def reconfigure(self, cap: str, token: str | None, lease: str | None) -> Reg:
+        reg = await self.registry.reconfigure(await self.registration(cap), token, lease)
+        await self.broker.publish(CHANGED_CHANNEL, b"changed " + reg.name.encode())
+        return reg
+
+    async def delete(self, cap: str) -> None:
+        """DELETE on the private URL: polls in flight end with 410; delivered requests still get replies."""
+        reg = await self.registration(cap)
+        if not await self.registry.delete(reg):
+            raise NotFound("no such registration")
+        await self._deleted(reg.name)
+        await self.broker.publish(CHANGED_CHANNEL, b"deleted " + reg.name.encode())
+        logger.info("relay registration %s deleted", reg.name)
+
+    async def _deleted(self, name: str) -> None:
+        self.registry.forget(name)
+        for park in list(self._parked.get(name, ())):
+            park.end("gone")
+        await self.broker.delete(seen_key(name))
+        await self.dispatcher.drain(name, Withdrawn())
+
+    async def status(self) -> dict[str, object]:
+        """The gateway's state for ``GET /reversehttp``: no tokens, no private or request URLs."""
+        count, regs = await self.registry.listing()
+        now = time.time()
+        return {
+            "registrations": count,
+            "pollers_waiting_here": sum(len(s) for s in self._parked.values()),
+            "names": [
+                {
+                    "name": r.name,
+                    "public_url": self.public_url(r.name),
+                    "lease": int(r.lease_seconds),
+                    "expires_in": max(0, int(r.expires_at - now)),
+                    "pollers_waiting_here": len(self._parked.get(r.name, ())),
+                }
+                for r in regs
+            ],
+        }
+
+    # Polling --------------------------------------------------------------------------------------
+    async def _request_reg(self, cap: str) -> Reg:
+        name = cap_name(cap, private=False)
+        reg = await self.registry.lookup(name) if name else None
+        if reg is None or not cap_valid(cap, reg, private=False):
+            raise NotFound("no such request URL")
+        return reg
+
+    async def poll(self, cap: str, kind: str, park: Park) -> Delivery | None:
+        """GET on a request URL: the delivery (200) or None (204: poll timeout, shutdown, disconnect).
+
+        A URL already bound to a delivery gives it again; after a 204 the same URL stays usable.
+        """
+        reg = await self._request_reg(cap)
+        name = reg.name
+        existing = await self.dispatcher.bound(cap)
+        if existing is not None:
+            return existing
+        if self._closing:
+            return None
+        await self.dispatcher.mark_polling(name, self.public_url(name))
+        self._active.add(name)
+        parked = self._parked.setdefault(name, set())
+        parked.add(park)
+        self.metrics.pollers.inc()
+        raw_items: list[bytes] = []
+        max_items = self.settings.max_pipeline if kind == envelope.PIPELINE else 1
+        try:
+            with anyio.CancelScope() as scope:
+                park.scope = scope
+                if park.reason is not None:
+                    scope.cancel()
+                raw_items = await self.dispatcher.take(name, self.settings.poll_timeout, max_items)
+        finally:
+            park.scope = None
+            parked.discard(park)
+            if not parked:
+                self._parked.pop(name, None)
+            self.metrics.pollers.dec()
+        if park.reason in ("gone", "disconnect"):
+            if raw_items:
+                await self.dispatcher.put_back(name, raw_items)
+            if park.reason == "gone":
+                raise Gone()
+            await self.dispatcher.mark_gone(name)
+            return None
+        if not raw_items:
+            return None
+        delivery = Delivery(request_cap(reg), kind, [Item.unpack(r) for r in raw_items])
+        return await self.dispatcher.bind(name, cap, delivery, raw_items)
+
+    async def undeliver(self, cap: str, delivery: Delivery) -> None:
+        """The poller went away after its delivery was bound: put the requests back in the queue."""
+        name = cap_name(cap, private=False)
+        if name:
+            await self.dispatcher.unbind(name, cap, [item.pack() for item in delivery.items])
+
+    # Replies --------------------------------------------------------------------------------------
+    async def reply(self, cap: str, body: bytes, content_type: str | None) -> None:
+        """POST on a request URL: relay the response(s) to the requester(s) (spec "Replying")."""
+        delivery = await self.dispatcher.claim(cap)
+        try:
+            responses = envelope.parse_reply(body, content_type, len(delivery.items))
+        except InvalidInput:
+            for item in delivery.items:
+                await self.dispatcher.fail(item, BadReply())
+            raise
+        for item, response in zip(delivery.items, responses, strict=True):
+            await self.dispatcher.answer(item, serialize_response(response))
+        name = cap_name(cap, private=False)
+        if name:
+            await self.broker.set(seen_key(name), b"1", self.settings.unavailable_timeout, nx=True)
+
+    # Requesters -----------------------------------------------------------------------------------
+    async def lookup(self, name: str) -> Reg | None:
+        return await self.registry.lookup(name)
+
+    async def relay(self, name: str, item: Item) -> bytes:
+        return await self.dispatcher.relay(name, item)
+
+    # Lifecycle ------------------------------------------------------------------------------------
+    @property
+    def sweep_interval(self) -> float:
+        return max(0.05, min(5.0, self.settings.lease_min / 4))
+
+    async def sweep(self, now: float | None = None) -> list[str]:
+        """Extend the leases of names polled here, then delete dormant registrations."""
+        active = self._active | set(self._parked)
+        self._active = set()
+        await self.registry.touch(active)
+        deleted = await self.registry.sweep(now)
+        for name in deleted:
+            await self._deleted(name)
+            await self.broker.publish(CHANGED_CHANNEL, b"deleted " + name.encode())
+            logger.info("relay registration %s expired", name)
+        count, _ = await self.registry.listing(limit=0)
+        self.metrics.registrations.set(count)
+        return deleted
+
+    async def _sweeper(self) -> None:
+        while True:
+            try:
+                # Shielded: a database call cancelled half-way leaves aiosqlite hanging at shutdown.
+                with anyio.CancelScope(shield=True):
+                    await self.sweep()
+            except Exception:
+                logger.warning("relay lease sweep failed", exc_info=True)
+            await anyio.sleep(self.sweep_interval)
+
+    async def _listen(self) -> None:
+        """Other processes' registration changes: drop cached rows, end polls of deleted names."""
+        while True:
+            try:
+                async with self.broker.subscribe(CHANGED_CHANNEL) as sub:
+                    async for message in sub:
+                        what, _, raw = message.partition(b" ")
+                        name = raw.decode("ascii", "replace")
+                        self.registry.forget(name)
+                        if what == b"deleted":
+                            for park in list(self._parked.get(name, ())):
+                                park.end("gone")
+            except Exception:
+                logger.warning("relay change listener failed; resubscribing", exc_info=True)
+                await anyio.sleep(1)
 
     async def run(self) -> None:
-        """Background work until cancelled."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._sweeper)
+            tg.start_soon(self._listen)
 
     async def aclose(self) -> None:
-        """Stop taking work; called before the background tasks are cancelled."""
+        """Stop taking polls and end the held ones with 204 at once (graceful shutdown drains)."""
+        self._closing = True
+        for parked in list(self._parked.values()):
+            for park in list(parked):
+                park.end("closing")
+
+
+__all__ = ["Park", "Relay", "RelayError"]

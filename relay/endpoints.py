@@ -1,0 +1,304 @@
+"""The relay's HTTP edge: parse, call :class:`relay.service.Relay`, map the result or error.
+
+The two hot paths (public URLs and request URLs) are raw ASGI callables: they run once or twice per
+relayed request, and a held poll must watch ``receive()`` for ``http.disconnect`` while it waits.
+Management endpoints use Starlette requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from urllib.parse import parse_qsl, urlencode
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from relay import envelope
+from relay.errors import BodyTooLarge, HeadersTooLarge, InvalidInput, NotFound, RelayError, Unavailable
+from relay.queue import Item
+from relay.registry import _LABEL, Reg
+from relay.service import Park, Relay
+from relay.wire import WireError, parse_response
+from reversehub.broker import BrokerClosed, BrokerUnavailable
+
+logger = logging.getLogger(__name__)
+
+MAX_FORM = 64 * 1024
+# Hop-by-hop headers (RFC 9110 7.6.1) are the relay's business, not the application's.
+_HOP_BY_HOP = frozenset(
+    [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"trailer", b"upgrade"]
+)
+_OUTCOMES = {200: "replied", 404: "not_found", 413: "too_large", 431: "too_large", 502: "bad_reply", 503: "unavailable"}
+
+
+def _relay(scope: Scope) -> Relay:
+    return scope["app"].state.relay  # type: ignore[no-any-return]
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")  # type: ignore[no-any-return]
+    return None
+
+
+async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> None:
+    if status not in (204, 304):
+        headers.append((b"content-length", b"%d" % len(body)))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_error(send: Send, error: RelayError) -> None:
+    await _send(send, error.status, [(b"content-type", b"text/plain; charset=utf-8")], error.reason.encode() + b"\n")
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidInput("client disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"body larger than {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _client(scope: Scope) -> str:
+    client = scope.get("client")
+    if not client:
+        raise InvalidInput("requesting client address unknown")
+    host, port = client
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# Public URLs ------------------------------------------------------------------------------------
+def _embed(scope: Scope, body: bytes, max_count: int, max_size: int) -> bytes:
+    """The requester's request as message/http: method, request-URI, version, headers as received."""
+    headers = scope["headers"]
+    if len(headers) > max_count:
+        raise HeadersTooLarge(f"more than {max_count} request headers")
+    target = scope.get("raw_path") or scope["path"].encode("utf-8")
+    if scope["query_string"]:
+        target += b"?" + scope["query_string"]
+    lines = [b"%s %s HTTP/%s" % (scope["method"].encode("ascii"), target, scope["http_version"].encode("ascii"))]
+    has_length = False
+    size = 0
+    for key, value in headers:
+        size += len(key) + len(value) + 4
+        if key == b"transfer-encoding":
+            continue  # the server de-chunked the body; it goes with a Content-Length instead
+        if key == b"content-length":
+            has_length = True
+        lines.append(key + b": " + value)
+    if size > max_size:
+        raise HeadersTooLarge(f"request headers larger than {max_size} bytes")
+    if body and not has_length:
+        lines.append(b"content-length: %d" % len(body))
+    lines.append(b"")
+    lines.append(body)
+    return b"\r\n".join(lines)
+
+
+async def public(scope: Scope, receive: Receive, send: Send) -> None:
+    """Any request to ``/relay/{name}/...``: queue it for the application and relay its reply."""
+    relay = _relay(scope)
+    settings = relay.settings
+    start = time.perf_counter()
+    name = scope["path_params"]["name"].lower()
+    status, outcome = 500, "error"
+    try:
+        reg = await relay.lookup(name) if _LABEL.match(name) else None
+        if reg is None:
+            raise NotFound("no such registration")
+        body = await _read_body(receive, settings.max_body_size)
+        item = Item.new(_client(scope), _embed(scope, body, settings.max_header_count, settings.max_header_size))
+        raw = await relay.relay(name, item)
+        response = parse_response(raw)
+        headers = [
+            (k.lower().encode("latin-1"), v.encode("latin-1"))
+            for k, v in response.headers
+            if k.lower().encode("latin-1") not in _HOP_BY_HOP and k.lower() != "content-length"
+        ]
+        status, outcome = response.status, "replied"
+        await _send(send, status, headers, response.body)
+    except RelayError as exc:
+        status, outcome = exc.status, type(exc).__name__
+        await _send_error(send, exc)
+    except (BrokerUnavailable, BrokerClosed, WireError):
+        logger.warning("relay error for %s", name, exc_info=True)
+        status, outcome = 503, "Unavailable"
+        await _send_error(send, Unavailable())
+    finally:
+        elapsed = time.perf_counter() - start
+        relay.metrics.requests.labels(outcome).inc()
+        if outcome == "replied":
+            relay.metrics.latency.observe(elapsed)
+        # One line per relayed request: no path or query (they may carry secrets), no capability.
+        logger.info("relay %s %s -> %d %s %.1fms", name, scope["method"], status, outcome, elapsed * 1000)
+
+
+# Request URLs -----------------------------------------------------------------------------------
+async def _watch_disconnect(receive: Receive, park: Park) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            park.end("disconnect")
+            return
+
+
+async def request_url(scope: Scope, receive: Receive, send: Send) -> None:
+    """``GET``: poll (held until a request comes); ``POST``: the reply to what this URL delivered."""
+    relay = _relay(scope)
+    cap = scope["path_params"]["cap"]
+    method = scope["method"]
+    try:
+        if method == "POST":
+            body = await _read_body(receive, relay.settings.max_body_size * relay.settings.max_pipeline)
+            await relay.reply(cap, body, _header(scope, b"content-type"))
+            await _send(send, 202, [(b"content-type", b"text/plain")], b"accepted\n")
+        elif method == "GET":
+            await _poll(relay, cap, scope, receive, send)
+        else:
+            await _send(send, 405, [(b"allow", b"GET, POST"), (b"content-type", b"text/plain")], b"use GET or POST\n")
+    except RelayError as exc:
+        await _send_error(send, exc)
+    except (BrokerUnavailable, BrokerClosed):
+        logger.warning("relay broker error on a request URL", exc_info=True)
+        await _send_error(send, Unavailable())
+
+
+async def _poll(relay: Relay, cap: str, scope: Scope, receive: Receive, send: Send) -> None:
+    kind = envelope.choose(_header(scope, b"accept"))
+    park = Park()
+    watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, park))
+    try:
+        delivery = await relay.poll(cap, kind, park)
+    finally:
+        watcher.cancel()
+    headers = [(b"cache-control", b"no-store")]
+    if delivery is None:
+        # The same URL stays usable: the original clients poll it again after a 204.
+        headers.append((b"link", b'<%s>; rel="next"' % relay.request_url(cap).encode()))
+        await _send(send, 204, headers)
+        return
+    if park.reason == "disconnect":
+        await relay.undeliver(cap, delivery)
+        return
+    items = delivery.items
+    if delivery.content_type == envelope.JSON:
+        body = envelope.request_json(items[0].message)
+    else:
+        body = items[0].message if len(items) == 1 else b"".join(i.message for i in items)
+    headers += [
+        (b"content-type", delivery.content_type.encode()),
+        (b"link", b'<%s>; rel="next"' % relay.request_url(delivery.next_cap).encode()),
+        (b"requesting-client", ", ".join(i.client for i in items).encode("latin-1")),
+    ]
+    await _send(send, 200, headers, body)
+
+
+# Gateway and private URLs -----------------------------------------------------------------------
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _mapped(endpoint: Endpoint) -> Endpoint:
+    """Relay errors become short plain-text responses with their status, never a 500."""
+
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except RelayError as exc:
+            return PlainTextResponse(exc.reason + "\n", status_code=exc.status)
+        except (BrokerUnavailable, BrokerClosed):
+            logger.warning("relay broker error", exc_info=True)
+            return PlainTextResponse("relay unavailable\n", status_code=503)
+
+    wrapper.__name__ = endpoint.__name__
+    return wrapper
+
+
+async def _form(request: Request) -> dict[str, str]:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM:
+            raise BodyTooLarge("form too large")
+    try:
+        return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False))
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidInput("body must be application/x-www-form-urlencoded") from None
+
+
+def _link_response(relay: Relay, reg: Reg, status: int) -> Response:
+    response = Response(status_code=status)
+    for key, value in relay.links(reg):
+        response.headers.append(key, value)
+    return response
+
+
+@_mapped
+async def gateway(request: Request) -> Response:
+    """``POST /reversehttp`` registers (201 new, 204 refreshed); ``GET`` shows the gateway's state."""
+    relay: Relay = request.app.state.relay
+    if request.method == "POST":
+        form = await _form(request)
+        reg, created = await relay.register(form.get("name"), form.get("token"), form.get("lease"))
+        return _link_response(relay, reg, 201 if created else 204)
+    state = await relay.status()
+    if "json" in request.headers.get("accept", ""):
+        return JSONResponse(state)
+    rows = "".join(
+        f"<tr><td><a href='{html.escape(str(n['public_url']))}'>{html.escape(str(n['name']))}</a></td>"
+        f"<td>{n['lease']}</td><td>{n['expires_in']}</td><td>{n['pollers_waiting_here']}</td></tr>"
+        for n in state["names"]  # type: ignore[attr-defined]
+    )
+    return HTMLResponse(
+        "<!doctype html><title>ReverseHttp gateway</title><h1>ReverseHttp gateway</h1>"
+        f"<p>{state['registrations']} registrations, {state['pollers_waiting_here']} polls waiting here.</p>"
+        "<table><tr><th>name</th><th>lease (s)</th><th>expires in (s)</th><th>polls waiting here</th></tr>"
+        f"{rows}</table>"
+    )
+
+
+def _describe(relay: Relay, reg: Reg) -> dict[str, str | int]:
+    return {
+        "name": reg.name,
+        "lease": int(reg.lease_seconds),
+        "public_url": relay.public_url(reg.name),
+        "expires_in": max(0, int(reg.expires_at - time.time())),
+    }
+
+
+@_mapped
+async def private(request: Request) -> Response:
+    """The private URL: ``GET`` describes, ``PUT`` reconfigures lease/token, ``DELETE`` removes."""
+    relay: Relay = request.app.state.relay
+    cap = request.path_params["cap"]
+    if request.method == "DELETE":
+        await relay.delete(cap)
+        return Response(status_code=204)
+    if request.method == "PUT":
+        form = await _form(request)
+        reg = await relay.reconfigure(cap, form.get("token"), form.get("lease"))
+        return _link_response(relay, reg, 204)
+    reg = await relay.registration(cap)
+    doc = _describe(relay, reg)
+    accept = request.headers.get("accept", "")
+    if "application/json" in accept:
+        return Response(json.dumps(doc), media_type="application/json")
+    if "text/html" in accept:
+        items = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in doc.items())
+        return HTMLResponse(f"<!doctype html><title>{reg.name}</title><h1>Registration {reg.name}</h1><dl>{items}</dl>")
+    return Response(urlencode(doc), media_type=envelope.FORM)

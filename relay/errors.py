@@ -1,0 +1,91 @@
+"""The relay's errors, one root, each with the HTTP status DESIGN.md gives it.
+
+::
+
+    RelayError
+    ├── InvalidInput            400  bad name, lease, form, reply or envelope
+    │   ├── HeadersTooLarge     431  too many or too large request headers
+    │   └── BodyTooLarge        413  body over ``max_body_size``
+    ├── TokenMismatch           403  registration token does not match
+    ├── NotFound                404  unknown name, private URL or request URL
+    ├── Gone                    410  registration deleted while polling
+    └── RequesterError               what a requester on a public URL is told
+        ├── NoPoller            504  nobody polled within ``unavailable_timeout``
+        ├── NoReply             504  delivered, not answered within ``reply_timeout``
+        ├── BadReply            502  the application's reply was not a valid HTTP response
+        ├── Unavailable         503  relay error or queue full
+        └── Withdrawn           404  the registration was deleted while the request was queued
+
+Endpoints map these to responses in one place (``relay.endpoints.error_response``).
+"""
+
+from __future__ import annotations
+
+
+class RelayError(Exception):
+    status = 500
+    reason = "relay error"
+
+    def __init__(self, reason: str | None = None) -> None:
+        super().__init__(reason or self.reason)
+        if reason:
+            self.reason = reason
+
+
+class InvalidInput(RelayError):
+    status = 400
+    reason = "invalid input"
+
+
+class HeadersTooLarge(InvalidInput):
+    status = 431
+    reason = "request headers too large"
+
+
+class BodyTooLarge(InvalidInput):
+    status = 413
+    reason = "body too large"
+
+
+class TokenMismatch(RelayError):
+    status = 403
+    reason = "token does not match the registration"
+
+
+class NotFound(RelayError):
+    status = 404
+    reason = "not found"
+
+
+class Gone(RelayError):
+    status = 410
+    reason = "registration deleted"
+
+
+class RequesterError(RelayError):
+    status = 503
+
+
+class NoPoller(RequesterError):
+    status = 504
+    reason = "no application poller available"
+
+
+class NoReply(RequesterError):
+    status = 504
+    reason = "the application did not reply in time"
+
+
+class BadReply(RequesterError):
+    status = 502
+    reason = "the application sent an invalid reply"
+
+
+class Unavailable(RequesterError):
+    status = 503
+    reason = "relay unavailable"
+
+
+class Withdrawn(RequesterError):
+    status = 404
+    reason = "no such registration"

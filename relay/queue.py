@@ -1,0 +1,237 @@
+"""Requests waiting for pollers, and replies finding their requesters, all through the broker.
+
+Nothing here assumes one process. Broker names:
+
+- ``relay.q.{name}``: the FIFO of queued requests of a name. Each item is
+  ``{id} {client}\\n{message/http bytes}``. Pollers blocked on it are served in arrival order, which
+  gives round-robin across pollers (broker contract).
+- ``relay.reply.{id}``: the channel on which the requester of item ``id`` waits for its reply
+  (subscribed before the push, so no reply is missed). A message is ``R`` + a serialized response,
+  or ``E{status} {reason}`` when the relay answers for the application.
+- ``relay.bound.{cap}``: the requests a request URL delivered, until answered (TTL: reply timeout).
+  A reply POSTed to that URL on any process finds them; a repeated GET re-delivers them, so a lost
+  poll response costs nothing.
+- ``relay.seen.{name}``: "a poller is around" (see :meth:`Dispatcher.relay` for the busy/absent rule).
+- ``relay.online`` channel: the public URL prefix of a name whose first poller just arrived.
+- ``relay.changed`` channel: a name whose registration was deleted or changed (caches, held polls).
+
+Ordering: a requester's connection sends its next request only after the previous one was answered
+(HTTP/1.1 has one request in flight per connection, and uvicorn serves pipelined ones in turn), so
+one FIFO per name never reorders the requests of one connection, whatever poller takes them.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+
+import anyio
+
+from relay.errors import BadReply, NoPoller, NoReply, NotFound, RequesterError, Unavailable, Withdrawn
+from reversehub.broker import Broker
+from reversehub.settings import Settings
+
+ONLINE_CHANNEL = "relay.online"
+CHANGED_CHANNEL = "relay.changed"
+
+
+def queue_key(name: str) -> str:
+    return "relay.q." + name
+
+
+def reply_channel(item_id: str) -> str:
+    return "relay.reply." + item_id
+
+
+def bound_key(cap: str) -> str:
+    return "relay.bound." + cap
+
+
+def seen_key(name: str) -> str:
+    return "relay.seen." + name
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    client: str
+    message: bytes
+
+    def pack(self) -> bytes:
+        return b"%s %s\n%s" % (self.id.encode("ascii"), self.client.encode("latin-1"), self.message)
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> Item:
+        head, _, message = raw.partition(b"\n")
+        item_id, _, client = head.partition(b" ")
+        return cls(item_id.decode("ascii"), client.decode("latin-1"), message)
+
+    @classmethod
+    def new(cls, client: str, message: bytes) -> Item:
+        return cls(secrets.token_hex(16), client, message)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What one request URL delivered: the next URL's capability, the envelope type, the items."""
+
+    next_cap: str
+    content_type: str
+    items: list[Item]
+
+    def pack(self) -> bytes:
+        parts = [self.next_cap.encode("ascii"), b"\n", self.content_type.encode("ascii"), b"\n"]
+        for item in self.items:
+            raw = item.pack()
+            parts += [b"%d\n" % len(raw), raw]
+        return b"".join(parts)
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> Delivery:
+        next_cap, _, rest = raw.partition(b"\n")
+        ctype, _, rest = rest.partition(b"\n")
+        items, pos = [], 0
+        while pos < len(rest):
+            end = rest.index(b"\n", pos)
+            size = int(rest[pos:end])
+            items.append(Item.unpack(rest[end + 1 : end + 1 + size]))
+            pos = end + 1 + size
+        return cls(next_cap.decode("ascii"), ctype.decode("ascii"), items)
+
+
+class Dispatcher:
+    """The requester side (:meth:`relay`) and the poller side (:meth:`take`, :meth:`answer`)."""
+
+    def __init__(self, broker: Broker, settings: Settings) -> None:
+        self.broker = broker
+        self.settings = settings
+
+    # Requesters ---------------------------------------------------------------------------------
+    async def relay(self, name: str, item: Item) -> bytes:
+        """Queue ``item`` for the pollers of ``name`` and wait for its reply (serialized response).
+
+        Busy versus absent (spec: "distinguish between unavailability of the registered Application
+        and a busy Application that is working through a backlog"): every ``unavailable_timeout``
+        seconds that the request is still unanswered, if ``relay.seen.{name}`` is absent the request
+        is withdrawn from the queue and the requester gets 504 "no poller". The key is set when a
+        poll starts (TTL poll timeout + unavailable timeout), when a poll delivers requests (TTL
+        reply timeout + unavailable timeout: the application is working on them), and refreshed by
+        replies, and cut to ``unavailable_timeout`` when a poller disconnects. A request some
+        poller took is never withdrawn; it gets 504 "no reply" after ``reply_timeout``.
+        """
+        queue = queue_key(name)
+        raw = item.pack()
+        settings = self.settings
+        async with self.broker.subscribe(reply_channel(item.id)) as sub:
+            length = await self.broker.push(queue, raw)
+            if length > settings.max_queued_per_name and await self.broker.remove(queue, raw):
+                raise Unavailable("too many queued requests for this name")
+            deadline = time.monotonic() + settings.reply_timeout
+            taken = False
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    if not taken and await self.broker.remove(queue, raw):
+                        raise NoPoller()
+                    raise NoReply()
+                message: bytes | None = None
+                with anyio.move_on_after(remaining if taken else min(settings.unavailable_timeout, remaining)):
+                    message = await sub.get()
+                if message is not None:
+                    return _reply_or_raise(message)
+                if not taken and await self.broker.get(seen_key(name)) is None:
+                    if await self.broker.remove(queue, raw):
+                        raise NoPoller()
+                    taken = True  # a poller has it: wait for the reply until the deadline
+
+    # Pollers ------------------------------------------------------------------------------------
+    async def mark_polling(self, name: str, online_url: str) -> None:
+        """A poll starts: the name has a poller; announce it when none was seen before."""
+        ttl = self.settings.poll_timeout + self.settings.unavailable_timeout
+        if await self.broker.set(seen_key(name), b"1", ttl, nx=True):
+            await self.broker.publish(ONLINE_CHANNEL, online_url.encode())
+        else:
+            await self.broker.set(seen_key(name), b"1", ttl)
+
+    async def mark_gone(self, name: str) -> None:
+        """A poller disconnected: unless another comes soon, queued requests are not waited for."""
+        await self.broker.set(seen_key(name), b"1", self.settings.unavailable_timeout)
+
+    async def bound(self, cap: str) -> Delivery | None:
+        raw = await self.broker.get(bound_key(cap))
+        return Delivery.unpack(raw) if raw is not None else None
+
+    async def take(self, name: str, timeout: float, max_items: int) -> list[bytes]:
+        """Wait up to ``timeout`` for the first queued item, then take up to ``max_items`` in all.
+
+        Cancellation while waiting loses nothing (broker contract); once the first item is here the
+        rest is taken shielded, so what we hold is returned and can be put back if needed.
+        """
+        queue = queue_key(name)
+        first = await self.broker.pop(queue, timeout)
+        if first is None:
+            return []
+        items = [first]
+        with anyio.CancelScope(shield=True):
+            while len(items) < max_items:
+                more = await self.broker.pop(queue, 0)
+                if more is None:
+                    break
+                items.append(more)
+        return items
+
+    async def put_back(self, name: str, raw_items: list[bytes]) -> None:
+        """Items taken for a poller that cannot have them go back to the front, in order."""
+        with anyio.CancelScope(shield=True):
+            for raw in reversed(raw_items):
+                await self.broker.push_front(queue_key(name), raw)
+
+    async def bind(self, name: str, cap: str, delivery: Delivery, raw_items: list[bytes]) -> Delivery:
+        """Bind taken items to request URL ``cap``; if a concurrent GET on it won, ours go back."""
+        settings = self.settings
+        ttl = settings.reply_timeout + settings.unavailable_timeout
+        with anyio.CancelScope(shield=True):
+            if await self.broker.set(bound_key(cap), delivery.pack(), ttl, nx=True):
+                await self.broker.set(seen_key(name), b"1", ttl)
+                return delivery
+            await self.put_back(name, raw_items)
+            existing = await self.bound(cap)
+        if existing is None:
+            raise NotFound("request URL was answered meanwhile")
+        return existing
+
+    async def unbind(self, name: str, cap: str, raw_items: list[bytes]) -> None:
+        """The poller went away before getting the delivery: return the items to the queue."""
+        with anyio.CancelScope(shield=True):
+            if await self.broker.delete(bound_key(cap)):
+                await self.put_back(name, raw_items)
+
+    async def claim(self, cap: str) -> Delivery:
+        """Take the delivery bound to ``cap`` for answering it (exactly one reply wins)."""
+        raw = await self.broker.get(bound_key(cap))
+        if raw is None or not await self.broker.delete(bound_key(cap)):
+            raise NotFound("no request is waiting for a reply at this URL")
+        return Delivery.unpack(raw)
+
+    async def answer(self, item: Item, response: bytes) -> None:
+        await self.broker.publish(reply_channel(item.id), b"R" + response)
+
+    async def fail(self, item: Item, error: RequesterError) -> None:
+        await self.broker.publish(reply_channel(item.id), b"E%d %s" % (error.status, error.reason.encode()))
+
+    async def drain(self, name: str, error: RequesterError) -> int:
+        """Answer every queued request of a deleted name for the application."""
+        n = 0
+        while (raw := await self.broker.pop(queue_key(name), 0)) is not None:
+            await self.fail(Item.unpack(raw), error)
+            n += 1
+        return n
+
+
+def _reply_or_raise(message: bytes) -> bytes:
+    if message[:1] == b"R":
+        return message[1:]
+    status, _, reason = message[1:].partition(b" ")
+    errors: dict[int, type[RequesterError]] = {502: BadReply, 504: NoReply, 404: Withdrawn}
+    raise errors.get(int(status or 503), Unavailable)(reason.decode() or None)

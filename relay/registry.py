@@ -1,0 +1,260 @@
+"""Registrations: names, tokens, leases, and the capability URLs derived from them.
+
+A registration is a row (relay.models). Everything else is derived from its ``secret`` so that no
+other state has to be stored or shared between processes:
+
+- the private URL ``/reversehttp/p/{cap}``: ``cap = b64url(HMAC(secret, "private")[:16] + name)``;
+- request URLs ``/reversehttp/r/{cap}``: ``cap = b64url(nonce[16] + HMAC(secret, nonce + name)[:16] + name)``.
+
+Both are unguessable (128-bit MACs), verifiable by any process that can read the row, survive a
+restart, and die with the registration (a new registration of the name gets a new secret).
+
+Lookups by name are cached for ``CACHE_TTL`` seconds (positive and negative) so the hot path of a
+relayed request does not touch the database; processes drop entries on ``relay.changed`` messages.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from relay.errors import InvalidInput, NotFound, TokenMismatch
+from relay.models import Registration
+from reversehub.settings import Settings
+
+CACHE_TTL = 1.0
+# RFC 1034 3.5 label (with RFC 1123's leading digit): 1-63 letters, digits and inner hyphens.
+_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_MAC_SIZE = 16
+_NONCE_SIZE = 16
+
+
+@dataclass(frozen=True)
+class Reg:
+    """A registration as the hot path sees it (no token)."""
+
+    name: str
+    secret: bytes
+    lease_seconds: float
+    created_at: float
+    expires_at: float
+
+
+def normalize_name(raw: str | None) -> str:
+    """The lowercased name, or InvalidInput if it is not a DNS label."""
+    if raw is None or raw == "":
+        raise InvalidInput("missing name")
+    name = raw.lower()
+    if not _LABEL.match(name):
+        raise InvalidInput("name must be a DNS label: 1-63 letters, digits or inner hyphens")
+    return name
+
+
+def parse_lease(raw: str | None, settings: Settings) -> float | None:
+    """A lease in whole seconds clamped to the configured bounds; None when absent."""
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if not raw.isdigit() or len(raw) > 12:
+        raise InvalidInput("lease must be a number of seconds")
+    return min(max(float(int(raw)), settings.lease_min), settings.lease_max)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(cap: str) -> bytes | None:
+    if not cap or len(cap) > 200:
+        return None
+    try:
+        return base64.urlsafe_b64decode(cap + "=" * (-len(cap) % 4))
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _mac(secret: bytes, message: bytes) -> bytes:
+    return hmac.new(secret, message, hashlib.sha256).digest()[:_MAC_SIZE]
+
+
+def private_cap(reg: Reg) -> str:
+    return _b64(_mac(reg.secret, b"private") + reg.name.encode("ascii"))
+
+
+def request_cap(reg: Reg) -> str:
+    nonce = secrets.token_bytes(_NONCE_SIZE)
+    return _b64(nonce + _mac(reg.secret, nonce + reg.name.encode("ascii")) + reg.name.encode("ascii"))
+
+
+def cap_name(cap: str, *, private: bool) -> str | None:
+    """The name a capability claims (verify it with :func:`cap_valid` once the row is known)."""
+    raw = _unb64(cap)
+    head = _MAC_SIZE if private else _NONCE_SIZE + _MAC_SIZE
+    if raw is None or len(raw) <= head:
+        return None
+    try:
+        name = raw[head:].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return name if _LABEL.match(name) else None
+
+
+def cap_valid(cap: str, reg: Reg, *, private: bool) -> bool:
+    raw = _unb64(cap)
+    if raw is None:
+        return False
+    name = reg.name.encode("ascii")
+    if private:
+        return hmac.compare_digest(raw, _mac(reg.secret, b"private") + name)
+    nonce = raw[:_NONCE_SIZE]
+    return hmac.compare_digest(raw[_NONCE_SIZE:], _mac(reg.secret, nonce + name) + name)
+
+
+def _snapshot(row: Registration) -> Reg:
+    return Reg(row.name, bytes.fromhex(row.secret), row.lease_seconds, row.created_at, row.expires_at)
+
+
+class Registry:
+    """Registration rows plus a short-lived in-process cache of them."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], settings: Settings) -> None:
+        self.sessions = sessions
+        self.settings = settings
+        self._cache: dict[str, tuple[Reg | None, float]] = {}
+
+    def forget(self, name: str) -> None:
+        self._cache.pop(name, None)
+
+    async def lookup(self, name: str) -> Reg | None:
+        """The live registration of ``name`` (already lowercased), from the cache when fresh."""
+        now = time.monotonic()
+        hit = self._cache.get(name)
+        if hit is not None and hit[1] > now:
+            reg = hit[0]
+        else:
+            async with self.sessions() as session:
+                row = await session.get(Registration, name)
+                reg = _snapshot(row) if row is not None else None
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            self._cache[name] = (reg, now + CACHE_TTL)
+        if reg is not None and reg.expires_at < time.time() - CACHE_TTL:
+            return None  # expired but not swept yet: as good as gone
+        return reg
+
+    async def by_private_cap(self, cap: str) -> Reg:
+        name = cap_name(cap, private=True)
+        reg = await self.lookup(name) if name else None
+        if reg is None or not cap_valid(cap, reg, private=True):
+            raise NotFound("no such registration")
+        return reg
+
+    async def register(self, raw_name: str | None, token: str | None, raw_lease: str | None) -> tuple[Reg, bool]:
+        """Create or refresh; returns (registration, created). Spec: "Registration"."""
+        name = normalize_name(raw_name)
+        lease = parse_lease(raw_lease, self.settings)
+        # No token: act as if a fresh random one was given (first come, first served).
+        token_hash = hash_token(token if token is not None else secrets.token_urlsafe(32))
+        now = time.time()
+        async with self.sessions.begin() as session:
+            row = await session.get(Registration, name, with_for_update=True)
+            if row is not None and row.expires_at < now:
+                await session.delete(row)
+                await session.flush()
+                row = None
+            if row is None:
+                lease_s = lease if lease is not None else self.settings.lease_default
+                row = Registration(
+                    name=name,
+                    token_hash=token_hash,
+                    secret=secrets.token_hex(32),
+                    lease_seconds=lease_s,
+                    created_at=now,
+                    expires_at=now + lease_s,
+                )
+                session.add(row)
+                created = True
+            else:
+                if not hmac.compare_digest(row.token_hash, token_hash):
+                    raise TokenMismatch()
+                if lease is not None:
+                    row.lease_seconds = lease
+                row.expires_at = now + row.lease_seconds
+                created = False
+            reg = _snapshot(row)
+        self._cache[name] = (reg, time.monotonic() + CACHE_TTL)
+        return reg, created
+
+    async def reconfigure(self, reg: Reg, token: str | None, raw_lease: str | None) -> Reg:
+        """PUT on the private URL: update ``lease`` and ``token`` if given (``name`` is ignored)."""
+        lease = parse_lease(raw_lease, self.settings)
+        async with self.sessions.begin() as session:
+            row = await session.get(Registration, reg.name, with_for_update=True)
+            if row is None or row.secret != reg.secret.hex():
+                raise NotFound("no such registration")
+            if lease is not None:
+                row.lease_seconds = lease
+            if token is not None:
+                row.token_hash = hash_token(token)
+            row.expires_at = time.time() + row.lease_seconds
+            new = _snapshot(row)
+        self.forget(reg.name)
+        return new
+
+    async def delete(self, reg: Reg) -> bool:
+        async with self.sessions.begin() as session:
+            result = await session.execute(
+                delete(Registration).where(Registration.name == reg.name, Registration.secret == reg.secret.hex())
+            )
+        self.forget(reg.name)
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def touch(self, names: set[str]) -> None:
+        """Push the lease expiry of names that had pollers forward (lease counts from last activity)."""
+        if not names:
+            return
+        now = time.time()
+        async with self.sessions.begin() as session:
+            await session.execute(
+                update(Registration)
+                .where(Registration.name.in_(sorted(names)))
+                .values(expires_at=now + Registration.lease_seconds)
+            )
+
+    async def sweep(self, now: float | None = None) -> list[str]:
+        """Delete registrations left dormant past their lease; returns their names.
+
+        Safe with many processes: each one touches its active names before sweeping, and the
+        DELETE repeats the condition, so a row refreshed in between survives.
+        """
+        now = time.time() if now is None else now
+        async with self.sessions.begin() as session:
+            names = list((await session.scalars(select(Registration.name).where(Registration.expires_at < now))).all())
+            if names:
+                await session.execute(
+                    delete(Registration).where(Registration.name.in_(names), Registration.expires_at < now)
+                )
+        for name in names:
+            self.forget(name)
+        return names
+
+    async def listing(self, limit: int = 1000) -> tuple[int, list[Reg]]:
+        from sqlalchemy import func
+
+        async with self.sessions() as session:
+            count = int(await session.scalar(select(func.count()).select_from(Registration)) or 0)
+            rows = (await session.scalars(select(Registration).order_by(Registration.name).limit(limit))).all()
+        return count, [_snapshot(r) for r in rows]
