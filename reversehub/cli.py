@@ -44,7 +44,7 @@ def main() -> None:
     """reversehub: a WebSub hub and ReverseHttp relay."""
 
 
-def security_options(defaults: Settings) -> list[tuple[str, dict[str, Any]]]:
+def security_options(defaults: Settings) -> list[tuple[str, Any]]:
     """Issue 6 flags: tokens, trusted networks, subscriber policy, rate limits, caps (README "Securing")."""
     from reversehub.policy import validate_patterns
     from reversehub.ratelimit import parse_limits

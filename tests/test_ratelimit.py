@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import uuid
 
 import pytest
 from prometheus_client import generate_latest
 
+from reversehub.broker import Broker
 from reversehub.broker.memory import MemoryBroker
 from reversehub.ratelimit import DEFAULT_LIMITS, parse_limits
 from reversehub.settings import Settings
@@ -130,13 +132,29 @@ async def test_window_ends():
 async def test_counted_in_the_shared_broker():
     """Two apps (two processes' worth) on one broker share one budget."""
     broker = MemoryBroker()
-    apps = [echo_app(limited("publish=3")) for _ in range(2)]
-    for app in apps:
+    assert await shared_budget(broker, broker) == [200, 200, 200, 429]
+
+
+@pytest.mark.redis
+async def test_counted_in_redis_across_processes(redis_url):
+    from reversehub.broker.redis import RedisBroker
+
+    prefix = f"reversehub-test:{uuid.uuid4().hex}:"
+    one, two = RedisBroker(redis_url, prefix=prefix), RedisBroker(redis_url, prefix=prefix)
+    try:
+        assert await shared_budget(one, two) == [200, 200, 200, 429]
+    finally:
+        await one.aclose()
+        await two.aclose()
+
+
+async def shared_budget(*brokers: Broker) -> list[int]:
+    apps = [echo_app(limited("publish=3")) for _ in brokers]
+    for app, broker in zip(apps, brokers, strict=True):
         app.state.services.broker = broker
     ping = {"hub.mode": "publish", "hub.url": "https://t/a"}
     async with client_for(apps[0]) as a, client_for(apps[1]) as b:
-        codes = [(await x.post("/publish", data=ping)).status_code for x in (a, b, a, b)]
-    assert codes == [200, 200, 200, 429]
+        return [(await x.post("/publish", data=ping)).status_code for x in (a, b, a, b)]
 
 
 async def test_refusals_are_counted_in_metrics():

@@ -1,0 +1,219 @@
+"""Fuzzing (issue 6): every endpoint's input and ``message/http`` parsing. No 500, no hang, still healthy.
+
+The endpoint fuzz takes its paths from the app's own routing table, so a route added later is
+fuzzed too. The app runs once per test on a blocking portal (hypothesis drives sync tests); its
+outbound HTTP is a MockTransport, so subscribing random callbacks reaches nobody. Every request has
+a deadline, and /healthz must still answer 200 after each one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import replace
+from urllib.parse import quote, urlencode
+
+import anyio
+import httpx
+import pytest
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from starlette.routing import BaseRoute, Mount, Route
+
+from relay import wire
+from reversehub.app import create_app
+from reversehub.settings import Settings
+from tests.conftest import started
+
+REQUEST_DEADLINE = 5.0  # seconds; held polls end after poll_timeout (1 s in tests)
+FUZZ = hsettings(
+    max_examples=150,
+    deadline=None,  # each request has its own deadline (REQUEST_DEADLINE)
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+# message/http parsing ----------------------------------------------------------------------------
+token = st.text(
+    alphabet="!#$%&'*+-.^_`|~abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", min_size=1, max_size=12
+)
+latin1 = st.text(
+    alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF, blacklist_characters="\x7f"), max_size=40
+)
+header = st.tuples(token, latin1)
+framing = st.sampled_from(
+    [
+        b"",
+        b"Content-Length: 0\r\n",
+        b"Content-Length: 5\r\n",
+        b"Content-Length: -1\r\n",
+        b"Content-Length: 99999999999\r\n",
+        b"Content-Length: 3\r\nContent-Length: 4\r\n",
+        b"Transfer-Encoding: chunked\r\n",
+        b"Transfer-Encoding: gzip, chunked\r\n",
+        b"Transfer-Encoding: chunked\r\nContent-Length: 2\r\n",
+    ]
+)
+chunked_body = st.lists(st.binary(max_size=20), max_size=4).map(
+    lambda parts: b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+)
+mangled = st.sampled_from(
+    [b"", b"ffffffffffffffffff\r\n", b"5\r\nab", b"zz\r\n", b"3;ext=1\r\nabc\r\n0\r\nX: y\r\n\r\n"]
+)
+
+
+@st.composite
+def http_messages(draw: st.DrawFn) -> bytes:
+    """Bytes shaped like HTTP messages (requests and responses), valid or subtly broken."""
+    if draw(st.booleans()):
+        first = b"%s %s HTTP/%d.%d" % (
+            draw(token).encode(),
+            draw(st.sampled_from([b"/", b"*", b"http://x/y?z", b"/a b", b""])),
+            draw(st.integers(0, 3)),
+            draw(st.integers(0, 9)),
+        )
+    else:
+        first = b"HTTP/1.%d %s %s" % (
+            draw(st.integers(0, 2)),
+            draw(st.sampled_from([b"200", b"204", b"304", b"99", b"1000", b"abc", b"101"])),
+            draw(latin1).encode("latin-1"),
+        )
+    eol = draw(st.sampled_from([b"\r\n", b"\n"]))
+    head = first + eol + b"".join(f"{k}: {v}".encode("latin-1") + eol for k, v in draw(st.lists(header, max_size=6)))
+    head += draw(framing).replace(b"\r\n", eol)
+    body = draw(st.one_of(st.binary(max_size=40), chunked_body, mangled))
+    message = head + eol + body
+    return message * draw(st.integers(1, 3))  # pipelines
+
+
+PARSERS = [wire.parse_request, wire.parse_requests, wire.parse_response, wire.parse_responses]
+
+
+@hsettings(max_examples=400, deadline=500, database=None)
+@given(data=st.one_of(st.binary(max_size=300), http_messages()), parser=st.sampled_from(PARSERS))
+def test_wire_parsing_raises_only_wire_error(data: bytes, parser) -> None:
+    try:
+        parser(data)
+    except wire.WireError:
+        pass
+
+
+@hsettings(max_examples=100, deadline=500, database=None)
+@given(data=st.binary(min_size=1, max_size=200))
+def test_wire_parsing_bounded_on_huge_heads(data: bytes) -> None:
+    """A head past the limit is refused without scanning the whole buffer again and again."""
+    data = data.replace(b"\n", b"x")  # one endless header line
+    big = b"GET / HTTP/1.1\r\n" + b"X: " + data * (70_000 // len(data) + 1)
+    for parser in PARSERS:
+        with pytest.raises(wire.WireError):
+            parser(big)
+
+
+@hsettings(max_examples=200, deadline=500, database=None)
+@given(
+    method=token,
+    target=st.sampled_from(["/", "/a?b=c", "http://x/y", "*"]),
+    headers=st.lists(header, max_size=5),
+    body=st.binary(max_size=100),
+)
+def test_wire_request_round_trip(method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> None:
+    headers = [(k, v.strip(" \t")) for k, v in headers if k.lower() not in ("content-length", "transfer-encoding")]
+    parsed = wire.parse_request(wire.serialize_request(wire.HttpRequest(method, target, headers, body)))
+    assert (parsed.method, parsed.target, parsed.body) == (method, target, body)
+
+
+# Every endpoint ----------------------------------------------------------------------------------
+def route_templates(routes: list[BaseRoute], prefix: str = "") -> list[tuple[str, frozenset[str]]]:
+    out: list[tuple[str, frozenset[str]]] = []
+    for route in routes:
+        if isinstance(route, Route):
+            out.append((prefix + route.path, frozenset(route.methods or {"GET"})))
+        elif isinstance(route, Mount):
+            out.append((prefix + route.path + "/{rest}", frozenset({"GET", "POST", "PUT", "DELETE"})))
+            out.extend(route_templates(list(route.routes or []), prefix + route.path))
+    return out
+
+
+@pytest.fixture
+def live_app(settings: Settings) -> Iterator[tuple[BlockingPortal, httpx.AsyncClient, list]]:
+    async def outbound(request: httpx.Request) -> httpx.Response:
+        challenge = request.url.params.get("hub.challenge")
+        return httpx.Response(200, text=challenge) if challenge else httpx.Response(404)
+
+    fuzz_settings = replace(settings, admin_token="fuzz-admin", rate_limit_window=0.0, poll_timeout=0.2)
+    app = create_app(fuzz_settings, transport=httpx.MockTransport(outbound))
+    with start_blocking_portal(backend="asyncio") as portal:
+        with portal.wrap_async_context_manager(started(app)) as client:
+            yield portal, client, route_templates(app.routes)
+
+
+FORM_KEYS = [
+    "hub.mode",
+    "hub.topic",
+    "hub.callback",
+    "hub.url",
+    "hub.secret",
+    "hub.lease_seconds",
+    "name",
+    "token",
+    "lease",
+]
+FORM_VALUES = st.one_of(
+    st.sampled_from(["subscribe", "unsubscribe", "publish", "http://cb.test/x", "https://t.test/feed", "-1", "0",
+                     "99999999999999999999", "a" * 300, "alice", "ALICE", "xn--", "a..b", ""]),
+    st.text(max_size=30),
+)  # fmt: skip
+forms = st.lists(st.tuples(st.sampled_from(FORM_KEYS), FORM_VALUES), max_size=8).map(lambda f: urlencode(f).encode())
+header_names = st.sampled_from(
+    ["content-type", "content-length", "accept", "authorization", "cookie", "x-csrf-token", "transfer-encoding",
+     "link", "x-hub-signature", "if-none-match", "origin", "x-fuzz"]
+)  # fmt: skip
+header_values = st.one_of(
+    st.sampled_from(["application/x-www-form-urlencoded", "message/http", "application/http", "text/plain",
+                     "multipart/form-data; boundary=x", "Bearer fuzz-admin", "Basic Og==", "Basic !!", "chunked"]),
+    st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=30),
+)  # fmt: skip
+segment = st.one_of(st.sampled_from(["alice", "x", "", "..", "%2F", "a" * 70, "ü"]), st.text(max_size=12))
+
+
+@st.composite
+def requests(draw: st.DrawFn, templates: list[tuple[str, frozenset[str]]]) -> tuple[str, str, dict, bytes]:
+    template, methods = draw(st.sampled_from(templates))
+    path = re.sub(r"\{[^}]+\}", lambda _: quote(draw(segment), safe="") or "x", template)
+    method = draw(
+        st.one_of(st.sampled_from(sorted(methods)), st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH"]))
+    )
+    query = urlencode(draw(st.lists(st.tuples(st.sampled_from(FORM_KEYS), FORM_VALUES), max_size=3)))
+    headers = dict(draw(st.lists(st.tuples(header_names, header_values), max_size=4)))
+    headers.pop("content-length", None)  # httpx frames the body itself; a lying length is the server's (h11's) job
+    headers.pop("transfer-encoding", None)
+    if draw(st.booleans()):
+        headers["content-type"] = "application/x-www-form-urlencoded"
+        body = draw(forms)
+    else:
+        body = draw(st.one_of(st.binary(max_size=200), http_messages()))
+    return method, path + ("?" + query if query else ""), headers, body
+
+
+def test_every_endpoint_survives_fuzzing(live_app) -> None:
+    portal, client, templates = live_app
+    assert len(templates) >= 5
+
+    async def send(method: str, url: str, headers: dict, body: bytes) -> int:
+        with anyio.fail_after(REQUEST_DEADLINE):
+            response = await client.request(method, url, headers=headers, content=body)
+        with anyio.fail_after(REQUEST_DEADLINE):
+            health = await client.get("/healthz")
+        assert health.status_code == 200, "server unhealthy after the request"
+        return response.status_code
+
+    @FUZZ
+    @given(request=requests(templates))
+    def check(request: tuple[str, str, dict, bytes]) -> None:
+        status = portal.call(send, *request)
+        assert status < 500, f"{request[0]} {request[1]} -> {status}"
+
+    check()
