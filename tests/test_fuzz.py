@@ -143,11 +143,22 @@ def live_app(settings: Settings) -> Iterator[tuple[BlockingPortal, httpx.AsyncCl
         challenge = request.url.params.get("hub.challenge")
         return httpx.Response(200, text=challenge) if challenge else httpx.Response(404)
 
-    fuzz_settings = replace(settings, admin_token="fuzz-admin", rate_limit_window=0.0, poll_timeout=0.2)
+    fuzz_settings = replace(
+        settings, admin_token="fuzz-admin", rate_limit_window=0.0, poll_timeout=0.2, unavailable_timeout=0.05
+    )
     app = create_app(fuzz_settings, transport=httpx.MockTransport(outbound))
     with start_blocking_portal(backend="asyncio") as portal:
         with portal.wrap_async_context_manager(started(app)) as client:
-            yield portal, client, route_templates(app.routes)
+            yield portal, client, route_templates(app.routes) + portal.call(relay_urls, client)
+
+
+async def relay_urls(client: httpx.AsyncClient) -> list[tuple[str, frozenset[str]]]:
+    """A real registration's private, request and public URLs, so fuzzed replies reach the parser."""
+    r = await client.post("/reversehttp", data={"name": "alice", "token": "t", "lease": "600"})
+    if r.status_code not in (200, 201, 204):
+        return []
+    urls = [r.headers.get("location", ""), *re.findall(r"<([^>]+)>", ", ".join(r.headers.get_list("link")))]
+    return [(httpx.URL(u).path, frozenset({"GET", "POST", "PUT", "DELETE"})) for u in urls if u]
 
 
 FORM_KEYS = [
@@ -214,6 +225,8 @@ def test_every_endpoint_survives_fuzzing(live_app) -> None:
     @given(request=requests(templates))
     def check(request: tuple[str, str, dict, bytes]) -> None:
         status = portal.call(send, *request)
-        assert status < 500, f"{request[0]} {request[1]} -> {status}"
+        # A public relay URL answers 502/504 by design (no poller, no valid reply: DESIGN.md); nothing 500s.
+        relayed = request[1].startswith("/relay/") and status in (502, 504)
+        assert status < 500 or relayed, f"{request[0]} {request[1]} -> {status}"
 
     check()
