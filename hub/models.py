@@ -1,5 +1,131 @@
-"""The hub's tables on the shared declarative base."""
+"""The hub's tables on the shared declarative base.
+
+Times are UNIX seconds (floats): they compare the same way on SQLite and PostgreSQL and need no
+time-zone handling. Durable things only: a subscription exists once verified (W3C WebSub 5.3), a
+payload is stored once however many subscribers it goes to, and a delivery row per subscriber is
+the outbox (:mod:`hub.outbox`).
+"""
 
 from __future__ import annotations
 
-from reversehub.db import Base  # noqa: F401
+from sqlalchemy import Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from reversehub.db import Base
+
+URL_LENGTH = 2048
+
+
+class Subscription(Base):
+    """A verified (topic, callback) pair. Re-subscribing renews this row; it is never duplicated."""
+
+    __tablename__ = "hub_subscriptions"
+    __table_args__ = (
+        UniqueConstraint("topic", "callback"),
+        Index("ix_hub_subscriptions_topic_state", "topic", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    topic: Mapped[str] = mapped_column(String(URL_LENGTH))
+    callback: Mapped[str] = mapped_column(String(URL_LENGTH))
+    secret: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # active | expired (lease ran out) | unsubscribed | gone (callback answered 410)
+    state: Mapped[str] = mapped_column(String(16))
+    lease_seconds: Mapped[int] = mapped_column(Integer)
+    verified_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    # The sequence number of the last delivery queued for this subscription (X-Hub-Sequence).
+    seq: Mapped[int] = mapped_column(Integer, default=0)
+    # Deliveries given up after delivery_max_age, and the last reason: nothing is dropped silently.
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_failure: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class Topic(Base):
+    """What the hub knows of a topic URL: fetch validators, the last body, polling and SUP state."""
+
+    __tablename__ = "hub_topics"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url: Mapped[str] = mapped_column(String(URL_LENGTH), unique=True)
+    content_type: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    etag: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    last_modified: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    body_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # None: never fetched (the first poll only records a baseline, it distributes nothing).
+    fetched_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # A publish ping that still has to be fetched (durable: recorded before the 204).
+    ping_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+    fetch_claimed_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+    next_poll_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+    poll_interval: Mapped[float] = mapped_column(Float)
+    # SUP (FriendFeed 2008): the SUP document that lists this feed, its SUP-ID and last update id.
+    sup_url: Mapped[str | None] = mapped_column(String(URL_LENGTH), nullable=True)
+    sup_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    sup_seen: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # Distributions so far and when the last one happened: our own SUP document (GET /sup).
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+
+
+class Entry(Base):
+    """A feed entry already distributed: its key (id/guid, else link) and content hash."""
+
+    __tablename__ = "hub_entries"
+
+    topic_id: Mapped[int] = mapped_column(ForeignKey("hub_topics.id", ondelete="CASCADE"), primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(64))
+
+
+class SupSource(Base):
+    """A SUP document the hub polls for the feeds that advertise it."""
+
+    __tablename__ = "hub_sup_sources"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url: Mapped[str] = mapped_column(String(URL_LENGTH), unique=True)
+    etag: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    last_modified: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    period: Mapped[float] = mapped_column(Float)
+    next_poll_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class Payload(Base):
+    """One distributed body, stored once."""
+
+    __tablename__ = "hub_payloads"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uid: Mapped[str] = mapped_column(String(32), unique=True)
+    topic: Mapped[str] = mapped_column(String(URL_LENGTH))
+    content_type: Mapped[str] = mapped_column(String(255))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class Delivery(Base):
+    """The outbox: one row per (payload, subscriber), kept after delivery for replay."""
+
+    __tablename__ = "hub_deliveries"
+    __table_args__ = (
+        Index("ix_hub_deliveries_due", "state", "next_attempt_at"),
+        Index("ix_hub_deliveries_subscription_seq", "subscription_id", "seq"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    payload_id: Mapped[int] = mapped_column(ForeignKey("hub_payloads.id", ondelete="CASCADE"), index=True)
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("hub_subscriptions.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    # pending | delivered | failed (given up) | cancelled (subscription ended)
+    state: Mapped[str] = mapped_column(String(12))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Float)
+    claim_token: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    claimed_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)

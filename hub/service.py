@@ -1,16 +1,204 @@
-"""Placeholder: the hub service (replaced by the real one)."""
+"""The hub: subscriptions, publishing, feed fetching and the delivery outbox, behind plain methods.
+
+Built by the app factory with the shared :class:`~reversehub.services.Services`; ``run()`` is its
+background work (outbox workers, fetcher, verifications, broker listeners, lease expiry and
+pruning) until cancelled, ``aclose()`` stops it taking work. Endpoints (:mod:`hub.endpoints`) parse
+requests and call these methods.
+
+Broker channels: ``hub.work`` (deliveries were queued: every process's workers wake),
+``hub.fetch`` (topics were pinged) and ``relay.online`` (a relay name got a poller: its pending
+deliveries are due now).
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+
+from hub import store, sup
+from hub.errors import NotFound, NotOwner
+from hub.fetcher import Fetcher
+from hub.metrics import HubMetrics
+from hub.models import Subscription, Topic
+from hub.netguard import NetGuard
+from hub.outbox import Outbox
+from hub.publish import FatPing, Ping
+from hub.signing import check_ownership
+from hub.subscriptions import SubscriptionRequest, Verifier
 from reversehub.services import Services
+
+logger = logging.getLogger(__name__)
+
+WORK = "hub.work"
+FETCH = "hub.fetch"
+RELAY_ONLINE = "relay.online"
+SUP_PERIODS = (60, 300, 600)
+PRUNE_EVERY = 300.0
+MAINTAIN_EVERY = 1.0
+
+
+@dataclass(frozen=True)
+class Status:
+    subscription: Subscription
+    pending: int
+    oldest_retained_seq: int | None
 
 
 class Hub:
     def __init__(self, services: Services) -> None:
         self.services = services
+        self.settings = services.settings
+        self.hub_url = self.settings.public_origin + "/hub"
+        self.metrics = HubMetrics(services.metrics)
+        self.guard = NetGuard(self.settings)
+        self.outbox = Outbox(services, self.guard, self.metrics, self.hub_url)
+        self.fetcher = Fetcher(services, self.guard, self.metrics, on_enqueued=self.outbox.wake)
+        self.verifier = Verifier(services, self.guard)
+        self._closing = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Background work until cancelled."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.outbox.run)
+            tg.start_soon(self.fetcher.run)
+            tg.start_soon(self.verifier.run)
+            tg.start_soon(self._listen, WORK, self._on_work)
+            tg.start_soon(self._listen, FETCH, self._on_fetch)
+            tg.start_soon(self._listen, RELAY_ONLINE, self._on_relay_online)
+            tg.start_soon(self._maintain)
 
     async def aclose(self) -> None:
-        """Stop taking work; called before the background tasks are cancelled."""
+        self._closing = True
+        self.outbox.close()
+        self.fetcher.close()
+
+    async def _listen(self, channel: str, handler: Callable[[bytes], object]) -> None:
+        while True:
+            try:
+                async with self.services.broker.subscribe(channel) as sub:
+                    async for message in sub:
+                        result = handler(message)
+                        if hasattr(result, "__await__"):
+                            await result  # type: ignore[misc]
+            except anyio.get_cancelled_exc_class():
+                raise
+            except Exception:
+                if self._closing:
+                    return
+                logger.exception("listening on %s failed; resubscribing", channel)
+                await anyio.sleep(1.0)
+
+    def _on_work(self, _message: bytes) -> None:
+        self.outbox.wake()
+
+    def _on_fetch(self, _message: bytes) -> None:
+        self.fetcher.wake()
+
+    async def _on_relay_online(self, message: bytes) -> None:
+        prefix = message.decode("utf-8", "replace")
+        if prefix and await store.hurry(self.services.sessions, prefix):
+            self.outbox.wake()
+
+    async def _maintain(self) -> None:
+        last_prune = 0.0
+        while True:
+            try:
+                now = time.time()
+                await store.expire_leases(self.services.sessions, now)
+                self.metrics.pending.set(await store.pending_count(self.services.sessions))
+                if now - last_prune > PRUNE_EVERY:
+                    await store.prune(self.services.sessions, now - self.settings.delivery_retention)
+                    last_prune = now
+            except Exception:
+                logger.exception("hub maintenance failed")
+            await anyio.sleep(max(MAINTAIN_EVERY, self.settings.outbox_scan_interval))
+
+    # -- operations ----------------------------------------------------------------------------
+
+    def request(self, req: SubscriptionRequest) -> None:
+        """Take a (validated) subscribe/unsubscribe request; verification follows asynchronously."""
+        self.verifier.submit(req)
+
+    async def publish(self, ping: Ping | FatPing) -> int:
+        """Record a publish durably; returns the deliveries queued (0 for a ping, fetched later)."""
+        if isinstance(ping, Ping):
+            await store.record_pings(self.services.sessions, ping.urls)
+            self.metrics.publishes.labels("ping").inc()
+            self.fetcher.wake()
+            await self._announce(FETCH)
+            return 0
+        async with self.services.sessions.begin() as s:
+            queued = (await store.enqueue(s, ping.topic, ping.content_type, ping.body, time.time())).deliveries
+            # A fat-pinged topic's next fetch is a fresh baseline (the body just went out), and
+            # it needs no polling while its publisher pings.
+            await s.execute(
+                Topic.__table__.update()
+                .where(Topic.__table__.c.url == ping.topic)
+                .values(fetched_at=None, next_poll_at=time.time() + self.settings.poll_max_interval)
+            )
+        self.metrics.publishes.labels("fat").inc()
+        if queued:
+            self.outbox.wake()
+            await self._announce(WORK)
+        return queued
+
+    async def _announce(self, channel: str) -> None:
+        try:
+            await self.services.broker.publish(channel, b"")
+        except Exception:
+            logger.exception("announcing on %s failed (other processes find the work on their next scan)", channel)
+
+    async def owned(self, callback: str, topic: str, timestamp: int, proof: str) -> Subscription:
+        """The subscription, if the caller proved it knows the subscription's secret."""
+        sub = await store.find(self.services.sessions, topic, callback)
+        if sub is None:
+            raise NotFound("no such subscription")
+        if not sub.secret:
+            raise NotOwner("this subscription has no hub.secret, so ownership cannot be proved")
+        if not check_ownership(sub.secret, callback, topic, timestamp, proof, time.time()):
+            raise NotOwner("hub.signature does not match (or hub.timestamp is too far off)")
+        return sub
+
+    async def status(self, callback: str, topic: str, timestamp: int, proof: str) -> Status:
+        sub = await self.owned(callback, topic, timestamp, proof)
+        from sqlalchemy import func, select
+
+        from hub.models import Delivery
+
+        async with self.services.sessions() as s:
+            pending = (
+                await s.execute(
+                    select(func.count()).where(Delivery.subscription_id == sub.id, Delivery.state == "pending")
+                )
+            ).scalar_one()
+        oldest = await store.oldest_retained(self.services.sessions, sub.id)
+        return Status(sub, int(pending), oldest)
+
+    async def replay(self, callback: str, topic: str, timestamp: int, proof: str, since: int) -> int:
+        sub = await self.owned(callback, topic, timestamp, proof)
+        queued = await store.replay(self.services.sessions, sub.id, since)
+        if queued:
+            self.outbox.wake()
+            await self._announce(WORK)
+        return queued
+
+    async def sup_document(self, seconds: int | None) -> bytes:
+        period = seconds if seconds in SUP_PERIODS else SUP_PERIODS[0]
+        now = time.time()
+        from sqlalchemy import select
+
+        async with self.services.sessions() as s:
+            rows = (
+                await s.execute(
+                    select(Topic.url, Topic.version).where(Topic.updated_at >= now - period).order_by(Topic.updated_at)
+                )
+            ).all()
+        base = self.settings.public_origin + "/sup"
+        return sup.document(
+            [(url, version) for url, version in rows], now, period, {p: f"{base}?seconds={p}" for p in SUP_PERIODS}
+        )

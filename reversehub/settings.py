@@ -61,6 +61,13 @@ class Settings:
     # Feed polling for topics nobody pings: adaptive between these bounds (seconds).
     poll_min_interval: float = 60.0
     poll_max_interval: float = 3600.0
+    # Hub delivery retries: first retry after about delivery_retry_base s (jittered), doubling up to
+    # delivery_retry_max; a claimed delivery another process may take over after delivery_claim_seconds.
+    delivery_retry_base: float = 1.0
+    delivery_retry_max: float = 3600.0
+    delivery_claim_seconds: float = 120.0
+    # Safety-net scan of the outbox when no wake-up came (seconds).
+    outbox_scan_interval: float = 2.0
 
     # Security (README "Securing a public deployment"). Tokens are kept only as "sha256:<hex>" digests
     # (__post_init__ hashes a plain value at once); operators may also give the digest itself.

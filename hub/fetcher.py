@@ -1,0 +1,301 @@
+"""Fetching topics: publish pings, adaptive polling of topics nobody pings, and SUP.
+
+A ping (``hub.url``) is a row (``hub_topics.ping_at``) written before the publisher's 204; this
+fetcher takes it from there. Topics with subscribers are also polled with conditional GETs
+(ETag / Last-Modified) at an interval that halves when the topic changed and doubles when it did
+not, within ``poll_min_interval`` and ``poll_max_interval``. A topic pinged by its publisher or
+covered by a SUP document is polled only at the maximum interval, as a safety net. The first fetch
+of a topic that nobody pinged records a baseline and distributes nothing (subscribers must not get
+the whole back catalogue when they subscribe).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from urllib.parse import urljoin
+
+import anyio
+import httpx
+from sqlalchemy import exists, or_, select, update
+
+from hub import feeds, store, sup
+from hub.errors import FetchFailed, URLRefused
+from hub.metrics import HubMetrics
+from hub.models import Subscription, SupSource, Topic
+from hub.netguard import NetGuard
+from reversehub.services import Services
+
+logger = logging.getLogger(__name__)
+
+ACCEPT = (
+    "application/atom+xml, application/rss+xml, application/rdf+xml, application/feed+json, "
+    "application/json;q=0.9, application/xml;q=0.9, text/xml;q=0.9, */*;q=0.8"
+)
+MAX_REDIRECTS = 5
+BATCH = 32
+
+
+@dataclass(frozen=True)
+class Fetched:
+    status: int  # 200 or 304
+    headers: httpx.Headers
+    body: bytes
+
+
+class Fetcher:
+    def __init__(self, services: Services, guard: NetGuard, metrics: HubMetrics, on_enqueued: object) -> None:
+        self.services = services
+        self.settings = services.settings
+        self.guard = guard
+        self.metrics = metrics
+        self._on_enqueued = on_enqueued
+        self._wake = anyio.Event()
+        self._limit = anyio.Semaphore(16)
+        self._closing = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            while not self._closing:
+                self._wake = anyio.Event()
+                try:
+                    topics = await self._claim_topics()
+                    for topic in topics:
+                        tg.start_soon(self._process_bounded, topic)
+                    sources = await self._claim_sup_sources()
+                    for source in sources:
+                        tg.start_soon(self._poll_sup, source)
+                except Exception:
+                    logger.exception("fetcher pass failed")
+                    topics = []
+                if topics:
+                    continue
+                with anyio.move_on_after(self._next_wait()):
+                    await self._wake.wait()
+            tg.cancel_scope.cancel()
+
+    def _next_wait(self) -> float:
+        return min(self.settings.outbox_scan_interval, self.settings.poll_min_interval)
+
+    # -- fetching ------------------------------------------------------------------------------
+
+    async def fetch(self, url: str, etag: str | None = None, last_modified: str | None = None) -> Fetched:
+        """GET ``url`` conditionally, following redirects (each hop checked by the SSRF guard)."""
+        headers = {"Accept": ACCEPT, "User-Agent": "reversehub (WebSub hub)"}
+        if etag:
+            headers["If-None-Match"] = etag
+        if last_modified:
+            headers["If-Modified-Since"] = last_modified
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                await self.guard.check(url)
+            except URLRefused as exc:
+                raise FetchFailed(str(exc)) from exc
+            try:
+                async with self.services.http.stream(
+                    "GET", url, headers=headers, timeout=self.settings.fetch_timeout
+                ) as r:
+                    if r.is_redirect and "location" in r.headers:
+                        url = urljoin(url, r.headers["location"])
+                        continue
+                    if r.status_code == 304:
+                        return Fetched(304, r.headers, b"")
+                    if not 200 <= r.status_code < 300:
+                        raise FetchFailed(f"topic answered {r.status_code}")
+                    body = bytearray()
+                    async for chunk in r.aiter_bytes():
+                        body += chunk
+                        if len(body) > self.settings.max_topic_size:
+                            raise FetchFailed("topic larger than max_topic_size")
+                    return Fetched(r.status_code, r.headers, bytes(body))
+            except httpx.HTTPError as exc:
+                raise FetchFailed(f"fetch failed: {type(exc).__name__}") from exc
+        raise FetchFailed("too many redirects")
+
+    async def _claim_topics(self) -> list[Topic]:
+        now = time.time()
+        subscribed = exists().where(Subscription.topic == Topic.url, Subscription.state == store.ACTIVE)
+        async with self.services.sessions.begin() as s:
+            q = (
+                select(Topic)
+                .where(
+                    or_(Topic.fetch_claimed_until.is_(None), Topic.fetch_claimed_until < now),
+                    or_(Topic.ping_at.is_not(None), Topic.next_poll_at <= now),
+                    subscribed,
+                )
+                .order_by(Topic.ping_at.is_(None), Topic.next_poll_at)
+                .limit(BATCH)
+            )
+            if s.bind.dialect.name == "postgresql":
+                q = q.with_for_update(skip_locked=True)
+            topics = list((await s.execute(q)).scalars())
+            if topics:
+                await s.execute(
+                    update(Topic)
+                    .where(Topic.id.in_([t.id for t in topics]))
+                    .values(fetch_claimed_until=now + 3 * self.settings.fetch_timeout)
+                )
+            # Pings for topics nobody subscribes to need no fetch.
+            await s.execute(update(Topic).where(Topic.ping_at.is_not(None), ~subscribed).values(ping_at=None))
+        return topics
+
+    async def _process_bounded(self, topic: Topic) -> None:
+        async with self._limit:
+            try:
+                await self.process(topic)
+            except Exception:
+                logger.exception("processing a topic failed")
+
+    async def process(self, topic: Topic) -> int:
+        """Fetch one topic and distribute what is new; returns the number of deliveries queued."""
+        started = time.time()
+        pinged = topic.ping_at is not None
+        try:
+            fetched = await self.fetch(topic.url, topic.etag, topic.last_modified)
+        except FetchFailed as exc:
+            logger.info("topic fetch failed: %s", exc)
+            self.metrics.fetches.labels("error").inc()
+            await self._finish(topic, started, changed=False, values={})
+            return 0
+        if fetched.status == 304:
+            self.metrics.fetches.labels("unchanged").inc()
+            await self._finish(topic, started, changed=False, values={"fetched_at": started})
+            return 0
+        content_type = fetched.headers.get("content-type", "application/octet-stream")
+        body_hash = feeds.sha(fetched.body)
+        values: dict[str, object] = {
+            "etag": fetched.headers.get("etag"),
+            "last_modified": fetched.headers.get("last-modified"),
+            "content_type": content_type[:255],
+            "body_hash": body_hash,
+            "fetched_at": started,
+        }
+        link = sup.from_headers(fetched.headers)
+        async with self.services.sessions.begin() as s:
+            known = await store.known_entries(s, topic.id) if topic.fetched_at is not None else None
+        diff = None
+        if feeds.is_feed_type(content_type):
+            diff = await anyio.to_thread.run_sync(feeds.diff, fetched.body, content_type, known)
+            if link is None and diff.sup:
+                link = sup.split(diff.sup)
+        baseline = topic.fetched_at is None and not pinged
+        if diff is not None and diff.kind is not None:
+            out = diff.body
+        else:
+            out = fetched.body if body_hash != topic.body_hash else None
+        if baseline:
+            out = None
+        if link is not None:
+            values.update(sup_url=link.url[:2048], sup_id=link.sup_id[:255])
+        queued = 0
+        async with self.services.sessions.begin() as s:
+            if diff is not None and diff.entries:
+                await store.remember_entries(s, topic.id, diff.entries, known or {})
+            if out is not None:
+                queued = (await store.enqueue(s, topic.url, content_type, out, time.time())).deliveries
+            if link is not None:
+                await self._ensure_sup_source(s, link.url)
+        self.metrics.fetches.labels("changed" if out is not None else "unchanged").inc()
+        await self._finish(topic, started, changed=out is not None or baseline, values=values, covered=link is not None)
+        if queued:
+            self._on_enqueued()  # type: ignore[operator]
+        return queued
+
+    async def _finish(
+        self, topic: Topic, started: float, *, changed: bool, values: dict[str, object], covered: bool = False
+    ) -> None:
+        s = self.settings
+        interval = topic.poll_interval or s.poll_min_interval
+        interval = interval / 2 if changed else interval * 2
+        interval = max(s.poll_min_interval, min(s.poll_max_interval, interval))
+        pinged = topic.ping_at is not None or covered or topic.sup_url is not None
+        next_poll = started + (s.poll_max_interval if pinged else interval)
+        async with self.services.sessions.begin() as session:
+            await session.execute(
+                update(Topic)
+                .where(Topic.id == topic.id)
+                .values(poll_interval=interval, next_poll_at=next_poll, fetch_claimed_until=None, **values)
+            )
+            # A ping that came in while we fetched stays, so that change is fetched too.
+            await session.execute(
+                update(Topic).where(Topic.id == topic.id, Topic.ping_at <= started).values(ping_at=None)
+            )
+
+    # -- SUP -----------------------------------------------------------------------------------
+
+    async def _ensure_sup_source(self, s: object, url: str) -> None:
+        from sqlalchemy.ext.asyncio import AsyncSession
+
+        assert isinstance(s, AsyncSession)
+        exists_ = (await s.execute(select(SupSource.id).where(SupSource.url == url))).scalar_one_or_none()
+        if exists_ is None:
+            s.add(SupSource(url=url, period=sup.DEFAULT_PERIOD, next_poll_at=time.time()))
+
+    async def _claim_sup_sources(self) -> list[SupSource]:
+        now = time.time()
+        async with self.services.sessions.begin() as s:
+            sources = list(
+                (await s.execute(select(SupSource).where(SupSource.next_poll_at <= now).limit(BATCH))).scalars()
+            )
+            if sources:
+                # Claimed by pushing the next poll out; the poll itself sets the real next time.
+                await s.execute(
+                    update(SupSource)
+                    .where(SupSource.id.in_([x.id for x in sources]))
+                    .values(next_poll_at=now + 3 * self.settings.fetch_timeout)
+                )
+        return sources
+
+    async def _poll_sup(self, source: SupSource) -> None:
+        s = self.settings
+        period = source.period
+        values: dict[str, object] = {}
+        try:
+            fetched = await self.fetch(source.url, source.etag, source.last_modified)
+            if fetched.status == 200:
+                doc = sup.parse(fetched.body)
+                period = doc.period
+                values = {"etag": fetched.headers.get("etag"), "last_modified": fetched.headers.get("last-modified")}
+                await self._apply_sup(source.url, doc)
+        except (FetchFailed, ValueError) as exc:
+            logger.info("SUP poll failed: %s", exc)
+        except Exception:
+            logger.exception("SUP poll failed")
+        wait = max(s.poll_min_interval, min(s.poll_max_interval, period))
+        async with self.services.sessions.begin() as session:
+            await session.execute(
+                update(SupSource)
+                .where(SupSource.id == source.id)
+                .values(period=period, next_poll_at=time.time() + wait, **values)
+            )
+
+    async def _apply_sup(self, url: str, doc: sup.SupDocument) -> None:
+        if not doc.updates:
+            return
+        now = time.time()
+        woke = False
+        async with self.services.sessions.begin() as s:
+            rows = (
+                await s.execute(
+                    select(Topic.id, Topic.sup_id, Topic.sup_seen).where(
+                        Topic.sup_url == url, Topic.sup_id.in_(list(doc.updates))
+                    )
+                )
+            ).all()
+            for topic_id, sup_id, seen in rows:
+                update_id = doc.updates[sup_id]
+                if seen != update_id:
+                    await s.execute(
+                        update(Topic).where(Topic.id == topic_id).values(ping_at=now, sup_seen=update_id[:255])
+                    )
+                    woke = True
+        if woke:
+            self.wake()

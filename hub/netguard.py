@@ -1,0 +1,77 @@
+"""SSRF guard for callbacks and topic fetches (DESIGN.md "private networks").
+
+A hub makes requests to URLs strangers give it: without this guard anyone could make it POST to
+``http://127.0.0.1:6379`` or read ``http://169.254.169.254/`` (cloud metadata). Every address a
+host name resolves to must be global; one private address refuses the URL, so a name with both
+kinds cannot slip through. Our own public origin (relay URLs) is always allowed.
+
+Known limit: the HTTP client resolves the name again when it connects (DNS rebinding could still
+switch addresses in between); a resolver pinned into the transport would close that gap.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+
+import anyio
+import httpx
+
+from hub.errors import URLRefused
+from reversehub.settings import Settings
+
+CACHE_SECONDS = 300.0
+
+
+def is_own(url: str, settings: Settings) -> bool:
+    origin = settings.public_origin
+    return url == origin or url.startswith(origin + "/")
+
+
+def _refused(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast
+
+
+class NetGuard:
+    """Checks URLs against the policy, caching host verdicts for a few minutes."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._cache: dict[str, tuple[bool, float]] = {}
+
+    async def check(self, url: str) -> None:
+        """Raise :class:`URLRefused` unless ``url`` may be requested."""
+        if is_own(url, self.settings) or self.settings.allow_private_networks:
+            return
+        try:
+            host = httpx.URL(url).host
+        except httpx.InvalidURL as exc:
+            raise URLRefused(f"invalid URL: {exc}") from None
+        if not host:
+            raise URLRefused("URL has no host")
+        cached = self._cache.get(host)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            refused = cached[0]
+        else:
+            refused = await self._resolve_refused(host)
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[host] = (refused, now + CACHE_SECONDS)
+        if refused:
+            raise URLRefused(f"{host} is on a loopback, private or reserved network")
+
+    async def _resolve_refused(self, host: str) -> bool:
+        try:
+            return _refused(host)
+        except ValueError:
+            pass  # a name, not an address literal
+        try:
+            infos = await anyio.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except OSError:
+            return True  # unresolvable: nothing to fetch, and no reason to keep trying
+        return not infos or any(_refused(str(info[4][0])) for info in infos)

@@ -1,0 +1,232 @@
+"""The delivery outbox: workers that send pending deliveries, retry failures, record outcomes.
+
+Work is rows (:mod:`hub.store`): a publisher's 2xx comes after the payload and one delivery row per
+subscriber are committed, so a killed process loses nothing; whatever it had claimed is taken over
+once the claim expires (at-least-once, ``webhook-id`` lets subscribers drop the duplicates).
+
+Sending: at most ``delivery_concurrency`` requests at a time, at most ``delivery_per_host`` to one
+callback host (callbacks on our own relay are served in-process and only count against the global
+bound). Claimed rows are interleaved by host, so one slow host never starves the others. Outcomes
+are written in batches: one transaction per batch, never one per delivery. Retries back off
+exponentially with jitter (the first within ``2 * delivery_retry_base`` seconds) and give up after
+``delivery_max_age``; the subscription's status then says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import defaultdict, deque
+from collections.abc import Iterable
+
+import anyio
+import httpx
+
+from hub import store
+from hub.errors import URLRefused
+from hub.metrics import HubMetrics
+from hub.models import Payload
+from hub.netguard import NetGuard, is_own
+from hub.signing import hub_signature, webhook_signature
+from reversehub.services import Services
+
+logger = logging.getLogger(__name__)
+
+MAX_RESPONSE_READ = 64 * 1024
+CLAIM_BATCH = 2000
+
+
+def backoff(attempt: int, base: float, cap: float) -> float:
+    """Seconds before retry number ``attempt`` (1-based): base * 2^(attempt-1), jittered to 50-100%."""
+    return min(cap, base * 2 ** min(attempt - 1, 30)) * random.uniform(0.5, 1.0)
+
+
+def interleave(rows: Iterable[store.Claimed]) -> list[store.Claimed]:
+    """Round-robin over callback hosts, keeping each host's order."""
+    by_host: dict[str, deque[store.Claimed]] = defaultdict(deque)
+    for row in rows:
+        by_host[httpx.URL(row.callback).netloc.decode()].append(row)
+    out: list[store.Claimed] = []
+    queues = list(by_host.values())
+    while queues:
+        for q in queues:
+            out.append(q.popleft())
+        queues = [q for q in queues if q]
+    return out
+
+
+class Outbox:
+    def __init__(self, services: Services, guard: NetGuard, metrics: HubMetrics, hub_url: str) -> None:
+        self.services = services
+        self.settings = services.settings
+        self.guard = guard
+        self.metrics = metrics
+        self.hub_url = hub_url
+        self._wake = anyio.Event()
+        self._flush = anyio.Event()
+        self._outcomes: list[store.Outcome] = []
+        self._inflight: set[int] = set()
+        self._global = anyio.Semaphore(self.settings.delivery_concurrency)
+        self._hosts: dict[str, anyio.Semaphore] = {}
+        self._payloads: dict[int, Payload] = {}
+        self._closing = False
+        self.max_inflight = max(4 * self.settings.delivery_concurrency, 64)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._flusher)
+                await self._dispatch(tg)
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._drain()
+
+    async def _dispatch(self, tg: anyio.abc.TaskGroup) -> None:
+        while not self._closing:
+            self._wake = anyio.Event()
+            room = self.max_inflight - len(self._inflight)
+            rows: list[store.Claimed] = []
+            if room > 0:
+                try:
+                    rows = await store.claim(
+                        self.services.sessions, min(room, CLAIM_BATCH), self.settings.delivery_claim_seconds
+                    )
+                except Exception:
+                    logger.exception("claiming deliveries failed")
+            if rows:
+                await self._load_payloads({r.payload_id for r in rows})
+                for row in interleave(rows):
+                    self._inflight.add(row.id)
+                    tg.start_soon(self._send, row)
+                continue
+            with anyio.move_on_after(self.settings.outbox_scan_interval):
+                await self._wake.wait()
+
+    async def _load_payloads(self, ids: set[int]) -> None:
+        missing = ids - self._payloads.keys()
+        if not missing:
+            return
+        if len(self._payloads) > 256:
+            self._payloads.clear()
+        self._payloads.update(await store.payloads(self.services.sessions, missing))
+
+    def _host_limit(self, callback: str) -> anyio.Semaphore | None:
+        if is_own(callback, self.settings):
+            return None  # served in-process by our relay: no connection to share fairly
+        host = httpx.URL(callback).netloc.decode()
+        sem = self._hosts.get(host)
+        if sem is None:
+            sem = self._hosts[host] = anyio.Semaphore(self.settings.delivery_per_host)
+        return sem
+
+    async def _send(self, row: store.Claimed) -> None:
+        try:
+            host = self._host_limit(row.callback)
+            if host is None:
+                async with self._global:
+                    outcome = await self._attempt(row)
+            else:
+                async with host, self._global:
+                    outcome = await self._attempt(row)
+        except Exception as exc:  # a bug must not lose the row: record it as a failed attempt
+            logger.exception("delivery %d crashed", row.id)
+            outcome = self._failure(row, None, type(exc).__name__)
+        self._inflight.discard(row.id)
+        self._outcomes.append(outcome)
+        self._flush.set()
+
+    def headers(self, row: store.Claimed, payload: Payload, now: float) -> dict[str, str]:
+        """The delivery headers (W3C WebSub 7, 8; Standard Webhooks; X-Hub-Sequence)."""
+        msg_id = f"msg_{payload.uid}_{row.subscription_id}"
+        timestamp = int(now)
+        headers = {
+            "Content-Type": payload.content_type,
+            "Link": f'<{self.hub_url}>; rel="hub", <{row.topic}>; rel="self"',
+            "X-Hub-Sequence": str(row.seq),
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+        }
+        if row.secret:
+            headers["X-Hub-Signature"] = hub_signature(row.secret, payload.body, self.settings.signature_algorithm)
+            headers["webhook-signature"] = webhook_signature(row.secret, msg_id, timestamp, payload.body)
+        return headers
+
+    async def _attempt(self, row: store.Claimed) -> store.Outcome:
+        payload = self._payloads.get(row.payload_id)
+        if payload is None:
+            await self._load_payloads({row.payload_id})
+            payload = self._payloads[row.payload_id]
+        try:
+            await self.guard.check(row.callback)
+        except URLRefused as exc:
+            return store.Outcome(row.id, row.subscription_id, "failed", None, str(exc))
+        now = time.time()
+        status: int | None = None
+        try:
+            async with self.services.http.stream(
+                "POST",
+                row.callback,
+                content=payload.body,
+                headers=self.headers(row, payload, now),
+                timeout=self.settings.delivery_timeout,
+            ) as response:
+                status = response.status_code
+                read = 0
+                async for chunk in response.aiter_raw():
+                    read += len(chunk)
+                    if read > MAX_RESPONSE_READ:
+                        break
+        except httpx.HTTPError as exc:
+            if status is None:
+                return self._failure(row, None, type(exc).__name__)
+        if 200 <= status < 300:
+            self.metrics.deliveries.labels("delivered").inc()
+            self.metrics.latency.observe(max(0.0, time.time() - row.created_at))
+            return store.Outcome(row.id, row.subscription_id, "delivered", status, None)
+        if status == 410:  # W3C WebSub 7: the subscriber does not want it any more
+            self.metrics.deliveries.labels("gone").inc()
+            return store.Outcome(row.id, row.subscription_id, "gone", status, "callback answered 410 Gone")
+        return self._failure(row, status, f"callback answered {status}")
+
+    def _failure(self, row: store.Claimed, status: int | None, error: str) -> store.Outcome:
+        now = time.time()
+        s = self.settings
+        if now - row.created_at >= s.delivery_max_age:
+            self.metrics.deliveries.labels("failed").inc()
+            return store.Outcome(row.id, row.subscription_id, "failed", status, error)
+        self.metrics.deliveries.labels("retry").inc()
+        retry_at = now + backoff(row.attempts + 1, s.delivery_retry_base, s.delivery_retry_max)
+        return store.Outcome(row.id, row.subscription_id, "retry", status, error, retry_at)
+
+    async def _flusher(self) -> None:
+        while True:
+            await self._flush.wait()
+            self._flush = anyio.Event()
+            await self._write()
+
+    async def _write(self) -> None:
+        if not self._outcomes:
+            return
+        batch, self._outcomes = self._outcomes, []
+        try:
+            await store.record(self.services.sessions, batch)
+        except Exception:
+            logger.exception("recording %d delivery outcomes failed; their claims will expire", len(batch))
+        self._wake.set()
+
+    async def _drain(self) -> None:
+        """On shutdown: write what is known, give back claims not sent."""
+        try:
+            await self._write()
+            await store.release(self.services.sessions, list(self._inflight))
+        except Exception:
+            logger.exception("outbox drain failed")

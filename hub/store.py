@@ -1,0 +1,417 @@
+"""Rows: subscriptions, topics, payloads and the outbox. Every function is one unit of work.
+
+The outbox is shared by every ``serve`` process on the database. A worker claims due rows by
+writing a claim token and a claim deadline (``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL;
+SQLite has one writer, so the conditional UPDATE alone settles races); a process that dies leaves
+claims that expire and are taken over. Only the oldest pending delivery of a subscription is ever
+claimable, which keeps deliveries in order per subscription.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import and_, bindparam, delete, exists, func, insert, literal, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import aliased
+
+from hub.models import Delivery, Entry, Payload, Subscription, Topic
+
+ACTIVE = "active"
+
+
+def _insert(session: AsyncSession, table: type) -> object:
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        return pg_insert(table)
+    return sqlite_insert(table)
+
+
+# Subscriptions --------------------------------------------------------------------------------
+
+
+async def activate(
+    sessions: async_sessionmaker[AsyncSession],
+    topic: str,
+    callback: str,
+    secret: str | None,
+    lease_seconds: int,
+    now: float,
+) -> tuple[int, bool]:
+    """Store a verified subscription, renewing the pair's row if there is one. Returns (id, new)."""
+    async with sessions.begin() as s:
+        sub = (
+            await s.execute(select(Subscription).where(Subscription.topic == topic, Subscription.callback == callback))
+        ).scalar_one_or_none()
+        if sub is None:
+            sub = Subscription(
+                topic=topic,
+                callback=callback,
+                secret=secret,
+                state=ACTIVE,
+                lease_seconds=lease_seconds,
+                verified_at=now,
+                expires_at=now + lease_seconds,
+                seq=0,
+                failed=0,
+                updated_at=now,
+            )
+            s.add(sub)
+            await s.flush()
+            created = True
+        else:
+            sub.secret, sub.state, sub.lease_seconds = secret, ACTIVE, lease_seconds
+            sub.verified_at, sub.expires_at, sub.updated_at = now, now + lease_seconds, now
+            created = False
+        await ensure_topic(s, topic, now)
+        return sub.id, created
+
+
+async def deactivate(sessions: async_sessionmaker[AsyncSession], topic: str, callback: str, state: str) -> bool:
+    """End a subscription (unsubscribed, gone): its pending deliveries are cancelled."""
+    now = time.time()
+    async with sessions.begin() as s:
+        sub_id = (
+            await s.execute(
+                update(Subscription)
+                .where(Subscription.topic == topic, Subscription.callback == callback, Subscription.state == ACTIVE)
+                .values(state=state, updated_at=now)
+                .returning(Subscription.id)
+            )
+        ).scalar_one_or_none()
+        if sub_id is None:
+            return False
+        await _cancel_pending(s, [sub_id], now, state)
+        return True
+
+
+async def _cancel_pending(s: AsyncSession, sub_ids: Sequence[int], now: float, reason: str) -> None:
+    await s.execute(
+        update(Delivery)
+        .where(Delivery.subscription_id.in_(sub_ids), Delivery.state == "pending")
+        .values(state="cancelled", finished_at=now, last_error=f"subscription {reason}")
+    )
+
+
+async def find(sessions: async_sessionmaker[AsyncSession], topic: str, callback: str) -> Subscription | None:
+    async with sessions() as s:
+        return (
+            await s.execute(select(Subscription).where(Subscription.topic == topic, Subscription.callback == callback))
+        ).scalar_one_or_none()
+
+
+async def expire_leases(sessions: async_sessionmaker[AsyncSession], now: float) -> int:
+    async with sessions.begin() as s:
+        result = await s.execute(
+            update(Subscription)
+            .where(Subscription.state == ACTIVE, Subscription.expires_at <= now)
+            .values(state="expired", updated_at=now)
+            .returning(Subscription.id)
+        )
+        return len(result.all())
+
+
+# Topics ---------------------------------------------------------------------------------------
+
+
+async def ensure_topic(s: AsyncSession, url: str, now: float, **values: object) -> None:
+    """Create the topic row if missing (a new topic is fetched soon, for a baseline)."""
+    stmt = _insert(s, Topic).values(url=url, poll_interval=0.0, next_poll_at=now, version=0, **values)  # type: ignore[attr-defined]
+    await s.execute(stmt.on_conflict_do_nothing(index_elements=["url"]))
+
+
+async def record_pings(sessions: async_sessionmaker[AsyncSession], urls: Iterable[str]) -> None:
+    """A publisher said these topics changed: recorded durably before the 204 (fetched later)."""
+    now = time.time()
+    async with sessions.begin() as s:
+        for url in dict.fromkeys(urls):
+            await ensure_topic(s, url, now)
+        await s.execute(update(Topic).where(Topic.url.in_(list(dict.fromkeys(urls)))).values(ping_at=now))
+
+
+# Payloads and deliveries ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    payload_id: int
+    deliveries: int
+
+
+async def enqueue(s: AsyncSession, topic: str, content_type: str, body: bytes, now: float) -> Enqueued:
+    """Store ``body`` once and a pending delivery for every active subscriber, in ``s``'s transaction."""
+    payload_id = (
+        await s.execute(
+            insert(Payload)
+            .values(uid=secrets.token_hex(8), topic=topic, content_type=content_type, body=body, created_at=now)
+            .returning(Payload.id)
+        )
+    ).scalar_one()
+    # Taking the next sequence number and reading it back is one statement, so a concurrent
+    # publish to the same topic can never hand out a number twice.
+    rows = (
+        await s.execute(
+            update(Subscription)
+            .where(Subscription.topic == topic, Subscription.state == ACTIVE, Subscription.expires_at > now)
+            .values(seq=Subscription.seq + 1)
+            .returning(Subscription.id, Subscription.seq)
+        )
+    ).all()
+    if rows:
+        await s.execute(
+            insert(Delivery),
+            [
+                {
+                    "payload_id": payload_id,
+                    "subscription_id": sub_id,
+                    "seq": seq,
+                    "state": "pending",
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                }
+                for sub_id, seq in rows
+            ],
+        )
+    await ensure_topic(s, topic, now)
+    await s.execute(update(Topic).where(Topic.url == topic).values(version=Topic.version + 1, updated_at=now))
+    return Enqueued(payload_id, len(rows))
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    payload_id: int
+    subscription_id: int
+    seq: int
+    attempts: int
+    created_at: float
+    callback: str
+    topic: str
+    secret: str | None
+
+
+async def claim(sessions: async_sessionmaker[AsyncSession], limit: int, claim_seconds: float) -> list[Claimed]:
+    """Claim up to ``limit`` due deliveries, only the oldest pending one of each subscription."""
+    now = time.time()
+    token = secrets.token_hex(8)
+    earlier = aliased(Delivery)
+    async with sessions.begin() as s:
+        due = (
+            select(Delivery.id)
+            .where(
+                Delivery.state == "pending",
+                Delivery.next_attempt_at <= now,
+                or_(Delivery.claimed_until.is_(None), Delivery.claimed_until < now),
+                ~exists().where(
+                    earlier.subscription_id == Delivery.subscription_id,
+                    earlier.state == "pending",
+                    earlier.seq < Delivery.seq,
+                ),
+            )
+            .order_by(Delivery.next_attempt_at, Delivery.id)
+            .limit(limit)
+        )
+        if s.bind.dialect.name == "postgresql":
+            due = due.with_for_update(skip_locked=True)
+        ids = list((await s.execute(due)).scalars())
+        if not ids:
+            return []
+        await s.execute(
+            update(Delivery)
+            .where(
+                Delivery.id.in_(ids),
+                or_(Delivery.claimed_until.is_(None), Delivery.claimed_until < now),
+            )
+            .values(claim_token=token, claimed_until=now + claim_seconds)
+        )
+        rows = (
+            await s.execute(
+                select(
+                    Delivery.id,
+                    Delivery.payload_id,
+                    Delivery.subscription_id,
+                    Delivery.seq,
+                    Delivery.attempts,
+                    Delivery.created_at,
+                    Subscription.callback,
+                    Subscription.topic,
+                    Subscription.secret,
+                )
+                .join(Subscription, Subscription.id == Delivery.subscription_id)
+                .where(Delivery.claim_token == token)
+            )
+        ).all()
+    return [Claimed(*row) for row in rows]
+
+
+async def payloads(sessions: async_sessionmaker[AsyncSession], ids: Iterable[int]) -> dict[int, Payload]:
+    async with sessions() as s:
+        return {p.id: p for p in (await s.execute(select(Payload).where(Payload.id.in_(list(ids))))).scalars()}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt came to. ``retry_at`` None: final (delivered, failed or gone)."""
+
+    id: int
+    subscription_id: int
+    state: str  # delivered | retry | failed | gone
+    status: int | None
+    error: str | None
+    retry_at: float | None = None
+
+
+_FINAL_STATE = {"failed": "failed", "gone": "cancelled"}
+
+
+async def record(sessions: async_sessionmaker[AsyncSession], outcomes: Sequence[Outcome]) -> None:
+    """Write a batch of attempt outcomes in one transaction."""
+    now = time.time()
+    delivered = [o.id for o in outcomes if o.state == "delivered"]
+    async with sessions.begin() as s:
+        if delivered:
+            await s.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(delivered))
+                .values(
+                    state="delivered",
+                    attempts=Delivery.attempts + 1,
+                    finished_at=now,
+                    last_status=200,
+                    claim_token=None,
+                    claimed_until=None,
+                )
+            )
+        others = [o for o in outcomes if o.state != "delivered"]
+        if others:
+            t = Delivery.__table__
+            await s.execute(
+                update(t)
+                .where(t.c.id == bindparam("d_id"))
+                .values(
+                    state=bindparam("d_state"),
+                    attempts=t.c.attempts + 1,
+                    next_attempt_at=bindparam("d_next"),
+                    finished_at=bindparam("d_finished"),
+                    last_status=bindparam("d_status"),
+                    last_error=bindparam("d_error"),
+                    claim_token=None,
+                    claimed_until=None,
+                ),
+                [
+                    {
+                        "d_id": o.id,
+                        "d_state": _FINAL_STATE.get(o.state, "pending"),
+                        "d_next": o.retry_at if o.retry_at is not None else now,
+                        "d_finished": None if o.state == "retry" else now,
+                        "d_status": o.status,
+                        "d_error": (o.error or "")[:1000] or None,
+                    }
+                    for o in others
+                ],
+            )
+        failed = [o for o in others if o.state == "failed"]
+        for o in failed:
+            await s.execute(
+                update(Subscription)
+                .where(Subscription.id == o.subscription_id)
+                .values(
+                    failed=Subscription.failed + 1,
+                    last_failure_at=now,
+                    last_failure=f"delivery {o.id} given up: {(o.error or o.status or '')}"[:255],
+                    updated_at=now,
+                )
+            )
+        gone = sorted({o.subscription_id for o in others if o.state == "gone"})
+        if gone:
+            await s.execute(update(Subscription).where(Subscription.id.in_(gone)).values(state="gone", updated_at=now))
+            await _cancel_pending(s, gone, now, "gone")
+
+
+async def release(sessions: async_sessionmaker[AsyncSession], ids: Sequence[int]) -> None:
+    """Give back claims this process will not send (shutting down)."""
+    if not ids:
+        return
+    async with sessions.begin() as s:
+        await s.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(list(ids)), Delivery.state == "pending")
+            .values(claim_token=None, claimed_until=None)
+        )
+
+
+async def hurry(sessions: async_sessionmaker[AsyncSession], callback_prefix: str) -> int:
+    """Make pending deliveries to callbacks under ``callback_prefix`` due now (relay.online)."""
+    now = time.time()
+    escaped = callback_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    async with sessions.begin() as s:
+        subs = select(Subscription.id).where(Subscription.callback.like(escaped + "%", escape="\\"))
+        result = await s.execute(
+            update(Delivery)
+            .where(Delivery.state == "pending", Delivery.next_attempt_at > now, Delivery.subscription_id.in_(subs))
+            .values(next_attempt_at=now)
+            .returning(Delivery.id)
+        )
+        return len(result.all())
+
+
+async def replay(sessions: async_sessionmaker[AsyncSession], sub_id: int, since: int) -> int:
+    """Queue again every retained delivery of the subscription with a sequence number above ``since``."""
+    now = time.time()
+    async with sessions.begin() as s:
+        result = await s.execute(
+            update(Delivery)
+            .where(Delivery.subscription_id == sub_id, Delivery.seq > since, Delivery.state != "pending")
+            .values(state="pending", next_attempt_at=now, finished_at=None, claim_token=None, claimed_until=None)
+            .returning(Delivery.id)
+        )
+        return len(result.all())
+
+
+async def oldest_retained(sessions: async_sessionmaker[AsyncSession], sub_id: int) -> int | None:
+    async with sessions() as s:
+        return (
+            await s.execute(select(func.min(Delivery.seq)).where(Delivery.subscription_id == sub_id))
+        ).scalar_one_or_none()
+
+
+async def pending_count(sessions: async_sessionmaker[AsyncSession]) -> int:
+    async with sessions() as s:
+        return int((await s.execute(select(func.count()).where(Delivery.state == "pending"))).scalar_one())
+
+
+async def prune(sessions: async_sessionmaker[AsyncSession], older_than: float) -> None:
+    """Drop finished deliveries and unreferenced payloads past the retention horizon."""
+    async with sessions.begin() as s:
+        await s.execute(delete(Delivery).where(Delivery.state != "pending", Delivery.finished_at < older_than))
+        await s.execute(
+            delete(Payload).where(Payload.created_at < older_than, ~exists().where(Delivery.payload_id == Payload.id))
+        )
+
+
+# Feed entries ---------------------------------------------------------------------------------
+
+
+async def known_entries(s: AsyncSession, topic_id: int) -> dict[str, str]:
+    rows = await s.execute(select(Entry.key_hash, Entry.content_hash).where(Entry.topic_id == topic_id))
+    return {k: v for k, v in rows.all()}
+
+
+async def remember_entries(s: AsyncSession, topic_id: int, entries: dict[str, str], known: dict[str, str]) -> None:
+    new = [{"topic_id": topic_id, "key_hash": k, "content_hash": v} for k, v in entries.items() if k not in known]
+    changed = [{"e_key": k, "e_hash": v} for k, v in entries.items() if k in known and known[k] != v]
+    if new:
+        await s.execute(insert(Entry), new)
+    if changed:
+        t = Entry.__table__
+        await s.execute(
+            update(t)
+            .where(and_(t.c.topic_id == literal(topic_id), t.c.key_hash == bindparam("e_key")))
+            .values(content_hash=bindparam("e_hash")),
+            changed,
+        )

@@ -1,0 +1,170 @@
+"""Subscribing and unsubscribing: intake, intent verification, leases (W3C WebSub 5.1-5.3).
+
+The hub answers 202 as soon as a request is valid, then verifies intent by ``GET`` on the callback
+(its own query parameters kept) with ``hub.mode``, ``hub.topic``, ``hub.challenge`` and, for a
+subscribe, ``hub.lease_seconds``. Only a 2xx whose body is exactly the challenge counts (5.3.1).
+Nothing changes until then: a failed re-subscribe leaves the old subscription (lease, secret) as
+it was, and a failed unsubscribe leaves it active. The answer to the request never depends on how
+verification turns out.
+
+Verification is transient work of the process that took the request: if that process dies first,
+the subscriber sees no verification and asks again (5.1: subscribers retry).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+
+import anyio
+import httpx
+from starlette.datastructures import FormData
+
+from hub import store
+from hub.errors import BadRequest, Busy, URLRefused
+from hub.netguard import NetGuard
+from reversehub.services import Services
+
+logger = logging.getLogger(__name__)
+
+MAX_SECRET_BYTES = 200  # 5.1: hub.secret MUST be less than 200 bytes
+MAX_URL_LENGTH = 2048
+
+
+@dataclass(frozen=True)
+class SubscriptionRequest:
+    mode: str  # subscribe | unsubscribe
+    topic: str
+    callback: str
+    lease_seconds: int | None = None
+    secret: str | None = None
+
+
+def check_url(value: str | None, name: str) -> str:
+    """An absolute http(s) URL without a fragment, or :class:`BadRequest` naming the parameter."""
+    if not value:
+        raise BadRequest(f"{name} is required")
+    if len(value) > MAX_URL_LENGTH:
+        raise BadRequest(f"{name} is longer than {MAX_URL_LENGTH} characters")
+    try:
+        url = httpx.URL(value)
+    except httpx.InvalidURL:
+        raise BadRequest(f"{name} is not a valid URL") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise BadRequest(f"{name} must be an absolute http or https URL")
+    if url.fragment:
+        raise BadRequest(f"{name} must not have a fragment")
+    return value
+
+
+def parse(form: FormData) -> SubscriptionRequest:
+    """Validate a subscribe/unsubscribe form once, at intake. Unknown parameters are ignored (5.1)."""
+    mode = form.get("hub.mode")
+    if mode not in ("subscribe", "unsubscribe"):
+        raise BadRequest("hub.mode must be subscribe, unsubscribe or publish")
+    callback = check_url(_str(form, "hub.callback"), "hub.callback")
+    topic = check_url(_str(form, "hub.topic"), "hub.topic")
+    lease: int | None = None
+    raw_lease = _str(form, "hub.lease_seconds")
+    if raw_lease:
+        try:
+            lease = int(raw_lease)
+        except ValueError:
+            raise BadRequest("hub.lease_seconds must be an integer") from None
+        if lease <= 0:
+            raise BadRequest("hub.lease_seconds must be positive")
+    secret = _str(form, "hub.secret") or None
+    if secret is not None and len(secret.encode()) >= MAX_SECRET_BYTES:
+        raise BadRequest("hub.secret must be less than 200 bytes")
+    return SubscriptionRequest(mode, topic, callback, lease, secret)
+
+
+def _str(form: FormData, key: str) -> str | None:
+    value = form.get(key)
+    return value if isinstance(value, str) else None
+
+
+class Verifier:
+    """Runs intent verifications in the background, a bounded number at a time."""
+
+    def __init__(self, services: Services, guard: NetGuard, on_active: object = None) -> None:
+        self.services = services
+        self.settings = services.settings
+        self.guard = guard
+        self._limit = anyio.Semaphore(64)
+        self._waiting = 0
+        self.max_waiting = 10_000
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    def lease_for(self, asked: int | None) -> int:
+        s = self.settings
+        lease = asked if asked is not None else s.hub_lease_default
+        return max(s.hub_lease_min, min(s.hub_lease_max, lease))
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            await anyio.sleep_forever()
+
+    def submit(self, req: SubscriptionRequest) -> None:
+        if self._tg is None:
+            raise Busy("the hub is not running")
+        if self._waiting >= self.max_waiting:
+            raise Busy("too many verifications waiting; try again later")
+        self._waiting += 1
+        self._tg.start_soon(self._verify_bounded, req)
+
+    async def _verify_bounded(self, req: SubscriptionRequest) -> None:
+        try:
+            async with self._limit:
+                await self.verify(req)
+        except Exception:
+            logger.exception("verification of a %s request failed", req.mode)
+        finally:
+            self._waiting -= 1
+
+    async def verify(self, req: SubscriptionRequest) -> bool:
+        """Verify intent and apply the request if the callback confirms; True if it did."""
+        try:
+            await self.guard.check(req.callback)
+        except URLRefused as exc:
+            logger.info("callback refused: %s", exc)
+            return False
+        if req.mode == "subscribe":
+            try:
+                await self.guard.check(req.topic)
+            except URLRefused as exc:
+                await self.deny(req, f"topic not allowed: {exc}")
+                return False
+        lease = self.lease_for(req.lease_seconds)
+        challenge = secrets.token_urlsafe(24)
+        params = {"hub.mode": req.mode, "hub.topic": req.topic, "hub.challenge": challenge}
+        if req.mode == "subscribe":
+            params["hub.lease_seconds"] = str(lease)
+        try:
+            url = httpx.URL(req.callback).copy_merge_params(params)
+            response = await self.services.http.get(url, timeout=self.settings.verify_timeout)
+        except httpx.HTTPError as exc:
+            logger.info("verification GET failed: %s", type(exc).__name__)
+            return False
+        if not (200 <= response.status_code < 300 and response.content == challenge.encode()):
+            logger.info("verification not confirmed (status %d)", response.status_code)
+            return False
+        now = time.time()
+        if req.mode == "subscribe":
+            await store.activate(self.services.sessions, req.topic, req.callback, req.secret, lease, now)
+        else:
+            await store.deactivate(self.services.sessions, req.topic, req.callback, "unsubscribed")
+        return True
+
+    async def deny(self, req: SubscriptionRequest, reason: str) -> None:
+        """5.2: tell the subscriber its subscription was refused."""
+        params = {"hub.mode": "denied", "hub.topic": req.topic, "hub.reason": reason}
+        try:
+            await self.services.http.get(
+                httpx.URL(req.callback).copy_merge_params(params), timeout=self.settings.verify_timeout
+            )
+        except httpx.HTTPError:
+            pass
