@@ -7,6 +7,7 @@
   "access control on the registration URL"): ``Authorization: Bearer TOKEN`` or Basic with TOKEN
   as the password (any user name), else 401 with ``WWW-Authenticate``. A name matching a
   ``--reserve-name PATTERN=TOKEN`` may be claimed only with that registration ``token`` (403).
+- ``GET /reversehttp`` (the relay's list of names) needs ``--admin-token`` as Bearer when one is set.
 - ``POST /publish`` and ``POST /hub`` with ``hub.mode=publish``. With ``--publish-token`` (or a
   ``--topic-token PATTERN=TOKEN`` covering the topic) only holders may publish (401). Without one,
   ``hub.url`` pings stay open: the hub fetches the content itself, so a ping cannot forge it. A fat
@@ -215,6 +216,11 @@ BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="reversehub"'}
 
 
 # The middleware ---------------------------------------------------------------------------------
+# Pages outside the dashboard that list registrations, subscriptions or deliveries: with an admin
+# token they need it (as Bearer), like the dashboard itself.
+LISTINGS = {("GET", "/reversehttp"), ("HEAD", "/reversehttp")}
+
+
 class SecurityMiddleware:
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
@@ -223,7 +229,14 @@ class SecurityMiddleware:
         self.guard_publish = settings.publish_token is not None or bool(settings.topic_token)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] != "POST":
+            if (scope["method"], scope["path"]) in LISTINGS and self.settings.admin_token is not None:
+                if not token_matches(presented_token(Headers(scope=scope)), self.settings.admin_token):
+                    await Denial(401, "admin token required", BEARER_CHALLENGE)(scope, receive, send)
+                    return
             await self.app(scope, receive, send)
             return
         path = scope["path"]

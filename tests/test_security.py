@@ -139,6 +139,16 @@ async def test_reserved_names_need_their_token():
     assert other.status_code == 200
 
 
+async def test_listing_of_names_needs_the_admin_token_when_one_is_set(make_app):
+    _, open_client = await make_app()
+    assert (await open_client.get("/reversehttp")).status_code == 200
+    _, client = await make_app(admin_token="adm")
+    assert (await client.get("/reversehttp")).status_code == 401
+    assert (await client.get("/reversehttp", headers={"Authorization": "Bearer nope"})).status_code == 401
+    listing = await client.get("/reversehttp", headers={"Authorization": "Bearer adm", "Accept": "application/json"})
+    assert listing.status_code == 200 and listing.json()["registrations"] == 0
+
+
 # Publish -----------------------------------------------------------------------------------------
 async def test_without_publish_token_pings_are_open_and_fat_pings_trusted_only():
     app = echo_app(guarded())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import anyio
@@ -22,20 +22,20 @@ from starlette.responses import Response, StreamingResponse
 @dataclass(frozen=True)
 class Series:
     key: str
+    family: str  # the metric family's name (as prometheus_client reports it: no "_total")
     kind: str  # "counter" (a rate per second) or "histogram" (mean of the interval, in milliseconds)
-    match: Callable[[str], bool]
+    labels: tuple[tuple[str, str], ...] = ()  # only samples with these label values
 
 
-def _has(*words: str) -> Callable[[str], bool]:
-    return lambda name: all(w in name for w in words)
-
-
+# The families the relay (relay.service.RelayMetrics), the hub (hub.metrics) and the rate limiter
+# register on services.metrics.
 SERIES = (
-    Series("publishes", "counter", _has("hub", "publish")),
-    Series("deliveries", "counter", _has("hub", "deliver")),
-    Series("relay_requests", "counter", _has("relay", "request")),
-    Series("relay_latency_ms", "histogram", _has("relay", "seconds")),
-    Series("rate_limited", "counter", _has("rate_limited")),
+    Series("publishes", "hub_publishes", "counter"),
+    Series("deliveries", "hub_deliveries", "counter", (("outcome", "delivered"),)),
+    Series("failures", "hub_deliveries", "counter", (("outcome", "failed"),)),
+    Series("relay_requests", "relay_requests", "counter"),
+    Series("relay_latency_ms", "relay_latency_seconds", "histogram"),
+    Series("rate_limited", "reversehub_rate_limited", "counter"),
 )
 
 
@@ -45,10 +45,12 @@ def totals(registry: CollectorRegistry) -> dict[str, tuple[float, float]]:
     out = {s.key: (0.0, 0.0) for s in SERIES}
     for family in registry.collect():
         for series in SERIES:
-            if family.type != series.kind or not series.match(family.name):
+            if family.type != series.kind or family.name != series.family:
                 continue
             total, count = out[series.key]
             for sample in family.samples:
+                if any(sample.labels.get(k) != v for k, v in series.labels):
+                    continue
                 if series.kind == "counter" and sample.name.endswith("_total"):
                     total += sample.value
                 elif sample.name.endswith("_sum"):

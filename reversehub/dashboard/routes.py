@@ -127,7 +127,7 @@ async def events(request: Request) -> Response:
 
 @admin("api")
 async def api_state(request: Request) -> Response:
-    return JSONResponse(await state.snapshot(request.app.state.services), headers={"Cache-Control": "no-store"})
+    return JSONResponse(await state.snapshot(request.app.state), headers={"Cache-Control": "no-store"})
 
 
 def _action(perform: Callable[..., Awaitable[bool]]) -> Endpoint:

@@ -96,7 +96,7 @@ async function refresh() {
   if (!r.ok) return;
   const s = await r.json();
   fill("deliveries", s.deliveries, (row, d) => {
-    row.dataset.id = d.id; row.className = "state-" + d.state;
+    row.dataset.id = d.id; row.className = "state-" + d.state.replace(" ", "-");
     cell(row, d.id); cell(row, d.topic); cell(row, d.callback); cell(row, d.state);
     cell(row, d.attempts); cell(row, when(d.next_attempt_at)); cell(row, d.last_error, d.last_error);
     button(row, "Retry now", "/dashboard/api/deliveries/" + d.id + "/retry");
@@ -105,12 +105,12 @@ async function refresh() {
   fill("subscriptions", s.subscriptions, (row, x) => {
     row.dataset.id = x.id;
     cell(row, x.topic); cell(row, x.callback); cell(row, x.state); cell(row, when(x.expires_at));
-    cell(row, x.failed); cell(row, x.last_failure, x.last_failure);
+    cell(row, x.pending); cell(row, x.failed); cell(row, x.last_failure, x.last_failure);
     button(row, "Delete", "/dashboard/api/subscriptions/" + x.id + "/delete", "Delete this subscription?");
   });
   fill("registrations", s.registrations, (row, x) => {
     row.dataset.id = x.name;
-    cell(row, x.name); cell(row, x.pollers); cell(row, x.queued); cell(row, when(x.created_at)); cell(row, when(x.expires_at));
+    cell(row, x.name); cell(row, x.pollers); cell(row, x.queued); cell(row, x.lease_seconds); cell(row, when(x.expires_at));
     button(row, "Delete", "/dashboard/api/registrations/" + encodeURIComponent(x.name) + "/delete", "Delete registration " + x.name + "?");
   });
 }
