@@ -1,1 +1,33 @@
-"""Python clients for reversehub (filled in by the clients work)."""
+"""Python clients for reversehub: a WebSub subscriber over the relay, a relay endpoint, a publisher.
+
+::
+
+    from clients import Subscriber, publish
+
+See the README's "Clients" section.
+"""
+
+from clients.discovery import Discovered, discover
+from clients.endpoint import Endpoint
+from clients.errors import ClientError, ClosedError, DiscoveryError, PublishError, RelayError, SubscriptionError
+from clients.publisher import AsyncPublisher, Publisher, ping, publish
+from clients.subscriber import Subscriber
+from clients.update import Update
+
+__all__ = [
+    "AsyncPublisher",
+    "ClientError",
+    "ClosedError",
+    "Discovered",
+    "DiscoveryError",
+    "Endpoint",
+    "PublishError",
+    "Publisher",
+    "RelayError",
+    "Subscriber",
+    "SubscriptionError",
+    "Update",
+    "discover",
+    "ping",
+    "publish",
+]

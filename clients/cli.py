@@ -1,7 +1,187 @@
-"""Client commands of the ``reversehub`` CLI (subscribe, publish, ping, expose)."""
+"""Client commands of the ``reversehub`` CLI: subscribe, publish, ping, expose.
+
+``reversehub/cli.py`` adds every command in :data:`commands` to its group.
+"""
 
 from __future__ import annotations
 
-import click
+import base64
+import json
+import sys
+import threading
+import time
+from typing import Any
+from urllib.parse import urlsplit
 
-commands: list[click.Command] = []
+import click
+import httpx
+
+from clients.endpoint import Endpoint
+from clients.errors import ClientError
+from clients.publisher import Publisher
+from clients.subscriber import Subscriber
+from clients.update import Update
+from relay.wire import HttpRequest, HttpResponse
+
+DEFAULT_HUB = "http://127.0.0.1:8000/hub"
+DEFAULT_RELAY = "http://127.0.0.1:8000/reversehttp"
+# Hop-by-hop headers (RFC 9110 7.6.1) are not forwarded by a proxy.
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "trailer"}
+
+
+def _state(state: str) -> None:
+    click.echo(f"[{state}]", err=True)
+
+
+def update_as_json(update: Update) -> dict[str, Any]:
+    record: dict[str, Any] = {"topic": update.topic, "id": update.id, "content_type": update.content_type}
+    try:
+        record["body"] = update.body.decode("utf-8")
+    except UnicodeDecodeError:
+        record["body_base64"] = base64.b64encode(update.body).decode("ascii")
+    if update.is_feed:
+        record["entries"] = [
+            {"id": e.get("id"), "title": e.get("title"), "link": e.get("link")} for e in update.entries
+        ]
+    return record
+
+
+def update_as_text(update: Update) -> str:
+    head = f"--- {update.topic} ({update.content_type or 'no content type'}, {len(update.body)} bytes)"
+    if update.is_feed and update.entries:
+        lines = [f"* {e.get('title', '(untitled)')}  {e.get('link', '')}".rstrip() for e in update.entries]
+        return "\n".join([head, *lines])
+    return f"{head}\n{update.text}"
+
+
+@click.command()
+@click.argument("topic")
+@click.option("--hub", envvar="REVERSEHUB_HUB", default=None, help="Hub URL [default: discovered from the topic].")
+@click.option("--relay", envvar="REVERSEHUB_RELAY", default=None, help="Relay URL [default: the hub's server].")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--lease-seconds", type=int, default=None, help="Lease to ask the hub for.")
+def subscribe(topic: str, hub: str | None, relay: str | None, as_json: bool, lease_seconds: int | None) -> None:
+    """Print each update to TOPIC as it arrives (connection state goes to stderr)."""
+    lock = threading.Lock()
+
+    def show(update: Update) -> None:
+        text = json.dumps(update_as_json(update)) if as_json else update_as_text(update)
+        with lock:
+            click.echo(text)
+
+    subscriber = Subscriber(topic, show, hub=hub, relay=relay, lease_seconds=lease_seconds, on_state=_state)
+    try:
+        subscriber.start()
+    except (ClientError, httpx.HTTPError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"subscribed to {subscriber.topic} at {subscriber.hub}", err=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        subscriber.stop()
+
+
+def _read_data(data: str | None) -> bytes:
+    if data is None or data == "-":
+        return sys.stdin.buffer.read()
+    if data.startswith("@"):
+        with open(data[1:], "rb") as f:
+            return f.read()
+    return data.encode()
+
+
+@click.command()
+@click.argument("topic")
+@click.option("--data", "-d", default=None, help="Body: TEXT, @FILE or - for stdin [default: stdin].")
+@click.option("--content-type", "-t", default="text/plain; charset=utf-8", show_default=True)
+@click.option("--hub", envvar="REVERSEHUB_HUB", default=DEFAULT_HUB, show_default=True, help="Hub URL.")
+def publish(topic: str, data: str | None, content_type: str, hub: str) -> None:
+    """Distribute a body to the subscribers of TOPIC (a fat ping)."""
+    body = _read_data(data)
+    try:
+        with Publisher(hub) as publisher:
+            publisher.publish(topic, body, content_type)
+    except (ClientError, httpx.HTTPError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"published {len(body)} bytes to {topic}", err=True)
+
+
+@click.command()
+@click.argument("url")
+@click.option("--hub", envvar="REVERSEHUB_HUB", default=None, help="Hub URL [default: discovered from URL].")
+def ping(url: str, hub: str | None) -> None:
+    """Tell the hub that the feed at URL changed (it fetches it and distributes new entries)."""
+    try:
+        with Publisher(hub) as publisher:
+            publisher.ping(url)
+    except (ClientError, httpx.HTTPError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"pinged the hub about {url}", err=True)
+
+
+class Forwarder:
+    """Forwards each relayed request to a local server, like a reverse proxy, and logs one line."""
+
+    def __init__(self, to: str, endpoint: Endpoint | None = None) -> None:
+        self.to = to.rstrip("/")
+        self.endpoint = endpoint
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(60.0), follow_redirects=False)
+
+    async def __call__(self, request: HttpRequest) -> HttpResponse:
+        started = time.monotonic()
+        path, _, query = request.target.partition("?")
+        if path.startswith(("http://", "https://")):
+            path = urlsplit(path).path
+        assert self.endpoint is not None and self.endpoint.public_url is not None
+        prefix = urlsplit(self.endpoint.public_url).path.rstrip("/")
+        if prefix and path.startswith(prefix):
+            path = path[len(prefix) :]
+        local = self.to + (path if path.startswith("/") else "/" + path) + (f"?{query}" if query else "")
+        headers = [(k, v) for k, v in request.headers if k.lower() not in HOP_BY_HOP | {"host", "content-length"}]
+        try:
+            answer = await self.http.request(request.method, local, headers=headers, content=request.body)
+        except httpx.HTTPError as exc:
+            click.echo(f"{request.method} {path or '/'} -> 502 ({type(exc).__name__})")
+            return HttpResponse(502, [("content-type", "text/plain")], b"local server unreachable\n")
+        elapsed = (time.monotonic() - started) * 1000
+        click.echo(f"{request.method} {path or '/'} -> {answer.status_code} ({elapsed:.0f} ms)")
+        drop = HOP_BY_HOP | {"content-length", "content-encoding"}
+        headers = [(k, v) for k, v in answer.headers.multi_items() if k.lower() not in drop]
+        return HttpResponse(answer.status_code, headers, answer.content)
+
+
+@click.command()
+@click.argument("name")
+@click.option("--to", "to", required=True, help="Local server to forward to, e.g. http://127.0.0.1:3000.")
+@click.option("--relay", envvar="REVERSEHUB_RELAY", default=DEFAULT_RELAY, show_default=True, help="Relay URL.")
+@click.option("--token", envvar="REVERSEHUB_TOKEN", default=None, help="Keeps NAME yours across restarts.")
+@click.option("--pollers", default=4, show_default=True, help="Concurrent long-polls.")
+def expose(name: str, to: str, relay: str, token: str | None, pollers: int) -> None:
+    """Make the local server at --to reachable at the relay's public URL for NAME."""
+    import asyncio
+
+    async def run() -> None:
+        forwarder = Forwarder(to)
+        endpoint = Endpoint(relay, forwarder, name=name, token=token, pollers=pollers, on_state=_state)
+        forwarder.endpoint = endpoint
+        try:
+            public_url = await endpoint.start()
+        except (ClientError, httpx.HTTPError) as exc:
+            await forwarder.http.aclose()
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"{public_url} -> {to}")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await endpoint.aclose()
+            await forwarder.http.aclose()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+
+
+commands: list[click.Command] = [subscribe, publish, ping, expose]

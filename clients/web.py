@@ -1,9 +1,27 @@
-"""Routes the server offers for browser clients: the JS library and the demo page (placeholder)."""
+"""Routes the server offers for browsers: the JS library (``/js/reversehub.js``) and a demo page (``/demo``)."""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+JS_DIR = Path(__file__).parent / "js"
+
+
+def _static(path: str, filename: str, media_type: str) -> Route:
+    content = (JS_DIR / filename).read_bytes()
+
+    async def endpoint(request: Request) -> Response:
+        return Response(content, media_type=media_type, headers={"cache-control": "no-cache"})
+
+    return Route(path, endpoint, methods=["GET", "HEAD"])
 
 
 def routes() -> list[BaseRoute]:
-    return []
+    return [
+        _static("/js/reversehub.js", "reversehub.js", "text/javascript; charset=utf-8"),
+        _static("/demo", "demo.html", "text/html; charset=utf-8"),
+    ]

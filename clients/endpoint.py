@@ -1,0 +1,330 @@
+"""A ReverseHttp application: claim a name on a relay and serve the requests that arrive for it.
+
+The Python counterpart of the original ReverseHttp libraries (Garnock-Jones, 2008-2009)::
+
+    async def hello(request: HttpRequest) -> HttpResponse:
+        return HttpResponse(200, [("content-type", "text/plain")], b"hello\\n")
+
+    async with Endpoint("http://127.0.0.1:8000/reversehttp", hello, name="alice") as ep:
+        print(ep.public_url)            # http://127.0.0.1:8000/relay/alice/
+        await anyio.sleep_forever()
+
+``Endpoint(relay, app=starlette_app)`` serves an ASGI application instead (its lifespan runs too).
+
+Protocol (ReverseHttp, "Registration", "Waiting for a request", "Replying"): ``POST`` name/token/lease
+to the gateway; the answer's ``Link rel="first"`` is a request URL, ``rel="related"`` the public URL,
+``Location`` the private URL. ``GET`` on a request URL holds until a request arrives (200
+``message/http`` with ``Link rel="next"``) or times out (204: poll again); the reply is ``POST``ed to
+the URL the request came from. Several pollers share the work; each follows its own chain of request
+URLs, which it gets by registering again with the same name and token (a refresh, 204). A 404 or
+410 on a request URL means the registration is gone: register again (and tell the owner, whose
+subscriptions may need renewing). Network errors are retried with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import random
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+from urllib.parse import urljoin
+
+import httpx
+
+from clients._asgi import ASGIApp, Lifespan, call_app
+from clients._links import find_link
+from clients.errors import ClosedError, RelayError
+from relay.wire import HttpRequest, HttpResponse, WireError, parse_request, serialize_response
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[HttpRequest], "Awaitable[HttpResponse] | HttpResponse"]
+StateCallback = Callable[[str], None]
+
+# Connection states reported to ``on_state``.
+REGISTERED = "registered"
+CONNECTED = "connected"
+RECONNECTING = "reconnecting"
+REREGISTERED = "reregistered"
+CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class Registration:
+    first: str  # request URL to poll
+    public_url: str
+    private_url: str
+    created: bool  # 201 (new) rather than 204 (refreshed)
+
+
+def random_name(prefix: str = "rh") -> str:
+    """A fresh DNS label (RFC 1034: letters, digits, hyphens, <= 63 characters)."""
+    return f"{prefix}-{secrets.token_hex(8)}"
+
+
+async def backoff_sleep(delay: float, cap: float) -> float:
+    """Sleep ``delay`` with jitter (so many clients do not return at once); returns the next delay."""
+    await asyncio.sleep(delay * (0.5 + random.random() / 2))
+    return min(delay * 2, cap)
+
+
+class Endpoint:
+    """Serve ``handler`` (``HttpRequest -> HttpResponse``, sync or async) or an ASGI ``app`` over a relay name.
+
+    ``pollers`` long-polls run at once, so that many requests are handled concurrently.
+    ``on_state`` hears ``registered``, ``connected``, ``reconnecting``, ``reregistered``, ``closed``.
+    ``on_reregistered`` is awaited (in a task) after the registration was lost and made again.
+    """
+
+    def __init__(
+        self,
+        relay: str,
+        handler: Handler | None = None,
+        *,
+        app: ASGIApp | None = None,
+        name: str | None = None,
+        token: str | None = None,
+        lease: int | None = None,
+        pollers: int = 2,
+        http: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        poll_read_timeout: float = 120.0,
+        backoff: tuple[float, float] = (0.1, 30.0),
+        on_state: StateCallback | None = None,
+        on_reregistered: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        if (handler is None) == (app is None):
+            raise TypeError("give exactly one of handler or app=")
+        if pollers < 1:
+            raise ValueError("pollers must be at least 1")
+        self.relay = relay
+        self.name = name or random_name()
+        self.token = token or secrets.token_urlsafe(24)
+        self.lease = lease
+        self.pollers = pollers
+        self.public_url: str | None = None
+        self.state = "new"
+        self._handler = handler
+        self._app = app
+        self._lifespan = Lifespan(app) if app is not None else None
+        self._own_http = http is None
+        self._http = http or httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(10.0))
+        self._poll_timeout = httpx.Timeout(10.0, read=poll_read_timeout)
+        self._backoff = backoff
+        self._on_state = on_state
+        self._on_reregistered = on_reregistered
+        self._private_url: str | None = None
+        self._generation = 0
+        self._recover_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._waiting: set[asyncio.Task[Any]] = set()  # pollers parked in a GET, safe to cancel
+        self._closing = False
+        self._started = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> str:
+        """Register and start polling; returns the public URL. Raises :class:`RelayError` if refused."""
+        if self._closing:
+            raise ClosedError("endpoint is closed")
+        if self._started:
+            assert self.public_url is not None
+            return self.public_url
+        if self._lifespan is not None:
+            await self._lifespan.startup()
+        registration = await self._register()
+        self._started = True
+        self._set_state(REGISTERED)
+        for index in range(self.pollers):
+            self._spawn(self._poller(registration.first if index == 0 else None, self._generation))
+        return registration.public_url
+
+    async def aclose(self) -> None:
+        """Stop polling (requests being handled finish first) and relinquish the name (DELETE)."""
+        if self._closing:
+            return
+        self._closing = True
+        for task in list(self._waiting):
+            task.cancel()
+        pollers = [t for t in self._tasks if not t.get_name().startswith("reregistered")]
+        if pollers:
+            _, pending = await asyncio.wait(pollers, timeout=10.0)
+            for task in pending:
+                task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._private_url is not None:
+            try:
+                await self._http.delete(self._private_url, timeout=5.0)
+            except httpx.HTTPError as exc:
+                logger.warning("could not relinquish relay name %s: %s", self.name, exc)
+        if self._lifespan is not None:
+            await self._lifespan.shutdown()
+        if self._own_http:
+            await self._http.aclose()
+        self._set_state(CLOSED)
+
+    async def __aenter__(self) -> Endpoint:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    # -- registration ------------------------------------------------------------------------
+
+    async def _register(self) -> Registration:
+        data = {"name": self.name, "token": self.token}
+        if self.lease is not None:
+            data["lease"] = str(self.lease)
+        response = await self._http.post(self.relay, data=data)
+        if response.status_code == 403:
+            raise RelayError(f"relay name {self.name!r} is held by someone else (token mismatch)", 403)
+        if response.status_code >= 300:
+            reason = response.text.strip()[:200]
+            raise RelayError(f"relay refused {self.name!r}: HTTP {response.status_code} {reason}", response.status_code)
+        links = response.headers.get_list("link")
+        base = str(response.url)
+        first = find_link(links, "first", base)
+        public = find_link(links, "related", base)
+        location = response.headers.get("location")
+        if first is None or public is None or location is None:
+            raise RelayError("relay answered without Link rel=first/related and Location", response.status_code)
+        self._private_url = urljoin(base, location)
+        if public != self.public_url:
+            self.public_url = public
+        return Registration(first, public, self._private_url, response.status_code == 201)
+
+    async def _register_until_done(self) -> Registration:
+        delay = self._backoff[0]
+        while True:
+            try:
+                return await self._register()
+            except (httpx.HTTPError, RelayError) as exc:
+                logger.warning("relay registration of %s failed (%s); retrying in %.1fs", self.name, exc, delay)
+                self._set_state(RECONNECTING)
+                delay = await self._sleep(delay)
+
+    async def _recover(self, generation: int) -> tuple[str, int]:
+        """The registration is gone (404/410 on a request URL): the first poller to notice registers
+        again and tells the owner; every poller gets a fresh request URL of its own."""
+        async with self._recover_lock:
+            registration = await self._register_until_done()
+            if generation == self._generation:
+                self._generation += 1
+                logger.info("relay registration of %s was lost; registered again", self.name)
+                self._set_state(REREGISTERED)
+                if self._on_reregistered is not None:
+                    self._spawn(self._on_reregistered(), name="reregistered")
+            return registration.first, self._generation
+
+    # -- polling -----------------------------------------------------------------------------
+
+    async def _poller(self, url: str | None, generation: int) -> None:
+        if url is None:
+            url = (await self._register_until_done()).first
+            generation = self._generation
+        delay = self._backoff[0]
+        connected = True
+        task = asyncio.current_task()
+        assert task is not None
+        while not self._closing:
+            self._waiting.add(task)
+            try:
+                response = await self._http.get(url, headers={"accept": "message/http"}, timeout=self._poll_timeout)
+            except httpx.HTTPError as exc:
+                if self._closing:
+                    return
+                if connected:
+                    logger.warning("relay poll failed (%s); retrying with backoff", type(exc).__name__)
+                    self._set_state(RECONNECTING)
+                connected = False
+                delay = await self._sleep(delay)
+                continue
+            finally:
+                self._waiting.discard(task)
+            status = response.status_code
+            if status in (404, 410):
+                if self._closing:
+                    return
+                url, generation = await self._recover(generation)
+                connected = True
+                continue
+            if status not in (200, 204):
+                if connected:
+                    logger.warning("relay poll answered HTTP %s; retrying with backoff", status)
+                    self._set_state(RECONNECTING)
+                connected = False
+                delay = await self._sleep(delay)
+                continue
+            if not connected:
+                connected = True
+                self._set_state(CONNECTED)
+            delay = self._backoff[0]
+            next_url = find_link(response.headers.get_list("link"), "next", url) or url
+            if status == 200:
+                reply = await self._handle(response)
+                await self._reply(url, reply)
+            url = next_url
+
+    async def _handle(self, response: httpx.Response) -> HttpResponse:
+        try:
+            request = parse_request(response.content)
+        except WireError as exc:
+            logger.warning("relay sent an unparseable request: %s", exc)
+            return HttpResponse(400, [("content-type", "text/plain")], b"Bad Request\n")
+        try:
+            if self._app is not None:
+                assert self.public_url is not None
+                return await call_app(self._app, request, self.public_url, response.headers.get("requesting-client"))
+            assert self._handler is not None
+            result = self._handler(request)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+        except Exception:
+            logger.exception("handler failed on %s %s", request.method, request.target.partition("?")[0])
+            return HttpResponse(500, [("content-type", "text/plain")], b"Internal Server Error\n")
+
+    async def _reply(self, url: str, reply: HttpResponse) -> None:
+        body = serialize_response(reply)
+        try:
+            answer = await self._http.post(url, content=body, headers={"content-type": "message/http"})
+        except httpx.HTTPError as exc:
+            # The requester will see 504 and, if it is a hub, retry the delivery.
+            logger.warning("could not post the reply to the relay: %s", exc)
+            return
+        if answer.status_code >= 300:
+            logger.warning("relay refused the reply: HTTP %s", answer.status_code)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _spawn(self, coro: Awaitable[Any], name: str = "poller") -> None:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("relay endpoint task failed", exc_info=task.exception())
+
+    async def _sleep(self, delay: float) -> float:
+        return await backoff_sleep(delay, self._backoff[1])
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        if self._on_state is not None:
+            try:
+                self._on_state(state)
+            except Exception:
+                logger.exception("on_state callback failed")

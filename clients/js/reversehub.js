@@ -1,0 +1,493 @@
+// reversehub.js: a dependency-free ES module for browsers.
+//
+//   import { subscribe } from "/js/reversehub.js";
+//   const sub = await subscribe("http://example.com/chat", (update) => console.log(update.text()),
+//                               { hub: "http://127.0.0.1:8000/hub" });
+//   ...
+//   await sub.stop();
+//
+// A page cannot accept connections, so it claims a name on a ReverseHttp relay (Garnock-Jones,
+// 2008-2009), long-polls for the requests that arrive there and answers them over fetch(); a
+// Subscription gives that public URL to a WebSub hub as its callback. Same semantics as the Python
+// client (clients.Subscriber): verification answered only for what we asked, X-Hub-Signature
+// checked (WebCrypto; pages on insecure origins cannot use it and subscribe without a secret),
+// duplicates dropped by webhook-id, 500 when the callback throws so the hub retries, lease renewal,
+// re-registration when the relay lost the name, backoff after network errors.
+
+const encoder = new TextEncoder();
+const latin1 = new TextDecoder("latin1");
+
+// ---- Link headers (RFC 8288), possibly comma-joined -------------------------------------------
+
+export function parseLinks(value, base) {
+  const links = [];
+  if (!value) return links;
+  const re = /<([^>]*)>((?:\s*;\s*[^;,=\s]+(?:\s*=\s*(?:"(?:[^"\\]|\\.)*"|[^;,\s]*))?)*)/g;
+  let m;
+  while ((m = re.exec(value)) !== null) {
+    const rels = new Set();
+    const pre = /;\s*([^;,=\s]+)(?:\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;,\s]*)))?/g;
+    let p;
+    while ((p = pre.exec(m[2])) !== null) {
+      if (p[1].toLowerCase() === "rel") {
+        for (const r of (p[2] ?? p[3] ?? "").split(/\s+/)) if (r) rels.add(r.toLowerCase());
+      }
+    }
+    links.push({ url: new URL(m[1].trim(), base).href, rels });
+  }
+  return links;
+}
+
+export function findLink(value, rel, base) {
+  const link = parseLinks(value, base).find((l) => l.rels.has(rel));
+  return link ? link.url : null;
+}
+
+// ---- message/http --------------------------------------------------------------------------
+
+function indexOfCRLFCRLF(bytes) {
+  for (let i = 0; i + 3 < bytes.length; i++) {
+    if (bytes[i] === 13 && bytes[i + 1] === 10 && bytes[i + 2] === 13 && bytes[i + 3] === 10) return i;
+  }
+  return -1;
+}
+
+function dechunk(bytes) {
+  const parts = [];
+  let pos = 0;
+  for (;;) {
+    let eol = pos;
+    while (eol + 1 < bytes.length && !(bytes[eol] === 13 && bytes[eol + 1] === 10)) eol++;
+    const size = parseInt(latin1.decode(bytes.subarray(pos, eol)).split(";")[0], 16);
+    if (!(size > 0)) break;
+    parts.push(bytes.subarray(eol + 2, eol + 2 + size));
+    pos = eol + 2 + size + 2;
+  }
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) { out.set(p, at); at += p.length; }
+  return out;
+}
+
+/** Parse one message/http request: {method, target, version, headers: Headers, body: Uint8Array}. */
+export function parseRequest(bytes) {
+  const end = indexOfCRLFCRLF(bytes);
+  if (end < 0) throw new Error("message/http: no end of headers");
+  const lines = latin1.decode(bytes.subarray(0, end)).split("\r\n");
+  const [method, target, proto] = lines[0].split(" ");
+  if (!method || !target || !/^HTTP\/\d\.\d$/.test(proto || "")) throw new Error("message/http: bad request line");
+  const headers = new Headers();
+  for (const line of lines.slice(1)) {
+    const colon = line.indexOf(":");
+    if (colon > 0) headers.append(line.slice(0, colon).trim(), line.slice(colon + 1).trim());
+  }
+  let body = bytes.subarray(end + 4);
+  if ((headers.get("transfer-encoding") || "").toLowerCase().includes("chunked")) body = dechunk(body);
+  else if (headers.has("content-length")) body = body.subarray(0, parseInt(headers.get("content-length"), 10));
+  return { method, target, version: proto.slice(5), headers, body, text: () => new TextDecoder().decode(body) };
+}
+
+const REASONS = { 200: "OK", 202: "Accepted", 204: "No Content", 400: "Bad Request", 404: "Not Found",
+  405: "Method Not Allowed", 500: "Internal Server Error" };
+
+/** Serialize a response {status, headers: [[k, v]] | object, body: string | Uint8Array} as message/http. */
+export function serializeResponse({ status = 200, headers = [], body = "" }) {
+  const data = typeof body === "string" ? encoder.encode(body) : body;
+  const pairs = Array.isArray(headers) ? headers : Object.entries(headers);
+  let head = `HTTP/1.1 ${status} ${REASONS[status] || "Status"}\r\n`;
+  for (const [k, v] of pairs) {
+    if (!/^(content-length|transfer-encoding|connection)$/i.test(k)) head += `${k}: ${v}\r\n`;
+  }
+  head += `Content-Length: ${data.length}\r\n\r\n`;
+  const out = new Uint8Array(head.length + data.length);
+  for (let i = 0; i < head.length; i++) out[i] = head.charCodeAt(i) & 0xff;
+  out.set(data, head.length);
+  return out;
+}
+
+// ---- helpers ---------------------------------------------------------------------------------
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const jitter = (ms) => ms * (0.5 + Math.random() / 2);
+function randomHex(bytes) {
+  const a = new Uint8Array(bytes);
+  crypto.getRandomValues(a);
+  return Array.from(a, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+// ---- Endpoint: claim a name, poll, answer -------------------------------------------------------
+
+/**
+ * Serve `handler(request) -> {status, headers, body}` (sync or async) on a relay name.
+ * Options: name, token, lease, pollers (2), onState(state), onReregistered(), backoff [minMs, maxMs].
+ */
+export class Endpoint {
+  constructor(relay, handler, options = {}) {
+    this.relay = new URL(relay, location.href).href;
+    this.handler = handler;
+    this.name = options.name || `js-${randomHex(8)}`;
+    this.token = options.token || randomHex(24);
+    this.lease = options.lease;
+    this.pollers = options.pollers || 2;
+    this.onState = options.onState || (() => {});
+    this.onReregistered = options.onReregistered || null;
+    this.backoff = options.backoff || [100, 30000];
+    this.publicUrl = null;
+    this.state = "new";
+    this._privateUrl = null;
+    this._abort = new AbortController();
+    this._closing = false;
+    this._generation = 0;
+    this._recovering = null;
+    this._loops = [];
+  }
+
+  _setState(state) {
+    this.state = state;
+    try { this.onState(state); } catch (e) { console.error(e); }
+  }
+
+  async _register() {
+    const form = new URLSearchParams({ name: this.name, token: this.token });
+    if (this.lease) form.set("lease", String(this.lease));
+    const r = await fetch(this.relay, { method: "POST", body: form, signal: this._abort.signal });
+    if (r.status === 403) throw new Error(`relay name ${this.name} is held by someone else`);
+    if (!r.ok) throw new Error(`relay refused ${this.name}: HTTP ${r.status}`);
+    const links = r.headers.get("link");
+    const first = findLink(links, "first", r.url);
+    const related = findLink(links, "related", r.url);
+    const loc = r.headers.get("location");
+    if (!first || !related || !loc) throw new Error("relay answered without Link rel=first/related and Location");
+    this.publicUrl = related;
+    this._privateUrl = new URL(loc, r.url).href;
+    return first;
+  }
+
+  async _registerUntilDone() {
+    let delay = this.backoff[0];
+    while (!this._closing) {
+      try { return await this._register(); } catch (e) {
+        if (this._closing) break;
+        this._setState("reconnecting");
+        await sleep(jitter(delay));
+        delay = Math.min(delay * 2, this.backoff[1]);
+      }
+    }
+    return null;
+  }
+
+  /** Register and start polling; resolves to the public URL. */
+  async start() {
+    const first = await this._register();
+    this._setState("registered");
+    for (let i = 0; i < this.pollers; i++) this._loops.push(this._poll(i === 0 ? first : null));
+    return this.publicUrl;
+  }
+
+  async _recover(generation) {
+    // The first poller to see 404/410 re-registers and tells the owner; the others just get a URL.
+    const url = await this._registerUntilDone();
+    if (url && generation === this._generation) {
+      this._generation++;
+      this._setState("reregistered");
+      if (this.onReregistered) Promise.resolve().then(this.onReregistered).catch((e) => console.error(e));
+    }
+    return url;
+  }
+
+  async _poll(url) {
+    let generation = this._generation;
+    if (!url) url = await this._registerUntilDone();
+    let delay = this.backoff[0];
+    let connected = true;
+    while (url && !this._closing) {
+      let r;
+      try {
+        r = await fetch(url, { headers: { accept: "message/http" }, signal: this._abort.signal, cache: "no-store" });
+      } catch (e) {
+        if (this._closing) return;
+        if (connected) this._setState("reconnecting");
+        connected = false;
+        await sleep(jitter(delay));
+        delay = Math.min(delay * 2, this.backoff[1]);
+        continue;
+      }
+      if (r.status === 404 || r.status === 410) {
+        if (this._closing) return;
+        const seen = generation;
+        url = await this._recover(seen);
+        generation = this._generation;
+        continue;
+      }
+      if (r.status !== 200 && r.status !== 204) {
+        if (connected) this._setState("reconnecting");
+        connected = false;
+        await sleep(jitter(delay));
+        delay = Math.min(delay * 2, this.backoff[1]);
+        continue;
+      }
+      if (!connected) { connected = true; this._setState("connected"); }
+      delay = this.backoff[0];
+      const next = findLink(r.headers.get("link"), "next", url) || url;
+      if (r.status === 200) {
+        let reply;
+        try {
+          const request = parseRequest(new Uint8Array(await r.arrayBuffer()));
+          reply = serializeResponse(await this.handler(request));
+        } catch (e) {
+          console.error("reversehub handler failed", e);
+          reply = serializeResponse({ status: 500, body: "Internal Server Error\n" });
+        }
+        try {
+          await fetch(url, { method: "POST", body: reply, headers: { "content-type": "message/http" } });
+        } catch (e) {
+          console.warn("reversehub: could not post the reply", e);
+        }
+      }
+      url = next;
+    }
+  }
+
+  /** Stop polling and relinquish the name. */
+  async stop() {
+    if (this._closing) return;
+    this._closing = true;
+    this._abort.abort();
+    await Promise.allSettled(this._loops);
+    if (this._privateUrl) {
+      try { await fetch(this._privateUrl, { method: "DELETE" }); } catch (e) { /* best effort */ }
+    }
+    this._setState("closed");
+  }
+}
+
+// ---- WebSub discovery -------------------------------------------------------------------------
+
+/** Find a topic's hub: Link rel="hub" header, else <link rel="hub"> in HTML/Atom/RSS. */
+export async function discover(topic) {
+  const r = await fetch(topic);
+  if (!r.ok) throw new Error(`could not fetch ${topic}: HTTP ${r.status}`);
+  const header = r.headers.get("link");
+  let hub = findLink(header, "hub", r.url);
+  let self = findLink(header, "self", r.url);
+  if (!hub) {
+    const type = (r.headers.get("content-type") || "").includes("html") ? "text/html" : "application/xml";
+    const doc = new DOMParser().parseFromString(await r.text(), type);
+    for (const el of doc.getElementsByTagName("*")) {
+      if (el.localName !== "link" || !el.getAttribute("href")) continue;
+      const rels = (el.getAttribute("rel") || "").toLowerCase().split(/\s+/);
+      const href = new URL(el.getAttribute("href"), r.url).href;
+      if (!hub && rels.includes("hub")) hub = href;
+      if (!self && rels.includes("self")) self = href;
+    }
+  }
+  if (!hub) throw new Error(`${topic} names no hub`);
+  return { hub, topic: self || r.url };
+}
+
+// ---- Subscription ------------------------------------------------------------------------------
+
+const ALGORITHMS = { sha1: "SHA-1", sha256: "SHA-256", sha384: "SHA-384", sha512: "SHA-512" };
+
+async function signatureOk(secret, header, body) {
+  if (!header) return false;
+  const eq = header.indexOf("=");
+  const algorithm = ALGORITHMS[header.slice(0, eq).trim().toLowerCase()];
+  if (!algorithm) return false;
+  const key = await crypto.subtle.importKey("raw", encoder.encode(secret), { name: "HMAC", hash: algorithm },
+    false, ["sign"]);
+  const mac = new Uint8Array(await crypto.subtle.sign("HMAC", key, body));
+  const expected = Array.from(mac, (b) => b.toString(16).padStart(2, "0")).join("");
+  const given = header.slice(eq + 1).trim().toLowerCase();
+  let diff = expected.length ^ given.length;
+  for (let i = 0; i < expected.length; i++) diff |= expected.charCodeAt(i) ^ given.charCodeAt(i);
+  return diff === 0;
+}
+
+function text(status, body = "") {
+  return { status, headers: [["content-type", "text/plain"]], body };
+}
+
+/**
+ * A WebSub subscription over a relay name. `callback(update)` gets
+ * {topic, id, contentType, headers, body: Uint8Array, text(), json()}.
+ * Options: hub (else discovered), relay (else the hub's server), secret, leaseSeconds,
+ * onState(state), verifyTimeout (ms, 30000), renewFraction (0.8), pollers, backoff.
+ */
+export class Subscription {
+  constructor(topic, callback, options = {}) {
+    this.topic = topic;
+    this.callback = callback;
+    this.hub = options.hub ? new URL(options.hub, location.href).href : null;
+    this.relay = options.relay || null;
+    this.useSignature = Boolean(globalThis.crypto && crypto.subtle);
+    if (!this.useSignature) console.warn("reversehub: no WebCrypto on this origin; subscribing without hub.secret");
+    this.secret = this.useSignature ? options.secret || randomHex(32) : null;
+    this.leaseSeconds = options.leaseSeconds || null;
+    this.grantedLease = null;
+    this.onState = options.onState || (() => {});
+    this.verifyTimeout = options.verifyTimeout || 30000;
+    this.renewFraction = options.renewFraction || 0.8;
+    this.options = options;
+    this.state = "new";
+    this.callbackUrl = null;
+    this._pending = new Map();
+    this._seen = new Set();
+    this._queue = Promise.resolve();
+    this._renewTimer = null;
+    this._closed = false;
+  }
+
+  _setState(state) {
+    this.state = state;
+    try { this.onState(state); } catch (e) { console.error(e); }
+  }
+
+  async start() {
+    if (!this.hub) {
+      this._setState("discovering");
+      const found = await discover(this.topic);
+      this.hub = found.hub;
+      this.topic = found.topic;
+    }
+    this.endpoint = new Endpoint(this.relay || new URL("reversehttp", this.hub).href, (req) => this._onRequest(req), {
+      name: `js-${randomHex(8)}`,
+      pollers: this.options.pollers || 2,
+      backoff: this.options.backoff,
+      onState: (s) => { if (s === "connected" || s === "reconnecting") this._setState(s); },
+      onReregistered: () => this._resubscribe(),
+    });
+    const publicUrl = await this.endpoint.start();
+    this.callbackUrl = new URL("websub", publicUrl).href;
+    this._setState("subscribing");
+    try {
+      await this._subscribe("subscribe");
+    } catch (e) {
+      await this.endpoint.stop();
+      throw e;
+    }
+    this._setState("subscribed");
+    return this;
+  }
+
+  async _subscribe(mode) {
+    const verified = new Promise((resolve, reject) => {
+      this._pending.set(mode, { resolve, reject });
+      setTimeout(() => reject(new Error(`hub did not verify the ${mode} in time`)), this.verifyTimeout);
+    });
+    verified.catch(() => {});
+    try {
+      const form = new URLSearchParams({ "hub.mode": mode, "hub.topic": this.topic, "hub.callback": this.callbackUrl });
+      if (mode === "subscribe" && this.secret) form.set("hub.secret", this.secret);
+      if (mode === "subscribe" && this.leaseSeconds) form.set("hub.lease_seconds", String(this.leaseSeconds));
+      const r = await fetch(this.hub, { method: "POST", body: form });
+      if (!r.ok) throw new Error(`hub refused to ${mode}: HTTP ${r.status} ${(await r.text()).slice(0, 200)}`);
+      const lease = await verified;
+      if (mode === "subscribe") this._scheduleRenewal(lease);
+    } finally {
+      this._pending.delete(mode);
+    }
+  }
+
+  _scheduleRenewal(lease) {
+    this.grantedLease = lease;
+    clearTimeout(this._renewTimer);
+    if (lease && !this._closed) {
+      this._renewTimer = setTimeout(() => this._resubscribe(), lease * 1000 * this.renewFraction);
+    }
+  }
+
+  async _resubscribe() {
+    if (this.endpoint.publicUrl) this.callbackUrl = new URL("websub", this.endpoint.publicUrl).href;
+    let delay = 100;
+    while (!this._closed) {
+      try {
+        await this._subscribe("subscribe");
+        this._setState("subscribed");
+        return;
+      } catch (e) {
+        this._setState("reconnecting");
+        await sleep(jitter(delay));
+        delay = Math.min(delay * 2, 30000);
+      }
+    }
+  }
+
+  async _onRequest(request) {
+    const url = new URL(request.target, this.callbackUrl);
+    if (url.pathname !== new URL(this.callbackUrl).pathname) return text(404, "Not Found\n");
+    if (request.method === "GET") return this._verify(url.searchParams);
+    if (request.method === "POST") return this._deliver(request);
+    return text(405, "Method Not Allowed\n");
+  }
+
+  _verify(params) {
+    const mode = params.get("hub.mode");
+    if (params.get("hub.topic") !== this.topic) return text(404, "unknown topic\n");
+    if (mode === "denied") {
+      const pending = this._pending.get("subscribe");
+      if (pending) pending.reject(new Error(`hub denied the subscription: ${params.get("hub.reason") || ""}`));
+      else this._setState("denied");
+      return text(200);
+    }
+    const pending = this._pending.get(mode);
+    const challenge = params.get("hub.challenge");
+    // Only what we asked for: echoing every challenge would let anyone subscribe us to anything.
+    if (!pending || !challenge) return text(404, "no such pending request\n");
+    const lease = parseInt(params.get("hub.lease_seconds") || "", 10);
+    pending.resolve(Number.isFinite(lease) ? lease : null);
+    return text(200, challenge);
+  }
+
+  _deliver(request) {
+    // One callback at a time, in arrival order.
+    const result = this._queue.then(() => this._deliverNow(request));
+    this._queue = result.catch(() => {});
+    return result;
+  }
+
+  async _deliverNow(request) {
+    if (this.secret && !(await signatureOk(this.secret, request.headers.get("x-hub-signature"), request.body))) {
+      console.warn("reversehub: ignored a delivery with a missing or wrong X-Hub-Signature");
+      return text(202);
+    }
+    const id = request.headers.get("webhook-id");
+    if (id && this._seen.has(id)) return text(204);
+    const body = request.body;
+    const update = {
+      topic: findLink(request.headers.get("link"), "self", this.topic) || this.topic,
+      id,
+      contentType: request.headers.get("content-type") || "",
+      headers: request.headers,
+      body,
+      text: () => new TextDecoder().decode(body),
+      json: () => JSON.parse(new TextDecoder().decode(body)),
+    };
+    try {
+      await this.callback(update);
+    } catch (e) {
+      console.error("reversehub: callback failed; the hub will retry", e);
+      return text(500, "callback failed\n");
+    }
+    if (id) {
+      this._seen.add(id);
+      if (this._seen.size > 10000) this._seen.delete(this._seen.values().next().value);
+    }
+    return text(204);
+  }
+
+  /** Unsubscribe and relinquish the relay name. */
+  async stop() {
+    if (this._closed) return;
+    this._closed = true;
+    clearTimeout(this._renewTimer);
+    try { await this._subscribe("unsubscribe"); } catch (e) { console.warn("reversehub: unsubscribe failed", e); }
+    await this.endpoint.stop();
+    this._setState("stopped");
+  }
+}
+
+/** Subscribe and resolve once the hub verified: `const sub = await subscribe(topic, cb, {hub})`. */
+export async function subscribe(topic, callback, options = {}) {
+  return new Subscription(topic, callback, options).start();
+}

@@ -1,0 +1,414 @@
+"""A WebSub subscriber that needs no public address: its callback URL is a relay name it polls.
+
+::
+
+    def show(update: Update) -> None:
+        print(update.topic, update.body)
+
+    with Subscriber("http://127.0.0.1:8000/topics/news", show, hub="http://127.0.0.1:8000/hub"):
+        input("subscribed; press Enter to stop\\n")
+
+or, in a coroutine, ``async with Subscriber(...)`` (``await sub.start()`` / ``await sub.stop()``).
+
+What it does (W3C WebSub):
+- discovery (section 4) when ``hub`` is None: the topic's ``Link rel="hub"``/``rel="self"``;
+- subscription (5.1): claims a relay name, sends its public URL as ``hub.callback`` with a
+  ``hub.secret`` (generated when none is given) and waits for the hub's verification (5.3), which it
+  answers only for the topic and mode it asked for; a ``denied`` notice (5.2) fails ``start()``;
+- content distribution (7): checks ``X-Hub-Signature`` (sha1/sha256/sha384/sha512) and ignores
+  forged bodies with a 2xx (as 7 allows, so forgers learn nothing), drops duplicates by the Standard
+  Webhooks ``webhook-id``, calls the callback, and answers 204, or 500 when the callback raised, so
+  the hub retries later;
+- leases: renews at ``renew_fraction`` of the granted ``hub.lease_seconds``; re-subscribes after the
+  relay lost its registration; polls through network errors with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import inspect
+import logging
+import secrets
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qs, urljoin, urlsplit
+
+import httpx
+
+from clients._links import find_link
+from clients._sync import LoopThread, in_event_loop
+from clients.discovery import discover
+from clients.endpoint import CONNECTED, RECONNECTING, Endpoint, backoff_sleep, random_name
+from clients.errors import ClosedError, SubscriptionError
+from clients.update import Update
+from relay.wire import HttpRequest, HttpResponse
+
+logger = logging.getLogger(__name__)
+
+Callback = Callable[[Update], "Awaitable[None] | None"]
+
+SIGNATURE_ALGORITHMS = {"sha1", "sha256", "sha384", "sha512"}
+SEEN_DELIVERIES = 10_000  # how many delivery ids we remember to drop duplicates
+
+# Subscriber states, reported to ``on_state`` (besides the endpoint's ``connected``/``reconnecting``).
+DISCOVERING = "discovering"
+SUBSCRIBING = "subscribing"
+SUBSCRIBED = "subscribed"
+RESUBSCRIBING = "resubscribing"
+DENIED = "denied"
+STOPPED = "stopped"
+
+
+def relay_for(hub: str) -> str:
+    """The relay of a reversehub hub: ``http://host:8000/hub`` -> ``http://host:8000/reversehttp``."""
+    return urljoin(hub, "reversehttp")
+
+
+def signature_ok(secret: bytes, header: str | None, body: bytes) -> bool:
+    """``X-Hub-Signature: <algorithm>=<hex HMAC of the body>`` (WebSub 7.1)."""
+    if not header:
+        return False
+    algorithm, _, digest = header.strip().partition("=")
+    algorithm = algorithm.lower()
+    if algorithm not in SIGNATURE_ALGORITHMS:
+        return False
+    expected = hmac.new(secret, body, algorithm).hexdigest()
+    return hmac.compare_digest(expected, digest.strip().lower())
+
+
+def _text(status: int, body: str = "") -> HttpResponse:
+    return HttpResponse(status, [("content-type", "text/plain")], body.encode())
+
+
+class Subscriber:
+    """Subscribe to ``topic`` and call ``callback(update)`` for every delivery. See the module docstring."""
+
+    def __init__(
+        self,
+        topic: str,
+        callback: Callback,
+        *,
+        hub: str | None = None,
+        relay: str | None = None,
+        secret: str | None = None,
+        lease_seconds: int | None = None,
+        on_state: Callable[[str], None] | None = None,
+        pollers: int = 2,
+        transport: httpx.AsyncBaseTransport | None = None,
+        verify_timeout: float = 30.0,
+        renew_fraction: float = 0.8,
+        backoff: tuple[float, float] = (0.1, 30.0),
+        poll_read_timeout: float = 120.0,
+    ) -> None:
+        if secret is not None and len(secret.encode()) >= 200:
+            raise ValueError("hub.secret must be shorter than 200 bytes (WebSub 5.1)")
+        self.topic = topic
+        self.hub = hub
+        self.relay = relay
+        self.callback = callback
+        self.secret = secret or secrets.token_hex(32)
+        self.requested_lease = lease_seconds
+        self.lease_seconds: int | None = None  # as granted by the hub's verification
+        self.callback_url: str | None = None
+        self.state = "new"
+        self.rejected = 0  # deliveries ignored for a bad signature
+        self._on_state = on_state
+        self._pollers = pollers
+        self._transport = transport
+        self._verify_timeout = verify_timeout
+        self._renew_fraction = renew_fraction
+        self._backoff = backoff
+        self._poll_read_timeout = poll_read_timeout
+        self._http: httpx.AsyncClient | None = None
+        self._endpoint: Endpoint | None = None
+        self._callback_path = ""
+        self._pending: dict[str, asyncio.Future[int | None]] = {}
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._subscribe_lock: asyncio.Lock | None = None
+        self._callback_lock: asyncio.Lock | None = None
+        self._lease_changed: asyncio.Event | None = None
+        self._renew_at: float | None = None
+        self._renewer: asyncio.Task[None] | None = None
+        self._thread: LoopThread | None = None
+        self._started = False
+        self._closed = False
+
+    # -- sync and async faces ----------------------------------------------------------------
+
+    def start(self) -> Any:
+        """Subscribe; returns once the hub verified. In a coroutine: ``await sub.start()``."""
+        if in_event_loop():
+            return self.astart()
+        return self._start_sync()
+
+    def stop(self) -> Any:
+        """Unsubscribe and relinquish the relay name. In a coroutine: ``await sub.stop()``."""
+        if in_event_loop() and self._thread is None:
+            return self.astop()
+        self._stop_sync()
+        return None
+
+    def _start_sync(self) -> Subscriber:
+        self._thread = LoopThread()
+        try:
+            self._thread.run(self.astart())
+        except BaseException:
+            self._thread.close()
+            self._thread = None
+            raise
+        return self
+
+    def _stop_sync(self) -> None:
+        if self._thread is None:
+            return
+        try:
+            self._thread.run(self.astop())
+        finally:
+            self._thread.close()
+            self._thread = None
+
+    def __enter__(self) -> Subscriber:
+        return self._start_sync()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop_sync()
+
+    async def __aenter__(self) -> Subscriber:
+        await self.astart()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.astop()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def astart(self) -> Subscriber:
+        if self._closed:
+            raise ClosedError("subscriber was stopped")
+        if self._started:
+            return self
+        self._subscribe_lock = asyncio.Lock()
+        self._callback_lock = asyncio.Lock()
+        self._lease_changed = asyncio.Event()
+        self._http = httpx.AsyncClient(transport=self._transport, timeout=httpx.Timeout(10.0))
+        try:
+            if self.hub is None:
+                self._set_state(DISCOVERING)
+                found = await discover(self.topic, self._http)
+                self.hub, self.topic = found.hub, found.topic
+            self._endpoint = Endpoint(
+                self.relay or relay_for(self.hub),
+                self._on_request,
+                name=random_name("sub"),
+                pollers=self._pollers,
+                http=self._http,
+                poll_read_timeout=self._poll_read_timeout,
+                backoff=self._backoff,
+                on_state=self._endpoint_state,
+                on_reregistered=self._resubscribe,
+            )
+            public_url = await self._endpoint.start()
+            self.callback_url = urljoin(public_url, "websub")
+            self._callback_path = urlsplit(self.callback_url).path
+            self._set_state(SUBSCRIBING)
+            await self._subscribe("subscribe")
+        except BaseException:
+            await self._teardown()
+            raise
+        self._started = True
+        self._renewer = asyncio.create_task(self._renew_forever())
+        self._set_state(SUBSCRIBED)
+        return self
+
+    async def astop(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
+        if self._started:
+            try:
+                await self._subscribe("unsubscribe")
+            except (httpx.HTTPError, SubscriptionError) as exc:
+                logger.warning("unsubscribe from %s failed: %s", self.topic, exc)
+        await self._teardown()
+        self._set_state(STOPPED)
+
+    async def _teardown(self) -> None:
+        if self._endpoint is not None:
+            await self._endpoint.aclose()
+        if self._http is not None:
+            await self._http.aclose()
+
+    # -- subscription ------------------------------------------------------------------------
+
+    async def _subscribe(self, mode: str) -> None:
+        """Send a (un)subscription request and wait for the hub's verification of it (WebSub 5.1-5.3)."""
+        assert self._subscribe_lock is not None and self._http is not None and self.hub is not None
+        async with self._subscribe_lock:
+            verified: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+            # Registered before the request: a hub may verify before it answers.
+            self._pending[mode] = verified
+            try:
+                data = {"hub.mode": mode, "hub.topic": self.topic, "hub.callback": self.callback_url or ""}
+                if mode == "subscribe":
+                    data["hub.secret"] = self.secret
+                    if self.requested_lease is not None:
+                        data["hub.lease_seconds"] = str(self.requested_lease)
+                response = await self._http.post(self.hub, data=data)
+                if response.status_code >= 300:
+                    reason = response.text.strip()[:200]
+                    raise SubscriptionError(f"hub refused to {mode}: HTTP {response.status_code} {reason}")
+                try:
+                    lease = await asyncio.wait_for(verified, self._verify_timeout)
+                except TimeoutError:
+                    raise SubscriptionError(f"hub did not verify the {mode} within {self._verify_timeout}s") from None
+            finally:
+                self._pending.pop(mode, None)
+            if mode == "subscribe":
+                self.lease_seconds = lease
+                loop = asyncio.get_running_loop()
+                self._renew_at = loop.time() + lease * self._renew_fraction if lease else None
+                assert self._lease_changed is not None
+                self._lease_changed.set()
+
+    async def _renew_forever(self) -> None:
+        assert self._lease_changed is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            self._lease_changed.clear()
+            if self._renew_at is None:
+                await self._lease_changed.wait()
+                continue
+            wait = self._renew_at - loop.time()
+            if wait > 0:
+                try:
+                    await asyncio.wait_for(self._lease_changed.wait(), wait)
+                except TimeoutError:
+                    pass
+                continue
+            await self._subscribe_until_done(SUBSCRIBED)
+
+    async def _resubscribe(self) -> None:
+        """The relay lost our registration (the public URL may even have changed): subscribe again."""
+        assert self._endpoint is not None and self._endpoint.public_url is not None
+        self.callback_url = urljoin(self._endpoint.public_url, "websub")
+        self._callback_path = urlsplit(self.callback_url).path
+        self._set_state(RESUBSCRIBING)
+        await self._subscribe_until_done(SUBSCRIBED)
+
+    async def _subscribe_until_done(self, state: str) -> None:
+        delay = self._backoff[0]
+        while True:
+            try:
+                await self._subscribe("subscribe")
+            except (httpx.HTTPError, SubscriptionError) as exc:
+                logger.warning("renewing the subscription to %s failed (%s); retrying", self.topic, exc)
+                self._set_state(RECONNECTING)
+                delay = await backoff_sleep(delay, self._backoff[1])
+                continue
+            self._set_state(state)
+            return
+
+    # -- requests arriving over the relay ----------------------------------------------------
+
+    async def _on_request(self, request: HttpRequest) -> HttpResponse:
+        target = request.target
+        if target.startswith(("http://", "https://")):
+            parts = urlsplit(target)
+            path, query = parts.path, parts.query
+        else:
+            path, _, query = target.partition("?")
+        if path != self._callback_path:
+            return _text(404, "Not Found\n")
+        if request.method == "GET":
+            return self._verify(parse_qs(query))
+        if request.method == "POST":
+            return await self._deliver(request)
+        return _text(405, "Method Not Allowed\n")
+
+    def _verify(self, params: dict[str, list[str]]) -> HttpResponse:
+        mode = params.get("hub.mode", [""])[0]
+        topic = params.get("hub.topic", [""])[0]
+        challenge = params.get("hub.challenge", [""])[0]
+        if topic != self.topic:
+            return _text(404, "unknown topic\n")
+        if mode == "denied":
+            reason = params.get("hub.reason", [""])[0]
+            pending = self._pending.get("subscribe")
+            if pending is not None and not pending.done():
+                pending.set_exception(SubscriptionError(f"hub denied the subscription: {reason}".rstrip(": ")))
+            else:
+                logger.warning("hub cancelled the subscription to %s: %s", topic, reason)
+                self._set_state(DENIED)
+            return _text(200)
+        pending = self._pending.get(mode)
+        if pending is None or pending.done() or not challenge:
+            # Only what we asked for: anyone can send us a verification, and echoing every
+            # challenge would let them subscribe us to topics we never wanted (WebSub 5.3).
+            return _text(404, "no such pending request\n")
+        lease_param = params.get("hub.lease_seconds", [""])[0]
+        pending.set_result(int(lease_param) if lease_param.isdigit() else None)
+        return _text(200, challenge)
+
+    async def _deliver(self, request: HttpRequest) -> HttpResponse:
+        headers = httpx.Headers(request.headers)
+        if not signature_ok(self.secret.encode(), headers.get("x-hub-signature"), request.body):
+            self.rejected += 1
+            logger.warning("ignored a delivery with a missing or wrong X-Hub-Signature")
+            return _text(202)
+        delivery_id = headers.get("webhook-id")
+        assert self._callback_lock is not None
+        async with self._callback_lock:  # one callback at a time, in the order deliveries arrive
+            if delivery_id is not None and delivery_id in self._seen:
+                return _text(204)
+            update = Update(
+                topic=find_link(headers.get_list("link"), "self") or self.topic,
+                body=request.body,
+                content_type=headers.get("content-type", ""),
+                headers=headers,
+            )
+            try:
+                await self._call(update)
+            except Exception:
+                logger.exception("subscriber callback failed; the hub will retry this delivery")
+                return _text(500, "callback failed\n")
+            if delivery_id is not None:
+                self._seen[delivery_id] = None
+                while len(self._seen) > SEEN_DELIVERIES:
+                    self._seen.popitem(last=False)
+        return _text(204)
+
+    async def _call(self, update: Update) -> None:
+        if inspect.iscoroutinefunction(self.callback) or inspect.iscoroutinefunction(
+            getattr(self.callback, "__call__", None)  # noqa: B004 (an async __call__ method)
+        ):
+            await self.callback(update)  # type: ignore[misc]
+            return
+        # Sync callbacks run in a worker thread, as Starlette runs sync endpoints, so a slow one
+        # does not stall polling.
+        result = await asyncio.to_thread(self.callback, update)
+        if inspect.isawaitable(result):
+            await result
+
+    # -- state -------------------------------------------------------------------------------
+
+    def _endpoint_state(self, state: str) -> None:
+        if state in (CONNECTED, RECONNECTING):
+            self._set_state(state)
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        if self._on_state is not None:
+            try:
+                self._on_state(state)
+            except Exception:
+                logger.exception("on_state callback failed")
