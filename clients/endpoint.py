@@ -122,7 +122,7 @@ class Endpoint:
         self._generation = 0
         self._recover_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._waiting: set[asyncio.Task[Any]] = set()  # pollers parked in a GET, safe to cancel
+        self._busy: set[asyncio.Task[Any]] = set()  # pollers handling a request: let them finish
         self._closing = False
         self._started = False
 
@@ -149,13 +149,11 @@ class Endpoint:
         if self._closing:
             return
         self._closing = True
-        for task in list(self._waiting):
-            task.cancel()
-        pollers = [t for t in self._tasks if not t.get_name().startswith("reregistered")]
-        if pollers:
-            _, pending = await asyncio.wait(pollers, timeout=10.0)
-            for task in pending:
+        for task in list(self._tasks):
+            if task not in self._busy:
                 task.cancel()
+        if self._busy:
+            await asyncio.wait(list(self._busy), timeout=10.0)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -237,7 +235,6 @@ class Endpoint:
         task = asyncio.current_task()
         assert task is not None
         while not self._closing:
-            self._waiting.add(task)
             try:
                 response = await self._http.get(url, headers={"accept": "message/http"}, timeout=self._poll_timeout)
             except httpx.HTTPError as exc:
@@ -249,8 +246,6 @@ class Endpoint:
                 connected = False
                 delay = await self._sleep(delay)
                 continue
-            finally:
-                self._waiting.discard(task)
             status = response.status_code
             if status in (404, 410):
                 if self._closing:
@@ -271,8 +266,11 @@ class Endpoint:
             delay = self._backoff[0]
             next_url = find_link(response.headers.get_list("link"), "next", url) or url
             if status == 200:
-                reply = await self._handle(response)
-                await self._reply(url, reply)
+                self._busy.add(task)
+                try:
+                    await self._reply(url, await self._handle(response))
+                finally:
+                    self._busy.discard(task)
             url = next_url
 
     async def _handle(self, response: httpx.Response) -> HttpResponse:
