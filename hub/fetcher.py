@@ -123,17 +123,23 @@ class Fetcher:
     async def _claim_topics(self) -> list[Topic]:
         now = time.time()
         subscribed = exists().where(Subscription.topic == Topic.url, Subscription.state == store.ACTIVE)
-        async with self.services.sessions.begin() as s:
-            q = (
-                select(Topic)
-                .where(
-                    or_(Topic.fetch_claimed_until.is_(None), Topic.fetch_claimed_until < now),
-                    or_(Topic.ping_at.is_not(None), Topic.next_poll_at <= now),
-                    subscribed,
-                )
-                .order_by(Topic.ping_at.is_(None), Topic.next_poll_at)
-                .limit(BATCH)
+        due = (
+            select(Topic)
+            .where(
+                or_(Topic.fetch_claimed_until.is_(None), Topic.fetch_claimed_until < now),
+                or_(Topic.ping_at.is_not(None), Topic.next_poll_at <= now),
             )
+            .order_by(Topic.ping_at.is_(None), Topic.next_poll_at)
+            .limit(BATCH)
+        )
+        # Reading first keeps the common case (nothing due) free of write transactions.
+        async with self.services.sessions() as s:
+            if not (await s.execute(due.with_only_columns(Topic.id))).first():
+                return []
+        async with store.writing(self.services.sessions) as s:
+            # Pings for topics nobody subscribes to need no fetch.
+            await s.execute(update(Topic).where(Topic.ping_at.is_not(None), ~subscribed).values(ping_at=None))
+            q = due.where(subscribed)
             if s.bind.dialect.name == "postgresql":
                 q = q.with_for_update(skip_locked=True)
             topics = list((await s.execute(q)).scalars())
@@ -143,8 +149,6 @@ class Fetcher:
                     .where(Topic.id.in_([t.id for t in topics]))
                     .values(fetch_claimed_until=now + 3 * self.settings.fetch_timeout)
                 )
-            # Pings for topics nobody subscribes to need no fetch.
-            await s.execute(update(Topic).where(Topic.ping_at.is_not(None), ~subscribed).values(ping_at=None))
         return topics
 
     async def _process_bounded(self, topic: Topic) -> None:
@@ -179,7 +183,7 @@ class Fetcher:
             "fetched_at": started,
         }
         link = sup.from_headers(fetched.headers)
-        async with self.services.sessions.begin() as s:
+        async with store.writing(self.services.sessions) as s:
             known = await store.known_entries(s, topic.id) if topic.fetched_at is not None else None
         diff = None
         if feeds.is_feed_type(content_type):
@@ -196,7 +200,7 @@ class Fetcher:
         if link is not None:
             values.update(sup_url=link.url[:2048], sup_id=link.sup_id[:255])
         queued = 0
-        async with self.services.sessions.begin() as s:
+        async with store.writing(self.services.sessions) as s:
             if diff is not None and diff.entries:
                 await store.remember_entries(s, topic.id, diff.entries, known or {})
             if out is not None:
@@ -218,7 +222,7 @@ class Fetcher:
         interval = max(s.poll_min_interval, min(s.poll_max_interval, interval))
         pinged = topic.ping_at is not None or covered or topic.sup_url is not None
         next_poll = started + (s.poll_max_interval if pinged else interval)
-        async with self.services.sessions.begin() as session:
+        async with store.writing(self.services.sessions) as session:
             await session.execute(
                 update(Topic)
                 .where(Topic.id == topic.id)
@@ -241,10 +245,12 @@ class Fetcher:
 
     async def _claim_sup_sources(self) -> list[SupSource]:
         now = time.time()
-        async with self.services.sessions.begin() as s:
-            sources = list(
-                (await s.execute(select(SupSource).where(SupSource.next_poll_at <= now).limit(BATCH))).scalars()
-            )
+        due = select(SupSource).where(SupSource.next_poll_at <= now).limit(BATCH)
+        async with self.services.sessions() as s:
+            if not (await s.execute(due.with_only_columns(SupSource.id))).first():
+                return []
+        async with store.writing(self.services.sessions) as s:
+            sources = list((await s.execute(due)).scalars())
             if sources:
                 # Claimed by pushing the next poll out; the poll itself sets the real next time.
                 await s.execute(
@@ -270,7 +276,7 @@ class Fetcher:
         except Exception:
             logger.exception("SUP poll failed")
         wait = max(s.poll_min_interval, min(s.poll_max_interval, period))
-        async with self.services.sessions.begin() as session:
+        async with store.writing(self.services.sessions) as session:
             await session.execute(
                 update(SupSource)
                 .where(SupSource.id == source.id)
@@ -282,7 +288,7 @@ class Fetcher:
             return
         now = time.time()
         woke = False
-        async with self.services.sessions.begin() as s:
+        async with store.writing(self.services.sessions) as s:
             rows = (
                 await s.execute(
                     select(Topic.id, Topic.sup_id, Topic.sup_seen).where(

@@ -132,7 +132,7 @@ class Hub:
             self.fetcher.wake()
             await self._announce(FETCH)
             return 0
-        async with self.services.sessions.begin() as s:
+        async with store.writing(self.services.sessions) as s:
             queued = (await store.enqueue(s, ping.topic, ping.content_type, ping.body, time.time())).deliveries
             # A fat-pinged topic's next fetch is a fresh baseline (the body just went out), and
             # it needs no polling while its publisher pings.

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+import weakref
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import and_, bindparam, delete, exists, func, insert, literal, or_, select, update
+import anyio
+from sqlalchemy import and_, bindparam, delete, exists, func, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -23,6 +26,25 @@ from sqlalchemy.orm import aliased
 from hub.models import Delivery, Entry, Payload, Subscription, Topic
 
 ACTIVE = "active"
+
+_write_locks: weakref.WeakKeyDictionary[object, anyio.Lock] = weakref.WeakKeyDictionary()
+
+
+@asynccontextmanager
+async def writing(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """A write transaction. On SQLite the hub's writers take turns in-process first: SQLite has one
+    writer, and a transaction that finds the database locked backs off by sleeping (busy_timeout),
+    which costs far more than waiting for an asyncio lock."""
+    bind = sessions.kw.get("bind")
+    if bind is not None and bind.dialect.name != "sqlite":
+        async with writing(sessions) as s:
+            yield s
+        return
+    lock = _write_locks.get(sessions)
+    if lock is None:
+        lock = _write_locks[sessions] = anyio.Lock()
+    async with lock, sessions.begin() as s:
+        yield s
 
 
 def _insert(session: AsyncSession, table: type) -> object:
@@ -43,7 +65,7 @@ async def activate(
     now: float,
 ) -> tuple[int, bool]:
     """Store a verified subscription, renewing the pair's row if there is one. Returns (id, new)."""
-    async with sessions.begin() as s:
+    async with writing(sessions) as s:
         sub = (
             await s.execute(select(Subscription).where(Subscription.topic == topic, Subscription.callback == callback))
         ).scalar_one_or_none()
@@ -74,7 +96,7 @@ async def activate(
 async def deactivate(sessions: async_sessionmaker[AsyncSession], topic: str, callback: str, state: str) -> bool:
     """End a subscription (unsubscribed, gone): its pending deliveries are cancelled."""
     now = time.time()
-    async with sessions.begin() as s:
+    async with writing(sessions) as s:
         sub_id = (
             await s.execute(
                 update(Subscription)
@@ -105,7 +127,7 @@ async def find(sessions: async_sessionmaker[AsyncSession], topic: str, callback:
 
 
 async def expire_leases(sessions: async_sessionmaker[AsyncSession], now: float) -> int:
-    async with sessions.begin() as s:
+    async with writing(sessions) as s:
         result = await s.execute(
             update(Subscription)
             .where(Subscription.state == ACTIVE, Subscription.expires_at <= now)
@@ -127,7 +149,7 @@ async def ensure_topic(s: AsyncSession, url: str, now: float, **values: object) 
 async def record_pings(sessions: async_sessionmaker[AsyncSession], urls: Iterable[str]) -> None:
     """A publisher said these topics changed: recorded durably before the 204 (fetched later)."""
     now = time.time()
-    async with sessions.begin() as s:
+    async with writing(sessions) as s:
         for url in dict.fromkeys(urls):
             await ensure_topic(s, url, now)
         await s.execute(update(Topic).where(Topic.url.in_(list(dict.fromkeys(urls)))).values(ping_at=now))
@@ -196,17 +218,19 @@ class Claimed:
 
 
 async def claim(sessions: async_sessionmaker[AsyncSession], limit: int, claim_seconds: float) -> list[Claimed]:
-    """Claim up to ``limit`` due deliveries, only the oldest pending one of each subscription."""
+    """Claim up to ``limit`` due deliveries, only the oldest pending one of each subscription.
+
+    ``claim_seconds`` should outlast a send; a claim that expires while its send is still going
+    lets another process send the same delivery again (at-least-once, never lost)."""
     now = time.time()
     token = secrets.token_hex(8)
     earlier = aliased(Delivery)
-    async with sessions.begin() as s:
+    async with writing(sessions) as s:
         due = (
             select(Delivery.id)
             .where(
                 Delivery.state == "pending",
                 Delivery.next_attempt_at <= now,
-                or_(Delivery.claimed_until.is_(None), Delivery.claimed_until < now),
                 ~exists().where(
                     earlier.subscription_id == Delivery.subscription_id,
                     earlier.state == "pending",
@@ -223,11 +247,10 @@ async def claim(sessions: async_sessionmaker[AsyncSession], limit: int, claim_se
             return []
         await s.execute(
             update(Delivery)
-            .where(
-                Delivery.id.in_(ids),
-                or_(Delivery.claimed_until.is_(None), Delivery.claimed_until < now),
-            )
-            .values(claim_token=token, claimed_until=now + claim_seconds)
+            .where(Delivery.id.in_(ids), Delivery.state == "pending", Delivery.next_attempt_at <= now)
+            # A claim pushes the row's next attempt out to the claim's end: rows in flight drop
+            # out of the due index, and a dead process's claims fall due again by themselves.
+            .values(claim_token=token, claimed_until=now + claim_seconds, next_attempt_at=now + claim_seconds)
         )
         rows = (
             await s.execute(
@@ -273,7 +296,7 @@ async def record(sessions: async_sessionmaker[AsyncSession], outcomes: Sequence[
     """Write a batch of attempt outcomes in one transaction."""
     now = time.time()
     delivered = [o.id for o in outcomes if o.state == "delivered"]
-    async with sessions.begin() as s:
+    async with writing(sessions) as s:
         if delivered:
             await s.execute(
                 update(Delivery)
@@ -337,11 +360,11 @@ async def release(sessions: async_sessionmaker[AsyncSession], ids: Sequence[int]
     """Give back claims this process will not send (shutting down)."""
     if not ids:
         return
-    async with sessions.begin() as s:
+    async with writing(sessions) as s:
         await s.execute(
             update(Delivery)
             .where(Delivery.id.in_(list(ids)), Delivery.state == "pending")
-            .values(claim_token=None, claimed_until=None)
+            .values(claim_token=None, claimed_until=None, next_attempt_at=time.time())
         )
 
 
@@ -349,11 +372,16 @@ async def hurry(sessions: async_sessionmaker[AsyncSession], callback_prefix: str
     """Make pending deliveries to callbacks under ``callback_prefix`` due now (relay.online)."""
     now = time.time()
     escaped = callback_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    async with sessions.begin() as s:
+    async with writing(sessions) as s:
         subs = select(Subscription.id).where(Subscription.callback.like(escaped + "%", escape="\\"))
         result = await s.execute(
             update(Delivery)
-            .where(Delivery.state == "pending", Delivery.next_attempt_at > now, Delivery.subscription_id.in_(subs))
+            .where(
+                Delivery.state == "pending",
+                Delivery.next_attempt_at > now,
+                Delivery.claim_token.is_(None),  # not in flight
+                Delivery.subscription_id.in_(subs),
+            )
             .values(next_attempt_at=now)
             .returning(Delivery.id)
         )
@@ -363,7 +391,7 @@ async def hurry(sessions: async_sessionmaker[AsyncSession], callback_prefix: str
 async def replay(sessions: async_sessionmaker[AsyncSession], sub_id: int, since: int) -> int:
     """Queue again every retained delivery of the subscription with a sequence number above ``since``."""
     now = time.time()
-    async with sessions.begin() as s:
+    async with writing(sessions) as s:
         result = await s.execute(
             update(Delivery)
             .where(Delivery.subscription_id == sub_id, Delivery.seq > since, Delivery.state != "pending")
@@ -387,7 +415,7 @@ async def pending_count(sessions: async_sessionmaker[AsyncSession]) -> int:
 
 async def prune(sessions: async_sessionmaker[AsyncSession], older_than: float) -> None:
     """Drop finished deliveries and unreferenced payloads past the retention horizon."""
-    async with sessions.begin() as s:
+    async with writing(sessions) as s:
         await s.execute(delete(Delivery).where(Delivery.state != "pending", Delivery.finished_at < older_than))
         await s.execute(
             delete(Payload).where(Payload.created_at < older_than, ~exists().where(Delivery.payload_id == Payload.id))

@@ -1,0 +1,438 @@
+#!/usr/bin/env python3
+"""Hub fan-out: N subscribers, one publish; time from the publish to the last delivery.
+
+    .venv/bin/python bench/fanout.py 1000 10000                 # relay callbacks (default)
+    .venv/bin/python bench/fanout.py --callbacks http 1000 10000  # plain HTTP callbacks
+
+Relay mode (the mission path): each subscriber claims its own relay name (``POST /reversehttp``),
+subscribes with its public URL as ``hub.callback``, answers the verification over its long-poll,
+and keeps one poll waiting; the hub's deliveries reach it in-process through the relay. HTTP mode:
+every callback is a path on one asyncio HTTP server in this process.
+
+The hub is ``reversehub serve`` in a subprocess (SQLite in a temporary directory), so its CPU is
+its own; ``--in-process`` runs it in this process instead (with ``--profile FILE`` for cProfile).
+Prints: N, seconds from the publish to the last delivery, deliveries per second, the hub's CPU
+seconds in that window and its peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ---------------------------------------------------------------- a minimal HTTP/1.1 client
+
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection (Content-Length framing only, which the server sends)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(
+        self, method: str, target: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, list[str]], bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
+        assert self.reader is not None
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {self.host}:{self.port}", f"Content-Length: {len(body)}"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        hl = head[:-4].decode("latin-1").split("\r\n")
+        status = int(hl[0].split(" ", 2)[1])
+        hdrs: dict[str, list[str]] = {}
+        for line in hl[1:]:
+            k, _, v = line.partition(":")
+            hdrs.setdefault(k.strip().lower(), []).append(v.strip())
+        length = int(hdrs.get("content-length", ["0"])[0])
+        data = await self.reader.readexactly(length) if length else b""
+        if "close" in ",".join(hdrs.get("connection", [])).lower():
+            self.close()
+        return status, hdrs, data
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+def links(headers: dict[str, list[str]]) -> dict[str, str]:
+    out = {}
+    for value in headers.get("link", []):
+        for part in value.split(","):
+            url, _, params = part.partition(";")
+            for p in params.split(";"):
+                k, _, v = p.strip().partition("=")
+                if k == "rel":
+                    out[v.strip('"')] = url.strip().strip("<>")
+    return out
+
+
+# ---------------------------------------------------------------- HTTP callbacks (one server)
+
+
+class Sink:
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.body = b""
+        self.got: dict[str, float] = {}
+        self.done = asyncio.Event()
+        self.verified = 0
+        self.all_verified = asyncio.Event()
+
+    def deliver(self, key: str, body: bytes) -> None:
+        if body == self.body and key not in self.got:
+            self.got[key] = time.monotonic()
+            if len(self.got) >= self.n:
+                self.done.set()
+
+    def verify(self) -> None:
+        self.verified += 1
+        if self.verified >= self.n:
+            self.all_verified.set()
+
+
+class CallbackServer(asyncio.Protocol):
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.buf = bytearray()
+        self.tr: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.tr = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while self.tr is not None:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            lines = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
+            method, target, _ = lines[0].split(" ", 2)
+            length = 0
+            for line in lines[1:]:
+                k, _, v = line.partition(":")
+                if k.strip().lower() == "content-length":
+                    length = int(v)
+            if len(self.buf) < end + 4 + length:
+                return
+            body = bytes(self.buf[end + 4 : end + 4 + length])
+            del self.buf[: end + 4 + length]
+            path, _, query = target.partition("?")
+            if method == "GET":
+                q = urllib.parse.parse_qs(query)
+                out = q.get("hub.challenge", [""])[0].encode()
+                if q.get("hub.mode", [""])[0] == "subscribe":
+                    self.sink.verify()
+                self.tr.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(out) + out)
+            else:
+                self.sink.deliver(path, body)
+                self.tr.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.tr = None
+
+
+# ---------------------------------------------------------------- relay subscribers
+
+
+REPLY_OK = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n"
+
+
+def parse_relayed(data: bytes) -> tuple[str, str, bytes]:
+    head, _, body = data.partition(b"\r\n\r\n")
+    method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
+    return method, target, body
+
+
+async def relay_subscriber(
+    i: int,
+    host: str,
+    port: int,
+    topic: str,
+    sink: Sink,
+    registered: asyncio.Event,
+    ready: list[int],
+    stop: asyncio.Event,
+) -> None:
+    conn = Conn(host, port)
+    name = f"fan{i}x{os.getpid()}"
+    st, hdrs, _ = await conn.request(
+        "POST",
+        "/reversehttp",
+        f"name={name}&token=t{i}".encode(),
+        {"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    if st not in (200, 201, 204):
+        raise RuntimeError(f"registration answered {st}")
+    link = links(hdrs)
+    poll_url = urllib.parse.urlsplit(link["first"])
+    public = link["related"].rstrip("/") + "/cb"
+    poll_target = poll_url.path + ("?" + poll_url.query if poll_url.query else "")
+    sub_conn = Conn(host, port)
+    ready.append(i)
+    if len(ready) == sink.n:
+        registered.set()
+    first = True
+    while not stop.is_set():
+        if first:
+            first = False
+            # Subscribe only once the first poll is about to wait, from another connection.
+            asyncio.get_running_loop().call_soon(
+                lambda: asyncio.ensure_future(
+                    sub_conn.request(
+                        "POST",
+                        "/hub",
+                        urllib.parse.urlencode(
+                            {"hub.mode": "subscribe", "hub.topic": topic, "hub.callback": public}
+                        ).encode(),
+                        {"Content-Type": "application/x-www-form-urlencoded"},
+                    )
+                )
+            )
+        st, hdrs, data = await conn.request("GET", poll_target)
+        if st == 204:
+            continue
+        if st != 200:
+            raise RuntimeError(f"poll answered {st}")
+        method, target, body = parse_relayed(data)
+        if method == "GET":
+            q = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query)
+            out = q.get("hub.challenge", [""])[0].encode()
+            if q.get("hub.mode", [""])[0] == "subscribe":
+                sink.verify()
+        else:
+            sink.deliver(str(i), body)
+            out = b""
+        reply = REPLY_OK % len(out) + out
+        nxt = links(hdrs).get("next")
+        st, _, _ = await conn.request("POST", poll_target, reply, {"Content-Type": "message/http"})
+        if nxt:
+            u = urllib.parse.urlsplit(nxt)
+            poll_target = u.path + ("?" + u.query if u.query else "")
+
+
+# ---------------------------------------------------------------- the hub
+
+
+def proc_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def wait_ready(base: str, timeout: float = 30) -> None:
+    u = urllib.parse.urlsplit(base)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            c = Conn(u.hostname or "127.0.0.1", u.port or 80)
+            st, _, _ = await c.request("GET", "/healthz")
+            c.close()
+            if st == 200:
+                return
+        except OSError:
+            pass
+        await asyncio.sleep(0.05)
+    raise RuntimeError("hub did not become ready")
+
+
+async def run_one(n: int, args: argparse.Namespace) -> dict[str, float]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    tmp = tempfile.mkdtemp(prefix="fanout-")
+    db = f"sqlite:///{tmp}/hub.db"
+    flags = [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--database-url",
+        db,
+        "--allow-private-networks",
+        "--poll-timeout",
+        str(args.poll_timeout),
+    ]
+    proc = None
+    server_task = None
+    if args.in_process:
+        sys.path.insert(0, ROOT)
+        import uvicorn
+
+        from reversehub.app import create_app
+        from reversehub.cli import settings_from
+
+        settings = settings_from(
+            {
+                "host": "127.0.0.1",
+                "port": port,
+                "database_url": db,
+                "allow_private_networks": True,
+                "poll_timeout": args.poll_timeout,
+            }
+        )
+        if args.per_host:
+            import dataclasses
+
+            settings = dataclasses.replace(settings, delivery_per_host=args.per_host)
+        server = uvicorn.Server(
+            uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+        )
+        server_task = asyncio.ensure_future(server.serve())
+        pid = os.getpid()
+    else:
+        exe = os.path.join(ROOT, ".venv", "bin", "reversehub")
+        log = open(os.path.join(tmp, "serve.log"), "wb")
+        proc = subprocess.Popen(
+            [exe, "serve", *flags, "--log-level", "warning"], stdout=log, stderr=log, start_new_session=True
+        )
+        pid = proc.pid
+    try:
+        await wait_ready(base)
+        sink = Sink(n)
+        loop = asyncio.get_running_loop()
+        topic = f"http://127.0.0.1:{free_port()}/topic"
+        stop = asyncio.Event()
+        tasks = []
+        sem = asyncio.Semaphore(64)
+        if args.callbacks == "http":
+            server_obj = await loop.create_server(lambda: CallbackServer(sink), "127.0.0.1", 0, backlog=4096)
+            cb_base = f"http://127.0.0.1:{server_obj.sockets[0].getsockname()[1]}"
+
+            async def sub(i: int) -> None:
+                async with sem:
+                    c = Conn("127.0.0.1", port)
+                    form = urllib.parse.urlencode(
+                        {"hub.mode": "subscribe", "hub.topic": topic, "hub.callback": f"{cb_base}/cb/{i}"}
+                    ).encode()
+                    st, _, _ = await c.request(
+                        "POST", "/hub", form, {"Content-Type": "application/x-www-form-urlencoded"}
+                    )
+                    c.close()
+                    if st != 202:
+                        raise RuntimeError(f"subscribe answered {st}")
+
+            await asyncio.gather(*(sub(i) for i in range(n)))
+        else:
+            registered = asyncio.Event()
+            ready: list[int] = []
+
+            async def start(i: int) -> None:
+                async with sem:
+                    tasks.append(
+                        asyncio.ensure_future(
+                            relay_subscriber(i, "127.0.0.1", port, topic, sink, registered, ready, stop)
+                        )
+                    )
+                    await asyncio.sleep(0)
+
+            await asyncio.gather(*(start(i) for i in range(n)))
+        t_sub = time.monotonic()
+        await asyncio.wait_for(sink.all_verified.wait(), args.setup_timeout)
+        await asyncio.sleep(1.0)  # the last verifications are being stored
+        setup_s = time.monotonic() - t_sub
+        sink.body = b"<entry>fan-out %d</entry>" % time.time_ns()
+        profiler = None
+        if args.profile:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+        cpu0 = proc_cpu(pid)
+        pub = Conn("127.0.0.1", port)
+        t0 = time.monotonic()
+        st, _, _ = await pub.request(
+            "POST",
+            "/publish?" + urllib.parse.urlencode({"hub.topic": topic}),
+            sink.body,
+            {"Content-Type": "application/atom+xml"},
+        )
+        t_ack = time.monotonic() - t0
+        if not 200 <= st < 300:
+            raise RuntimeError(f"publish answered {st}")
+        await asyncio.wait_for(sink.done.wait(), args.round_timeout)
+        span = max(sink.got.values()) - t0
+        cpu = proc_cpu(pid) - cpu0
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(args.profile)
+        stop.set()
+        return {
+            "n": n,
+            "publish_ack_ms": t_ack * 1000,
+            "all_delivered_s": span,
+            "deliveries_per_s": n / span,
+            "hub_cpu_s": cpu,
+            "hub_peak_rss_mb": proc_rss_mb(pid),
+            "setup_s": setup_s,
+        }
+    finally:
+        for t in tasks:
+            t.cancel()
+        if server_task is not None:
+            server.should_exit = True
+            await asyncio.wait_for(server_task, 30)
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("n", type=int, nargs="+", help="numbers of subscribers")
+    p.add_argument("--callbacks", choices=["relay", "http"], default="relay")
+    p.add_argument("--in-process", action="store_true", help="run the hub in this process (for --profile)")
+    p.add_argument("--profile", default=None, help="cProfile output file (with --in-process)")
+    p.add_argument("--per-host", type=int, default=0, help="delivery_per_host (with --in-process)")
+    p.add_argument("--poll-timeout", type=float, default=60.0)
+    p.add_argument("--setup-timeout", type=float, default=300.0)
+    p.add_argument("--round-timeout", type=float, default=120.0)
+    args = p.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    print("| callbacks | N | publish ack ms | all delivered s | deliveries/s | hub CPU s | hub peak RSS MB |")
+    print("|---|---|---|---|---|---|---|")
+    for n in args.n:
+        r = asyncio.run(run_one(n, args))
+        print(
+            f"| {args.callbacks} | {n} | {r['publish_ack_ms']:.0f} | {r['all_delivered_s']:.3f} "
+            f"| {r['deliveries_per_s']:.0f} | {r['hub_cpu_s']:.2f} | {r['hub_peak_rss_mb']:.0f} |",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
