@@ -277,7 +277,7 @@ def _describe(relay: Relay, reg: Reg) -> dict[str, str | int]:
         "name": reg.name,
         "lease": int(reg.lease_seconds),
         "public_url": relay.public_url(reg.name),
-        "expires_in": max(0, int(reg.expires_at - time.time())),
+        "expires_in": max(0, round(reg.expires_at - time.time())),
     }
 
 

@@ -222,11 +222,11 @@ class Registry:
         self.forget(reg.name)
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    async def touch(self, names: set[str]) -> None:
+    async def touch(self, names: set[str], now: float | None = None) -> None:
         """Push the lease expiry of names that had pollers forward (lease counts from last activity)."""
         if not names:
             return
-        now = time.time()
+        now = time.time() if now is None else now
         async with self.sessions.begin() as session:
             await session.execute(
                 update(Registration)

@@ -225,7 +225,7 @@ class Relay:
         """Extend the leases of names polled here, then delete dormant registrations."""
         active = self._active | set(self._parked)
         self._active = set()
-        await self.registry.touch(active)
+        await self.registry.touch(active, now)
         deleted = await self.registry.sweep(now)
         for name in deleted:
             await self._deleted(name)
