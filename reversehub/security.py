@@ -2,10 +2,10 @@
 
 :class:`SecurityMiddleware` guards the paths, so the relay and the hub need no code of their own:
 
-- ``POST /reversehttp`` (registration). With ``--registration-token`` the gateway asks for HTTP
-  authentication, as the ReverseHttp spec leaves to the gateway operator (its security section:
-  "access control on the registration URL"): ``Authorization: Bearer TOKEN`` or Basic with TOKEN
-  as the password (any user name), else 401 with ``WWW-Authenticate``. A name matching a
+- ``POST /reversehttp`` (registration). ReverseHttp leaves who may enrol to the gateway's operator;
+  with ``--registration-token`` the gateway asks for plain HTTP authentication:
+  ``Authorization: Bearer TOKEN`` or Basic with TOKEN as the password (any user name), else 401
+  with ``WWW-Authenticate``. A name matching a
   ``--reserve-name PATTERN=TOKEN`` may be claimed only with that registration ``token`` (403).
 - ``GET /reversehttp`` (the relay's list of names) needs ``--admin-token`` as Bearer when one is set.
 - ``POST /publish`` and ``POST /hub`` with ``hub.mode=publish``. With ``--publish-token`` (or a
@@ -32,7 +32,7 @@ from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reversehub.policy import matches
-from reversehub.settings import Settings, token_digest
+from reversehub.settings import Settings, hash_token
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Form = list[tuple[str, str]]
@@ -46,10 +46,14 @@ IN_PROCESS_CLIENT = ("127.0.0.1", 0)
 
 # Tokens -----------------------------------------------------------------------------------------
 def token_matches(presented: str | None, digest: str | None) -> bool:
-    """Constant-time check of a presented token against a stored ``sha256:`` digest."""
+    """Constant-time check of a presented token against a stored ``sha256:`` digest.
+
+    What is presented is always hashed, even if it looks like a digest: knowing the digest (from a
+    configuration file, say) must not be as good as knowing the token.
+    """
     if presented is None or digest is None:
         return False
-    return hmac.compare_digest(token_digest(presented) or "", digest)
+    return hmac.compare_digest(hash_token(presented), digest)
 
 
 def presented_token(headers: Headers) -> str | None:

@@ -120,6 +120,11 @@ def token_digest(token: str | None) -> str | None:
     """``"sha256:<hex>"`` for a plain token; a value already in that form is kept as it is."""
     if token is None or (token.startswith("sha256:") and len(token) == 71):
         return token
+    return hash_token(token)
+
+
+def hash_token(token: str) -> str:
+    """``"sha256:<hex>"``, always (what a client presents is hashed even if it looks like a digest)."""
     return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
 
 

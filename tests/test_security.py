@@ -92,6 +92,7 @@ def test_token_matching():
     assert not token_matches("s3cre", digest)
     assert not token_matches(None, digest)
     assert not token_matches("s3cret", None)
+    assert not token_matches(digest, digest)  # the digest is not a password
 
 
 def test_presented_token():
