@@ -2,7 +2,7 @@
 
 The endpoint fuzz takes its paths from the app's own routing table, so a route added later is
 fuzzed too. The app runs once per test on a blocking portal (hypothesis drives sync tests); its
-outbound HTTP is a MockTransport, so subscribing random callbacks reaches nobody. Every request has
+outbound HTTP is an in-process app, so random callbacks and topics reach nobody real. Every request has
 a deadline, and /healthz must still answer 200 after each one.
 """
 
@@ -20,6 +20,8 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from relay import wire
@@ -27,9 +29,10 @@ from reversehub.app import create_app
 from reversehub.settings import Settings
 from tests.conftest import started
 
+FEED = b'<feed xmlns="http://www.w3.org/2005/Atom"><id>t</id><entry><id>1</id><title>x</title></entry></feed>'
 REQUEST_DEADLINE = 5.0  # seconds; held polls end after poll_timeout (1 s in tests)
 FUZZ = hsettings(
-    max_examples=150,
+    max_examples=400,
     deadline=None,  # each request has its own deadline (REQUEST_DEADLINE)
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
@@ -139,14 +142,26 @@ def route_templates(routes: list[BaseRoute], prefix: str = "") -> list[tuple[str
 
 @pytest.fixture
 def live_app(settings: Settings) -> Iterator[tuple[BlockingPortal, httpx.AsyncClient, list]]:
-    async def outbound(request: httpx.Request) -> httpx.Response:
-        challenge = request.url.params.get("hub.challenge")
-        return httpx.Response(200, text=challenge) if challenge else httpx.Response(404)
+    async def outbound(scope, receive, send) -> None:
+        """Every callback confirms every intent and takes every delivery; every topic is a small feed."""
+        request = Request(scope, receive)
+        if challenge := request.query_params.get("hub.challenge"):
+            response = PlainTextResponse(challenge)
+        elif request.method == "GET":
+            response = Response(FEED, media_type="application/atom+xml")
+        else:
+            response = Response(status_code=204)
+        await response(scope, receive, send)
 
     fuzz_settings = replace(
-        settings, admin_token="fuzz-admin", rate_limit_window=0.0, poll_timeout=0.2, unavailable_timeout=0.05
+        settings,
+        admin_token="fuzz-admin",
+        rate_limit_window=0.0,
+        trusted_networks=("0.0.0.0/0",),  # fat pings from the fuzzer reach the hub
+        poll_timeout=0.2,
+        unavailable_timeout=0.05,
     )
-    app = create_app(fuzz_settings, transport=httpx.MockTransport(outbound))
+    app = create_app(fuzz_settings, transport=httpx.ASGITransport(app=outbound))
     with start_blocking_portal(backend="asyncio") as portal:
         with portal.wrap_async_context_manager(started(app)) as client:
             yield portal, client, route_templates(app.routes) + portal.call(relay_urls, client)
