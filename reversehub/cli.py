@@ -7,7 +7,6 @@ Every ``serve`` flag also reads ``REVERSEHUB_<FLAG>`` (DESIGN.md), given explici
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 import click
@@ -148,25 +147,13 @@ def settings_from(options: dict[str, Any]) -> Settings:
 @main.command()
 @serve_options
 def serve(**options: Any) -> None:
-    """Run the hub and relay (embedded SQLite by default)."""
-    import uvicorn
-
-    from reversehub.app import create_app
-
+    """Run the hub and relay (embedded SQLite by default); SIGTERM drains (reversehub.server)."""
     settings = settings_from(options)
     if settings.workers > 1 and not settings.redis_url:
         raise click.UsageError("--workers > 1 needs --redis-url: processes share transient state through Redis")
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        access_log=False,  # ours (reversehub.accesslog) leaves capability URLs out
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=10,
-    )
-    uvicorn.Server(config).run()
+    from reversehub.server import serve as run_server
+
+    run_server(settings)
 
 
 @main.group()

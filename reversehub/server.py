@@ -1,0 +1,188 @@
+"""Serving the app: uvicorn with a drain-first shutdown, and ``--workers N`` processes on one socket.
+
+Graceful shutdown (SIGTERM or Ctrl-C): stop accepting, end held polls with 204 and stop taking hub
+work, let in-flight requests finish within the grace time, then run the lifespan shutdown. uvicorn
+alone does these in another order: it waits for open requests *before* the lifespan shutdown, so
+every held poll (up to ``--poll-timeout``) would keep the process for the whole grace time and then
+be cut off rather than answered. :class:`DrainingServer` tells the relay and the hub first.
+
+``--workers N`` runs N such servers in child processes that share one listening socket (the kernel
+spreads connections), with the Redis broker between them. The parent migrates the schema once (N
+processes racing on Alembic could deadlock), restarts a worker that dies, and on SIGTERM/SIGINT
+forwards SIGTERM to every worker and waits for them to drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import replace
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+
+from reversehub.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+GRACE_SECONDS = 10.0
+# A worker that dies this soon after its start counts as a start failure; a few in a row end the supervisor.
+QUICK_EXIT_SECONDS = 10.0
+MAX_QUICK_EXITS = 5
+
+
+def setup_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def config_for(app: Any, settings: Settings) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        lifespan="on",
+        access_log=False,  # ours (reversehub.accesslog) leaves capability URLs out
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(GRACE_SECONDS),
+    )
+
+
+def find_app(app: Any) -> Starlette | None:
+    """Our Starlette app under uvicorn's wrappers (proxy headers, message logging)."""
+    while app is not None and not isinstance(app, Starlette):
+        app = getattr(app, "app", None)
+    return app
+
+
+async def drain(app: Starlette, timeout: float = GRACE_SECONDS) -> None:
+    """End held polls with 204 and stop taking hub work.
+
+    Both ``aclose()`` must be idempotent: the lifespan shutdown calls them again.
+    """
+    for name in ("relay", "hub"):  # the relay first: its pollers go and poll another process at once
+        service = getattr(app.state, name, None)
+        if service is None:
+            continue
+        try:
+            await asyncio.wait_for(service.aclose(), timeout)
+        except Exception:
+            logger.exception("draining the %s failed", name)
+
+
+class DrainingServer(uvicorn.Server):
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Stop accepting first, so a poller whose poll ends now reconnects to another process.
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        app = find_app(self.config.loaded_app)
+        if app is not None:
+            await drain(app)
+        await super().shutdown(sockets)
+
+
+def serve(settings: Settings) -> None:
+    """Run in this process, or supervise ``settings.workers`` worker processes."""
+    setup_logging(settings)
+    if settings.workers <= 1:
+        from reversehub.app import create_app
+
+        server = DrainingServer(config_for(create_app(settings), settings))
+        server.run()
+        if not server.started:
+            sys.exit(3)
+        return
+    Supervisor(settings).run()
+
+
+def _worker(settings: Settings, sock: socket.socket) -> None:
+    """Entry point of one worker process (spawned: it imports everything afresh)."""
+    setup_logging(settings)
+    from reversehub.app import create_app
+
+    server = DrainingServer(config_for(create_app(settings), settings))
+    server.run(sockets=[sock])
+    if not server.started:
+        sys.exit(3)
+
+
+class Supervisor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._stop = threading.Event()
+        self._context = multiprocessing.get_context("spawn")
+        self._started: dict[int | None, float] = {}
+
+    def _migrate_once(self) -> None:
+        from reversehub import db
+
+        async def run() -> None:
+            engine = db.create_engine(self.settings.database_url)
+            try:
+                await db.migrate(engine)
+            finally:
+                await engine.dispose()
+
+        asyncio.run(run())
+
+    def _start(self, sock: socket.socket) -> Any:
+        worker_settings = replace(self.settings, migrate=False, workers=1)
+        process = self._context.Process(target=_worker, args=(worker_settings, sock), daemon=False)
+        process.start()
+        self._started[process.pid] = time.monotonic()
+        logger.info("started worker process [%s]", process.pid)
+        return process
+
+    def _on_signal(self, sig: int, _frame: FrameType | None) -> None:
+        logger.info("received %s: draining %d workers", signal.Signals(sig).name, self.settings.workers)
+        self._stop.set()
+
+    def run(self) -> None:
+        if self.settings.migrate:
+            self._migrate_once()
+        sock = config_for("reversehub.app:create_app", self.settings).bind_socket()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        processes = [self._start(sock) for _ in range(self.settings.workers)]
+        quick_exits = 0
+        while not self._stop.wait(0.25):
+            for i, process in enumerate(processes):
+                if process.is_alive():
+                    continue
+                if time.monotonic() - self._started.pop(process.pid, 0.0) < QUICK_EXIT_SECONDS:
+                    quick_exits += 1
+                else:
+                    quick_exits = 0
+                if quick_exits >= MAX_QUICK_EXITS:
+                    logger.error("workers keep failing at start; giving up")
+                    self._stop.set()
+                    break
+                logger.warning("worker [%s] exited with %s; starting another", process.pid, process.exitcode)
+                processes[i] = self._start(sock)
+        self._shutdown(processes)
+        sock.close()
+        if quick_exits >= MAX_QUICK_EXITS:
+            sys.exit(3)
+
+    def _shutdown(self, processes: list[Any]) -> None:
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + GRACE_SECONDS + 5
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                logger.warning("worker [%s] did not stop in time; killing it", process.pid)
+                process.kill()
+                process.join()
