@@ -281,3 +281,53 @@ def test_caps():
     assert policy.check_registration_cap(off, 10**9) is None
     assert policy.check_callback_host_cap(off, 10**9) is None
     assert policy.check_pending_cap(off, 10**9) is None
+
+
+# The command line --------------------------------------------------------------------------------
+def parse_serve(args: list[str], env: dict[str, str] | None = None) -> tuple[int, Settings | None, str]:
+    """Run the serve flags (and their REVERSEHUB_* variables) through click, without serving."""
+    import click
+    from click.testing import CliRunner
+
+    from reversehub.cli import serve_options, settings_from
+
+    made: list[Settings] = []
+
+    @click.command()
+    @serve_options
+    def probe(**options: object) -> None:
+        made.append(settings_from(options))
+
+    result = CliRunner().invoke(probe, args, env=env or {})
+    return result.exit_code, made[0] if made else None, result.output
+
+
+def test_security_flags_and_variables():
+    code, s, output = parse_serve(
+        ["--rate-limit", "publish=5,poll=0", "--rate-limit", "relay:name=7", "--deny-callback", "http://*"],
+        env={
+            "REVERSEHUB_ADMIN_TOKEN": "s3cret",
+            "REVERSEHUB_TRUSTED_NETWORKS": "10.0.0.0/8,192.0.2.1",
+            "REVERSEHUB_TOPIC_TOKEN": "https://a/*=t1",
+        },
+    )
+    assert code == 0, output
+    assert s is not None
+    assert s.admin_token == token_digest("s3cret")
+    assert s.rate_limit == ("publish=5", "poll=0", "relay:name=7")
+    assert s.trusted_networks == ("10.0.0.0/8", "192.0.2.1")
+    assert s.topic_token == (f"https://a/*={token_digest('t1')}",)
+    assert s.deny_callback == ("http://*",)
+    code, defaults, _ = parse_serve([])
+    assert defaults == Settings()
+
+
+def test_bad_security_flags_are_usage_errors():
+    for args in (
+        ["--rate-limit", "pubish=5"],
+        ["--trusted-networks", "10.0.0.0/33"],
+        ["--allow-topic", "re:(unclosed"],
+        ["--reserve-name", "alice"],
+    ):
+        code, s, output = parse_serve(args)
+        assert code == 2 and s is None and "Invalid value" in output, args
