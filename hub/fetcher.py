@@ -35,6 +35,7 @@ ACCEPT = (
 )
 MAX_REDIRECTS = 5
 BATCH = 32
+BASELINE_RETRY = 60.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class Fetcher:
         self._wake = anyio.Event()
         self._limit = anyio.Semaphore(16)
         self._closing = False
+        self._baselines: dict[str, anyio.Lock] = {}
+        self._baseline_failed: dict[str, float] = {}  # url -> monotonic time of a failed baseline
 
     def wake(self) -> None:
         self._wake.set()
@@ -158,8 +161,42 @@ class Fetcher:
             except Exception:
                 logger.exception("processing a topic failed")
 
-    async def process(self, topic: Topic) -> int:
-        """Fetch one topic and distribute what is new; returns the number of deliveries queued."""
+    async def baseline(self, url: str) -> None:
+        """Record what a topic holds now, before its first subscriber is told it is subscribed.
+
+        Called between a subscribe request and its verification GET: a publisher that adds an
+        entry and pings once the subscriber is subscribed then finds the entry new. Concurrent
+        subscribers of one new topic share one fetch."""
+        lock = self._baselines.setdefault(url, anyio.Lock())
+        try:
+            async with lock:
+                async with self.services.sessions() as s:
+                    topic = (await s.execute(select(Topic).where(Topic.url == url))).scalar_one_or_none()
+                if topic is not None and topic.fetched_at is not None:
+                    return
+                failed = self._baseline_failed.get(url)
+                if failed is not None and time.monotonic() - failed < BASELINE_RETRY:
+                    return  # an unreachable topic must not hold up every subscription to it
+                if topic is None:
+                    async with store.writing(self.services.sessions) as s:
+                        await store.ensure_topic(s, url, time.time())
+                    async with self.services.sessions() as s:
+                        topic = (await s.execute(select(Topic).where(Topic.url == url))).scalar_one()
+                await self.process(topic, baseline=True)
+                async with self.services.sessions() as s:
+                    fetched = (await s.execute(select(Topic.fetched_at).where(Topic.url == url))).scalar_one()
+                if fetched is None:
+                    if len(self._baseline_failed) > 10_000:
+                        self._baseline_failed.clear()
+                    self._baseline_failed[url] = time.monotonic()
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._baselines.pop(url, None)
+
+    async def process(self, topic: Topic, *, baseline: bool = False) -> int:
+        """Fetch one topic and distribute what is new; returns the number of deliveries queued.
+
+        ``baseline``: only record what is there (entries, validators), distribute nothing."""
         started = time.time()
         pinged = topic.ping_at is not None
         try:
@@ -190,7 +227,7 @@ class Fetcher:
             diff = await anyio.to_thread.run_sync(feeds.diff, fetched.body, content_type, known)
             if link is None and diff.sup:
                 link = sup.split(diff.sup)
-        baseline = topic.fetched_at is None and not pinged
+        baseline = baseline or (topic.fetched_at is None and not pinged)
         if diff is not None and diff.kind is not None:
             out = diff.body
         else:

@@ -88,6 +88,11 @@ class Outbox:
         self._inflight: set[int] = set()
         self._global = anyio.Semaphore(self.settings.delivery_concurrency)
         self._hosts: dict[str, anyio.Semaphore] = {}
+        self._host_load: dict[str, int] = defaultdict(int)
+        # Rows started per host beyond its connection cap wait their turn in-process; past this
+        # many the rest go back to the table for a moment, so one slow host never fills
+        # max_inflight and starves the others.
+        self.host_backlog = 2 * self.settings.delivery_per_host
         self._payloads: dict[int, Payload] = {}
         self._closing = False
         self.max_inflight = max(4 * self.settings.delivery_concurrency, 64)
@@ -124,9 +129,17 @@ class Outbox:
                     logger.exception("claiming deliveries failed")
             if rows:
                 await self._load_payloads({r.payload_id for r in rows})
+                deferred = []
                 for row in interleave(rows):
+                    host = self._host_key(row.callback)
+                    if host and self._host_load[host] >= self.host_backlog:
+                        deferred.append(row.id)
+                        continue
+                    self._host_load[host] += 1
                     self._inflight.add(row.id)
-                    tg.start_soon(self._send, row)
+                    tg.start_soon(self._send, row, host)
+                if deferred:
+                    await store.defer(self.services.sessions, deferred, time.time() + self._defer_seconds())
                 continue
             with anyio.move_on_after(self.settings.outbox_scan_interval):
                 await self._wake.wait()
@@ -139,28 +152,40 @@ class Outbox:
             self._payloads.clear()
         self._payloads.update(await store.payloads(self.services.sessions, missing))
 
-    def _host_limit(self, callback: str) -> anyio.Semaphore | None:
+    def _defer_seconds(self) -> float:
+        return min(1.0, max(0.05, self.settings.outbox_scan_interval))
+
+    def _host_key(self, callback: str) -> str:
+        """The callback's host:port; empty for our own relay (served in-process, no connection
+        to share fairly, so only the global bound applies)."""
         if is_own(callback, self.settings):
-            return None  # served in-process by our relay: no connection to share fairly
-        host = httpx.URL(callback).netloc.decode()
+            return ""
+        return httpx.URL(callback).netloc.decode()
+
+    def _host_limit(self, host: str) -> anyio.Semaphore | None:
+        if not host:
+            return None
         sem = self._hosts.get(host)
         if sem is None:
             sem = self._hosts[host] = anyio.Semaphore(self.settings.delivery_per_host)
         return sem
 
-    async def _send(self, row: store.Claimed) -> None:
+    async def _send(self, row: store.Claimed, host: str) -> None:
         try:
-            host = self._host_limit(row.callback)
-            if host is None:
+            limit = self._host_limit(host)
+            if limit is None:
                 async with self._global:
                     outcome = await self._attempt(row)
             else:
-                async with host, self._global:
+                async with limit, self._global:
                     outcome = await self._attempt(row)
         except Exception as exc:  # a bug must not lose the row: record it as a failed attempt
             logger.exception("delivery %d crashed", row.id)
             outcome = self._failure(row, None, type(exc).__name__)
         self._inflight.discard(row.id)
+        self._host_load[host] -= 1
+        if not self._host_load[host]:
+            del self._host_load[host]
         self._outcomes.append(outcome)
         self._flush.set()
 

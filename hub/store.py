@@ -368,6 +368,16 @@ async def release(sessions: async_sessionmaker[AsyncSession], ids: Sequence[int]
         )
 
 
+async def defer(sessions: async_sessionmaker[AsyncSession], ids: Sequence[int], until: float) -> None:
+    """Give back claims for a moment (their host is saturated here); no attempt is counted."""
+    async with writing(sessions) as s:
+        await s.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(list(ids)), Delivery.state == "pending")
+            .values(claim_token=None, claimed_until=None, next_attempt_at=until)
+        )
+
+
 async def hurry(sessions: async_sessionmaker[AsyncSession], callback_prefix: str) -> int:
     """Make pending deliveries to callbacks under ``callback_prefix`` due now (relay.online)."""
     now = time.time()

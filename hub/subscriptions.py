@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
@@ -89,8 +90,11 @@ def _str(form: FormData, key: str) -> str | None:
 class Verifier:
     """Runs intent verifications in the background, a bounded number at a time."""
 
-    def __init__(self, services: Services, guard: NetGuard, on_active: object = None) -> None:
+    def __init__(
+        self, services: Services, guard: NetGuard, baseline: Callable[[str], Awaitable[None]] | None = None
+    ) -> None:
         self.services = services
+        self._baseline = baseline
         self.settings = services.settings
         self.guard = guard
         self._limit = anyio.Semaphore(64)
@@ -138,6 +142,11 @@ class Verifier:
             except URLRefused as exc:
                 await self.deny(req, f"topic not allowed: {exc}")
                 return False
+            if self._baseline is not None:
+                try:
+                    await self._baseline(req.topic)
+                except Exception:
+                    logger.exception("baseline fetch failed")
         lease = self.lease_for(req.lease_seconds)
         challenge = secrets.token_urlsafe(24)
         params = {"hub.mode": req.mode, "hub.topic": req.topic, "hub.challenge": challenge}

@@ -219,11 +219,6 @@ class Callbacks:
         await response(scope, receive, send)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hub.outbox: rows waiting for a saturated host's semaphore fill max_inflight, so no other host's "
-    "delivery is claimed (issue 6 report: cap claimed rows per host, or skip saturated hosts in store.claim)",
-)
 async def test_never_answering_callbacks_do_not_starve_others(make_app):
     callbacks = Callbacks()
     app, client = await make_app(
