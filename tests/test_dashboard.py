@@ -144,9 +144,37 @@ async def test_events_stream_live_rates(make_app):
             if any(e["relay_requests_total"] >= 2 and e["relay_requests"] > 0 for e in events):
                 seen_live_publish.set()
 
-    scope = {
+    with anyio.fail_after(5):
+        await app({**sse_scope(), "asgi": {"version": "3.0"}}, receive, send)
+    text = "".join(chunks)
+    assert text.startswith("retry: 2000\n\n")
+    assert "event: rates\n" in text
+
+
+async def test_events_end_when_the_server_stops(make_app):
+    app, _ = await make_app(admin_token=TOKEN, dashboard_interval=30.0)
+    app.state.stopping = anyio.Event()
+    bodies: list[bytes] = []
+
+    async def receive() -> dict:
+        await anyio.sleep_forever()
+        return {}
+
+    async def send(message: dict) -> None:
+        if message.get("body"):
+            bodies.append(message["body"])
+            if len(bodies) == 2:  # retry + the first sample: now the server is told to stop
+                app.state.stopping.set()
+
+    with anyio.fail_after(5):
+        await app(sse_scope(), receive, send)
+    assert len(bodies) == 2
+
+
+def sse_scope() -> dict:
+    return {
         "type": "http",
-        "asgi": {"version": "3.0"},
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
         "http_version": "1.1",
         "method": "GET",
         "scheme": "http",
@@ -158,11 +186,6 @@ async def test_events_stream_live_rates(make_app):
         "client": ("203.0.113.7", 1),
         "server": ("hub.test", 80),
     }
-    with anyio.fail_after(5):
-        await app(scope, receive, send)
-    text = "".join(chunks)
-    assert text.startswith("retry: 2000\n\n")
-    assert "event: rates\n" in text
 
 
 # Tables and actions over the real relay and hub ---------------------------------------------------

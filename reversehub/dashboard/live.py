@@ -92,17 +92,24 @@ def event(name: str, data: object) -> str:
 async def stream(request: Request) -> Response:
     """``GET /dashboard/events``: a ``rates`` event every ``--dashboard-interval`` seconds.
 
-    The stream ends when the app shuts down (EventSource reconnects by itself after ``retry``).
+    The stream ends when the app shuts down (EventSource reconnects by itself after ``retry``): at
+    once if the server sets ``app.state.stopping`` (an event) when told to stop, else at the next
+    sample after the lifespan ended.
     """
-    services = request.app.state.services
-    interval = request.app.state.settings.dashboard_interval
+    state = request.app.state
+    services = state.services
+    interval = state.settings.dashboard_interval
     sampler = Sampler(services.metrics)
 
     async def events() -> AsyncIterator[str]:
         yield "retry: 2000\n\n"
         yield event("rates", sampler.sample())
-        while request.app.state.services is services:
-            await anyio.sleep(interval)
+        while state.services is services:
+            stopping = getattr(state, "stopping", None)
+            with anyio.move_on_after(interval) as tick:
+                await (stopping.wait() if stopping is not None else anyio.sleep_forever())
+            if not tick.cancelled_caught:
+                return  # the server is stopping
             yield event("rates", sampler.sample())
 
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
