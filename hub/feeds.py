@@ -1,8 +1,10 @@
 """Feed diffing: what of a fetched topic is new since the hub last distributed it.
 
 PubSubHubbub 0.4 (7.2): for Atom and RSS the hub distributes only entries it has not distributed
-before, as a document of the topic's own format. Here: Atom, RSS 2.0, RSS 1.0 (RDF) and JSON Feed
-are recognised by feedparser, which also gives each entry's key (id/guid, else link). An entry is
+before, as a document of the topic's own format. Here: Atom, RSS 2.0 and RSS 1.0 (RDF) are
+recognised by feedparser, which also gives each entry's key (id/guid, else link); JSON Feed
+(``version`` https://jsonfeed.org/version/1[.1]) is read with ``json``, because feedparser 6.0 does
+not know it, keyed by item ``id``, else ``url``. An entry is
 new when its key is unknown and changed when its content hash differs. The document that goes out
 is the fetched one with every other entry cut out byte for byte, so feed-level elements, namespace
 prefixes and the XML declaration stay exactly as the publisher wrote them. Any other content type
@@ -48,6 +50,9 @@ def is_feed_type(content_type: str) -> bool:
 
 def diff(body: bytes, content_type: str, known: dict[str, str] | None) -> FeedDiff:
     """Entries of ``body`` not in ``known`` (None: distribute all). Non-feeds give ``kind`` None."""
+    if body.lstrip()[:1] == b"{":
+        # feedparser 6.0 has no JSON Feed support (it arrives in later releases): read it here.
+        return _diff_json(body, known, None)
     import feedparser  # heavy; only loaded once the hub fetches a topic
 
     parsed = feedparser.parse(body, response_headers={"content-type": content_type})
@@ -165,7 +170,7 @@ def _diff_json(body: bytes, known: dict[str, str] | None, sup: str | None) -> Fe
     except ValueError:
         return FeedDiff(None, None, sup=sup)
     items = doc.get("items") if isinstance(doc, dict) else None
-    if not isinstance(items, list):
+    if not isinstance(items, list) or not str(doc.get("version", "")).startswith("https://jsonfeed.org/version/"):
         return FeedDiff(None, None, sup=sup)
     current: dict[str, str] = {}
     new_items = []

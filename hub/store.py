@@ -37,7 +37,7 @@ async def writing(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[A
     which costs far more than waiting for an asyncio lock."""
     bind = sessions.kw.get("bind")
     if bind is not None and bind.dialect.name != "sqlite":
-        async with writing(sessions) as s:
+        async with sessions.begin() as s:
             yield s
         return
     lock = _write_locks.get(sessions)

@@ -101,6 +101,7 @@ class Verifier:
         self._waiting = 0
         self.max_waiting = 10_000
         self._tg: anyio.abc.TaskGroup | None = None
+        self._early: list[SubscriptionRequest] = []  # taken before run() started
 
     def lease_for(self, asked: int | None) -> int:
         s = self.settings
@@ -110,15 +111,19 @@ class Verifier:
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            for req in self._early:
+                tg.start_soon(self._verify_bounded, req)
+            self._early.clear()
             await anyio.sleep_forever()
 
     def submit(self, req: SubscriptionRequest) -> None:
-        if self._tg is None:
-            raise Busy("the hub is not running")
         if self._waiting >= self.max_waiting:
             raise Busy("too many verifications waiting; try again later")
         self._waiting += 1
-        self._tg.start_soon(self._verify_bounded, req)
+        if self._tg is None:
+            self._early.append(req)
+        else:
+            self._tg.start_soon(self._verify_bounded, req)
 
     async def _verify_bounded(self, req: SubscriptionRequest) -> None:
         try:

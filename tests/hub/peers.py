@@ -25,6 +25,7 @@ class Delivery:
     path: str
     headers: dict[str, str]
     body: bytes
+    query: str = ""
 
 
 @dataclass
@@ -54,7 +55,7 @@ class Peer:
     async def handle(self, request: Request) -> Response:
         path = request.url.path
         if request.method == "POST":
-            self.deliveries.append(Delivery(path, dict(request.headers), await request.body()))
+            self.deliveries.append(Delivery(path, dict(request.headers), await request.body(), request.url.query))
             self._notify()
             statuses = self.delivery_status.get(path)
             return Response(status_code=statuses.pop(0) if statuses else 204)

@@ -1,0 +1,238 @@
+"""Delivery: retries, giving up, 410, order, status and replay, relay.online, crash recovery."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy import select, update
+
+from hub import store
+from hub.models import Delivery
+from hub.netguard import NetGuard
+from hub.outbox import backoff
+from hub.signing import ownership_proof
+from reversehub.settings import Settings
+from tests.hub.conftest import SUB, subscribe
+from tests.support import wait_for
+
+pytestmark = pytest.mark.anyio
+
+TOPIC = "http://pub.test/t"
+
+
+async def publish(client, body=b"x", topic=TOPIC):
+    r = await client.post(f"/publish?hub.topic={topic}", content=body, headers={"Content-Type": "text/plain"})
+    assert r.status_code == 204
+
+
+async def deliveries(app):
+    async with app.state.hub.services.sessions() as s:
+        return list((await s.execute(select(Delivery).order_by(Delivery.id))).scalars())
+
+
+def test_backoff_grows_with_jitter_and_the_first_retry_is_within_2s():
+    firsts = [backoff(1, 1.0, 3600) for _ in range(200)]
+    assert all(0.5 <= f <= 1.0 for f in firsts) and len(set(firsts)) > 1
+    assert 4 <= backoff(4, 1.0, 3600) <= 8
+    assert backoff(40, 1.0, 3600) <= 3600
+
+
+async def test_failures_are_retried_with_the_same_webhook_id(hub, peer):
+    app, client = hub
+    await subscribe(client, peer, TOPIC, SUB + "/cb", secret="k")
+    peer.delivery_status["/cb"] = [500, 503]
+    await publish(client)
+    await wait_for(lambda: len(peer.to("/cb")) == 3)
+    ids = {d.headers["webhook-id"] for d in peer.to("/cb")}
+    assert len(ids) == 1 and {d.headers["x-hub-sequence"] for d in peer.to("/cb")} == {"1"}
+    await wait_for(lambda: _states(app, ["delivered"]))
+    (row,) = await deliveries(app)
+    assert row.attempts == 3 and row.last_status == 200
+
+
+async def _states(app, expected):
+    return [d.state for d in await deliveries(app)] == expected
+
+
+async def test_connection_errors_are_retried(make_app, peer):
+    import httpx
+
+    from tests.hub.conftest import hub_settings
+
+    to_peer = httpx.ASGITransport(app=peer.app)
+    posts = []
+
+    async def first_post_refused(request):
+        if request.method == "POST":
+            posts.append(request)
+            if len(posts) == 1:
+                raise httpx.ConnectError("connection refused")
+        return await to_peer.handle_async_request(request)
+
+    app, client = await make_app(transport=httpx.MockTransport(first_post_refused), **hub_settings())
+    await subscribe(client, peer, TOPIC, SUB + "/cb")
+    await publish(client)
+    await wait_for(lambda: bool(peer.to("/cb")))
+    assert len(posts) == 2
+
+
+async def test_given_up_deliveries_show_in_the_subscription_status(make_hub, peer):
+    app, client = await make_hub(delivery_max_age=0.0)
+    await subscribe(client, peer, TOPIC, SUB + "/cb", secret="k")
+    peer.delivery_status["/cb"] = [500]
+    await publish(client)
+    await wait_for(lambda: _states(app, ["failed"]))
+    status = await _status(client, SUB + "/cb", "k")
+    assert status.status_code == 200
+    body = status.json()
+    assert body["state"] == "active" and body["failed"] == 1 and "500" in body["last_failure"]
+    assert body["last_seq"] == 1 and body["pending"] == 0
+
+
+async def _status(client, callback, secret, topic=TOPIC, ts=None):
+    ts = int(time.time()) if ts is None else ts
+    proof = ownership_proof(secret, callback, topic, ts)
+    params = {"hub.callback": callback, "hub.topic": topic, "hub.timestamp": ts, "hub.signature": proof}
+    return await client.get("/hub/status", params=params)
+
+
+async def test_status_needs_proof_of_ownership(hub, peer):
+    app, client = hub
+    await subscribe(client, peer, TOPIC, SUB + "/cb", secret="k")
+    await subscribe(client, peer, TOPIC, SUB + "/open")
+    assert (await _status(client, SUB + "/cb", "k")).json()["state"] == "active"
+    assert (await _status(client, SUB + "/cb", "wrong")).status_code == 403
+    assert (await _status(client, SUB + "/cb", "k", ts=int(time.time()) - 3600)).status_code == 403
+    assert (await _status(client, SUB + "/open", "")).status_code == 403  # no secret, no proof possible
+    assert (await _status(client, SUB + "/nobody", "k")).status_code == 404
+    assert (
+        await client.get("/hub/status", params={"hub.callback": SUB + "/cb", "hub.topic": TOPIC})
+    ).status_code == 400
+
+
+async def test_replay_since_a_sequence_number(hub, peer):
+    app, client = hub
+    await subscribe(client, peer, TOPIC, SUB + "/cb", secret="k")
+    for body in (b"1", b"2", b"3"):
+        await publish(client, body)
+    await wait_for(lambda: len(peer.to("/cb")) == 3)
+    await wait_for(lambda: _states(app, ["delivered"] * 3))
+    ts = int(time.time())
+    form = {
+        "hub.callback": SUB + "/cb",
+        "hub.topic": TOPIC,
+        "hub.timestamp": str(ts),
+        "hub.signature": ownership_proof("k", SUB + "/cb", TOPIC, ts),
+        "hub.since": "1",
+    }
+    r = await client.post("/hub/replay", data=form)
+    assert r.status_code == 202 and r.json() == {"queued": 2}
+    await wait_for(lambda: len(peer.to("/cb")) == 5)
+    again = peer.to("/cb")[3:]
+    assert [(d.body, d.headers["x-hub-sequence"]) for d in again] == [(b"2", "2"), (b"3", "3")]
+    assert [d.headers["webhook-id"] for d in again] == [d.headers["webhook-id"] for d in peer.to("/cb")[1:3]]
+    r = await client.post("/hub/replay", data={**form, "hub.signature": "0" * 64})
+    assert r.status_code == 403
+
+
+async def test_410_ends_the_subscription(hub, peer):
+    app, client = hub
+    await subscribe(client, peer, TOPIC, SUB + "/cb", secret="k")
+    peer.delivery_status["/cb"] = [410]
+    await publish(client, b"1")
+    await wait_for(lambda: _gone(app))
+    await publish(client, b"2")
+    assert len(peer.to("/cb")) == 1
+    assert (await _status(client, SUB + "/cb", "k")).json()["state"] == "gone"
+
+
+async def _gone(app):
+    row = await store.find(app.state.hub.services.sessions, TOPIC, SUB + "/cb")
+    return row.state == "gone"
+
+
+async def test_in_order_per_subscription_even_when_retrying(hub, peer):
+    app, client = hub
+    await subscribe(client, peer, TOPIC, SUB + "/cb")
+    await subscribe(client, peer, TOPIC, SUB + "/other")
+    peer.delivery_status["/cb"] = [500, 500, 500]
+    for body in (b"1", b"2", b"3", b"4"):
+        await publish(client, body)
+    await wait_for(lambda: len([d for d in peer.to("/cb")]) >= 7)
+    got = [d.body for d in peer.to("/cb")]
+    assert got[:3] == [b"1", b"1", b"1"] and got[3:] == [b"1", b"2", b"3", b"4"]
+    assert [d.headers["x-hub-sequence"] for d in peer.to("/cb")[3:]] == ["1", "2", "3", "4"]
+    assert [d.body for d in peer.to("/other")] == [b"1", b"2", b"3", b"4"]
+
+
+async def test_relay_online_makes_pending_deliveries_due_now(make_hub, peer):
+    app, client = await make_hub(delivery_retry_base=3600.0)
+    callback = SUB + "/relay/alice/cb"
+    await subscribe(client, peer, TOPIC, callback)
+    peer.delivery_status["/relay/alice/cb"] = [504]  # as the relay answers when nobody polls
+    await publish(client)
+    await wait_for(lambda: len(peer.to("/relay/alice/cb")) == 1)
+    await wait_for(lambda: _retry_scheduled(app))
+    await app.state.hub.services.broker.publish("relay.online", b"http://sub.test/relay/bob/")
+    await app.state.hub.services.broker.publish("relay.online", b"http://sub.test/relay/alice/")
+    await wait_for(lambda: len(peer.to("/relay/alice/cb")) == 2)
+
+
+async def _retry_scheduled(app):
+    (row,) = await deliveries(app)
+    return row.state == "pending" and row.claim_token is None and row.next_attempt_at > time.time() + 60
+
+
+async def test_a_dead_process_claims_are_taken_over(make_hub, peer):
+    app, client = await make_hub(delivery_claim_seconds=0.2)
+    await subscribe(client, peer, TOPIC, SUB + "/cb")
+    app.state.hub.outbox.close()  # this process's workers are gone
+    await publish(client)
+    sessions = app.state.hub.services.sessions
+    (claimed,) = await store.claim(sessions, 10, 0.2)  # another process claims it, then dies
+    assert await store.claim(sessions, 10, 0.2) == []  # nobody else can take it meanwhile
+    await wait_for(lambda: _claimable(sessions))
+
+
+async def _claimable(sessions):
+    return len(await store.claim(sessions, 10, 60)) == 1
+
+
+async def test_deliveries_keep_going_after_a_restart_on_the_same_database(make_hub, peer, settings):
+    app, client = await make_hub()
+    await subscribe(client, peer, TOPIC, SUB + "/cb")
+    app.state.hub.outbox.close()
+    await publish(client, b"queued before the restart")
+    async with app.state.hub.services.sessions.begin() as s:
+        await s.execute(update(Delivery).values(next_attempt_at=time.time()))
+    app2, _ = await make_hub()
+    await wait_for(lambda: bool(peer.to("/cb")))
+    assert peer.to("/cb")[0].body == b"queued before the restart"
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("http://127.0.0.1/x", False),
+        ("http://10.0.0.8/x", False),
+        ("http://192.168.1.1/x", False),
+        ("http://169.254.169.254/latest/meta-data", False),
+        ("http://[::1]/x", False),
+        ("http://[::ffff:127.0.0.1]/x", False),
+        ("http://0.0.0.0/x", False),
+        ("http://localhost/x", False),
+        ("http://93.184.216.34/x", True),
+        ("http://hub.test/relay/alice/cb", True),  # our own relay URLs
+    ],
+)
+async def test_netguard(url, allowed):
+    from hub.errors import URLRefused
+
+    guard = NetGuard(Settings(public_url="http://hub.test"))
+    if allowed:
+        await guard.check(url)
+    else:
+        with pytest.raises(URLRefused):
+            await guard.check(url)
+    await NetGuard(Settings(public_url="http://hub.test", allow_private_networks=True)).check(url)
