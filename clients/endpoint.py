@@ -135,9 +135,13 @@ class Endpoint:
         if self._started:
             assert self.public_url is not None
             return self.public_url
-        if self._lifespan is not None:
-            await self._lifespan.startup()
-        registration = await self._register()
+        try:
+            if self._lifespan is not None:
+                await self._lifespan.startup()
+            registration = await self._register()
+        except BaseException:
+            await self.aclose()
+            raise
         self._started = True
         self._set_state(REGISTERED)
         for index in range(self.pollers):

@@ -3,8 +3,9 @@ deduplicate, discover, reconnect after a restart, stop; the relay endpoint; the 
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -252,3 +253,261 @@ def bound_socket_on(port: int) -> Any:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     return sock
+
+
+ATOM = """<?xml version="1.0" encoding="utf-8"?>
+<feed xmlns="http://www.w3.org/2005/Atom">
+  <title>Test feed</title>
+  <id>urn:test:feed</id>
+  <updated>2026-01-01T00:00:00Z</updated>
+  <link rel="hub" href="{hub}"/>
+  <link rel="self" href="{self_url}"/>
+{entries}
+</feed>
+"""
+ENTRY = """  <entry><id>urn:test:{n}</id><title>Entry {n}</title><link href="http://example.com/{n}"/>
+    <updated>2026-01-01T00:00:0{n}Z</updated></entry>"""
+
+
+def feed_app(hub: str, self_url: Callable[[], str], entries: list[int], *, in_header: bool) -> Any:
+    """A tiny feed publisher: an Atom feed naming its hub in a Link header or in the body."""
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def feed(request: Any) -> Response:
+        body = ATOM.format(
+            hub="" if in_header else hub,
+            self_url=self_url(),
+            entries="\n".join(ENTRY.format(n=n) for n in entries),
+        )
+        if in_header:
+            body = body.replace('  <link rel="hub" href=""/>\n', "")
+        headers = {"link": f'<{hub}>; rel="hub", <{self_url()}>; rel="self"'} if in_header else {}
+        return Response(body, media_type="application/atom+xml", headers=headers)
+
+    return Starlette(routes=[Route("/feed.xml", feed)])
+
+
+@pytest.mark.parametrize("in_header", [True, False], ids=["link-header", "atom-link"])
+async def test_discovery_and_ping_deliver_new_entries(server: Server, in_header: bool) -> None:
+    from clients import AsyncPublisher
+
+    entries = [1]
+    base: list[str] = []
+    app = feed_app(server.hub, lambda: f"{base[0]}/feed.xml", entries, in_header=in_header)
+    async with serve_live(app) as feed_base:
+        base.append(feed_base)
+        topic = f"{feed_base}/feed.xml"
+        inbox = Inbox()
+        async with Subscriber(topic, inbox, **FAST) as sub:  # hub=None: discovered from the feed
+            assert sub.hub == server.hub and sub.topic == topic
+            entries.append(2)
+            async with AsyncPublisher() as publisher:  # the hub is discovered for the ping too
+                await publisher.ping(topic)
+            await wait_for(lambda: any(u.entries for u in inbox.updates))
+            titles = [e.title for u in inbox.updates for e in u.entries]
+            assert "Entry 2" in titles
+            assert all(u.topic == topic for u in inbox.updates)
+
+
+async def test_endpoint_serves_an_asgi_app_with_concurrent_pollers(server: Server) -> None:
+    import anyio
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from clients import Endpoint
+
+    events: list[str] = []
+    gate = anyio.Event()
+    inside = 0
+
+    async def item(request: Request) -> JSONResponse:
+        nonlocal inside
+        inside += 1
+        if inside == 3:
+            gate.set()
+        await gate.wait()  # three requests are in the app at once, one per poller
+        body = await request.body()
+        return JSONResponse(
+            {
+                "path": request.url.path,
+                "root_path": request.scope["root_path"],
+                "id": request.path_params["id"],
+                "q": request.query_params.get("q"),
+                "body": body.decode(),
+                "client": request.client.host if request.client else None,
+            }
+        )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        events.append("startup")
+        yield
+        events.append("shutdown")
+
+    app = Starlette(routes=[Route("/items/{id}", item, methods=["GET", "POST"])], lifespan=lifespan)
+    async with Endpoint(f"{server.url}/reversehttp", app=app, name="shop", pollers=3) as endpoint:
+        assert events == ["startup"]
+        assert endpoint.public_url == f"{server.url}/relay/shop/"
+        async with httpx.AsyncClient(base_url=endpoint.public_url) as http:
+            results: dict[int, httpx.Response] = {}
+
+            async def call(n: int) -> None:
+                results[n] = await http.post(f"items/{n}?q=x{n}", content=f"body {n}")
+
+            async with anyio.create_task_group() as tg:
+                for n in range(3):
+                    tg.start_soon(call, n)
+        for n in range(3):
+            assert results[n].status_code == 200
+            data = results[n].json()
+            assert data["id"] == str(n) and data["q"] == f"x{n}" and data["body"] == f"body {n}"
+            assert data["root_path"] == "/relay/shop"
+            assert data["client"] == "127.0.0.1"
+    assert events == ["startup", "shutdown"]
+    async with httpx.AsyncClient() as http:  # relinquished
+        assert (await http.get(f"{server.url}/relay/shop/items/1")).status_code == 404
+
+
+async def test_endpoint_plain_handler_and_errors(server: Server) -> None:
+    from clients import Endpoint
+    from relay.wire import HttpRequest, HttpResponse
+
+    def handler(request: HttpRequest) -> HttpResponse:
+        if request.target.endswith("/boom"):
+            raise ValueError("boom")
+        return HttpResponse(201, [("content-type", "text/plain"), ("x-seen", request.method)], request.body[::-1])
+
+    async with Endpoint(f"{server.url}/reversehttp", handler) as endpoint, httpx.AsyncClient() as http:
+        assert endpoint.public_url is not None
+        r = await http.put(endpoint.public_url + "echo", content=b"abc")
+        assert (r.status_code, r.content, r.headers["x-seen"]) == (201, b"cba", "PUT")
+        assert (await http.get(endpoint.public_url + "boom")).status_code == 500
+
+
+async def test_endpoint_name_held_by_someone_else(server: Server) -> None:
+    from clients import Endpoint, RelayError
+
+    async with Endpoint(f"{server.url}/reversehttp", lambda r: None, name="taken"):  # type: ignore[arg-type,return-value]
+        with pytest.raises(RelayError) as info:
+            await Endpoint(f"{server.url}/reversehttp", lambda r: None, name="taken").start()  # type: ignore[arg-type,return-value]
+        assert info.value.status == 403
+
+
+# -- the CLI, as a user runs it ------------------------------------------------------------------
+
+
+class Process:
+    """A CLI subprocess whose output lines we await (with a deadline, never a sleep)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def start(cls, *args: str) -> Process:
+        import os
+        import sys
+
+        exe = os.path.join(os.path.dirname(sys.executable), "reversehub")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = await asyncio.create_subprocess_exec(
+            exe, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+        )
+        return cls(proc)
+
+    async def line(self, stream: str = "stdout", timeout: float = 20) -> str:
+        reader = self.proc.stdout if stream == "stdout" else self.proc.stderr
+        assert reader is not None
+        raw = await asyncio.wait_for(reader.readline(), timeout)
+        assert raw, f"{stream} closed (exit {self.proc.returncode})"
+        return raw.decode().rstrip("\n")
+
+    async def until(self, predicate: Callable[[str], bool], stream: str = "stdout") -> list[str]:
+        seen: list[str] = []
+        while True:
+            seen.append(await self.line(stream))
+            if predicate(seen[-1]):
+                return seen
+
+    async def interrupt(self) -> int:
+        import signal
+
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGINT)
+        return await asyncio.wait_for(self.proc.wait(), 20)
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    proc = (await Process.start(*args)).proc
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_cli_subscribe_and_publish(server: Server) -> None:
+    import json
+
+    topic = server.topic("cli")
+    sub = await Process.start("subscribe", topic, "--hub", server.hub, "--json")
+    try:
+        await sub.until(lambda line: line == "[subscribed]", stream="stderr")
+        code, _, err = await run_cli("publish", topic, "--data", "hello cli", "--hub", server.hub)
+        assert code == 0, err
+        record = json.loads(await sub.line())
+        assert record["topic"] == topic and record["body"] == "hello cli" and record["id"]
+        assert await sub.interrupt() == 0
+        rest = (await sub.proc.stderr.read()).decode()  # type: ignore[union-attr]
+        assert "[stopped]" in rest
+    finally:
+        sub.kill()
+
+
+async def test_cli_subscribe_readable_and_ping(server: Server) -> None:
+    entries = [1]
+    base: list[str] = []
+    app = feed_app(server.hub, lambda: f"{base[0]}/feed.xml", entries, in_header=False)
+    async with serve_live(app) as feed_base:
+        base.append(feed_base)
+        topic = f"{feed_base}/feed.xml"
+        sub = await Process.start("subscribe", topic)  # hub discovered
+        try:
+            await sub.until(lambda line: line == "[subscribed]", stream="stderr")
+            entries.append(2)
+            code, _, err = await run_cli("ping", topic)  # hub discovered
+            assert code == 0, err
+            lines = await sub.until(lambda line: "Entry 2" in line)
+            assert lines[0].startswith(f"--- {topic} (application/atom+xml")
+            assert any(line.startswith("* Entry 2  http://example.com/2") for line in lines)
+            assert await sub.interrupt() == 0
+        finally:
+            sub.kill()
+
+
+async def test_cli_expose_forwards_to_a_local_server(server: Server) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def hello(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(f"local {request.method} {request.url.path} {request.query_params.get('a')}")
+
+    local_app = Starlette(routes=[Route("/{path:path}", hello, methods=["GET", "POST"])])
+    async with serve_live(local_app) as local:
+        proc = await Process.start("expose", "webapp", "--to", local, "--relay", f"{server.url}/reversehttp")
+        try:
+            assert await proc.line() == f"{server.url}/relay/webapp/ -> {local}"
+            async with httpx.AsyncClient() as http:
+                r = await http.get(f"{server.url}/relay/webapp/some/page?a=1")
+            assert (r.status_code, r.text) == (200, "local GET /some/page 1")
+            assert (await proc.line()).startswith("GET /some/page -> 200 (")
+            assert await proc.interrupt() == 0
+        finally:
+            proc.kill()
