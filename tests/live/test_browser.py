@@ -1,0 +1,103 @@
+"""The browser library in a real headless Chromium: the demo page subscribes and shows a publish,
+and a page serves requests over the relay with the Endpoint class.
+
+Chromium comes from Debian (``apt-get install chromium``), driven by Playwright's Python API; we
+never download Playwright's own browsers. Missing Chromium skips locally and fails in CI.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from reversehub.app import create_app
+from tests.live.test_clients_live import live_settings
+from tests.support import bound_socket, serve_live
+
+pytestmark = [pytest.mark.anyio, pytest.mark.live, pytest.mark.browser]
+
+CHROMIUM = os.environ.get("REVERSEHUB_TEST_CHROMIUM", "/usr/bin/chromium")
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    if not Path(CHROMIUM).exists():
+        message = f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message + " (required in CI)")
+        pytest.skip(message)
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+@pytest.fixture
+async def server_url(database_url: str) -> AsyncIterator[str]:
+    sock = bound_socket()
+    settings = live_settings(database_url, sock.getsockname()[1])
+    async with serve_live(create_app(settings), sock=sock) as url:
+        yield url
+
+
+async def test_demo_page_shows_a_publish(browser: Any, server_url: str) -> None:
+    topic = f"{server_url}/topics/browser-demo"
+    page = await browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(f"{server_url}/demo?topic={quote(topic, safe='')}")
+    await page.wait_for_function("document.getElementById('state').textContent === 'subscribed'", timeout=15000)
+    async with httpx.AsyncClient() as http:
+        r = await http.post(
+            f"{server_url}/publish",
+            params={"hub.topic": topic},
+            content=b"hello from the hub",
+            headers={"content-type": "text/plain; charset=utf-8"},
+        )
+        assert r.status_code < 300
+    item = page.locator("#updates li").first
+    await item.wait_for(timeout=15000)
+    assert await item.text_content() == "hello from the hub"
+    assert errors == []
+
+
+async def test_page_serves_requests_with_endpoint(browser: Any, server_url: str) -> None:
+    page = await browser.new_page()
+    await page.goto(f"{server_url}/demo?topic={quote(server_url + '/topics/unused', safe='')}")
+    public_url = await page.evaluate(
+        """async () => {
+            const { Endpoint } = await import("/js/reversehub.js");
+            window.endpoint = new Endpoint("/reversehttp", async (req) => ({
+                status: 200,
+                headers: [["content-type", "text/plain"], ["x-method", req.method]],
+                body: `page got ${req.method} ${new URL(req.target, location.href).pathname} ${req.text()}`,
+            }), { name: "tab", pollers: 2 });
+            return await window.endpoint.start();
+        }"""
+    )
+    assert public_url == f"{server_url}/relay/tab/"
+    async with httpx.AsyncClient() as http:
+        r = await http.post(public_url + "hello", content=b"ping")
+        assert (r.status_code, r.text, r.headers["x-method"]) == (200, "page got POST /relay/tab/hello ping", "POST")
+        await page.evaluate("() => window.endpoint.stop()")
+        assert (await http.get(public_url + "hello")).status_code == 404
