@@ -133,6 +133,14 @@ def serve_options(f: Any) -> Any:
             ),
             *security_options(defaults),
             ("workers", {"default": 1, "type": int, "help": "Worker processes (needs --redis-url when > 1)."}),
+            (
+                "delivery-claim-seconds",
+                {
+                    "default": defaults.delivery_claim_seconds,
+                    "type": float,
+                    "help": "A dead process's claimed deliveries are sent by the others after S.",
+                },
+            ),
             ("log-level", {"default": "info", "type": click.Choice(["debug", "info", "warning", "error"])}),
         ]
     ):

@@ -90,6 +90,9 @@ class DrainingServer(uvicorn.Server):
         if app is not None:
             await drain(app)
         await super().shutdown(sockets)
+        # uvicorn re-raises the signal that stopped it once it is done, so the process would end
+        # "killed by SIGTERM". We drained: that is a clean exit, status 0.
+        self._captured_signals.clear()
 
 
 def serve(settings: Settings) -> None:
