@@ -4,10 +4,15 @@ deduplicate, discover, reconnect after a restart, stop; the relay endpoint; the 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import shlex
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +25,8 @@ from tests.support import bound_socket, serve_live, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.live]
 
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
 FAST = {"backoff": (0.02, 0.2), "verify_timeout": 10.0}
 
 
@@ -408,13 +415,14 @@ class Process:
 
     @classmethod
     async def start(cls, *args: str) -> Process:
-        import os
-        import sys
+        """``reversehub ARGS...``"""
+        return await cls.spawn([str(BIN / "reversehub"), *args])
 
-        exe = os.path.join(os.path.dirname(sys.executable), "reversehub")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    @classmethod
+    async def spawn(cls, argv: list[str], env: dict[str, str] | None = None) -> Process:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         proc = await asyncio.create_subprocess_exec(
-            exe, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=ROOT
         )
         return cls(proc)
 
@@ -511,3 +519,61 @@ async def test_cli_expose_forwards_to_a_local_server(server: Server) -> None:
             assert await proc.interrupt() == 0
         finally:
             proc.kill()
+
+
+def fenced_blocks(markdown: str, language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", markdown, flags=re.S | re.M)
+
+
+async def test_feed_watcher_readme(tmp_path: Path) -> None:
+    """The example's README walk-through, commands as written (ports swapped for free ones)."""
+    from tests.support import free_port
+
+    readme = (ROOT / "examples/feed-watcher/README.md").read_text()
+    hub_port, feed_port = free_port(), free_port()
+
+    def local(text: str) -> str:
+        return text.replace("127.0.0.1:8000", f"127.0.0.1:{hub_port}").replace("8001", str(feed_port))
+
+    commands = [local(block.strip()) for block in fenced_blocks(readme, "sh")]
+    expected = [local(line) for line in fenced_blocks(readme, "text")[0].splitlines()]
+    assert len(commands) == 4 and commands[0].startswith("reversehub serve")
+
+    def argv(command: str) -> list[str]:
+        words = shlex.split(command)
+        program = {"reversehub": str(BIN / "reversehub"), "python": sys.executable}[words[0]]
+        return [program, *words[1:]]
+
+    server_env = {
+        "REVERSEHUB_PORT": str(hub_port),
+        "REVERSEHUB_DATABASE_URL": f"sqlite:///{tmp_path / 'walkthrough.db'}",
+        "REVERSEHUB_POLL_TIMEOUT": "1",
+    }
+    background: list[Process] = []
+    try:
+        server = await Process.spawn(argv(commands[0]), server_env)
+        background.append(server)
+        async with httpx.AsyncClient() as http:
+
+            async def healthy() -> bool:
+                try:
+                    return (await http.get(f"http://127.0.0.1:{hub_port}/healthz")).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            await wait_for(healthy, timeout=30)
+        publisher = await Process.spawn(argv(commands[1]))
+        background.append(publisher)
+        assert (await publisher.line()).startswith("serving ")
+        watcher = await Process.spawn(argv(commands[2]))
+        background.append(watcher)
+        await watcher.until(lambda line: line.startswith("watching "), stream="stderr")
+        post = await Process.spawn(argv(commands[3]))
+        _, err = await asyncio.wait_for(post.proc.communicate(), 30)
+        assert post.proc.returncode == 0, err
+        assert [await watcher.line() for _ in expected] == expected
+        assert await watcher.interrupt() == 0
+    finally:
+        for proc in reversed(background):
+            if proc.proc.returncode is None:
+                await proc.interrupt()
