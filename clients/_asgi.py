@@ -1,8 +1,9 @@
 """Run an ASGI application on relayed requests: one HTTP scope per request, and its lifespan.
 
 The relay hands us the request exactly as the requester sent it (ReverseHttp: "MUST NOT alter the
-Request-URI"), so ``/relay/alice/items?x=1`` arrives whole. The app sees ``path="/items"`` with
-``root_path="/relay/alice"``, as behind any reverse proxy that mounts it under a prefix.
+Request-URI"), so ``/relay/alice/items?x=1`` arrives whole. The scope carries it as uvicorn does
+behind ``--root-path``: ``path="/relay/alice/items"`` and ``root_path="/relay/alice"``, so the app
+routes on ``/items`` (Starlette strips the root path) and builds URLs under the prefix.
 """
 
 from __future__ import annotations
@@ -42,8 +43,6 @@ async def call_app(app: ASGIApp, request: HttpRequest, public_url: str, requesti
     if raw_path.startswith(("http://", "https://")):  # absolute-form request target
         raw_path = urlsplit(raw_path).path or "/"
     path = unquote(raw_path)
-    if root_path and (path == root_path or path.startswith(root_path + "/")):
-        path = path[len(root_path) :] or "/"
     scope: Scope = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},

@@ -51,7 +51,7 @@ def update_as_text(update: Update) -> str:
     if update.is_feed and update.entries:
         lines = [f"* {e.get('title', '(untitled)')}  {e.get('link', '')}".rstrip() for e in update.entries]
         return "\n".join([head, *lines])
-    return f"{head}\n{update.text}"
+    return f"{head}\n{update.text.rstrip(chr(10))}"
 
 
 @click.command()

@@ -373,6 +373,7 @@ async def test_endpoint_serves_an_asgi_app_with_concurrent_pollers(server: Serve
             data = results[n].json()
             assert data["id"] == str(n) and data["q"] == f"x{n}" and data["body"] == f"body {n}"
             assert data["root_path"] == "/relay/shop"
+            assert data["path"] == f"/relay/shop/items/{n}"
             assert data["client"] == "127.0.0.1"
     assert events == ["startup", "shutdown"]
     async with httpx.AsyncClient() as http:  # relinquished
@@ -577,3 +578,52 @@ async def test_feed_watcher_readme(tmp_path: Path) -> None:
         for proc in reversed(background):
             if proc.proc.returncode is None:
                 await proc.interrupt()
+
+
+def readme_clients_blocks() -> list[tuple[str, str]]:
+    """(language, body) of every fenced block in the README's clients section, in order."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("<!-- section:clients -->")[1].split("<!-- /section:clients -->")[0]
+    return re.findall(r"^```(\w+)\n(.*?)^```", section, flags=re.S | re.M)
+
+
+async def test_readme_python_examples_run_as_written(server: Server) -> None:
+    blocks = readme_clients_blocks()
+    ran = 0
+    for index, (language, code) in enumerate(blocks):
+        if language != "python":
+            continue
+        code = code.replace("127.0.0.1:8000", server.url.removeprefix("http://"))
+        proc = await Process.spawn([sys.executable, "-c", code])
+        out, err = await asyncio.wait_for(proc.proc.communicate(), 60)
+        assert proc.proc.returncode == 0, err.decode()
+        following = blocks[index + 1] if index + 1 < len(blocks) else ("", "")
+        if following[0] == "text":
+            expected = following[1].replace("127.0.0.1:8000", server.url.removeprefix("http://"))
+            assert out.decode() == expected
+        ran += 1
+    assert ran == 3
+
+
+async def test_readme_cli_example_runs_as_written(server: Server) -> None:
+    host = server.url.removeprefix("http://")
+    blocks = [(lang, body.replace("127.0.0.1:8000", host)) for lang, body in readme_clients_blocks()]
+    shell = [body.strip() for lang, body in blocks if lang == "sh"]
+    subscribe_cmd, publish_cmd = shell[0], shell[1]
+    expected = next(
+        blocks[i + 1][1] for i, (lang, body) in enumerate(blocks) if lang == "sh" and body.strip() == publish_cmd
+    )
+    words = shlex.split(subscribe_cmd)
+    assert words[0] == "reversehub"
+    sub = await Process.start(*words[1:])
+    try:
+        await sub.until(lambda line: line == "[subscribed]", stream="stderr")
+        # The README's publish uses the default hub (127.0.0.1:8000): point the default at this server.
+        env = {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "REVERSEHUB_HUB": server.hub}
+        publisher = await Process.spawn(["bash", "-c", publish_cmd], env)
+        _, err = await asyncio.wait_for(publisher.proc.communicate(), 30)
+        assert publisher.proc.returncode == 0, err.decode()
+        assert [await sub.line() for _ in expected.splitlines()] == expected.splitlines()
+        assert await sub.interrupt() == 0
+    finally:
+        sub.kill()
