@@ -61,6 +61,9 @@ DEFAULT_LIMITS: Mapping[str, int] = {
 }
 
 
+MAX_NAMES = 20  # names counted per request
+
+
 def parse_limits(overrides: tuple[str, ...]) -> dict[str, int]:
     """The defaults with ``CLASS[:KEY]=N`` overrides applied (0: no limit). ValueError if unknown."""
     limits = dict(DEFAULT_LIMITS)
@@ -79,6 +82,11 @@ def parse_limits(overrides: tuple[str, ...]) -> dict[str, int]:
 def _hidden(secret: str) -> str:
     """A capability never goes to the broker as it is (Redis keys are visible to its operators)."""
     return hashlib.sha256(secret.encode()).hexdigest()[:24]
+
+
+def _bounded(who: str) -> str:
+    """Keys stay short however long a topic URL or a name someone sends."""
+    return who if len(who) <= 80 else who.split("=", 1)[0] + "=" + _hidden(who)
 
 
 def _host(url: str | None) -> str:
@@ -154,13 +162,15 @@ class RateLimitMiddleware:
     async def _check(self, services: Services, kind: str, client: str, names: list[str]) -> Denial | None:
         now = time.time()
         slot = int(now // self.window)
-        checks = [(kind, f"client={client}")] + [(f"{kind}:{n.split('=', 1)[0]}", n) for n in names]
+        # A ping may name many topics: counting each is bounded (hub.url is repeatable).
+        checks = [(kind, f"client={client}")] + [(f"{kind}:{n.split('=', 1)[0]}", n) for n in names[:MAX_NAMES]]
         for limit_name, who in checks:
             limit = self.limits.get(limit_name, 0)
             if limit <= 0:
                 continue
             try:
-                count = await services.broker.incr(f"rl:{kind}:{who}:{slot}", ttl=self.window + 1)
+                # The key names its window, so it is dead once the window is over.
+                count = await services.broker.incr(f"rl:{kind}:{_bounded(who)}:{slot}", ttl=self.window)
             except Exception:
                 logger.warning("rate limit counter unavailable; letting the request pass", exc_info=True)
                 return None

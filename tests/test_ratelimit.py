@@ -16,7 +16,7 @@ from starlette.responses import PlainTextResponse, Response
 from hub.models import Subscription
 from reversehub.broker import Broker
 from reversehub.broker.memory import MemoryBroker
-from reversehub.ratelimit import DEFAULT_LIMITS, parse_limits
+from reversehub.ratelimit import DEFAULT_LIMITS, MAX_NAMES, parse_limits
 from reversehub.settings import Settings
 from tests.support import wait_for
 from tests.test_security import LOOPBACK, UNTRUSTED, client_for, echo_app
@@ -252,3 +252,33 @@ async def test_never_answering_callbacks_do_not_starve_others(make_app):
 
 async def _status(response, expected: int) -> bool:
     return (await response).status_code == expected
+
+
+async def test_counters_of_past_windows_do_not_pile_up_in_the_memory_broker():
+    """A flood of distinct names (random topics, say) leaves no more keys than live windows hold."""
+    app = echo_app(limited("publish=1000000", rate_limit_window=0.001))
+    broker = app.state.services.broker
+    async with client_for(app) as c:
+        for i in range(3000):
+            await c.post(f"/publish?hub.topic=https://t/{i}", content=b"x", headers={"Content-Type": "text/plain"})
+            for _ in range(2):
+                await broker.incr(f"other:{i}:{_}", ttl=0.001)  # counters made elsewhere, all expiring
+    assert len(broker._keys) < 4096 + 10
+
+
+async def test_a_ping_naming_many_topics_costs_a_bounded_number_of_counters():
+    class Counting(MemoryBroker):
+        calls = 0
+
+        async def incr(self, key: str, ttl: float | None = None) -> int:
+            self.calls += 1
+            assert len(key) < 200
+            return await super().incr(key, ttl)
+
+    app = echo_app(limited())
+    app.state.services.broker = broker = Counting()
+    async with client_for(app) as c:
+        urls = [f"https://t.example/{'x' * 150}/{i}" for i in range(200)]
+        r = await c.post("/publish", data={"hub.mode": "publish", "hub.url": urls})
+    assert r.status_code == 200
+    assert broker.calls == 1 + MAX_NAMES

@@ -170,6 +170,8 @@ class MemoryBroker:
         current = self._live(key)
         if current is None:
             self._keys[key] = (b"1", time.monotonic() + ttl if ttl is not None else None)
+            if len(self._keys) % 4096 == 0:
+                self._sweep()  # rate-limit counters are many short-lived keys made only here
             return 1
         value = int(current) + 1
         self._keys[key] = (str(value).encode(), self._keys[key][1])
