@@ -627,3 +627,27 @@ async def test_readme_cli_example_runs_as_written(server: Server) -> None:
         assert await sub.interrupt() == 0
     finally:
         sub.kill()
+
+
+async def test_refused_subscription_raises_and_cleans_up(server: Server) -> None:
+    from clients import SubscriptionError
+
+    sub = Subscriber(server.topic("refused"), Inbox(), hub=server.hub, lease_seconds=-5, **FAST)
+    with pytest.raises(SubscriptionError, match="HTTP 400"):
+        await sub.start()
+    assert sub._endpoint is not None and sub._endpoint.state == "closed"  # the name was given back
+
+
+@pytest.mark.xfail(reason="the hub does not apply --deny-topic (reversehub.policy.check_subscription) yet")
+async def test_denied_subscription_raises(database_url: str) -> None:
+    from clients import SubscriptionError
+
+    sock = bound_socket()
+    settings = live_settings(database_url, sock.getsockname()[1], deny_topic=("*/forbidden*",))
+    async with running(settings, sock) as server:
+        sub = Subscriber(server.topic("forbidden"), Inbox(), hub=server.hub, **FAST)
+        try:
+            with pytest.raises(SubscriptionError, match="denied|refused"):
+                await sub.start()
+        finally:
+            await sub.stop()
