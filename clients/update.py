@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-import feedparser
 import httpx
 
 FEED_TYPES = ("atom", "rss", "xml", "rdf")
@@ -50,4 +49,6 @@ class Update:
         """Entries of an Atom/RSS body, parsed with feedparser (``title``, ``link``, ``id``, ...); [] otherwise."""
         if not self.is_feed:
             return []
+        import feedparser  # only when someone reads entries: it is slow to import
+
         return list(feedparser.parse(self.body).entries)

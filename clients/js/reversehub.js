@@ -123,7 +123,7 @@ function randomHex(bytes) {
  */
 export class Endpoint {
   constructor(relay, handler, options = {}) {
-    this.relay = new URL(relay, location.href).href;
+    this.relay = new URL(relay, globalThis.location?.href).href;
     this.handler = handler;
     this.name = options.name || `js-${randomHex(8)}`;
     this.token = options.token || randomHex(24);
@@ -318,7 +318,7 @@ export class Subscription {
   constructor(topic, callback, options = {}) {
     this.topic = topic;
     this.callback = callback;
-    this.hub = options.hub ? new URL(options.hub, location.href).href : null;
+    this.hub = options.hub ? new URL(options.hub, globalThis.location?.href).href : null;
     this.relay = options.relay || null;
     this.useSignature = Boolean(globalThis.crypto && crypto.subtle);
     if (!this.useSignature) console.warn("reversehub: no WebCrypto on this origin; subscribing without hub.secret");
@@ -371,9 +371,10 @@ export class Subscription {
   }
 
   async _subscribe(mode) {
+    let timer;
     const verified = new Promise((resolve, reject) => {
       this._pending.set(mode, { resolve, reject });
-      setTimeout(() => reject(new Error(`hub did not verify the ${mode} in time`)), this.verifyTimeout);
+      timer = setTimeout(() => reject(new Error(`hub did not verify the ${mode} in time`)), this.verifyTimeout);
     });
     verified.catch(() => {});
     try {
@@ -385,6 +386,7 @@ export class Subscription {
       const lease = await verified;
       if (mode === "subscribe") this._scheduleRenewal(lease);
     } finally {
+      clearTimeout(timer);
       this._pending.delete(mode);
     }
   }
