@@ -460,7 +460,8 @@ async def run_cli(*args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
-async def test_cli_subscribe_and_publish(server: Server) -> None:
+async def test_cli_subscribe_and_publish(server: Server, tmp_path: Path) -> None:
+    import base64
     import json
 
     topic = server.topic("cli")
@@ -471,6 +472,14 @@ async def test_cli_subscribe_and_publish(server: Server) -> None:
         assert code == 0, err
         record = json.loads(await sub.line())
         assert record["topic"] == topic and record["body"] == "hello cli" and record["id"]
+        payload = tmp_path / "payload.bin"
+        payload.write_bytes(b"\xff\x00binary")
+        args = ("publish", topic, "--data", f"@{payload}", "--content-type", "application/octet-stream")
+        code, _, err = await run_cli(*args, "--hub", server.hub)
+        assert code == 0, err
+        record = json.loads(await sub.line())
+        assert record["content_type"] == "application/octet-stream" and "body" not in record
+        assert base64.b64decode(record["body_base64"]) == b"\xff\x00binary"
         assert await sub.interrupt() == 0
         rest = (await sub.proc.stderr.read()).decode()  # type: ignore[union-attr]
         assert "[stopped]" in rest
