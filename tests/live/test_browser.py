@@ -155,3 +155,21 @@ async def test_page_reconnects_after_the_server_restarts(browser: Any, database_
         item = page.locator("#updates li").first
         await item.wait_for(timeout=15000)
         assert await item.text_content() == "back again"
+
+
+async def test_page_reregisters_when_the_relay_lost_its_name(browser: Any, server_url: str) -> None:
+    topic = f"{server_url}/topics/browser-lost"
+    page = await open_demo(browser, server_url, topic)
+    await page.evaluate(
+        "() => { window.states = []; const s = window.subscription; const prev = s.onState;"
+        " s.onState = (x) => { window.states.push(x); prev(x); }; }"
+    )
+    private_url = await page.evaluate("() => window.subscription.endpoint._privateUrl")
+    async with httpx.AsyncClient() as http:
+        assert (await http.delete(private_url)).status_code in (200, 204)
+        await page.wait_for_function("window.states.includes('subscribed')", timeout=15000)
+        r = await http.post(f"{server_url}/publish", params={"hub.topic": topic}, content=b"found again")
+        assert r.status_code < 300
+    item = page.locator("#updates li").first
+    await item.wait_for(timeout=15000)
+    assert await item.text_content() == "found again"
