@@ -17,7 +17,7 @@ import click
 import httpx
 
 from clients.endpoint import Endpoint
-from clients.errors import ClientError
+from clients.errors import ClientError, DiscoveryError
 from clients.publisher import Publisher
 from clients.subscriber import Subscriber
 from clients.update import Update
@@ -72,6 +72,8 @@ def subscribe(topic: str, hub: str | None, relay: str | None, as_json: bool, lea
     subscriber = Subscriber(topic, show, hub=hub, relay=relay, lease_seconds=lease_seconds, on_state=_state)
     try:
         subscriber.start()
+    except DiscoveryError as exc:
+        raise click.ClickException(f"{exc}; pass --hub URL") from exc
     except (ClientError, httpx.HTTPError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"subscribed to {subscriber.topic} at {subscriber.hub}", err=True)
