@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -660,3 +660,31 @@ async def test_denied_subscription_raises(database_url: str) -> None:
                 await sub.start()
         finally:
             await sub.stop()
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+async def test_subscriber_across_two_processes(postgres_url: str, redis_url: str) -> None:
+    """Two servers on one PostgreSQL and Redis behind one public URL: the subscriber polls one,
+    the publisher talks to the other, and the update crosses over."""
+    import uuid
+
+    from tests import pgdb
+
+    sep = "&" if "?" in redis_url else "?"
+    broker = f"{redis_url}{sep}prefix=reversehub-clients-{uuid.uuid4().hex[:12]}:"
+    sock_a, sock_b = bound_socket(), bound_socket()
+    port_a = sock_a.getsockname()[1]
+    async with pgdb.scratch_database(postgres_url, migrate=True) as database:
+        settings = replace(live_settings(database, port_a), redis_url=broker)
+        async with (
+            serve_live(create_app(settings), sock=sock_a) as url_a,
+            serve_live(create_app(replace(settings, port=sock_b.getsockname()[1])), sock=sock_b) as url_b,
+        ):
+            inbox = Inbox()
+            topic = f"{url_a}/topics/scaleout"
+            async with Subscriber(topic, inbox, hub=f"{url_a}/hub", **FAST):
+                async with httpx.AsyncClient() as http:
+                    r = await http.post(f"{url_b}/publish", params={"hub.topic": topic}, content=b"from b")
+                    assert r.status_code < 300
+                await wait_for(lambda: inbox.bodies() == [b"from b"])
