@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -57,10 +57,16 @@ def _template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def database_url(_template_db: Path, tmp_path: Path) -> str:
+def database_url(_template_db: Path, tmp_path: Path) -> Iterator[str]:
+    """A fresh SQLite copy; with REVERSEHUB_TEST_DATABASE=postgresql a fresh PostgreSQL database instead."""
+    if os.environ.get("REVERSEHUB_TEST_DATABASE") == "postgresql":
+        from tests import pgdb
+
+        yield from pgdb.per_test_database()
+        return
     path = tmp_path / "reversehub.db"
     shutil.copyfile(_template_db, path)
-    return f"sqlite:///{path}"
+    yield f"sqlite:///{path}"
 
 
 @pytest.fixture

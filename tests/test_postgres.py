@@ -102,3 +102,27 @@ async def test_the_app_starts_on_postgres(make_app, database_url: str) -> None:
     app, client = await make_app()
     assert (await client.get("/healthz")).status_code == 200
     assert app.state.services.engine.dialect.name == "postgresql"
+
+
+@pytest.mark.live
+def test_relay_and_hub_suites_pass_on_postgres(pg_server: str) -> None:
+    """The relay's and the hub's whole suites again, every test on its own PostgreSQL database.
+
+    tests/conftest.py's ``database_url`` switches to PostgreSQL with REVERSEHUB_TEST_DATABASE; a
+    child pytest keeps this run's fixtures (SQLite) apart from that one's.
+    """
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "REVERSEHUB_TEST_DATABASE": "postgresql", "REVERSEHUB_TEST_POSTGRES_URL": pg_server}
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/relay", "tests/hub"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
