@@ -22,6 +22,7 @@ one FIFO per name never reorders the requests of one connection, whatever poller
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import time
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from reversehub.broker import Broker
 from reversehub.settings import Settings
 
 ONLINE_CHANNEL = "relay.online"
+_ID_PREFIX = secrets.token_hex(8) + "-"
+_ids = itertools.count()
 CHANGED_CHANNEL = "relay.changed"
 
 
@@ -69,7 +72,8 @@ class Item:
 
     @classmethod
     def new(cls, client: str, message: bytes) -> Item:
-        return cls(secrets.token_hex(16), client, message)
+        # Unique across processes (random prefix) and cheap (a counter); ids never leave the broker.
+        return cls(f"{_ID_PREFIX}{next(_ids):x}", client, message)
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,8 @@ class Dispatcher:
         if first is None:
             return []
         items = [first]
+        if max_items == 1:
+            return items
         with anyio.CancelScope(shield=True):
             while len(items) < max_items:
                 more = await self.broker.pop(queue, 0)

@@ -15,6 +15,7 @@ relayed request does not touch the database; processes drop entries on ``relay.c
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -24,6 +25,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
+import anyio
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -31,7 +33,8 @@ from relay.errors import InvalidInput, NotFound, TokenMismatch
 from relay.models import Registration
 from reversehub.settings import Settings
 
-CACHE_TTL = 1.0
+# Other processes announce their changes on relay.changed; the TTL only bounds a missed message.
+CACHE_TTL = 5.0
 # RFC 1034 3.5 label (with RFC 1123's leading digit): 1-63 letters, digits and inner hyphens.
 _LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _MAC_SIZE = 16
@@ -134,26 +137,46 @@ class Registry:
         self.sessions = sessions
         self.settings = settings
         self._cache: dict[str, tuple[Reg | None, float]] = {}
+        # One database read per name at a time: concurrent misses wait for it (no thundering herd).
+        self._loading: dict[str, asyncio.Future[Reg | None]] = {}
 
     def forget(self, name: str) -> None:
         self._cache.pop(name, None)
 
     async def lookup(self, name: str) -> Reg | None:
         """The live registration of ``name`` (already lowercased), from the cache when fresh."""
-        now = time.monotonic()
         hit = self._cache.get(name)
-        if hit is not None and hit[1] > now:
+        if hit is not None and hit[1] > time.monotonic():
             reg = hit[0]
         else:
-            async with self.sessions() as session:
-                row = await session.get(Registration, name)
-                reg = _snapshot(row) if row is not None else None
-            if len(self._cache) > 100_000:
-                self._cache.clear()
-            self._cache[name] = (reg, now + CACHE_TTL)
+            reg = await self._load(name)
         if reg is not None and reg.expires_at < time.time() - CACHE_TTL:
             return None  # expired but not swept yet: as good as gone
         return reg
+
+    async def _load(self, name: str) -> Reg | None:
+        pending = self._loading.get(name)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Reg | None] = asyncio.get_running_loop().create_future()
+        self._loading[name] = future
+        try:
+            # Shielded: others wait on this read, and aiosqlite hangs on a query cancelled half-way.
+            with anyio.CancelScope(shield=True):
+                async with self.sessions() as session:
+                    row = await session.get(Registration, name)
+                    reg = _snapshot(row) if row is not None else None
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            self._cache[name] = (reg, time.monotonic() + CACHE_TTL)
+            future.set_result(reg)
+            return reg
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody logs "never retrieved"
+            raise
+        finally:
+            del self._loading[name]
 
     async def by_private_cap(self, cap: str) -> Reg:
         name = cap_name(cap, private=True)

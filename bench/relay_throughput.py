@@ -1,0 +1,238 @@
+"""Relayed versus bare requests per second, on one machine, in one run.
+
+    .venv/bin/python bench/relay_throughput.py [--seconds 5] [--concurrency 64] [--pollers 32] [--pipeline]
+
+1. bare: a one-route Starlette "hello" app under uvicorn (httptools, uvloop), loaded by
+   ``--concurrency`` keep-alive connections;
+2. relayed: ``reversehub serve`` (embedded SQLite, in-process broker, --log-level warning), one
+   registered name, ``--pollers`` pollers answering "hello" at once, and the same load on its public URL.
+
+Servers, the load generator and the pollers are separate processes; the load and the pollers speak
+raw HTTP/1.1 over asyncio sockets (uvloop) so that they cost the server's core as little as possible.
+A relayed request is three HTTP exchanges on the server (request, poll, reply), so relayed/bare
+cannot pass about 0.33 on one server process. ``--pipeline`` lets pollers ask for application/http.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from urllib.parse import urlencode, urlsplit
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_up(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"server at {url} did not come up")
+
+
+# Raw HTTP/1.1 over asyncio streams ------------------------------------------------------------------
+_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.I)
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    m = _LENGTH.search(head)
+    body = await reader.readexactly(int(m.group(1))) if m else b""
+    return status, head, body
+
+
+async def load(host: str, port: int, path: str, concurrency: int, seconds: float, warmup: float) -> None:
+    counts = {"ok": 0, "other": 0}
+    start = time.monotonic()
+    measure_from, measure_to = start + warmup, start + warmup + seconds
+    request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+
+    async def one() -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        while True:
+            writer.write(request)
+            status, _, _ = await read_response(reader)
+            now = time.monotonic()
+            if now > measure_to:
+                break
+            if now >= measure_from:
+                counts["ok" if status == 200 else "other"] += 1
+        writer.close()
+
+    await asyncio.gather(*(one() for _ in range(concurrency)))
+    print(f"{counts['ok'] / seconds:.0f} {counts['other']}", flush=True)
+
+
+async def pollers(first: str, n: int, pipeline: bool) -> None:
+    from relay.wire import parse_requests
+
+    target = urlsplit(first)
+    link = re.compile(rb'<([^>]+)>; rel="next"', re.I)
+    accept = b"application/http" if pipeline else b"message/http"
+    reply = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
+
+    async def poller(url: str) -> None:
+        reader, writer = await asyncio.open_connection(target.hostname, target.port)
+        host = f"{target.hostname}:{target.port}".encode()
+        while True:
+            path = urlsplit(url).path.encode()
+            writer.write(b"GET %s HTTP/1.1\r\nHost: %s\r\nAccept: %s\r\n\r\n" % (path, host, accept))
+            status, head, body = await read_response(reader)
+            m = link.search(head)
+            if status == 204:
+                continue
+            if status != 200 or not m:
+                print("poller got", status, file=sys.stderr)
+                return
+            count = len(parse_requests(body)) if pipeline else 1
+            payload = reply * count
+            ctype = accept
+            writer.write(
+                b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n%s"
+                % (path, host, ctype, len(payload), payload)
+            )
+            await read_response(reader)
+            url = m.group(1).decode()
+
+    # Every poller needs its own chain of request URLs: a refresh of the registration gives one each.
+    urls = [first] + [register(first_gateway(first), "bench") for _ in range(n - 1)]
+    await asyncio.gather(*(poller(u) for u in urls))
+
+
+def first_gateway(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/reversehttp"
+
+
+def register(gateway: str, name: str) -> str:
+    data = urlencode({"name": name, "token": "bench", "lease": "3600"}).encode()
+    with urllib.request.urlopen(urllib.request.Request(gateway, data=data)) as r:
+        found = dict(
+            (rel, url) for url, rel in re.findall(r'<([^>]+)>; rel="(\w+)"', ", ".join(r.headers.get_all("Link")))
+        )
+    return found["first"]
+
+
+# Servers ---------------------------------------------------------------------------------------------
+def serve_bare(port: int) -> None:
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def hello(request: object) -> PlainTextResponse:
+        return PlainTextResponse("hello")
+
+    app = Starlette(routes=[Route("/", hello)])
+    uvicorn.run(
+        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, http="httptools", loop="uvloop"
+    )
+
+
+def spawn(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([PY, *args], cwd=ROOT, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": ROOT})
+
+
+def run_load(port: int, path: str, args: argparse.Namespace) -> tuple[float, int]:
+    proc = spawn(
+        __file__,
+        "--load",
+        f"127.0.0.1:{port}{path}",
+        "--concurrency",
+        str(args.concurrency),
+        "--seconds",
+        str(args.seconds),
+    )
+    out, _ = proc.communicate()
+    rps, other = out.split()
+    return float(rps), int(other)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--warmup", type=float, default=1)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--pollers", type=int, default=32)
+    parser.add_argument("--pipeline", action="store_true")
+    parser.add_argument("--serve-bare", type=int)
+    parser.add_argument("--load")
+    parser.add_argument("--pollers-for")
+    args = parser.parse_args()
+
+    if args.serve_bare:
+        return serve_bare(args.serve_bare)
+    if args.load:
+        import uvloop
+
+        hostport, _, path = args.load.partition("/")
+        host, _, port = hostport.partition(":")
+        return uvloop.run(load(host, int(port), "/" + path, args.concurrency, args.seconds, args.warmup))
+    if args.pollers_for:
+        import uvloop
+
+        return uvloop.run(pollers(args.pollers_for, args.pollers, args.pipeline))
+
+    port = free_port()
+    bare = spawn(__file__, "--serve-bare", str(port))
+    try:
+        wait_up(f"http://127.0.0.1:{port}/")
+        bare_rps, _ = run_load(port, "/", args)
+    finally:
+        stop(bare)
+    print(f"bare:    {bare_rps:8.0f} rps  (concurrency {args.concurrency}, {args.seconds:g} s)", flush=True)
+
+    port = free_port()
+    origin = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as tmp:
+        server = subprocess.Popen(
+            [os.path.join(os.path.dirname(PY), "reversehub"), "serve", "--port", str(port), "--public-url", origin,
+             "--database-url", f"sqlite:///{tmp}/bench.db", "--log-level", "warning", "--reply-timeout", "60"],
+            cwd=ROOT,
+        )  # fmt: skip
+        try:
+            wait_up(origin + "/healthz")
+            first = register(origin + "/reversehttp", "bench")
+            poll_args = ["--pollers-for", first, "--pollers", str(args.pollers)]
+            poll = spawn(__file__, *poll_args, *(["--pipeline"] if args.pipeline else []))
+            try:
+                relayed_rps, failed = run_load(port, "/relay/bench/", args)
+            finally:
+                poll.kill()
+        finally:
+            stop(server)
+    mode = "application/http pipelines" if args.pipeline else "message/http"
+    print(f"relayed: {relayed_rps:8.0f} rps  ({args.pollers} pollers, {mode}, {failed} non-200)")
+    print(f"relayed/bare = {relayed_rps / bare_rps:.3f}")
+
+
+if __name__ == "__main__":
+    main()
