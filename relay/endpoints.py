@@ -24,7 +24,6 @@ from relay.errors import BodyTooLarge, HeadersTooLarge, InvalidInput, NotFound, 
 from relay.queue import Item
 from relay.registry import _LABEL, Reg
 from relay.service import Park, Relay
-from relay.wire import WireError, parse_response
 from reversehub.broker import BrokerClosed, BrokerUnavailable
 
 logger = logging.getLogger(__name__)
@@ -34,7 +33,6 @@ MAX_FORM = 64 * 1024
 _HOP_BY_HOP = frozenset(
     [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"trailer", b"upgrade"]
 )
-_OUTCOMES = {200: "replied", 404: "not_found", 413: "too_large", 431: "too_large", 502: "bad_reply", 503: "unavailable"}
 
 
 def _relay(scope: Scope) -> Relay:
@@ -111,6 +109,19 @@ def _embed(scope: Scope, body: bytes, max_count: int, max_size: int) -> bytes:
     return b"\r\n".join(lines)
 
 
+def _unpack_reply(raw: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """A response the relay serialized itself (validated, Content-Length framed) -> ASGI parts."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    headers = []
+    for line in lines[1:]:
+        key, _, value = line.partition(b": ")
+        key = key.lower()
+        if key not in _HOP_BY_HOP and key != b"content-length":
+            headers.append((key, value))
+    return int(lines[0][9:12]), headers, body
+
+
 async def public(scope: Scope, receive: Receive, send: Send) -> None:
     """Any request to ``/relay/{name}/...``: queue it for the application and relay its reply."""
     relay = _relay(scope)
@@ -124,25 +135,19 @@ async def public(scope: Scope, receive: Receive, send: Send) -> None:
             raise NotFound("no such registration")
         body = await _read_body(receive, settings.max_body_size)
         item = Item.new(_client(scope), _embed(scope, body, settings.max_header_count, settings.max_header_size))
-        raw = await relay.relay(name, item)
-        response = parse_response(raw)
-        headers = [
-            (k.lower().encode("latin-1"), v.encode("latin-1"))
-            for k, v in response.headers
-            if k.lower().encode("latin-1") not in _HOP_BY_HOP and k.lower() != "content-length"
-        ]
-        status, outcome = response.status, "replied"
-        await _send(send, status, headers, response.body)
+        status, headers, body = _unpack_reply(await relay.relay(name, item))
+        outcome = "replied"
+        await _send(send, status, headers, body)
     except RelayError as exc:
         status, outcome = exc.status, type(exc).__name__
         await _send_error(send, exc)
-    except (BrokerUnavailable, BrokerClosed, WireError):
+    except (BrokerUnavailable, BrokerClosed):
         logger.warning("relay error for %s", name, exc_info=True)
         status, outcome = 503, "Unavailable"
         await _send_error(send, Unavailable())
     finally:
         elapsed = time.perf_counter() - start
-        relay.metrics.requests.labels(outcome).inc()
+        relay.metrics.count(outcome)
         if outcome == "replied":
             relay.metrics.latency.observe(elapsed)
         # One line per relayed request: no path or query (they may carry secrets), no capability.

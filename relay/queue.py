@@ -22,6 +22,7 @@ one FIFO per name never reorders the requests of one connection, whatever poller
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import secrets
 import time
@@ -139,11 +140,11 @@ class Dispatcher:
                     if not taken and await self.broker.remove(queue, raw):
                         raise NoPoller()
                     raise NoReply()
-                message: bytes | None = None
-                with anyio.move_on_after(remaining if taken else min(settings.unavailable_timeout, remaining)):
-                    message = await sub.get()
-                if message is not None:
-                    return _reply_or_raise(message)
+                try:
+                    async with asyncio.timeout(remaining if taken else min(settings.unavailable_timeout, remaining)):
+                        return _reply_or_raise(await sub.get())
+                except TimeoutError:
+                    pass
                 if not taken and await self.broker.get(seen_key(name)) is None:
                     if await self.broker.remove(queue, raw):
                         raise NoPoller()
