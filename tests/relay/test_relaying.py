@@ -368,3 +368,40 @@ async def test_metrics_count_outcomes_and_latency(client):
     assert 'relay_requests_total{outcome="NotFound"} 1.0' in text
     assert "relay_latency_seconds_count 1.0" in text
     assert "relay_registrations" in text and "relay_pollers_waiting 0.0" in text
+
+
+async def test_two_processes_share_one_relay_through_redis(make_app, redis_url):
+    """Register and request on one app, poll and reply on another: nothing assumes one process."""
+    import secrets
+
+    from reversehub.broker.redis import RedisBroker
+
+    url = f"{redis_url}?prefix=relaytest-{secrets.token_hex(4)}:"
+    brokers = [RedisBroker(url), RedisBroker(url)]
+    try:
+        app1, one = await make_app(broker=brokers[0])
+        app2, two = await make_app(broker=brokers[1])
+        urls = await register(one, "multi")
+        result = {}
+        async with anyio.create_task_group() as tg:
+
+            async def requester():
+                result["r"] = await one.post("/relay/multi/x", content=b"ping")
+
+            tg.start_soon(requester)
+            raw, nxt = await serve_one(two, urls["first"], body=b"pong")
+        assert parse_request(raw).body == b"ping"
+        assert (result["r"].status_code, result["r"].text) == (200, "pong")
+        # A delete on one process ends the other's held poll with 410.
+        async with anyio.create_task_group() as tg:
+
+            async def poll():
+                result["poll"] = await two.get(nxt)
+
+            tg.start_soon(poll)
+            await pollers_waiting(two, 1)
+            assert (await one.delete(urls["location"])).status_code == 204
+        assert result["poll"].status_code == 410
+    finally:
+        for broker in brokers:
+            await broker.aclose()
