@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import anyio
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relay.errors import InvalidInput, NotFound, TokenMismatch
@@ -200,6 +201,14 @@ class Registry:
         lease = parse_lease(raw_lease, self.settings)
         # No token: act as if a fresh random one was given (first come, first served).
         token_hash = hash_token(token if token is not None else secrets.token_urlsafe(32))
+        try:
+            return await self._register(name, token_hash, lease)
+        except IntegrityError:
+            # Two first registrations of one name raced (SQLite has no row lock to wait on):
+            # the loser now finds the row and refreshes it or gets 403, like any later comer.
+            return await self._register(name, token_hash, lease)
+
+    async def _register(self, name: str, token_hash: str, lease: float | None) -> tuple[Reg, bool]:
         now = time.time()
         async with self.sessions.begin() as session:
             row = await session.get(Registration, name, with_for_update=True)

@@ -178,3 +178,16 @@ async def _wait_pollers(client, n: int) -> None:
         return f"relay_pollers_waiting {float(n)}" in r.text
 
     await wait_for(ready)
+
+
+async def test_concurrent_first_registrations_of_one_name(client):
+    codes: list[int] = []
+
+    async def one(token: str) -> None:
+        codes.append((await client.post("/reversehttp", data={"name": "race", "token": token})).status_code)
+
+    async with anyio.create_task_group() as tg:
+        for token in ["a", "b", "a", "b", "a", "b"]:
+            tg.start_soon(one, token)
+    assert codes.count(201) == 1
+    assert 500 not in codes and set(codes) <= {201, 204, 403}
