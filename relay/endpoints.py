@@ -187,11 +187,17 @@ async def request_url(scope: Scope, receive: Receive, send: Send) -> None:
 async def _poll(relay: Relay, cap: str, scope: Scope, receive: Receive, send: Send) -> None:
     kind = envelope.choose(_header(scope, b"accept"))
     park = Park()
-    watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, park))
+    watcher: asyncio.Task[None] | None = None
+
+    def watch() -> None:
+        nonlocal watcher
+        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, park))
+
     try:
-        delivery = await relay.poll(cap, kind, park)
+        delivery = await relay.poll(cap, kind, park, watch)
     finally:
-        watcher.cancel()
+        if watcher is not None:
+            watcher.cancel()
     headers = [(b"cache-control", b"no-store")]
     if delivery is None:
         # The same URL stays usable: the original clients poll it again after a 204.

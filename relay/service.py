@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import anyio
 from prometheus_client import Counter, Gauge, Histogram
@@ -156,10 +157,12 @@ class Relay:
             raise NotFound("no such request URL")
         return reg
 
-    async def poll(self, cap: str, kind: str, park: Park) -> Delivery | None:
+    async def poll(self, cap: str, kind: str, park: Park, watch: Callable[[], object] | None = None) -> Delivery | None:
         """GET on a request URL: the delivery (200) or None (204: poll timeout, shutdown, disconnect).
 
         A URL already bound to a delivery gives it again; after a 204 the same URL stays usable.
+        ``watch()`` is called only when the poll has to wait (the endpoint then starts watching for
+        a disconnect): a busy application whose queue is not empty is served without it.
         """
         reg = await self._request_reg(cap)
         name = reg.name
@@ -170,11 +173,30 @@ class Relay:
             return None
         await self.dispatcher.mark_polling(name, self.public_url(name))
         self._active.add(name)
+        max_items = self.settings.max_pipeline if kind == envelope.PIPELINE else 1
+        raw_items = await self.dispatcher.take(name, 0, max_items)
+        if not raw_items:
+            raw_items = await self._park(name, park, max_items, watch)
+        if park.reason in ("gone", "disconnect"):
+            if raw_items:
+                await self.dispatcher.put_back(name, raw_items)
+            if park.reason == "gone":
+                raise Gone()
+            await self.dispatcher.mark_gone(name)
+            return None
+        if not raw_items:
+            return None
+        delivery = Delivery(request_cap(reg), kind, [Item.unpack(r) for r in raw_items])
+        return await self.dispatcher.bind(name, cap, delivery, raw_items)
+
+    async def _park(self, name: str, park: Park, max_items: int, watch: Callable[[], object] | None) -> list[bytes]:
+        """Wait for queued requests; a DELETE, a disconnect or shutdown ends the wait (park.reason)."""
+        if watch is not None:
+            watch()
         parked = self._parked.setdefault(name, set())
         parked.add(park)
         self.metrics.pollers.inc()
         raw_items: list[bytes] = []
-        max_items = self.settings.max_pipeline if kind == envelope.PIPELINE else 1
         try:
             if park.reason is None:
                 park.task = asyncio.current_task()
@@ -192,17 +214,7 @@ class Relay:
             if not parked:
                 self._parked.pop(name, None)
             self.metrics.pollers.dec()
-        if park.reason in ("gone", "disconnect"):
-            if raw_items:
-                await self.dispatcher.put_back(name, raw_items)
-            if park.reason == "gone":
-                raise Gone()
-            await self.dispatcher.mark_gone(name)
-            return None
-        if not raw_items:
-            return None
-        delivery = Delivery(request_cap(reg), kind, [Item.unpack(r) for r in raw_items])
-        return await self.dispatcher.bind(name, cap, delivery, raw_items)
+        return raw_items
 
     async def undeliver(self, cap: str, delivery: Delivery) -> None:
         """The poller went away after its delivery was bound: put the requests back in the queue."""
