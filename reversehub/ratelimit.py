@@ -28,17 +28,17 @@ from prometheus_client import CollectorRegistry, Counter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from reversehub.security import (
-    BodyTooLarge,
     Denial,
+    Form,
+    FormRefused,
     client_host,
     form_value,
-    form_values,
     in_networks,
     is_form,
     is_in_process,
     parse_networks,
     peek_form,
-    query_values,
+    publish_request,
 )
 from reversehub.services import Services
 from reversehub.settings import Settings
@@ -97,14 +97,15 @@ def _host(url: str | None) -> str:
 
 
 async def classify(scope: Scope, receive: Receive, max_form: int) -> tuple[str | None, list[str], Receive]:
-    """(class, ["KEY=name", ...], receive) for a request; class None: not limited."""
+    """(class, ["KEY=name", ...], receive) for a request; class None: not limited.
+
+    Bodies are read as the relay and the hub read them (reversehub.security.publish_request).
+    """
     method, path = scope["method"], scope["path"]
     if path == "/reversehttp" and method == "POST":
-        names: list[str] = []
-        if is_form(scope):
-            form, receive = await peek_form(scope, receive, max_form)
-            names = [f"name={n.lower()}" for n in form_values(form, "name")[:1]]
-        return "registration", names, receive
+        fields, receive = await peek_form(scope, receive, max_form)
+        name = form_value(fields, "name")
+        return "registration", [f"name={name.lower()}"] if name else [], receive
     if path.startswith("/reversehttp/p/") and method in ("PUT", "DELETE"):
         return "registration", [], receive
     if path.startswith("/reversehttp/r/") and method == "GET":
@@ -114,16 +115,13 @@ async def classify(scope: Scope, receive: Receive, max_form: int) -> tuple[str |
         return "relay", [f"name={name}"] if name else [], receive
     if method != "POST" or path not in ("/publish", "/hub"):
         return None, [], receive
-    if not is_form(scope):
-        if path == "/publish":
-            return "publish", [f"topic={t}" for t in query_values(scope, "hub.topic")], receive
-        return "subscribe", [], receive
-    form, receive = await peek_form(scope, receive, max_form)
-    mode = form_value(form, "hub.mode")
-    if path == "/publish" or mode == "publish":
-        topics = form_values(form, "hub.url") + form_values(form, "hub.topic")
-        return "publish", [f"topic={t}" for t in topics], receive
-    return "subscribe", [f"callback-host={_host(form_value(form, 'hub.callback'))}"], receive
+    form: Form | None = None
+    if path == "/hub" or is_form(scope):
+        form, receive = await peek_form(scope, receive, max_form)
+    request = publish_request(path, scope, form)
+    if request is not None:
+        return "publish", [f"topic={t}" for t in request[1]], receive
+    return "subscribe", [f"callback-host={_host(form_value(form or [], 'hub.callback'))}"], receive
 
 
 class RateLimitMiddleware:
@@ -149,8 +147,8 @@ class RateLimitMiddleware:
             return
         try:
             kind, names, receive = await classify(scope, receive, self.settings.max_form_size)
-        except BodyTooLarge as exc:
-            await Denial(413, str(exc))(scope, receive, send)
+        except FormRefused as exc:
+            await Denial(exc.status, str(exc))(scope, receive, send)
             return
         if kind is not None:
             denial = await self._check(services, kind, client_host(scope) or "-", names)

@@ -40,6 +40,7 @@ Form = list[tuple[str, str]]
 FORM_TYPE = "application/x-www-form-urlencoded"
 # Scope key under which the first middleware that read a form body leaves it for the next one.
 _FORM_KEY = "reversehub.form"
+MAX_FIELDS = 1000
 # The client reversehub.transport.OwnOriginTransport gives requests the server makes to itself.
 IN_PROCESS_CLIENT = ("127.0.0.1", 0)
 
@@ -137,8 +138,13 @@ def is_in_process(scope: Scope) -> bool:
 
 
 # Bodies -----------------------------------------------------------------------------------------
-class BodyTooLarge(ValueError):
-    """A body we had to read to decide on the request is larger than ``max_form_size``."""
+class FormRefused(ValueError):
+    """A form we had to read to decide on the request is one we will not read (too large, too many
+    fields): refused outright, since the app would read what we could not check."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
 
 
 def is_form(scope: Scope) -> bool:
@@ -147,10 +153,10 @@ def is_form(scope: Scope) -> bool:
 
 
 async def peek_form(scope: Scope, receive: Receive, limit: int) -> tuple[Form, Receive]:
-    """Read a form body without consuming it: the fields, and a ``receive`` that replays the body.
+    """Read a body as a form without consuming it: the fields, and a ``receive`` that replays the body.
 
     The body is read once per request; a later middleware finds the fields in the scope. Raises
-    :class:`BodyTooLarge` past ``limit`` bytes (nothing is buffered beyond it).
+    :class:`FormRefused` past ``limit`` bytes (nothing is buffered beyond it) or ``MAX_FIELDS``.
     """
     cached: Form | None = scope.get(_FORM_KEY)
     if cached is not None:
@@ -166,14 +172,14 @@ async def peek_form(scope: Scope, receive: Receive, limit: int) -> tuple[Form, R
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise BodyTooLarge(f"form body larger than {limit} bytes")
+            raise FormRefused(413, f"form body larger than {limit} bytes")
         chunks.append(chunk)
         more = message.get("more_body", False)
     body = b"".join(chunks)
     try:
-        fields = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=1000)
+        fields = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=MAX_FIELDS)
     except ValueError:
-        fields = []  # too many fields: the app itself will refuse the form
+        raise FormRefused(400, f"form with more than {MAX_FIELDS} fields") from None
     scope[_FORM_KEY] = fields
     return fields, _replay(body, receive)
 
@@ -194,8 +200,34 @@ def form_values(form: Form, key: str) -> list[str]:
 
 
 def form_value(form: Form, key: str) -> str | None:
+    """The *last* value, as the relay and the hub read a form (a dict, a multidict's ``get``):
+    checking the first while the app acts on the last would let ``hub.mode=x&hub.mode=publish`` by."""
     values = form_values(form, key)
-    return values[0] if values else None
+    return values[-1] if values else None
+
+
+def ping_topics(form: Form) -> list[str]:
+    """Topics of a publish ping: ``hub.url`` (PubSubHubbub 0.3/0.4), ``hub.url[]``, ``hub.topic``."""
+    return [v for k, v in form if k in ("hub.url", "hub.url[]", "hub.topic")]
+
+
+def publish_request(path: str, scope: Scope, form: Form | None) -> tuple[bool, list[str]] | None:
+    """Whether a ``POST`` to ``/hub`` or ``/publish`` publishes, read as the hub reads it
+    (``hub.endpoints``, ``hub.publish.parse``): (fat, topics), or None when it does not publish.
+
+    ``form`` is the body read as a form: for ``/hub`` always (the hub reads any body as a form),
+    for ``/publish`` only with a form Content-Type (else None: the body is content).
+    """
+    if path == "/hub":
+        return (False, ping_topics(form or [])) if form_value(form or [], "hub.mode") == "publish" else None
+    query_topics = query_values(scope, "hub.topic")
+    if form is not None:
+        keys = {k for k, _ in form}
+        if form_value(form, "hub.mode") == "publish" or keys & {"hub.url", "hub.url[]"}:
+            return False, ping_topics(form)
+        if not query_topics and "hub.topic" in keys:
+            return False, ping_topics(form)
+    return True, query_topics
 
 
 def query_values(scope: Scope, key: str) -> list[str]:
@@ -236,32 +268,40 @@ class SecurityMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if scope["method"] != "POST":
-            if (scope["method"], scope["path"]) in LISTINGS and self.settings.admin_token is not None:
-                if not token_matches(presented_token(Headers(scope=scope)), self.settings.admin_token):
-                    await Denial(401, "admin token required", BEARER_CHALLENGE)(scope, receive, send)
-                    return
-            await self.app(scope, receive, send)
-            return
-        path = scope["path"]
         try:
-            if path == "/reversehttp":
-                denied, receive = await self._registration(scope, receive)
-            elif path == "/publish":
-                denied, receive = await self._publish(scope, receive)
-            elif path == "/hub" and self.guard_publish and is_form(scope):
-                form, receive = await peek_form(scope, receive, self.settings.max_form_size)
-                denied = None
-                if form_value(form, "hub.mode") == "publish":
-                    denied = self._publish_denied(scope, _ping_topics(form), fat=False)
-            else:
-                denied = None
-        except BodyTooLarge as exc:
-            denied = Denial(413, str(exc))
+            denied, receive = await self._check(scope, receive)
+        except FormRefused as exc:
+            denied = Denial(exc.status, str(exc))
         if denied is not None:
             await denied(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+    async def _check(self, scope: Scope, receive: Receive) -> tuple[Denial | None, Receive]:
+        method, path = scope["method"], scope["path"]
+        if (method, path) in LISTINGS and self.settings.admin_token is not None:
+            if not token_matches(presented_token(Headers(scope=scope)), self.settings.admin_token):
+                return Denial(401, "admin token required", BEARER_CHALLENGE), receive
+            return None, receive
+        if method != "POST":
+            return None, receive
+        if path == "/reversehttp":
+            return await self._registration(scope, receive)
+        form: Form | None = None
+        if path == "/hub" and self.guard_publish:
+            form, receive = await peek_form(scope, receive, self.settings.max_form_size)
+        elif path == "/publish":
+            if is_form(scope):
+                form, receive = await peek_form(scope, receive, self.settings.max_form_size)
+        else:
+            return None, receive
+        request = publish_request(path, scope, form)
+        if request is None:
+            return None, receive
+        fat, topics = request
+        if not fat and not self.guard_publish:
+            return None, receive  # hub.url pings are open: the hub fetches the content itself
+        return self._publish_denied(scope, topics, fat=fat), receive
 
     async def _registration(self, scope: Scope, receive: Receive) -> tuple[Denial | None, Receive]:
         settings = self.settings
@@ -270,20 +310,13 @@ class SecurityMiddleware:
             if not token_matches(token, settings.registration_token):
                 challenge = {"WWW-Authenticate": 'Bearer realm="reversehub", Basic realm="reversehub"'}
                 return Denial(401, "registration token required", challenge), receive
-        if settings.reserve_name and is_form(scope):
+        if settings.reserve_name:
+            # Whatever its Content-Type: the relay reads the body as a form.
             form, receive = await peek_form(scope, receive, settings.max_form_size)
             reason = reserved_name_denied(settings, form_value(form, "name") or "", form_value(form, "token"))
             if reason is not None:
                 return Denial(403, reason), receive
         return None, receive
-
-    async def _publish(self, scope: Scope, receive: Receive) -> tuple[Denial | None, Receive]:
-        if is_form(scope):
-            if not self.guard_publish:
-                return None, receive  # hub.url pings are open
-            form, receive = await peek_form(scope, receive, self.settings.max_form_size)
-            return self._publish_denied(scope, _ping_topics(form), fat=False), receive
-        return self._publish_denied(scope, query_values(scope, "hub.topic"), fat=True), receive
 
     def _publish_denied(self, scope: Scope, topics: list[str], *, fat: bool) -> Denial | None:
         token = presented_token(Headers(scope=scope))
@@ -294,8 +327,3 @@ class SecurityMiddleware:
         if reason.startswith("publish token"):
             return Denial(401, reason, BEARER_CHALLENGE)
         return Denial(403, reason)
-
-
-def _ping_topics(form: Form) -> list[str]:
-    """Topics of a PubSubHubbub publish ping: ``hub.url`` (0.3/0.4), also ``hub.topic``."""
-    return form_values(form, "hub.url") + form_values(form, "hub.topic")

@@ -215,6 +215,58 @@ async def test_topic_tokens():
     assert own_ok.status_code == mixed.status_code == other.status_code == fat.status_code == 200
 
 
+# The middleware must read a request exactly as the relay and the hub do: any difference is a bypass.
+async def test_hub_reads_any_body_as_a_form(make_app):
+    _, client = await make_app(publish_token="s3cret")
+    ping = b"hub.mode=publish&hub.url=http%3A%2F%2Ft.test%2Ffeed"
+    for content_type in (None, "text/plain", "application/octet-stream"):
+        headers = {"Content-Type": content_type} if content_type else {}
+        assert (await client.post("/hub", content=ping, headers=headers)).status_code == 401, content_type
+    ok = await client.post("/hub", content=ping, headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 204  # the hub took it as a ping
+
+
+async def test_the_last_hub_mode_counts(make_app):
+    _, client = await make_app(publish_token="s3cret")
+    r = await client.post("/hub", data={"hub.mode": ["subscribe", "publish"], "hub.url": "http://t.test/feed"})
+    assert r.status_code == 401
+
+
+async def test_every_way_to_name_a_ping_topic(make_app):
+    _, client = await make_app(topic_token=("http://t.test/*=t1",))
+    for key in ("hub.url", "hub.url[]", "hub.topic"):
+        r = await client.post("/publish", data={"hub.mode": "publish", key: "http://t.test/feed"})
+        assert r.status_code == 401, key
+
+
+async def test_a_form_typed_body_that_is_no_ping_is_a_fat_ping(make_app):
+    """The hub distributes a form-typed body that names no hub.url as content: the fat-ping rule applies."""
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    _, outside = await make_app()
+    r = await outside.post("/publish?hub.topic=http://t.test/feed", content=b"a=b", headers=form)
+    assert r.status_code == 403 and "trusted networks" in r.text
+    _, trusted = await make_app(trusted_networks=("0.0.0.0/0",))
+    r = await trusted.post("/publish?hub.topic=http://t.test/feed", content=b"a=b", headers=form)
+    assert r.status_code == 204
+
+
+async def test_too_many_fields_are_refused_not_skipped(make_app):
+    _, client = await make_app(publish_token="s3cret")
+    body = "&".join(f"x{i}=1" for i in range(1200)) + "&hub.mode=publish&hub.url=http%3A%2F%2Ft.test%2F"
+    r = await client.post("/hub", content=body.encode(), headers=FORM)
+    assert r.status_code == 400
+
+
+async def test_reserved_names_whatever_the_content_type_and_the_last_name(make_app):
+    _, client = await make_app(reserve_name=("alice=mine",))
+    r = await client.post("/reversehttp", content=b"name=alice&token=guess")
+    assert r.status_code == 403
+    r = await client.post("/reversehttp", data={"name": ["bob", "alice"], "token": "guess"})
+    assert r.status_code == 403
+    r = await client.post("/reversehttp", data={"name": "alice", "token": ["guess", "mine"]})
+    assert r.status_code == 201
+
+
 async def test_form_body_too_large():
     app = echo_app(guarded(publish_token="s3cret", max_form_size=100))
     async with client_for(app) as c:
