@@ -18,7 +18,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from relay import envelope
 from relay.errors import BadReply, Gone, InvalidInput, NotFound, RelayError, Withdrawn
-from relay.queue import CHANGED_CHANNEL, Delivery, Dispatcher, Item, seen_key
+from relay.queue import CHANGED_CHANNEL, Delivery, Dispatcher, Item, queue_key, seen_key
 from relay.registry import Reg, Registry, cap_name, cap_valid, private_cap, request_cap
 from relay.wire import serialize_response
 from reversehub.services import Services
@@ -201,7 +201,11 @@ class Relay:
             if park.reason is None:
                 park.task = asyncio.current_task()
                 try:
-                    raw_items = await self.dispatcher.take(name, self.settings.poll_timeout, max_items)
+                    if max_items == 1:  # one frame less per held poll than going through take()
+                        raw = await self.broker.pop(queue_key(name), self.settings.poll_timeout)
+                        raw_items = [raw] if raw is not None else []
+                    else:
+                        raw_items = await self.dispatcher.take(name, self.settings.poll_timeout, max_items)
                 except asyncio.CancelledError:
                     if park.task is None or park.reason is None:
                         raise  # not ours: the server is cancelling this request
