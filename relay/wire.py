@@ -124,15 +124,15 @@ class _Reader:
             if line[:1] in (b" ", b"\t"):
                 if not headers:
                     raise WireError("continuation line before any header")
-                name, value = headers[-1]
-                headers[-1] = (name, f"{value} {line.strip().decode('latin-1')}".strip())
+                last_name, last_value = headers[-1]
+                headers[-1] = (last_name, f"{last_value} {line.strip().decode('latin-1')}".strip())
                 continue
-            name, sep, value = line.partition(b":")
-            if not sep or not _TOKEN.match(name):
+            raw_name, sep, raw_value = line.partition(b":")
+            if not sep or not _TOKEN.match(raw_name):
                 raise WireError("malformed header line")
-            if b"\x00" in value:
+            if b"\x00" in raw_value:
                 raise WireError("NUL in header value")
-            headers.append((name.decode("latin-1"), value.strip(b" \t").decode("latin-1")))
+            headers.append((raw_name.decode("latin-1"), raw_value.strip(b" \t").decode("latin-1")))
             if len(headers) > self.max_headers:
                 raise WireError("too many headers")
         return first, headers
