@@ -57,7 +57,7 @@ class Hub:
         self.guard = NetGuard(self.settings)
         self.outbox = Outbox(services, self.guard, self.metrics, self.hub_url)
         self.fetcher = Fetcher(services, self.guard, self.metrics, on_enqueued=self.outbox.wake)
-        self.verifier = Verifier(services, self.guard, baseline=self.fetcher.baseline)
+        self.verifier = Verifier(services, self.guard, baseline=self.fetcher.baseline, on_queued=self.outbox.wake)
         self._closing = False
 
     # -- lifecycle -----------------------------------------------------------------------------
