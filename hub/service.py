@@ -18,12 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
+from sqlalchemy import func, select
 
 from hub import store, sup
 from hub.errors import NotFound, NotOwner
 from hub.fetcher import Fetcher
 from hub.metrics import HubMetrics
-from hub.models import Subscription, Topic
+from hub.models import Delivery, Subscription, Topic
 from hub.netguard import NetGuard
 from hub.outbox import Outbox
 from hub.publish import FatPing, Ping
@@ -166,10 +167,6 @@ class Hub:
 
     async def status(self, callback: str, topic: str, timestamp: int, proof: str) -> Status:
         sub = await self.owned(callback, topic, timestamp, proof)
-        from sqlalchemy import func, select
-
-        from hub.models import Delivery
-
         async with self.services.sessions() as s:
             pending = (
                 await s.execute(
@@ -190,8 +187,6 @@ class Hub:
     async def sup_document(self, seconds: int | None) -> bytes:
         period = seconds if seconds in SUP_PERIODS else SUP_PERIODS[0]
         now = time.time()
-        from sqlalchemy import select
-
         async with self.services.sessions() as s:
             rows = (
                 await s.execute(
