@@ -144,20 +144,16 @@ async def find(sessions: async_sessionmaker[AsyncSession], topic: str, callback:
 
 async def count_for_host(sessions: async_sessionmaker[AsyncSession], host: str, callback: str) -> int:
     """Active subscriptions whose callback is on ``host``, not counting ``callback`` itself (a renewal
-    adds nothing)."""
+    adds nothing). Counted in SQL by URL shape: this runs for every subscribe."""
+    pattern = host.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    on_host = or_(
+        Subscription.callback.like(f"%://{pattern}/%", escape="\\"),
+        Subscription.callback.like(f"%://{pattern}:%", escape="\\"),
+        Subscription.callback.like(f"%://{pattern}", escape="\\"),
+    )
     async with sessions() as s:
-        rows = await s.execute(
-            select(Subscription.callback)
-            .where(Subscription.state == ACTIVE, Subscription.callback != callback)
-            .where(or_(Subscription.callback.like(f"%://{host}/%"), Subscription.callback.like(f"%://{host}:%")))
-        )
-        return sum(1 for (cb,) in rows if _host_of(cb) == host)
-
-
-def _host_of(url: str) -> str:
-    from urllib.parse import urlsplit
-
-    return urlsplit(url).hostname or ""
+        count = select(func.count()).where(Subscription.state == ACTIVE, Subscription.callback != callback, on_host)
+        return int((await s.execute(count)).scalar_one())
 
 
 async def expire_leases(sessions: async_sessionmaker[AsyncSession], now: float) -> int:
