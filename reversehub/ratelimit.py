@@ -148,17 +148,18 @@ class RateLimitMiddleware:
             exempt = self._exempt[host] = in_networks(host, self.exempt)
         return exempt
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.window <= 0 or "app" not in scope:
-            await self.app(scope, receive, send)
-            return
-        services: Services | None = scope["app"].state.services
+    def unlimited(self, scope: Scope) -> bool:
+        """No limit applies to this request: limits off, the app not started, an exempt or in-process client."""
+        if scope["type"] != "http" or self.window <= 0 or "app" not in scope or scope["app"].state.services is None:
+            return True
         client = scope.get("client")
-        if services is None or (
-            client is not None and (tuple(client) == IN_PROCESS_CLIENT or self.is_exempt(str(client[0])))
-        ):
+        return client is not None and (tuple(client) == IN_PROCESS_CLIENT or self.is_exempt(str(client[0])))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.unlimited(scope):
             await self.app(scope, receive, send)
             return
+        services: Services = scope["app"].state.services
         try:
             kind, names, receive = await classify(scope, receive, self.settings.max_form_size)
         except FormRefused as exc:
