@@ -18,6 +18,8 @@ import anyio
 import httpx
 from starlette.types import ASGIApp, Message
 
+from reversehub.transport import OwnOriginTransport
+
 IN_PROCESS_CLIENT = ("127.0.0.1", 0)
 
 
@@ -25,11 +27,16 @@ class SendFailed(Exception):
     """The app raised or never started a response."""
 
 
+def own_transport(http: httpx.AsyncClient) -> OwnOriginTransport | None:
+    """``services.http``'s transport when it is ours (httpx offers no public accessor for it)."""
+    transport = getattr(http, "_transport", None)
+    return transport if isinstance(transport, OwnOriginTransport) else None
+
+
 def own_app(http: httpx.AsyncClient) -> ASGIApp | None:
     """The app behind ``services.http``'s in-process transport, when it has one."""
-    own = getattr(getattr(http, "_transport", None), "_own", None)
-    app = getattr(own, "app", None)
-    return app if callable(app) else None
+    transport = own_transport(http)
+    return transport.app if transport is not None else None
 
 
 async def post(app: ASGIApp, url: str, headers: dict[str, str], body: bytes, timeout: float) -> int:

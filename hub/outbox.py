@@ -72,8 +72,8 @@ def _default_outbound(services: Services) -> bool:
     """True when callbacks off our own origin go to the real network (no transport was injected):
     then the lean :class:`~hub.sender.Sender` sends them. Injected transports (tests, peers behind
     httpx.MockTransport) keep getting every request through services.http."""
-    own = getattr(services.http, "_transport", None)
-    return isinstance(getattr(own, "_outbound", None), httpx.AsyncHTTPTransport)
+    own = local.own_transport(services.http)
+    return own is not None and isinstance(own.outbound, httpx.AsyncHTTPTransport)
 
 
 class Outbox:

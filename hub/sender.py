@@ -3,12 +3,14 @@
 httpx costs about a millisecond of CPU per request (measured: 1,018 us per POST to a local server,
 one core); a fan-out to thousands of callbacks needs a small fraction of that. This client does
 one thing: ``POST`` with the headers it is given, over keep-alive connections pooled per origin
-(``scheme://host:port``), parsing only the status line and the framing of the response
-(Content-Length, chunked, or read-to-close). Response bodies are read up to a small limit and
-dropped; a connection whose response was not read to its end is closed rather than reused.
+(``scheme://host:port``). The protocol work (request framing, header validation, the status line,
+Content-Length / chunked / read-to-close bodies, whether a connection may be reused) is h11's;
+this module only moves bytes over asyncio streams. Response bodies are read up to a small limit and
+dropped; a connection is reused only when h11 says both sides finished the exchange cleanly.
 
-Anything unusual (a 1xx, a malformed response) ends in :class:`SendError`, which the outbox treats
-like any failed attempt: it retries. Verification and topic fetches stay on ``services.http``.
+A malformed response, a timeout or a closed connection ends in :class:`SendError`, which the
+outbox treats like any failed attempt: it retries. Verification and topic fetches stay on
+``services.http``.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ import ssl
 from collections import defaultdict
 from urllib.parse import urlsplit
 
+import h11
+
 MAX_HEAD = 64 * 1024
 MAX_DRAIN = 64 * 1024
+READ_SIZE = 64 * 1024
 IDLE_PER_ORIGIN = 64
 
 
@@ -27,11 +32,16 @@ class SendError(Exception):
     """The request could not be sent or its response not read."""
 
 
+class _Stale(Exception):
+    """The connection closed before any byte of a response arrived."""
+
+
 class _Conn:
-    __slots__ = ("reader", "writer")
+    __slots__ = ("h11", "reader", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
 
     def close(self) -> None:
         self.writer.close()
@@ -50,22 +60,23 @@ class Sender:
         host = parts.hostname or ""
         port = parts.port or (443 if scheme == "https" else 80)
         target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
-        host_header = parts.netloc.rpartition("@")[2]
-        lines = [f"POST {target} HTTP/1.1", f"Host: {host_header}", f"Content-Length: {len(body)}"]
-        lines.append(f"User-Agent: {self._user_agent}")
-        for name, value in headers.items():
-            if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
-                raise SendError("header value with a line break")
-            lines.append(f"{name}: {value}")
-        request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-        key = (scheme, host, port)
+        fields = [
+            ("Host", parts.netloc.rpartition("@")[2]),
+            ("Content-Length", str(len(body))),
+            ("User-Agent", self._user_agent),
+            *headers.items(),
+        ]
+        try:
+            request = h11.Request(method="POST", target=target, headers=fields)
+        except h11.LocalProtocolError as exc:
+            raise SendError(f"bad request: {exc}") from None
         try:
             async with asyncio.timeout(timeout):
-                return await self._exchange(key, request)
+                return await self._exchange((scheme, host, port), request, body)
         except TimeoutError:
             raise SendError("timed out") from None
 
-    async def _exchange(self, key: tuple[str, str, int], request: bytes) -> int:
+    async def _exchange(self, key: tuple[str, str, int], request: h11.Request, body: bytes) -> int:
         idle = self._idle[key]
         while idle:
             conn = idle.pop()
@@ -73,21 +84,21 @@ class Sender:
                 conn.close()
                 continue
             try:
-                return await self._roundtrip(key, conn, request)
-            except (ConnectionError, asyncio.IncompleteReadError, _Stale):
+                return await self._roundtrip(key, conn, request, body)
+            except (ConnectionError, _Stale):
                 conn.close()  # the server closed an idle connection: try another, or a new one
+            except _FAILURES as exc:
+                conn.close()
+                raise _failure(exc) from None
             except BaseException:
                 conn.close()
                 raise
         conn = await self._connect(key)
         try:
-            return await self._roundtrip(key, conn, request)
-        except _Stale:
+            return await self._roundtrip(key, conn, request, body)
+        except _FAILURES as exc:
             conn.close()
-            raise SendError("connection closed before a response") from None
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
-            conn.close()
-            raise SendError(type(exc).__name__) from None
+            raise _failure(exc) from None
         except BaseException:
             conn.close()
             raise
@@ -105,64 +116,41 @@ class Sender:
             raise SendError(f"connect failed: {type(exc).__name__}") from None
         return _Conn(reader, writer)
 
-    async def _roundtrip(self, key: tuple[str, str, int], conn: _Conn, request: bytes) -> int:
-        conn.writer.write(request)
-        head = await conn.reader.readuntil(b"\r\n\r\n")
-        if not head.strip():
-            raise _Stale
-        lines = head[:-4].decode("latin-1").split("\r\n")
-        status_line = lines[0].split(" ", 2)
-        if len(status_line) < 2 or not status_line[0].startswith("HTTP/1.") or not status_line[1].isdigit():
-            conn.close()
-            raise SendError("not an HTTP/1.x response")
-        status = int(status_line[1])
-        length: int | None = None
-        chunked = False
-        keep = status_line[0] == "HTTP/1.1"
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            name = name.strip().lower()
-            if name == "content-length":
-                length = int(value.strip())
-            elif name == "transfer-encoding":
-                chunked = "chunked" in value.lower()
-            elif name == "connection":
-                token = value.strip().lower()
-                keep = "close" not in token and (keep or "keep-alive" in token)
-        if 100 <= status < 200:
-            conn.close()
-            raise SendError("interim responses are not supported")
-        reusable = keep
-        if status in (204, 304):
-            pass
-        elif chunked:
-            reusable = reusable and await self._drain_chunked(conn)
-        elif length is not None:
-            if length > MAX_DRAIN:
-                reusable = False
-            elif length:
-                await conn.reader.readexactly(length)
-        else:
-            reusable = False  # body runs to the end of the connection: nothing to reuse
-        if reusable and len(self._idle[key]) < IDLE_PER_ORIGIN:
-            self._idle[key].append(conn)
-        else:
-            conn.close()
-        return status
-
-    async def _drain_chunked(self, conn: _Conn) -> bool:
-        total = 0
+    async def _roundtrip(self, key: tuple[str, str, int], conn: _Conn, request: h11.Request, body: bytes) -> int:
+        h = conn.h11
+        out = h.send(request) or b""
+        if body:
+            out += h.send(h11.Data(data=body)) or b""
+        out += h.send(h11.EndOfMessage()) or b""
+        conn.writer.write(out)
+        status = 0
+        drained = 0
+        received = False
         while True:
-            size_line = await conn.reader.readuntil(b"\r\n")
-            size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
-            if size == 0:
-                while (await conn.reader.readuntil(b"\r\n")) != b"\r\n":
-                    pass  # trailers
-                return True
-            total += size
-            if total > MAX_DRAIN:
-                return False
-            await conn.reader.readexactly(size + 2)
+            event = h.next_event()
+            if event is h11.NEED_DATA:
+                data = await conn.reader.read(READ_SIZE)
+                if not data and not received:
+                    raise _Stale
+                received = True
+                h.receive_data(data)  # b"" tells h11 the peer closed: read-to-close bodies end here
+            elif type(event) is h11.Response:
+                status = event.status_code
+            elif type(event) is h11.Data:
+                drained += len(event.data)
+                if drained > MAX_DRAIN:
+                    conn.close()  # not worth reading on: the connection goes with the rest
+                    return status
+            elif type(event) is h11.EndOfMessage:
+                break
+            # InformationalResponse (1xx): h11 checked it; the final response follows.
+        idle = self._idle[key]
+        if h.our_state is h11.DONE and h.their_state is h11.DONE and len(idle) < IDLE_PER_ORIGIN:
+            h.start_next_cycle()
+            idle.append(conn)
+        else:
+            conn.close()  # Connection: close, HTTP/1.0, read-to-close, or the pool is full
+        return status
 
     async def aclose(self) -> None:
         for conns in self._idle.values():
@@ -171,5 +159,12 @@ class Sender:
         self._idle.clear()
 
 
-class _Stale(Exception):
-    """A reused connection turned out to be closed (no response bytes at all)."""
+_FAILURES = (_Stale, OSError, h11.RemoteProtocolError, h11.LocalProtocolError)
+
+
+def _failure(exc: BaseException) -> SendError:
+    if isinstance(exc, _Stale):
+        return SendError("connection closed before a response")
+    if isinstance(exc, h11.ProtocolError):
+        return SendError(f"malformed response: {exc}")
+    return SendError(type(exc).__name__)

@@ -18,6 +18,16 @@ class OwnOriginTransport(httpx.AsyncBaseTransport):
         self._scheme, self._host, self._port = url.scheme, url.host, url.port
         self._outbound = outbound
 
+    @property
+    def app(self) -> ASGIApp:
+        """The app that serves requests to our own origin."""
+        return self._own.app
+
+    @property
+    def outbound(self) -> httpx.AsyncBaseTransport:
+        """The transport for every other URL (the real network unless a test injected one)."""
+        return self._outbound
+
     def is_own(self, url: httpx.URL) -> bool:
         return (url.scheme, url.host, url.port) == (self._scheme, self._host, self._port)
 
