@@ -349,3 +349,27 @@ async def test_many_idle_waiters_share_one_pubsub_connection(redis_url: str) -> 
                 await b.push(f"q{i}", b"x")
     finally:
         await b.aclose()
+
+
+@pytest.mark.redis
+async def test_close_finishes_the_unsubscribes_of_cancelled_subscribers(redis_url: str) -> None:
+    """A subscriber cancelled just before aclose(): its UNSUBSCRIBE runs in a task of its own, which
+    aclose() must finish (left pending, the loop closing under it broke a later test)."""
+    import asyncio
+
+    b = RedisBroker(redis_url, prefix=f"reversehub-test:{uuid.uuid4().hex}:")
+    entered = anyio.Event()
+
+    async def listen() -> None:
+        async with b.subscribe("ch"):
+            entered.set()
+            await anyio.sleep_forever()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listen)
+            await entered.wait()
+            tg.cancel_scope.cancel()
+    finally:
+        await b.aclose()
+    assert [t for t in asyncio.all_tasks() if "discard" in repr(t.get_coro())] == []
