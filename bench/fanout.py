@@ -170,47 +170,29 @@ async def relay_subscriber(
     i: int,
     host: str,
     port: int,
-    topic: str,
     sink: Sink,
-    registered: asyncio.Event,
-    ready: list[int],
+    gate: asyncio.Semaphore,
+    to_subscribe: asyncio.Queue[str],
     stop: asyncio.Event,
 ) -> None:
+    """Claim a relay name, queue its public URL for subscribing, then poll: answer the verification
+    and the deliveries, each reply posted back to the request URL the request came from."""
     conn = Conn(host, port)
     name = f"fan{i}x{os.getpid()}"
-    st, hdrs, _ = await conn.request(
-        "POST",
-        "/reversehttp",
-        f"name={name}&token=t{i}".encode(),
-        {"Content-Type": "application/x-www-form-urlencoded"},
-    )
+    async with gate:  # new connections in bounded waves: the listen backlog is finite
+        st, hdrs, _ = await conn.request(
+            "POST",
+            "/reversehttp",
+            f"name={name}&token=t{i}".encode(),
+            {"Content-Type": "application/x-www-form-urlencoded"},
+        )
     if st not in (200, 201, 204):
         raise RuntimeError(f"registration answered {st}")
     link = links(hdrs)
     poll_url = urllib.parse.urlsplit(link["first"])
-    public = link["related"].rstrip("/") + "/cb"
     poll_target = poll_url.path + ("?" + poll_url.query if poll_url.query else "")
-    sub_conn = Conn(host, port)
-    ready.append(i)
-    if len(ready) == sink.n:
-        registered.set()
-    first = True
+    to_subscribe.put_nowait(link["related"].rstrip("/") + "/cb")
     while not stop.is_set():
-        if first:
-            first = False
-            # Subscribe only once the first poll is about to wait, from another connection.
-            asyncio.get_running_loop().call_soon(
-                lambda: asyncio.ensure_future(
-                    sub_conn.request(
-                        "POST",
-                        "/hub",
-                        urllib.parse.urlencode(
-                            {"hub.mode": "subscribe", "hub.topic": topic, "hub.callback": public}
-                        ).encode(),
-                        {"Content-Type": "application/x-www-form-urlencoded"},
-                    )
-                )
-            )
         st, hdrs, data = await conn.request("GET", poll_target)
         if st == 204:
             continue
@@ -225,12 +207,24 @@ async def relay_subscriber(
         else:
             sink.deliver(str(i), body)
             out = b""
-        reply = REPLY_OK % len(out) + out
         nxt = links(hdrs).get("next")
-        st, _, _ = await conn.request("POST", poll_target, reply, {"Content-Type": "message/http"})
+        await conn.request("POST", poll_target, REPLY_OK % len(out) + out, {"Content-Type": "message/http"})
         if nxt:
             u = urllib.parse.urlsplit(nxt)
             poll_target = u.path + ("?" + u.query if u.query else "")
+
+
+async def subscriber_pool(host: str, port: int, topic: str, to_subscribe: asyncio.Queue[str]) -> None:
+    """One keep-alive connection sending subscribe requests for queued callbacks."""
+    conn = Conn(host, port)
+    while True:
+        callback = await to_subscribe.get()
+        form = {"hub.mode": "subscribe", "hub.topic": topic, "hub.callback": callback}
+        st, _, _ = await conn.request(
+            "POST", "/hub", urllib.parse.urlencode(form).encode(), {"Content-Type": "application/x-www-form-urlencoded"}
+        )
+        if st != 202:
+            raise RuntimeError(f"subscribe answered {st}")
 
 
 # ---------------------------------------------------------------- the hub
@@ -343,23 +337,20 @@ async def run_one(n: int, args: argparse.Namespace) -> dict[str, float]:
 
             await asyncio.gather(*(sub(i) for i in range(n)))
         else:
-            registered = asyncio.Event()
-            ready: list[int] = []
-
-            async def start(i: int) -> None:
-                async with sem:
-                    tasks.append(
-                        asyncio.ensure_future(
-                            relay_subscriber(i, "127.0.0.1", port, topic, sink, registered, ready, stop)
-                        )
-                    )
-                    await asyncio.sleep(0)
-
-            await asyncio.gather(*(start(i) for i in range(n)))
+            gate = asyncio.Semaphore(64)
+            to_subscribe: asyncio.Queue[str] = asyncio.Queue()
+            tasks += [asyncio.ensure_future(subscriber_pool("127.0.0.1", port, topic, to_subscribe)) for _ in range(16)]
+            tasks += [
+                asyncio.ensure_future(relay_subscriber(i, "127.0.0.1", port, sink, gate, to_subscribe, stop))
+                for i in range(n)
+            ]
         t_sub = time.monotonic()
         await asyncio.wait_for(sink.all_verified.wait(), args.setup_timeout)
         await asyncio.sleep(1.0)  # the last verifications are being stored
         setup_s = time.monotonic() - t_sub
+        if args.pause:  # time to attach a profiler (py-spy record --pid) to the hub
+            print(f"# hub pid {pid}: publishing in {args.pause:g} s", file=sys.stderr, flush=True)
+            await asyncio.sleep(args.pause)
         sink.body = b"<entry>fan-out %d</entry>" % time.time_ns()
         profiler = None
         if args.profile:
@@ -415,6 +406,8 @@ def main() -> int:
     p.add_argument("--callbacks", choices=["relay", "http"], default="relay")
     p.add_argument("--in-process", action="store_true", help="run the hub in this process (for --profile)")
     p.add_argument("--profile", default=None, help="cProfile output file (with --in-process)")
+    p.add_argument("--hub-cmd", default=None, help="run the hub with this command instead (gets port= db=)")
+    p.add_argument("--pause", type=float, default=0.0, help="seconds to wait before the publish (profiling)")
     p.add_argument("--per-host", type=int, default=0, help="delivery_per_host (with --in-process)")
     p.add_argument("--poll-timeout", type=float, default=60.0)
     p.add_argument("--setup-timeout", type=float, default=300.0)

@@ -19,6 +19,7 @@ from urllib.parse import urljoin
 import anyio
 import httpx
 from sqlalchemy import exists, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub import feeds, store, sup
 from hub.errors import FetchFailed, URLRefused
@@ -272,10 +273,7 @@ class Fetcher:
 
     # -- SUP -----------------------------------------------------------------------------------
 
-    async def _ensure_sup_source(self, s: object, url: str) -> None:
-        from sqlalchemy.ext.asyncio import AsyncSession
-
-        assert isinstance(s, AsyncSession)
+    async def _ensure_sup_source(self, s: AsyncSession, url: str) -> None:
         exists_ = (await s.execute(select(SupSource.id).where(SupSource.url == url))).scalar_one_or_none()
         if exists_ is None:
             s.add(SupSource(url=url, period=sup.DEFAULT_PERIOD, next_poll_at=time.time()))

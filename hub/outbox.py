@@ -14,6 +14,7 @@ exponentially with jitter (the first within ``2 * delivery_retry_base`` seconds)
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 import random
@@ -25,7 +26,7 @@ from collections.abc import Iterable
 import anyio
 import httpx
 
-from hub import store
+from hub import local, store
 from hub.errors import URLRefused
 from hub.metrics import HubMetrics
 from hub.models import Payload
@@ -86,6 +87,7 @@ class Outbox:
         self._flush = anyio.Event()
         self._outcomes: list[store.Outcome] = []
         self._inflight: set[int] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._global = anyio.Semaphore(self.settings.delivery_concurrency)
         self._hosts: dict[str, anyio.Semaphore] = {}
         self._host_load: dict[str, int] = defaultdict(int)
@@ -93,10 +95,15 @@ class Outbox:
         # many the rest go back to the table for a moment, so one slow host never fills
         # max_inflight and starves the others.
         self.host_backlog = 2 * self.settings.delivery_per_host
+        self._queued: dict[str, deque[tuple[float, store.Claimed]]] = defaultdict(deque)
+        self._queued_total = 0
+        self.max_queued = 40 * max(self.settings.delivery_concurrency, 16)
+        self._stale: list[int] = []  # queued claims given back at the next write
         self._payloads: dict[int, Payload] = {}
         self._closing = False
         self.max_inflight = max(4 * self.settings.delivery_concurrency, 64)
         self._sender = Sender() if _default_outbound(services) else None
+        self._own_app = local.own_app(services.http)
 
     def wake(self) -> None:
         self._wake.set()
@@ -109,13 +116,17 @@ class Outbox:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._flusher)
-                await self._dispatch(tg)
+                await self._dispatch()
                 tg.cancel_scope.cancel()
         finally:
+            for task in list(self._tasks):
+                task.cancel()
             with anyio.CancelScope(shield=True):
+                if self._tasks:
+                    await asyncio.gather(*self._tasks, return_exceptions=True)
                 await self._drain()
 
-    async def _dispatch(self, tg: anyio.abc.TaskGroup) -> None:
+    async def _dispatch(self) -> None:
         while not self._closing:
             self._wake = anyio.Event()
             room = self.max_inflight - len(self._inflight)
@@ -130,19 +141,46 @@ class Outbox:
             if rows:
                 await self._load_payloads({r.payload_id for r in rows})
                 deferred = []
+                now = time.monotonic()
                 for row in interleave(rows):
                     host = self._host_key(row.callback)
-                    if host and self._host_load[host] >= self.host_backlog:
+                    if not host or self._host_load[host] < self.host_backlog:
+                        self._start(row, host)
+                    elif self._queued_total < self.max_queued:
+                        # Claimed, waiting in memory for its host: it does not take a place in
+                        # max_inflight, so other hosts' deliveries keep being claimed and sent.
+                        self._queued[host].append((now, row))
+                        self._queued_total += 1
+                    else:
                         deferred.append(row.id)
-                        continue
-                    self._host_load[host] += 1
-                    self._inflight.add(row.id)
-                    tg.start_soon(self._send, row, host)
                 if deferred:
                     await store.defer(self.services.sessions, deferred, time.time() + self._defer_seconds())
                 continue
             with anyio.move_on_after(self.settings.outbox_scan_interval):
                 await self._wake.wait()
+
+    def _start(self, row: store.Claimed, host: str) -> None:
+        self._host_load[host] += 1
+        self._inflight.add(row.id)
+        # Plain asyncio tasks: spawning thousands into one anyio task group costs more CPU than
+        # sending them (measured); run() cancels what is left.
+        task = asyncio.get_running_loop().create_task(self._send(row, host))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _next_queued(self, host: str) -> None:
+        """A place for ``host`` came free: start its next queued delivery, if any."""
+        queue = self._queued.get(host)
+        while queue and self._host_load[host] < self.host_backlog:
+            claimed_at, row = queue.popleft()
+            self._queued_total -= 1
+            if time.monotonic() - claimed_at > self.settings.delivery_claim_seconds / 2:
+                # Held long enough that its claim may run out mid-send: give it back instead.
+                self._stale.append(row.id)
+                continue
+            self._start(row, host)
+        if queue is not None and not queue:
+            del self._queued[host]
 
     async def _load_payloads(self, ids: set[int]) -> None:
         missing = ids - self._payloads.keys()
@@ -184,6 +222,7 @@ class Outbox:
             outcome = self._failure(row, None, type(exc).__name__)
         self._inflight.discard(row.id)
         self._host_load[host] -= 1
+        self._next_queued(host)
         if not self._host_load[host]:
             del self._host_load[host]
         self._outcomes.append(outcome)
@@ -216,7 +255,15 @@ class Outbox:
             return store.Outcome(row.id, row.subscription_id, "failed", None, str(exc))
         now = time.time()
         headers = self.headers(row, payload, now)
-        if self._sender is not None and not is_own(row.callback, self.settings):
+        own = is_own(row.callback, self.settings)
+        if own and self._own_app is not None:
+            try:
+                status = await local.post(
+                    self._own_app, row.callback, headers, payload.body, self.settings.delivery_timeout
+                )
+            except local.SendFailed as exc:
+                return self._failure(row, None, str(exc))
+        elif self._sender is not None and not own:
             try:
                 status = await self._sender.post(row.callback, headers, payload.body, self.settings.delivery_timeout)
             except SendError as exc:
@@ -248,6 +295,10 @@ class Outbox:
             return response.status_code
 
     def _failure(self, row: store.Claimed, status: int | None, error: str) -> store.Outcome:
+        # The callback URL is not logged: subscribers put tokens in them.
+        logger.info(
+            "delivery %d (subscription %d) attempt %d failed: %s", row.id, row.subscription_id, row.attempts + 1, error
+        )
         now = time.time()
         s = self.settings
         if now - row.created_at >= s.delivery_max_age:
@@ -270,8 +321,11 @@ class Outbox:
         if not self._outcomes:
             return
         batch, self._outcomes = self._outcomes, []
+        stale, self._stale = self._stale, []
         try:
             await store.record(self.services.sessions, batch)
+            if stale:
+                await store.release(self.services.sessions, stale)
         except Exception:
             logger.exception("recording %d delivery outcomes failed; their claims will expire", len(batch))
         self._wake.set()
@@ -282,6 +336,7 @@ class Outbox:
             if self._sender is not None:
                 await self._sender.aclose()
             await self._write()
-            await store.release(self.services.sessions, list(self._inflight))
+            queued = [row.id for q in self._queued.values() for _, row in q]
+            await store.release(self.services.sessions, [*self._inflight, *queued, *self._stale])
         except Exception:
             logger.exception("outbox drain failed")

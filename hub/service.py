@@ -18,12 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
+from sqlalchemy import func, select
 
 from hub import store, sup
 from hub.errors import NotFound, NotOwner
 from hub.fetcher import Fetcher
 from hub.metrics import HubMetrics
-from hub.models import Subscription, Topic
+from hub.models import Delivery, Subscription, Topic
 from hub.netguard import NetGuard
 from hub.outbox import Outbox
 from hub.publish import FatPing, Ping
@@ -57,7 +58,7 @@ class Hub:
         self.guard = NetGuard(self.settings)
         self.outbox = Outbox(services, self.guard, self.metrics, self.hub_url)
         self.fetcher = Fetcher(services, self.guard, self.metrics, on_enqueued=self.outbox.wake)
-        self.verifier = Verifier(services, self.guard, baseline=self.fetcher.baseline)
+        self.verifier = Verifier(services, self.guard, baseline=self.fetcher.baseline, on_queued=self.outbox.wake)
         self._closing = False
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -166,10 +167,6 @@ class Hub:
 
     async def status(self, callback: str, topic: str, timestamp: int, proof: str) -> Status:
         sub = await self.owned(callback, topic, timestamp, proof)
-        from sqlalchemy import func, select
-
-        from hub.models import Delivery
-
         async with self.services.sessions() as s:
             pending = (
                 await s.execute(
@@ -190,8 +187,6 @@ class Hub:
     async def sup_document(self, seconds: int | None) -> bytes:
         period = seconds if seconds in SUP_PERIODS else SUP_PERIODS[0]
         now = time.time()
-        from sqlalchemy import select
-
         async with self.services.sessions() as s:
             rows = (
                 await s.execute(

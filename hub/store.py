@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import anyio
-from sqlalchemy import and_, bindparam, delete, exists, func, insert, literal, select, update
+from sqlalchemy import and_, bindparam, delete, exists, func, insert, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -63,34 +63,50 @@ async def activate(
     secret: str | None,
     lease_seconds: int,
     now: float,
-) -> tuple[int, bool]:
-    """Store a verified subscription, renewing the pair's row if there is one. Returns (id, new)."""
+    since: float | None = None,
+) -> tuple[int, int]:
+    """Store a verified subscription, renewing the pair's row if there is one.
+
+    A subscriber learns it is subscribed when it answers the challenge, a moment before this
+    commits; a publish in between would miss it. So a subscription that was not active gets the
+    topic's payloads stored since ``since`` (when the verification request went out).
+    Returns (subscription id, deliveries queued)."""
     async with writing(sessions) as s:
+        await lock_topic(s, topic, now)
         sub = (
             await s.execute(select(Subscription).where(Subscription.topic == topic, Subscription.callback == callback))
         ).scalar_one_or_none()
         if sub is None:
-            sub = Subscription(
-                topic=topic,
-                callback=callback,
-                secret=secret,
-                state=ACTIVE,
-                lease_seconds=lease_seconds,
-                verified_at=now,
-                expires_at=now + lease_seconds,
-                seq=0,
-                failed=0,
-                updated_at=now,
-            )
+            sub = Subscription(topic=topic, callback=callback, seq=0, failed=0)
             s.add(sub)
-            await s.flush()
-            created = True
+            was_active = False
         else:
-            sub.secret, sub.state, sub.lease_seconds = secret, ACTIVE, lease_seconds
-            sub.verified_at, sub.expires_at, sub.updated_at = now, now + lease_seconds, now
-            created = False
-        await ensure_topic(s, topic, now)
-        return sub.id, created
+            was_active = sub.state == ACTIVE and sub.expires_at > now
+        sub.secret, sub.state, sub.lease_seconds = secret, ACTIVE, lease_seconds
+        sub.verified_at, sub.expires_at, sub.updated_at = now, now + lease_seconds, now
+        await s.flush()
+        queued = 0
+        if not was_active and since is not None:
+            missed = (
+                await s.execute(
+                    select(Payload.id).where(Payload.topic == topic, Payload.created_at >= since).order_by(Payload.id)
+                )
+            ).scalars()
+            for payload_id in missed:
+                sub.seq += 1
+                s.add(
+                    Delivery(
+                        payload_id=payload_id,
+                        subscription_id=sub.id,
+                        seq=sub.seq,
+                        state="pending",
+                        attempts=0,
+                        next_attempt_at=now,
+                        created_at=now,
+                    )
+                )
+                queued += 1
+        return sub.id, queued
 
 
 async def deactivate(sessions: async_sessionmaker[AsyncSession], topic: str, callback: str, state: str) -> bool:
@@ -126,6 +142,20 @@ async def find(sessions: async_sessionmaker[AsyncSession], topic: str, callback:
         ).scalar_one_or_none()
 
 
+async def count_for_host(sessions: async_sessionmaker[AsyncSession], host: str, callback: str) -> int:
+    """Active subscriptions whose callback is on ``host``, not counting ``callback`` itself (a renewal
+    adds nothing). Counted in SQL by URL shape: this runs for every subscribe."""
+    pattern = host.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    on_host = or_(
+        Subscription.callback.like(f"%://{pattern}/%", escape="\\"),
+        Subscription.callback.like(f"%://{pattern}:%", escape="\\"),
+        Subscription.callback.like(f"%://{pattern}", escape="\\"),
+    )
+    async with sessions() as s:
+        count = select(func.count()).where(Subscription.state == ACTIVE, Subscription.callback != callback, on_host)
+        return int((await s.execute(count)).scalar_one())
+
+
 async def expire_leases(sessions: async_sessionmaker[AsyncSession], now: float) -> int:
     async with writing(sessions) as s:
         result = await s.execute(
@@ -138,6 +168,17 @@ async def expire_leases(sessions: async_sessionmaker[AsyncSession], now: float) 
 
 
 # Topics ---------------------------------------------------------------------------------------
+
+
+async def lock_topic(s: AsyncSession, url: str, now: float) -> None:
+    """Create the topic row if missing and, on PostgreSQL, lock it for this transaction.
+
+    A publish and a new subscription to the same topic take this lock first, so one of them always
+    sees the other: either the publish finds the subscription active, or the activation finds the
+    payload (READ COMMITTED would otherwise let each miss the other). SQLite has one writer."""
+    await ensure_topic(s, url, now)
+    if s.bind.dialect.name == "postgresql":
+        await s.execute(select(Topic.id).where(Topic.url == url).with_for_update())
 
 
 async def ensure_topic(s: AsyncSession, url: str, now: float, **values: object) -> None:
@@ -166,6 +207,7 @@ class Enqueued:
 
 async def enqueue(s: AsyncSession, topic: str, content_type: str, body: bytes, now: float) -> Enqueued:
     """Store ``body`` once and a pending delivery for every active subscriber, in ``s``'s transaction."""
+    await lock_topic(s, topic, now)
     payload_id = (
         await s.execute(
             insert(Payload)
@@ -199,7 +241,6 @@ async def enqueue(s: AsyncSession, topic: str, content_type: str, body: bytes, n
                 for sub_id, seq in rows
             ],
         )
-    await ensure_topic(s, topic, now)
     await s.execute(update(Topic).where(Topic.url == topic).values(version=Topic.version + 1, updated_at=now))
     return Enqueued(payload_id, len(rows))
 

@@ -26,6 +26,7 @@ from starlette.datastructures import FormData
 from hub import store
 from hub.errors import BadRequest, Busy, URLRefused
 from hub.netguard import NetGuard
+from reversehub import policy
 from reversehub.services import Services
 
 logger = logging.getLogger(__name__)
@@ -91,9 +92,14 @@ class Verifier:
     """Runs intent verifications in the background, a bounded number at a time."""
 
     def __init__(
-        self, services: Services, guard: NetGuard, baseline: Callable[[str], Awaitable[None]] | None = None
+        self,
+        services: Services,
+        guard: NetGuard,
+        baseline: Callable[[str], Awaitable[None]] | None = None,
+        on_queued: Callable[[], object] | None = None,
     ) -> None:
         self.services = services
+        self._on_queued = on_queued
         self._baseline = baseline
         self.settings = services.settings
         self.guard = guard
@@ -142,10 +148,16 @@ class Verifier:
             logger.info("callback refused: %s", exc)
             return False
         if req.mode == "subscribe":
-            try:
-                await self.guard.check(req.topic)
-            except URLRefused as exc:
-                await self.deny(req, f"topic not allowed: {exc}")
+            reason = policy.check_subscription(self.settings, req.topic, req.callback)
+            if reason is None:
+                try:
+                    await self.guard.check(req.topic)
+                except URLRefused as exc:
+                    reason = f"topic not allowed: {exc}"
+            if reason is None:
+                reason = await self._host_cap(req.callback)
+            if reason is not None:
+                await self.deny(req, reason)
                 return False
             if self._baseline is not None:
                 try:
@@ -157,6 +169,7 @@ class Verifier:
         params = {"hub.mode": req.mode, "hub.topic": req.topic, "hub.challenge": challenge}
         if req.mode == "subscribe":
             params["hub.lease_seconds"] = str(lease)
+        asked_at = time.time()
         try:
             url = httpx.URL(req.callback).copy_merge_params(params)
             response = await self.services.http.get(url, timeout=self.settings.verify_timeout)
@@ -168,10 +181,21 @@ class Verifier:
             return False
         now = time.time()
         if req.mode == "subscribe":
-            await store.activate(self.services.sessions, req.topic, req.callback, req.secret, lease, now)
+            _, queued = await store.activate(
+                self.services.sessions, req.topic, req.callback, req.secret, lease, now, since=asked_at
+            )
+            if queued and self._on_queued is not None:
+                self._on_queued()
         else:
             await store.deactivate(self.services.sessions, req.topic, req.callback, "unsubscribed")
         return True
+
+    async def _host_cap(self, callback: str) -> str | None:
+        """``--max-subscriptions-per-callback-host``: one host cannot make the hub fan out without bound."""
+        if not getattr(self.settings, "max_subscriptions_per_callback_host", 0):
+            return None
+        count = await store.count_for_host(self.services.sessions, httpx.URL(callback).host, callback)
+        return policy.check_callback_host_cap(self.settings, count)
 
     async def deny(self, req: SubscriptionRequest, reason: str) -> None:
         """5.2: tell the subscriber its subscription was refused."""

@@ -7,6 +7,7 @@
     │   ├── HeadersTooLarge     431  too many or too large request headers
     │   └── BodyTooLarge        413  body over ``max_body_size``
     ├── TokenMismatch           403  registration token does not match
+    ├── RelayFull               503  the relay holds as many registrations as it may
     ├── NotFound                404  unknown name, private URL or request URL
     ├── Gone                    410  registration deleted while polling
     └── RequesterError               what a requester on a public URL is told
@@ -50,6 +51,11 @@ class BodyTooLarge(InvalidInput):
 class TokenMismatch(RelayError):
     status = 403
     reason = "token does not match the registration"
+
+
+class RelayFull(RelayError):
+    status = 503
+    reason = "too many registrations on this relay"
 
 
 class NotFound(RelayError):

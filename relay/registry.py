@@ -27,12 +27,13 @@ import time
 from dataclasses import dataclass
 
 import anyio
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from relay.errors import InvalidInput, NotFound, TokenMismatch
+from relay.errors import InvalidInput, NotFound, RelayFull, TokenMismatch
 from relay.models import Registration
+from reversehub.policy import check_registration_cap
 from reversehub.settings import Settings
 
 # Other processes announce their changes on relay.changed; the TTL only bounds a missed message.
@@ -217,6 +218,10 @@ class Registry:
                 await session.flush()
                 row = None
             if row is None:
+                # A cap on names keeps one client from filling the table (--max-registrations).
+                count = await session.scalar(select(func.count()).select_from(Registration))
+                if reason := check_registration_cap(self.settings, count or 0):
+                    raise RelayFull(reason)
                 lease_s = lease if lease is not None else self.settings.lease_default
                 row = Registration(
                     name=name,

@@ -352,6 +352,40 @@ async def test_many_idle_waiters_share_one_pubsub_connection(redis_url: str) -> 
 
 
 @pytest.mark.redis
+async def test_a_lost_pubsub_connection_is_reopened(redis_url: str) -> None:
+    """Redis drops our pub/sub connection: we reconnect, resubscribe, and a waiting pop still gets its item."""
+    import redis.asyncio as aioredis
+
+    prefix = f"reversehub-test:{uuid.uuid4().hex}:"
+    a, b = RedisBroker(redis_url, prefix=prefix), RedisBroker(redis_url, prefix=prefix)
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        async with a.subscribe("ch") as sub, anyio.create_task_group() as tg:
+            got: list[bytes | None] = []
+
+            async def consume() -> None:
+                got.append(await a.pop("q", 10))
+
+            tg.start_soon(consume)
+            await wait_for(lambda: waiting(a, "q") == 1)
+            host, port = a._pubsub._conn._writer.get_extra_info("sockname")[:2]
+            assert await admin.client_kill(f"{host}:{port}")
+            await b.push("q", b"pushed while reconnecting")  # its wake-up may be lost: the resubscribe makes up for it
+            await wait_for(lambda: bool(got), timeout=5)
+            assert got == [b"pushed while reconnecting"]
+
+            async def delivered() -> bool:  # messages published during the outage are gone; later ones arrive
+                await b.publish("ch", b"ping")
+                return sub._queue.qsize() > 0
+
+            await wait_for(delivered, timeout=5, interval=0.05)
+    finally:
+        await admin.aclose()
+        await a.aclose()
+        await b.aclose()
+
+
+@pytest.mark.redis
 async def test_close_finishes_the_unsubscribes_of_cancelled_subscribers(redis_url: str) -> None:
     """A subscriber cancelled just before aclose(): its UNSUBSCRIBE runs in a task of its own, which
     aclose() must finish (left pending, the loop closing under it broke a later test)."""

@@ -249,3 +249,17 @@ async def test_callbacks_on_private_networks_are_refused(make_hub, peer):
     assert r.status_code == 202
     await fat_ping(client, topic="http://93.184.216.34/t")
     assert peer.verifications == [] and peer.deliveries == []
+
+
+async def test_policy_denies_topics_and_caps_callback_hosts(make_hub, peer):
+    app, client = await make_hub(deny_topic=("*/private/*",), max_subscriptions_per_callback_host=2)
+    r = await client.post("/hub", data=form(mode="subscribe", topic="http://pub.test/private/x", callback=SUB + "/p"))
+    assert r.status_code == 202
+    await wait_for(lambda: bool(peer.verifications))
+    assert peer.verifications[0]["hub.mode"] == "denied" and "topic not allowed" in peer.verifications[0]["hub.reason"]
+    await subscribe(client, peer, TOPIC, SUB + "/1")
+    await subscribe(client, peer, TOPIC, SUB + "/2")
+    await subscribe(client, peer, TOPIC, SUB + "/2")  # a renewal is not one more
+    r = await client.post("/hub", data=form(mode="subscribe", topic=TOPIC, callback=SUB + "/3"))
+    await wait_for(lambda: bool(peer.verified("/3", "denied")))
+    assert "too many subscriptions" in peer.verified("/3", "denied")[0]["hub.reason"]

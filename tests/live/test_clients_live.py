@@ -647,7 +647,6 @@ async def test_refused_subscription_raises_and_cleans_up(server: Server) -> None
     assert sub._endpoint is not None and sub._endpoint.state == "closed"  # the name was given back
 
 
-@pytest.mark.xfail(reason="the hub does not apply --deny-topic (reversehub.policy.check_subscription) yet")
 async def test_denied_subscription_raises(database_url: str) -> None:
     from clients import SubscriptionError
 

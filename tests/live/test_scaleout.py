@@ -351,13 +351,18 @@ async def test_sigkill_mid_fanout_loses_no_update(launch: Callable[..., Proc], d
 async def test_outbox_workers_share_the_work_without_double_sending(
     launch: Callable[..., Proc], database: str, broker_url: str
 ) -> None:
-    """Two processes' outbox workers on one PostgreSQL outbox: every delivery arrives exactly once."""
-    subscribers, updates = 40, 10
+    """Two processes' outbox workers on one PostgreSQL outbox: every delivery arrives exactly once.
+
+    The subscribers are slow (0.2 s an answer), so one process cannot keep up: it holds at most
+    2 x delivery_per_host rows for one host and defers the rest, which the other process claims.
+    """
+    subscribers, updates = 150, 2
     hits: Counter[str] = Counter()
 
     async def callback(request: Request) -> Response:
         if request.method == "GET":
             return PlainTextResponse(request.query_params.get("hub.challenge", ""))
+        await anyio.sleep(0.2)  # a slow subscriber, not a wait of the test
         body = await request.body()
         hits[f"{request.path_params['n']}:{body.decode()}"] += 1
         return Response(status_code=204)
@@ -375,7 +380,7 @@ async def test_outbox_workers_share_the_work_without_double_sending(
         await wait_for(lambda: _equals(active_subscriptions(database), subscribers), timeout=30)
         for u in range(updates):
             await publish(client, (a, b)[u % 2].base, topic, f"u{u}")
-        await wait_for(lambda: len(hits) == subscribers * updates, timeout=30)
+        await wait_for(lambda: len(hits) == subscribers * updates, timeout=60)
         sent = [await metric(client, p.base, 'hub_deliveries_total{outcome="delivered"}') for p in (a, b)]
     assert max(hits.values()) == 1, [k for k, v in hits.items() if v > 1]
     print(f"\noutbox: {subscribers * updates} deliveries, sent per process {sent}")

@@ -191,3 +191,17 @@ async def test_concurrent_first_registrations_of_one_name(client):
             tg.start_soon(one, token)
     assert codes.count(201) == 1
     assert 500 not in codes and set(codes) <= {201, 204, 403}
+
+
+async def test_registration_cap_refuses_new_names_but_refreshes_existing(make_app):
+    _, client = await make_app(max_registrations=2)
+
+    async def post(name):
+        return await client.post("/reversehttp", data={"name": name, "token": "t"})
+
+    assert (await post("one")).status_code == 201
+    assert (await post("two")).status_code == 201
+    full = await post("three")
+    assert full.status_code == 503
+    assert "too many registrations" in full.text
+    assert (await post("one")).status_code == 204
