@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from queue import SimpleQueue
 from typing import Any
@@ -60,6 +61,7 @@ _STOP = object()
 def _sqlite_worker(tx: SimpleQueue[tuple[asyncio.Future[Any] | None, Any]]) -> None:
     """aiosqlite's worker loop, except that a result for a loop that is closed by now is dropped
     (nobody can await it) instead of killing the thread with "Event loop is closed"."""
+    deliver: Callable[[asyncio.Future[Any], Any], None]
     while True:
         future, function = tx.get()
         try:
