@@ -144,7 +144,7 @@ class Fetcher:
             # Pings for topics nobody subscribes to need no fetch.
             await s.execute(update(Topic).where(Topic.ping_at.is_not(None), ~subscribed).values(ping_at=None))
             q = due.where(subscribed)
-            if s.bind.dialect.name == "postgresql":
+            if store.dialect(s) == "postgresql":
                 q = q.with_for_update(skip_locked=True)
             topics = list((await s.execute(q)).scalars())
             if topics:
@@ -332,6 +332,8 @@ class Fetcher:
                 )
             ).all()
             for topic_id, sup_id, seen in rows:
+                if sup_id is None:
+                    continue
                 update_id = doc.updates[sup_id]
                 if seen != update_id:
                     await s.execute(

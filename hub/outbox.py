@@ -51,7 +51,7 @@ FLUSH_DELAY = 0.02
 
 def backoff(attempt: int, base: float, cap: float) -> float:
     """Seconds before retry number ``attempt`` (1-based): base * 2^(attempt-1), jittered to 50-100%."""
-    return min(cap, base * 2 ** min(attempt - 1, 30)) * random.uniform(0.5, 1.0)
+    return float(min(cap, base * 2 ** min(attempt - 1, 30)) * random.uniform(0.5, 1.0))
 
 
 def interleave(rows: Iterable[store.Claimed]) -> list[store.Claimed]:

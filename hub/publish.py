@@ -9,6 +9,7 @@ this body as it is, with its Content-Type".
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 from urllib.parse import parse_qsl
 
 from starlette.datastructures import FormData
@@ -34,7 +35,7 @@ class FatPing:
 
 def form_of(body: bytes) -> FormData:
     try:
-        return FormData(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
+        return FormData(cast(Any, parse_qsl(body.decode("utf-8"), keep_blank_values=True)))
     except UnicodeDecodeError:
         raise BadRequest("form body is not UTF-8") from None
 
@@ -44,8 +45,8 @@ def is_form(content_type: str | None) -> bool:
 
 
 def ping_urls(form: FormData) -> tuple[str, ...]:
-    urls = [*form.getlist("hub.url"), *form.getlist("hub.url[]"), *form.getlist("hub.topic")]
-    urls = [u for u in urls if isinstance(u, str) and u]
+    raw = [*form.getlist("hub.url"), *form.getlist("hub.url[]"), *form.getlist("hub.topic")]
+    urls: list[str] = [u for u in raw if isinstance(u, str) and u]
     if not urls:
         raise BadRequest("hub.url is required")
     if len(urls) > MAX_PING_URLS:

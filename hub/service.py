@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from hub import store, sup
 from hub.errors import NotFound, NotOwner
@@ -85,7 +85,7 @@ class Hub:
                     async for message in sub:
                         result = handler(message)
                         if hasattr(result, "__await__"):
-                            await result  # type: ignore[misc]
+                            await result
             except anyio.get_cancelled_exc_class():
                 raise
             except Exception:
@@ -138,8 +138,8 @@ class Hub:
             # A fat-pinged topic's next fetch is a fresh baseline (the body just went out), and
             # it needs no polling while its publisher pings.
             await s.execute(
-                Topic.__table__.update()
-                .where(Topic.__table__.c.url == ping.topic)
+                update(Topic)
+                .where(Topic.url == ping.topic)
                 .values(fetched_at=None, next_poll_at=time.time() + self.settings.poll_max_interval)
             )
         self.metrics.publishes.labels("fat").inc()

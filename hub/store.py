@@ -15,9 +15,10 @@ import weakref
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import anyio
-from sqlalchemy import and_, bindparam, delete, exists, func, insert, literal, or_, select, update
+from sqlalchemy import Table, and_, bindparam, delete, exists, func, insert, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -26,6 +27,11 @@ from sqlalchemy.orm import aliased
 from hub.models import Delivery, Entry, Payload, Subscription, Topic
 
 ACTIVE = "active"
+
+
+def dialect(s: AsyncSession) -> str:
+    return str(s.get_bind().dialect.name)
+
 
 _write_locks: weakref.WeakKeyDictionary[object, anyio.Lock] = weakref.WeakKeyDictionary()
 
@@ -177,7 +183,7 @@ async def lock_topic(s: AsyncSession, url: str, now: float) -> None:
     sees the other: either the publish finds the subscription active, or the activation finds the
     payload (READ COMMITTED would otherwise let each miss the other). SQLite has one writer."""
     await ensure_topic(s, url, now)
-    if s.bind.dialect.name == "postgresql":
+    if dialect(s) == "postgresql":
         await s.execute(select(Topic.id).where(Topic.url == url).with_for_update())
 
 
@@ -281,7 +287,7 @@ async def claim(sessions: async_sessionmaker[AsyncSession], limit: int, claim_se
             .order_by(Delivery.next_attempt_at, Delivery.id)
             .limit(limit)
         )
-        if s.bind.dialect.name == "postgresql":
+        if dialect(s) == "postgresql":
             due = due.with_for_update(skip_locked=True)
         ids = list((await s.execute(due)).scalars())
         if not ids:
@@ -353,7 +359,7 @@ async def record(sessions: async_sessionmaker[AsyncSession], outcomes: Sequence[
             )
         others = [o for o in outcomes if o.state != "delivered"]
         if others:
-            t = Delivery.__table__
+            t = cast(Table, Delivery.__table__)
             await s.execute(
                 update(t)
                 .where(t.c.id == bindparam("d_id"))
@@ -487,7 +493,7 @@ async def remember_entries(s: AsyncSession, topic_id: int, entries: dict[str, st
     if new:
         await s.execute(insert(Entry), new)
     if changed:
-        t = Entry.__table__
+        t = cast(Table, Entry.__table__)
         await s.execute(
             update(t)
             .where(and_(t.c.topic_id == literal(topic_id), t.c.key_hash == bindparam("e_key")))

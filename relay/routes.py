@@ -17,13 +17,36 @@ def _asgi(handler: ASGIApp) -> ASGIApp:
     return type(getattr(handler, "__name__", "Asgi"), (), {"__call__": staticmethod(handler)})()  # type: ignore[no-any-return]
 
 
+_PUBLIC = _asgi(endpoints.public)
+_REQUEST_URL = _asgi(endpoints.request_url)
+
+
+def hot_route(path: str) -> tuple[ASGIApp, dict[str, str]] | None:
+    """The endpoint and path parameters :func:`routes` would give a public URL or a request URL.
+
+    These two run for every relayed request (the request, the poll, the reply), so the app finds
+    them without walking the router (reversehub.app). None for any other path, and for a path the
+    routes below would not match either (the router then answers it as before).
+    """
+    if path.startswith("/relay/"):
+        name, slash, rest = path[7:].partition("/")
+        if not name:
+            return None
+        return _PUBLIC, {"name": name, "path": rest} if slash else {"name": name}
+    if path.startswith("/reversehttp/r/"):
+        cap = path[15:]
+        if not cap or "/" in cap:
+            return None
+        return _REQUEST_URL, {"cap": cap}
+    return None
+
+
 def routes() -> list[BaseRoute]:
-    public = _asgi(endpoints.public)
     return [
         Route("/reversehttp", endpoints.gateway, methods=["GET", "POST"]),
         Route("/reversehttp/p/{cap}", endpoints.private, methods=["GET", "PUT", "DELETE"]),
         # Raw ASGI callables: they see receive() directly (held polls watch it for disconnects).
-        Route("/reversehttp/r/{cap}", _asgi(endpoints.request_url)),
-        Route("/relay/{name}", public),
-        Route("/relay/{name}/{path:path}", public),
+        Route("/reversehttp/r/{cap}", _REQUEST_URL),
+        Route("/relay/{name}", _PUBLIC),
+        Route("/relay/{name}/{path:path}", _PUBLIC),
     ]

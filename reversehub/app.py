@@ -17,14 +17,17 @@ import httpx
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from clients.web import routes as client_routes
 from hub.routes import routes as hub_routes
 from hub.service import Hub
+from relay.routes import hot_route
 from relay.routes import routes as relay_routes
 from relay.service import Relay
 from reversehub import dashboard, db, health
 from reversehub.accesslog import AccessLogMiddleware
+from reversehub.accesslog import logger as access_logger
 from reversehub.broker import Broker, make_broker
 from reversehub.ratelimit import RateLimitMiddleware
 from reversehub.security import SecurityMiddleware
@@ -35,12 +38,48 @@ from reversehub.transport import OwnOriginTransport
 logger = logging.getLogger(__name__)
 
 
+class ReverseHub(Starlette):
+    """Starlette, with the relay's two hot paths (public URLs, request URLs) found before the router.
+
+    A relayed request is three exchanges on them (the request, the poll, the reply). They go through
+    the access log and the rate limits as before, but not through Starlette's error and exception
+    layers, the security middleware (it guards only ``/reversehttp``, ``/hub`` and ``/publish``,
+    reversehub.security) or the router's walk over every route: about a third of the server's
+    Python time per relayed request (bench/relay_throughput.py). Any other path, or one the relay's
+    routes would not match, takes the full stack.
+    """
+
+    def __init__(self, *, settings: Settings, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self._hot: dict[int, ASGIApp] = {}
+        self._settings = settings
+        self._limits = RateLimitMiddleware(self.router, settings=settings)  # only asked whether limits apply
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope.get("root_path"):
+            found = hot_route(scope["path"])
+            if found is not None:
+                endpoint, scope["path_params"] = found
+                scope["app"] = self
+                if self._limits.unlimited(scope) and not access_logger.isEnabledFor(logging.INFO):
+                    await endpoint(scope, receive, send)  # what the two middlewares would do, minus their frames
+                    return
+                stack = self._hot.get(id(endpoint))
+                if stack is None:
+                    stack = self._hot[id(endpoint)] = AccessLogMiddleware(
+                        RateLimitMiddleware(endpoint, settings=self._settings)
+                    )
+                await stack(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(
     settings: Settings,
     *,
     broker: Broker | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
-) -> Starlette:
+) -> ReverseHub:
     """Build the app. ``broker`` and ``transport`` (outbound HTTP) may be injected by tests."""
 
     @asynccontextmanager
@@ -85,7 +124,8 @@ def create_app(
         finally:
             await engine.dispose()
 
-    app = Starlette(
+    app = ReverseHub(
+        settings=settings,
         routes=[*health.routes(), *relay_routes(), *hub_routes(), *client_routes(), *dashboard.routes()],
         middleware=[
             Middleware(AccessLogMiddleware),

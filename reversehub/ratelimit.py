@@ -21,6 +21,7 @@ import hashlib
 import logging
 import math
 import time
+import weakref
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
@@ -28,6 +29,7 @@ from prometheus_client import CollectorRegistry, Counter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from reversehub.security import (
+    IN_PROCESS_CLIENT,
     Denial,
     Form,
     FormRefused,
@@ -35,7 +37,6 @@ from reversehub.security import (
     form_value,
     in_networks,
     is_form,
-    is_in_process,
     parse_networks,
     peek_form,
     publish_request,
@@ -62,6 +63,11 @@ DEFAULT_LIMITS: Mapping[str, int] = {
 
 
 MAX_NAMES = 20  # names counted per request
+_EXEMPT_CACHE = 4096  # client addresses whose exemption is remembered, per middleware
+
+# One counter per metrics registry, whichever middleware instance refuses (reversehub.app has two
+# stacks: the relay's hot paths and the rest).
+_COUNTERS: weakref.WeakKeyDictionary[CollectorRegistry, Counter] = weakref.WeakKeyDictionary()
 
 
 def parse_limits(overrides: tuple[str, ...]) -> dict[str, int]:
@@ -131,20 +137,29 @@ class RateLimitMiddleware:
         self.window = settings.rate_limit_window
         self.limits = parse_limits(settings.rate_limit)
         self.exempt = parse_networks(settings.rate_limit_exempt)
-        self._counter: Counter | None = None
-        self._registry: CollectorRegistry | None = None
+        self._exempt: dict[str | None, bool] = {}
+
+    def is_exempt(self, host: str | None) -> bool:
+        """``host`` in ``--rate-limit-exempt``, remembered: parsing an address costs more than a request."""
+        exempt = self._exempt.get(host)
+        if exempt is None:
+            if len(self._exempt) >= _EXEMPT_CACHE:
+                self._exempt.clear()
+            exempt = self._exempt[host] = in_networks(host, self.exempt)
+        return exempt
+
+    def unlimited(self, scope: Scope) -> bool:
+        """No limit applies to this request: limits off, the app not started, an exempt or in-process client."""
+        if scope["type"] != "http" or self.window <= 0 or "app" not in scope or scope["app"].state.services is None:
+            return True
+        client = scope.get("client")
+        return client is not None and (tuple(client) == IN_PROCESS_CLIENT or self.is_exempt(str(client[0])))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        services: Services | None = scope["app"].state.services if "app" in scope else None
-        if (
-            scope["type"] != "http"
-            or self.window <= 0
-            or services is None
-            or is_in_process(scope)
-            or in_networks(client_host(scope), self.exempt)
-        ):
+        if self.unlimited(scope):
             await self.app(scope, receive, send)
             return
+        services: Services = scope["app"].state.services
         try:
             kind, names, receive = await classify(scope, receive, self.settings.max_form_size)
         except FormRefused as exc:
@@ -181,10 +196,9 @@ class RateLimitMiddleware:
 
     def _count(self, services: Services, limit_name: str) -> None:
         registry = services.metrics
-        if self._registry is not registry:
-            self._registry = registry
-            self._counter = Counter(
+        counter = _COUNTERS.get(registry)
+        if counter is None:
+            counter = _COUNTERS[registry] = Counter(
                 "reversehub_rate_limited", "Requests refused with 429, by limit", ["limit"], registry=registry
             )
-        assert self._counter is not None
-        self._counter.labels(limit=limit_name).inc()
+        counter.labels(limit=limit_name).inc()

@@ -258,6 +258,8 @@ LISTINGS = {("GET", "/reversehttp"), ("HEAD", "/reversehttp")}
 
 
 class SecurityMiddleware:
+    # reversehub.app.ReverseHub sends public URLs and request URLs (relay.routes.hot_route) past this
+    # middleware: a rule for those paths belongs in the relay's endpoints or needs ReverseHub changed.
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
         self.settings = settings
