@@ -105,6 +105,7 @@ async def test_the_app_starts_on_postgres(make_app, database_url: str) -> None:
 
 
 @pytest.mark.live
+@pytest.mark.timeout(660)  # the child run has 600 s (its own tests 120 s each)
 def test_relay_and_hub_suites_pass_on_postgres(pg_server: str) -> None:
     """The relay's and the hub's whole suites again, every test on its own PostgreSQL database.
 

@@ -286,11 +286,13 @@ class RedisBroker:
         with _translated():
             return await command
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Run ``coro`` outside the caller's cancellation (a put-back must happen even if the caller is gone)."""
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run ``coro`` outside the caller's cancellation (a put-back must happen even if the caller is
+        gone); aclose() waits for it."""
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     def _q(self, queue: str) -> str:
         return f"{self.prefix}q:{queue}"
@@ -436,7 +438,10 @@ class RedisBroker:
             yield
         finally:
             if not self._closed:
-                await asyncio.shield(self._pubsub.discard(channel, sink))
+                # A task of its own, so that a cancelled subscriber still unsubscribes; tracked, so that
+                # aclose() finishes it before the loop can close under it (an untracked one was left
+                # pending, or never started: "coroutine '_PubSub.discard' was never awaited").
+                await asyncio.shield(self._spawn(self._pubsub.discard(channel, sink)))
 
     async def publish(self, channel: str, message: bytes) -> None:
         self._check()

@@ -351,12 +351,13 @@ async def test_sigkill_mid_fanout_loses_no_update(launch: Callable[..., Proc], d
 async def test_outbox_workers_share_the_work_without_double_sending(
     launch: Callable[..., Proc], database: str, broker_url: str
 ) -> None:
-    """Two processes' outbox workers on one PostgreSQL outbox: every delivery arrives exactly once.
+    """Two processes' outbox workers on one PostgreSQL outbox, slow subscribers (0.2 s an answer):
+    every delivery arrives exactly once.
 
-    The subscribers are slow (0.2 s an answer), so one process holds at most 2 x delivery_per_host
-    rows for their host and defers the rest, which either process may claim next. Which one does
-    is a race (usually both get some; on a loaded machine one may win every time), so the split is
-    printed, not asserted: what must hold is that every delivery is sent once, by somebody.
+    How the work splits is a race: whoever asks first claims every due row (and holds the ones over
+    a host's backlog in memory), so on a loaded machine one process may do it all; the split is
+    printed, not asserted. test_outbox_work_overflowing_one_process_goes_to_the_other shows,
+    deterministically, that the other process takes what one cannot hold.
     """
     subscribers, updates = 150, 2
     hits: Counter[str] = Counter()
@@ -383,7 +384,80 @@ async def test_outbox_workers_share_the_work_without_double_sending(
         for u in range(updates):
             await publish(client, (a, b)[u % 2].base, topic, f"u{u}")
         await wait_for(lambda: len(hits) == subscribers * updates, timeout=60)
-        sent = [await metric(client, p.base, 'hub_deliveries_total{outcome="delivered"}') for p in (a, b)]
+
+        async def sent() -> list[float]:
+            return [await metric(client, p.base, 'hub_deliveries_total{outcome="delivered"}') for p in (a, b)]
+
+        # The metric follows the callback's answer: wait for it (each delivery counted once, by one process).
+        await wait_for(lambda: _equals(_sum(sent()), subscribers * updates), timeout=10)
+        per_process = await sent()
     assert max(hits.values()) == 1, [k for k, v in hits.items() if v > 1]
-    print(f"\noutbox: {subscribers * updates} deliveries, sent per process {sent}")
-    assert sum(sent) == subscribers * updates, sent
+    print(f"\noutbox: {subscribers * updates} deliveries, sent per process {per_process}")
+
+
+async def _sum(values: object) -> float:
+    return sum(await values)  # type: ignore[misc]
+
+
+async def test_outbox_work_overflowing_one_process_goes_to_the_other(database: str, broker_url: str) -> None:
+    """Two apps (two processes' worth: own engine, broker connection and outbox) on one PostgreSQL
+    outbox, each sending one delivery at a time and claiming at most 64 rows (``delivery_concurrency=1``,
+    so max_inflight is 64). The callback holds every request until two are in flight at once,
+    which only two senders can do; then every delivery arrives exactly once, some from each."""
+    from reversehub.app import create_app
+    from reversehub.settings import Settings
+    from tests.conftest import started as running
+
+    subscribers, updates = 80, 3  # 80 due rows at once: more than one process may hold
+    hits: Counter[str] = Counter()
+    in_flight = 0
+    both = anyio.Event()
+
+    async def callback(request: Request) -> Response:
+        nonlocal in_flight
+        if request.method == "GET":
+            return PlainTextResponse(request.query_params.get("hub.challenge", ""))
+        body = await request.body()
+        in_flight += 1
+        if in_flight >= 2:
+            both.set()
+        try:
+            await both.wait()
+        finally:
+            in_flight -= 1
+        hits[f"{request.path_params['n']}:{body.decode()}"] += 1
+        return Response(status_code=204)
+
+    settings = Settings(
+        database_url=database,
+        redis_url=broker_url,
+        public_url="http://hub.test",  # one public URL for both, as behind a load balancer
+        migrate=False,
+        allow_private_networks=True,
+        delivery_concurrency=1,
+        delivery_timeout=60.0,
+        outbox_scan_interval=0.1,
+    )
+    callback_app = Starlette(routes=[Route("/cb/{n}", callback, methods=["GET", "POST"])])
+    local = ("127.0.0.1", 4711)  # trusted: may publish fat pings
+    async with AsyncExitStack() as stack:
+        cb_base = await stack.enter_async_context(serve_live(callback_app))
+        apps = [create_app(settings) for _ in range(2)]
+        a, b = [await stack.enter_async_context(running(app, local)) for app in apps]
+        topic = "https://example.com/overflow"
+        for n in range(subscribers):
+            await subscribe(a, "", topic, f"{cb_base}/cb/{n}")
+        await wait_for(lambda: _equals(active_subscriptions(database), subscribers), timeout=30)
+        for u in range(updates):
+            await publish(b, "", topic, f"u{u}")
+        await wait_for(both.is_set, timeout=30)
+        await wait_for(lambda: len(hits) == subscribers * updates, timeout=60)
+
+        def sent() -> list[float]:
+            return [app.state.hub.metrics.deliveries.labels("delivered")._value.get() for app in apps]
+
+        await wait_for(lambda: sum(sent()) == subscribers * updates, timeout=10)  # counted after the answer
+        per_process = sent()
+    assert max(hits.values()) == 1, [k for k, v in hits.items() if v > 1]
+    assert all(s > 0 for s in per_process), per_process
+    print(f"\noutbox overflow: {subscribers * updates} deliveries, sent per process {per_process}")
