@@ -107,3 +107,64 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await anyio.sleep(interval)
+
+
+CHROMIUM = os.environ.get("REVERSEHUB_TEST_CHROMIUM", "/usr/bin/chromium")
+# Debian's Chromium, headless, with nothing that reaches for the (closed) network.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@asynccontextmanager
+async def chromium() -> AsyncIterator[Any]:
+    """A headless Chromium driven by Playwright (never ``playwright install``: Debian's binary).
+
+    Missing Chromium or Playwright skips locally and fails in CI (CI=true).
+    """
+    missing = None
+    if not os.path.exists(CHROMIUM):
+        missing = f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
+    else:
+        try:
+            from playwright.async_api import async_playwright
+        except ImportError as exc:
+            missing = f"playwright not importable: {exc}"
+    if missing:
+        if _in_ci():
+            pytest.fail(missing + " (required in CI)")
+        pytest.skip(missing)
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+def live_settings(database_url: str, port: int, **overrides: Any) -> Any:
+    """Settings for an app served by :func:`serve_live` on ``port``, with fast timeouts and retries."""
+    from reversehub.settings import Settings
+
+    defaults: dict[str, Any] = dict(
+        database_url=database_url,
+        host="127.0.0.1",
+        port=port,
+        public_url=f"http://127.0.0.1:{port}",
+        migrate=False,
+        allow_private_networks=True,
+        poll_timeout=1.0,
+        unavailable_timeout=2.0,
+        reply_timeout=5.0,
+        delivery_retry_base=0.05,
+        delivery_retry_max=0.2,
+        outbox_scan_interval=0.1,
+    )
+    return Settings(**{**defaults, **overrides})

@@ -7,9 +7,7 @@ never download Playwright's own browsers. Missing Chromium skips locally and fai
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -17,39 +15,15 @@ import httpx
 import pytest
 
 from reversehub.app import create_app
-from tests.live.test_clients_live import live_settings
-from tests.support import bound_socket, serve_live
+from tests.support import bound_socket, chromium, live_settings, serve_live
 
 pytestmark = [pytest.mark.anyio, pytest.mark.live, pytest.mark.browser]
-
-CHROMIUM = os.environ.get("REVERSEHUB_TEST_CHROMIUM", "/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
-    if not Path(CHROMIUM).exists():
-        message = f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message + " (required in CI)")
-        pytest.skip(message)
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield b
-        finally:
-            await b.close()
+    async with chromium() as b:
+        yield b
 
 
 @pytest.fixture

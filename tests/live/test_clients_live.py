@@ -21,7 +21,7 @@ import pytest
 from clients import Subscriber, Update
 from reversehub.app import create_app
 from reversehub.settings import Settings
-from tests.support import bound_socket, serve_live, wait_for
+from tests.support import bound_socket, live_settings, serve_live, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.live]
 
@@ -41,24 +41,6 @@ class Server:
 
     def topic(self, name: str) -> str:
         return f"{self.url}/topics/{name}"
-
-
-def live_settings(database_url: str, port: int, **overrides: Any) -> Settings:
-    return Settings(
-        database_url=database_url,
-        host="127.0.0.1",
-        port=port,
-        public_url=f"http://127.0.0.1:{port}",
-        migrate=False,
-        allow_private_networks=True,
-        poll_timeout=1.0,
-        unavailable_timeout=2.0,
-        reply_timeout=5.0,
-        delivery_retry_base=0.05,
-        delivery_retry_max=0.2,
-        outbox_scan_interval=0.1,
-        **overrides,
-    )
 
 
 @asynccontextmanager

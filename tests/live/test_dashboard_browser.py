@@ -8,7 +8,6 @@ the test is skipped when Chromium is missing; in CI (CI=true) that is a failure.
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,43 +15,14 @@ import httpx
 import pytest
 
 from reversehub.app import create_app
-from tests.conftest import in_ci
-from tests.support import bound_socket, serve_live, wait_for
+from tests.support import bound_socket, chromium, serve_live, wait_for
 from tests.test_dashboard import TOKEN, Subscriber
 
 pytestmark = [pytest.mark.anyio, pytest.mark.live, pytest.mark.browser]
 
-CHROMIUM = os.environ.get("REVERSEHUB_CHROMIUM", "/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def require_chromium() -> None:
-    missing = None
-    if not shutil.which(CHROMIUM):
-        missing = f"Chromium not found at {CHROMIUM}"
-    else:
-        try:
-            import playwright.async_api  # noqa: F401
-        except ImportError as exc:
-            missing = f"playwright not importable: {exc}"
-    if missing:
-        if in_ci():
-            pytest.fail(missing + " (required in CI)")
-        pytest.skip(missing)
-
 
 async def test_dashboard_loads_shows_a_live_publish_and_a_click_retries(settings):
-    require_chromium()
-    from playwright.async_api import async_playwright, expect
+    from playwright.async_api import expect
 
     subscriber = Subscriber()
     sock = bound_socket()
@@ -69,49 +39,45 @@ async def test_dashboard_loads_shows_a_live_publish_and_a_click_retries(settings
         transport=httpx.ASGITransport(app=subscriber),
     )
     topic, callback = "http://pub.test/feed", "http://sub.test/cb"
-    async with serve_live(app, sock=sock), httpx.AsyncClient(base_url=base) as http, async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page = await browser.new_page(viewport={"width": 1280, "height": 900})
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
+    async with serve_live(app, sock=sock), httpx.AsyncClient(base_url=base) as http, chromium() as browser:
+        page = await browser.new_page(viewport={"width": 1280, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
 
-            # It loads: a stranger is sent to the login form; the token signs in.
-            await page.goto(base + "/")
-            assert page.url == base + "/dashboard/login"
-            await page.fill("#token", TOKEN)
-            await page.click("button[type=submit]")
-            await page.wait_for_url(base + "/")
-            await expect(page.locator("#live")).to_have_text("live")
-            assert "token" not in page.url
+        # It loads: a stranger is sent to the login form; the token signs in.
+        await page.goto(base + "/")
+        assert page.url == base + "/dashboard/login"
+        await page.fill("#token", TOKEN)
+        await page.click("button[type=submit]")
+        await page.wait_for_url(base + "/")
+        await expect(page.locator("#live")).to_have_text("live")
+        assert "token" not in page.url
 
-            # A live publish: the subscriber's first delivery fails, and the page shows it without a reload.
-            await http.post("/reversehttp", data={"name": "alice", "token": "t", "lease": "600"})
-            form = {"hub.mode": "subscribe", "hub.topic": topic, "hub.callback": callback}
-            await wait_for(lambda: _accepted(http, form))
-            await wait_for(lambda: _active(http))
-            r = await http.post(f"/publish?hub.topic={topic}", content=b"news", headers={"Content-Type": "text/plain"})
-            assert r.status_code < 300
-            await expect(page.locator("#total-publishes")).to_have_text("1")
-            row = page.locator("#deliveries tbody tr")
-            await expect(row).to_have_count(1)
-            await expect(row.locator("td").nth(3)).to_have_text("retrying")
-            await expect(row.locator("td").nth(6)).not_to_be_empty()
-            await expect(page.locator("#registrations tbody")).to_contain_text("alice")
-            await expect(page.locator("#subscriptions tbody")).to_contain_text(callback)
-            if shot := os.environ.get("REVERSEHUB_SCREENSHOT"):
-                Path(shot).parent.mkdir(parents=True, exist_ok=True)
-                await page.screenshot(path=shot, full_page=True)
+        # A live publish: the subscriber's first delivery fails, and the page shows it without a reload.
+        await http.post("/reversehttp", data={"name": "alice", "token": "t", "lease": "600"})
+        form = {"hub.mode": "subscribe", "hub.topic": topic, "hub.callback": callback}
+        await wait_for(lambda: _accepted(http, form))
+        await wait_for(lambda: _active(http))
+        r = await http.post(f"/publish?hub.topic={topic}", content=b"news", headers={"Content-Type": "text/plain"})
+        assert r.status_code < 300
+        await expect(page.locator("#total-publishes")).to_have_text("1")
+        row = page.locator("#deliveries tbody tr")
+        await expect(row).to_have_count(1)
+        await expect(row.locator("td").nth(3)).to_have_text("retrying")
+        await expect(row.locator("td").nth(6)).not_to_be_empty()
+        await expect(page.locator("#registrations tbody")).to_contain_text("alice")
+        await expect(page.locator("#subscriptions tbody")).to_contain_text(callback)
+        if shot := os.environ.get("REVERSEHUB_SCREENSHOT"):
+            Path(shot).parent.mkdir(parents=True, exist_ok=True)
+            await page.screenshot(path=shot, full_page=True)
 
-            # A click retries the delivery, which now goes through.
-            subscriber.accept = True
-            await row.get_by_role("button", name="Retry now").click()
-            await wait_for(lambda: subscriber.received == [b"news"])
-            await expect(page.locator("#deliveries tbody")).to_have_text("none")
-            await expect(page.locator("#total-deliveries")).to_have_text("1")
-            assert errors == []
-        finally:
-            await browser.close()
+        # A click retries the delivery, which now goes through.
+        subscriber.accept = True
+        await row.get_by_role("button", name="Retry now").click()
+        await wait_for(lambda: subscriber.received == [b"news"])
+        await expect(page.locator("#deliveries tbody")).to_have_text("none")
+        await expect(page.locator("#total-deliveries")).to_have_text("1")
+        assert errors == []
 
 
 async def _accepted(http: httpx.AsyncClient, form: dict[str, str]) -> bool:

@@ -21,8 +21,7 @@ from starlette.routing import Route
 
 from hub.signing import ownership_proof
 from reversehub.app import create_app
-from reversehub.settings import Settings
-from tests.support import bound_socket, serve_live, wait_for
+from tests.support import bound_socket, live_settings, serve_live, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.live]
 
@@ -31,19 +30,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.live]
 async def hub_url(database_url: str) -> AsyncIterator[str]:
     sock = bound_socket()
     port = sock.getsockname()[1]
-    settings = Settings(
-        database_url=database_url,
-        host="127.0.0.1",
-        port=port,
-        public_url=f"http://127.0.0.1:{port}",
-        migrate=False,
-        allow_private_networks=True,
-        poll_timeout=2.0,
-        unavailable_timeout=2.0,
-        reply_timeout=5.0,
-        delivery_retry_base=0.02,
-        outbox_scan_interval=0.05,
-    )
+    settings = live_settings(database_url, port, poll_timeout=2.0, delivery_retry_base=0.02, outbox_scan_interval=0.05)
     async with serve_live(create_app(settings), sock=sock) as url:
         yield url
 
