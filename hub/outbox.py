@@ -15,10 +15,8 @@ exponentially with jitter (the first within ``2 * delivery_retry_base`` seconds)
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 import random
-import sys
 import time
 from collections import defaultdict, deque
 from collections.abc import Iterable
@@ -36,12 +34,6 @@ from hub.signing import hub_signature, webhook_signature
 from reversehub.services import Services
 
 logger = logging.getLogger(__name__)
-
-if importlib.util.find_spec("sniffio") is None:
-    # httpcore looks for sniffio on every request; when it is not installed each lookup is a miss
-    # that scans sys.path again (a third of the CPU of a fan-out, measured). A None entry makes
-    # the import fail at once, which is the answer it would get anyway.
-    sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
 
 MAX_RESPONSE_READ = 64 * 1024
 CLAIM_BATCH = 2000
