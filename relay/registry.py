@@ -11,6 +11,10 @@ restart, and die with the registration (a new registration of the name gets a ne
 
 Lookups by name are cached for ``CACHE_TTL`` seconds (positive and negative) so the hot path of a
 relayed request does not touch the database; processes drop entries on ``relay.changed`` messages.
+With the in-process broker there is one process and no message can be missed, so entries live for
+``SOLO_CACHE_TTL`` (a TTL shorter than a fan-out's setup made every delivery read its row again).
+An entry whose lease looks over is read again before the name is treated as gone (leases are
+extended in the database by whichever process has the pollers).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from reversehub.settings import Settings
 
 # Other processes announce their changes on relay.changed; the TTL only bounds a missed message.
 CACHE_TTL = 5.0
+SOLO_CACHE_TTL = 300.0
 # RFC 1034 3.5 label (with RFC 1123's leading digit): 1-63 letters, digits and inner hyphens.
 _LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _MAC_SIZE = 16
@@ -144,9 +149,12 @@ def _snapshot(row: Registration) -> Reg:
 class Registry:
     """Registration rows plus a short-lived in-process cache of them."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], settings: Settings) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], settings: Settings, cache_ttl: float = CACHE_TTL
+    ) -> None:
         self.sessions = sessions
         self.settings = settings
+        self.cache_ttl = cache_ttl
         self._cache: dict[str, tuple[Reg | None, float]] = {}
         # One database read per name at a time: concurrent misses wait for it (no thundering herd).
         self._loading: dict[str, asyncio.Future[Reg | None]] = {}
@@ -159,6 +167,8 @@ class Registry:
         hit = self._cache.get(name)
         if hit is not None and hit[1] > time.monotonic():
             reg = hit[0]
+            if reg is not None and reg.expires_at < time.time() - CACHE_TTL:
+                reg = await self._load(name)  # the lease may have been extended since it was cached
         else:
             reg = await self._load(name)
         if reg is not None and reg.expires_at < time.time() - CACHE_TTL:
@@ -179,7 +189,7 @@ class Registry:
                     reg = _snapshot(row) if row is not None else None
             if len(self._cache) > 100_000:
                 self._cache.clear()
-            self._cache[name] = (reg, time.monotonic() + CACHE_TTL)
+            self._cache[name] = (reg, time.monotonic() + self.cache_ttl)
             future.set_result(reg)
             return reg
         except Exception as exc:
@@ -241,7 +251,7 @@ class Registry:
                 row.expires_at = now + row.lease_seconds
                 created = False
             reg = _snapshot(row)
-        self._cache[name] = (reg, time.monotonic() + CACHE_TTL)
+        self._cache[name] = (reg, time.monotonic() + self.cache_ttl)
         return reg, created
 
     async def reconfigure(self, reg: Reg, token: str | None, raw_lease: str | None) -> Reg:

@@ -19,8 +19,9 @@ from prometheus_client import Counter, Gauge, Histogram
 from relay import envelope
 from relay.errors import BadReply, Gone, InvalidInput, NotFound, RelayError, Withdrawn
 from relay.queue import CHANGED_CHANNEL, Delivery, Dispatcher, Item, queue_key, seen_key
-from relay.registry import Reg, Registry, cap_name, cap_valid, private_cap, request_cap
+from relay.registry import CACHE_TTL, SOLO_CACHE_TTL, Reg, Registry, cap_name, cap_valid, private_cap, request_cap
 from relay.wire import serialize_response
+from reversehub.broker.memory import MemoryBroker
 from reversehub.services import Services
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,8 @@ class Relay:
         self.services = services
         self.settings = services.settings
         self.broker = services.broker
-        self.registry = Registry(services.sessions, services.settings)
+        solo = isinstance(services.broker, MemoryBroker)  # one process: no relay.changed can be missed
+        self.registry = Registry(services.sessions, services.settings, SOLO_CACHE_TTL if solo else CACHE_TTL)
         self.dispatcher = Dispatcher(services.broker, services.settings)
         self.metrics = RelayMetrics(services)
         self.origin = services.settings.public_origin
