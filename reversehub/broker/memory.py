@@ -6,27 +6,71 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 from reversehub.broker.base import BrokerClosed
 
 
 class MemorySubscription:
+    """Published messages in a deque and one future for the consumer (an asyncio.Queue costs more
+    to make, and the relay makes one subscription per relayed request). One consumer at a time."""
+
+    __slots__ = ("_items", "_waiter")
+
     def __init__(self) -> None:
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._items: deque[bytes] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def _put(self, message: bytes) -> None:
+        self._items.append(message)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def get(self) -> bytes:
-        return await self._queue.get()
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while True:
-            yield await self._queue.get()
+            yield await self.get()
+
+
+class _Subscribing:
+    """``async with broker.subscribe(ch)``: a plain class, cheaper than an @asynccontextmanager."""
+
+    __slots__ = ("_channels", "_channel", "_sub")
+
+    def __init__(self, channels: dict[str, set[MemorySubscription]], channel: str) -> None:
+        self._channels = channels
+        self._channel = channel
+        self._sub = MemorySubscription()
+
+    async def __aenter__(self) -> MemorySubscription:
+        self._channels.setdefault(self._channel, set()).add(self._sub)
+        return self._sub
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        subs = self._channels.get(self._channel)
+        if subs is not None:
+            subs.discard(self._sub)
+            if not subs:
+                del self._channels[self._channel]
+
+
+def _expire(fut: asyncio.Future[bytes | None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class MemoryBroker:
     def __init__(self) -> None:
         self._queues: dict[str, deque[bytes]] = {}
-        self._waiters: dict[str, deque[asyncio.Future[bytes]]] = {}
+        self._waiters: dict[str, deque[asyncio.Future[bytes | None]]] = {}
         self._channels: dict[str, set[MemorySubscription]] = {}
         self._keys: dict[str, tuple[bytes, float | None]] = {}
         self._closed = False
@@ -72,22 +116,31 @@ class MemoryBroker:
             return item
         if timeout <= 0:
             return None
-        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        # A bare future and one timer handle per waiting pop: thousands of polls wait at once, and
+        # wait_for + shield cost two extra futures, a task-side timeout object and their callbacks.
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bytes | None] = loop.create_future()
         self._waiters.setdefault(queue, deque()).append(fut)
+        timer = loop.call_later(timeout, _expire, fut)
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except TimeoutError:
-            return self._abandon(queue, fut)
+            item = await fut
         except asyncio.CancelledError:
             item = self._abandon(queue, fut)
             if item is not None:
                 await self.push_front(queue, item)
             raise
+        finally:
+            timer.cancel()
+        if item is None:  # timed out
+            self._abandon(queue, fut)
+        return item
 
-    def _abandon(self, queue: str, fut: asyncio.Future[bytes]) -> bytes | None:
+    def _abandon(self, queue: str, fut: asyncio.Future[bytes | None]) -> bytes | None:
         """Stop waiting; an item that was handed over in the meantime is returned, not lost."""
-        if fut.done():
-            return fut.result()
+        if fut.done() and not fut.cancelled() and fut.exception() is None:
+            item = fut.result()
+            if item is not None:
+                return item
         fut.cancel()
         waiters = self._waiters.get(queue)
         if waiters is not None:
@@ -118,21 +171,11 @@ class MemoryBroker:
     async def publish(self, channel: str, message: bytes) -> None:
         self._check()
         for sub in self._channels.get(channel, ()):
-            sub._queue.put_nowait(message)
+            sub._put(message)
 
-    @asynccontextmanager
-    async def subscribe(self, channel: str) -> AsyncIterator[MemorySubscription]:
+    def subscribe(self, channel: str) -> _Subscribing:
         self._check()
-        sub = MemorySubscription()
-        self._channels.setdefault(channel, set()).add(sub)
-        try:
-            yield sub
-        finally:
-            subs = self._channels.get(channel)
-            if subs is not None:
-                subs.discard(sub)
-                if not subs:
-                    del self._channels[channel]
+        return _Subscribing(self._channels, channel)
 
     # Keys -------------------------------------------------------------------------------------
     def _live(self, key: str) -> bytes | None:
