@@ -242,7 +242,11 @@ class Fetcher:
             if diff is not None and diff.entries:
                 await store.remember_entries(s, topic.id, diff.entries, known or {})
             if out is not None:
-                queued = (await store.enqueue(s, topic.url, content_type, out, time.time())).deliveries
+                queued = (
+                    await store.enqueue(
+                        s, topic.url, content_type, out, time.time(), self.settings.max_pending_per_subscription
+                    )
+                ).deliveries
             if link is not None:
                 await self._ensure_sup_source(s, link.url)
         self.metrics.fetches.labels("changed" if out is not None else "unchanged").inc()

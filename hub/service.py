@@ -134,7 +134,16 @@ class Hub:
             await self._announce(FETCH)
             return 0
         async with store.writing(self.services.sessions) as s:
-            queued = (await store.enqueue(s, ping.topic, ping.content_type, ping.body, time.time())).deliveries
+            queued = (
+                await store.enqueue(
+                    s,
+                    ping.topic,
+                    ping.content_type,
+                    ping.body,
+                    time.time(),
+                    self.settings.max_pending_per_subscription,
+                )
+            ).deliveries
             # A fat-pinged topic's next fetch is a fresh baseline (the body just went out), and
             # it needs no polling while its publisher pings.
             await s.execute(

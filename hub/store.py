@@ -211,9 +211,30 @@ class Enqueued:
     deliveries: int
 
 
-async def enqueue(s: AsyncSession, topic: str, content_type: str, body: bytes, now: float) -> Enqueued:
-    """Store ``body`` once and a pending delivery for every active subscriber, in ``s``'s transaction."""
+async def enqueue(
+    s: AsyncSession, topic: str, content_type: str, body: bytes, now: float, max_pending: int = 0
+) -> Enqueued:
+    """Store ``body`` once and a pending delivery for every active subscriber, in ``s``'s transaction.
+
+    A subscription that already has ``max_pending`` deliveries pending (a callback that has been
+    failing for a while) gets no new one: its sequence number still advances, so the subscriber
+    sees the gap, and its status records the skip (``failed``, ``last_failure``). Nothing is
+    dropped silently, and one dead callback cannot grow the outbox without bound.
+    """
     await lock_topic(s, topic, now)
+    full: set[int] = set()
+    if max_pending > 0:
+        full = set(
+            (
+                await s.execute(
+                    select(Delivery.subscription_id)
+                    .join(Subscription, Subscription.id == Delivery.subscription_id)
+                    .where(Subscription.topic == topic, Delivery.state == "pending")
+                    .group_by(Delivery.subscription_id)
+                    .having(func.count() >= max_pending)
+                )
+            ).scalars()
+        )
     payload_id = (
         await s.execute(
             insert(Payload)
@@ -231,7 +252,18 @@ async def enqueue(s: AsyncSession, topic: str, content_type: str, body: bytes, n
             .returning(Subscription.id, Subscription.seq)
         )
     ).all()
-    if rows:
+    due = [(sub_id, seq) for sub_id, seq in rows if sub_id not in full]
+    if full:
+        await s.execute(
+            update(Subscription)
+            .where(Subscription.id.in_(full))
+            .values(
+                failed=Subscription.failed + 1,
+                last_failure_at=now,
+                last_failure=f"skipped: {max_pending} deliveries already pending for this subscription",
+            )
+        )
+    if due:
         await s.execute(
             insert(Delivery),
             [
@@ -244,11 +276,11 @@ async def enqueue(s: AsyncSession, topic: str, content_type: str, body: bytes, n
                     "next_attempt_at": now,
                     "created_at": now,
                 }
-                for sub_id, seq in rows
+                for sub_id, seq in due
             ],
         )
     await s.execute(update(Topic).where(Topic.url == topic).values(version=Topic.version + 1, updated_at=now))
-    return Enqueued(payload_id, len(rows))
+    return Enqueued(payload_id, len(due))
 
 
 @dataclass(frozen=True)

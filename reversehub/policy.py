@@ -69,10 +69,3 @@ def check_callback_host_cap(settings: Settings, subscriptions: int) -> str | Non
     if settings.max_subscriptions_per_callback_host and subscriptions >= settings.max_subscriptions_per_callback_host:
         return "too many subscriptions for this callback host"
     return None
-
-
-def check_pending_cap(settings: Settings, pending: int) -> str | None:
-    """Before queueing a delivery, given how many are pending for its subscription."""
-    if settings.max_pending_per_subscription and pending >= settings.max_pending_per_subscription:
-        return "too many pending deliveries for this subscription"
-    return None

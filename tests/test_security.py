@@ -327,12 +327,9 @@ def test_caps():
     assert policy.check_registration_cap(s, 2) == "too many registrations on this relay"
     assert policy.check_callback_host_cap(s, 2) is None
     assert policy.check_callback_host_cap(s, 3) == "too many subscriptions for this callback host"
-    assert policy.check_pending_cap(s, 0) is None
-    assert policy.check_pending_cap(s, 1) == "too many pending deliveries for this subscription"
     off = Settings(max_registrations=0, max_subscriptions_per_callback_host=0, max_pending_per_subscription=0)
     assert policy.check_registration_cap(off, 10**9) is None
     assert policy.check_callback_host_cap(off, 10**9) is None
-    assert policy.check_pending_cap(off, 10**9) is None
 
 
 # The command line --------------------------------------------------------------------------------

@@ -236,3 +236,18 @@ async def test_netguard(url, allowed):
         with pytest.raises(URLRefused):
             await guard.check(url)
     await NetGuard(Settings(public_url="http://hub.test", allow_private_networks=True)).check(url)
+
+
+async def test_pending_cap_skips_new_deliveries_and_says_so(make_hub, peer):
+    # A callback that keeps failing: its deliveries stay pending (retried far in the future).
+    app, client = await make_hub(max_pending_per_subscription=2, delivery_retry_base=3600.0)
+    await subscribe(client, peer, TOPIC, SUB + "/cb", secret="k")
+    peer.delivery_status["/cb"] = [500] * 10
+    for body in (b"one", b"two", b"three"):
+        await publish(client, body)
+    await wait_for(lambda: any(d.path == "/cb" for d in peer.deliveries))
+    body = (await _status(client, SUB + "/cb", "k")).json()
+    # The third update was not queued, but its sequence number was used and the skip recorded.
+    assert body["last_seq"] == 3
+    assert body["pending"] == 2
+    assert body["failed"] == 1 and "already pending" in body["last_failure"]
