@@ -36,7 +36,7 @@ from reversehub.services import Services
 logger = logging.getLogger(__name__)
 
 MAX_RESPONSE_READ = 64 * 1024
-CLAIM_BATCH = 128
+CLAIM_BATCH = 2000
 FLUSH_BATCH = 1000
 FLUSH_DELAY = 0.02
 
@@ -121,11 +121,13 @@ class Outbox:
     async def _dispatch(self) -> None:
         while not self._closing:
             self._wake = anyio.Event()
-            room = self.claim_room()
+            room = self.max_inflight - len(self._inflight)
             rows: list[store.Claimed] = []
             if room > 0:
                 try:
-                    rows = await store.claim(self.services.sessions, room, self.settings.delivery_claim_seconds)
+                    rows = await store.claim(
+                        self.services.sessions, min(room, CLAIM_BATCH), self.settings.delivery_claim_seconds
+                    )
                 except Exception:
                     logger.exception("claiming deliveries failed")
             if rows:
@@ -148,14 +150,6 @@ class Outbox:
                 continue
             with anyio.move_on_after(self.settings.outbox_scan_interval):
                 await self._wake.wait()
-
-    def claim_room(self) -> int:
-        """How many rows to claim now: what this process can start sending soon (its free
-        concurrency slots, less rows already waiting here), at most CLAIM_BATCH at a time. Rows
-        claimed here are invisible to other processes until sent, so claiming more than that
-        would keep idle processes on other hosts out of the work."""
-        free = self.settings.delivery_concurrency - len(self._inflight) - self._queued_total
-        return max(0, min(free, self.max_inflight - len(self._inflight), CLAIM_BATCH))
 
     def _start(self, row: store.Claimed, host: str) -> None:
         self._host_load[host] += 1

@@ -351,35 +351,22 @@ async def test_sigkill_mid_fanout_loses_no_update(launch: Callable[..., Proc], d
 async def test_outbox_workers_share_the_work_without_double_sending(
     launch: Callable[..., Proc], database: str, broker_url: str
 ) -> None:
-    """Two processes' outbox workers on one PostgreSQL outbox: every delivery arrives exactly once,
-    and both processes send a share.
+    """Two processes' outbox workers on one PostgreSQL outbox, slow subscribers (0.2 s an answer):
+    every delivery arrives exactly once.
 
-    A process claims at most what it can start sending soon (its free delivery_concurrency slots,
-    256 by default) and opens at most delivery_per_host (32) connections to one host. With 300 due
-    rows, one process cannot hold them all; and the callback holds every request until more than
-    32 are in flight at once, which only two senders can do. (Before claims were bounded, the first
-    process claimed all 300 and the second got none.)
+    How the work splits is a race: whoever asks first claims every due row (and holds the ones over
+    a host's backlog in memory), so on a loaded machine one process may do it all; the split is
+    printed, not asserted. test_outbox_work_overflowing_one_process_goes_to_the_other shows,
+    deterministically, that the other process takes what one cannot hold.
     """
-    from reversehub.settings import Settings
-
-    subscribers, updates = 300, 2
-    per_host = Settings().delivery_per_host
+    subscribers, updates = 150, 2
     hits: Counter[str] = Counter()
-    in_flight = 0
-    both = anyio.Event()
 
     async def callback(request: Request) -> Response:
-        nonlocal in_flight
         if request.method == "GET":
             return PlainTextResponse(request.query_params.get("hub.challenge", ""))
+        await anyio.sleep(0.2)  # a slow subscriber, not a wait of the test
         body = await request.body()
-        in_flight += 1
-        if in_flight > per_host:
-            both.set()
-        try:
-            await both.wait()
-        finally:
-            in_flight -= 1
         hits[f"{request.path_params['n']}:{body.decode()}"] += 1
         return Response(status_code=204)
 
@@ -405,7 +392,6 @@ async def test_outbox_workers_share_the_work_without_double_sending(
         await wait_for(lambda: _equals(_sum(sent()), subscribers * updates), timeout=10)
         per_process = await sent()
     assert max(hits.values()) == 1, [k for k, v in hits.items() if v > 1]
-    assert all(n > 0 for n in per_process), per_process
     print(f"\noutbox: {subscribers * updates} deliveries, sent per process {per_process}")
 
 
@@ -415,8 +401,8 @@ async def _sum(values: object) -> float:
 
 async def test_outbox_work_overflowing_one_process_goes_to_the_other(database: str, broker_url: str) -> None:
     """Two apps (two processes' worth: own engine, broker connection and outbox) on one PostgreSQL
-    outbox, each sending one delivery at a time and claiming only as many rows as it has free
-    sending slots (``delivery_concurrency=1``). The callback holds every request until two are in flight at once,
+    outbox, each sending one delivery at a time and claiming at most 64 rows (``delivery_concurrency=1``,
+    so max_inflight is 64). The callback holds every request until two are in flight at once,
     which only two senders can do; then every delivery arrives exactly once, some from each."""
     from reversehub.app import create_app
     from reversehub.settings import Settings
