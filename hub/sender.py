@@ -83,24 +83,25 @@ class Sender:
             if conn.reader.at_eof() or conn.writer.is_closing():
                 conn.close()
                 continue
-            try:
-                return await self._roundtrip(key, conn, request, body)
-            except (ConnectionError, _Stale):
-                conn.close()  # the server closed an idle connection: try another, or a new one
-            except _FAILURES as exc:
-                conn.close()
-                raise _failure(exc) from None
-            except BaseException:
-                conn.close()
-                raise
-        conn = await self._connect(key)
+            status = await self._try(key, conn, request, body, pooled=True)
+            if status is not None:
+                return status
+        status = await self._try(key, await self._connect(key), request, body, pooled=False)
+        assert status is not None  # only a pooled connection is given up on
+        return status
+
+    async def _try(
+        self, key: tuple[str, str, int], conn: _Conn, request: h11.Request, body: bytes, *, pooled: bool
+    ) -> int | None:
+        """One exchange on ``conn``; None when a pooled connection turned out closed (try another)."""
         try:
             return await self._roundtrip(key, conn, request, body)
-        except _FAILURES as exc:
+        except BaseException as exc:
             conn.close()
-            raise _failure(exc) from None
-        except BaseException:
-            conn.close()
+            if pooled and isinstance(exc, (ConnectionError, _Stale)):
+                return None  # the server closed an idle connection: try another, or a new one
+            if isinstance(exc, _FAILURES):
+                raise _failure(exc) from None
             raise
 
     async def _connect(self, key: tuple[str, str, int]) -> _Conn:
