@@ -178,7 +178,7 @@ def db_upgrade(database_url: str) -> None:
     async def run() -> None:
         engine = dbmod.create_engine(database_url)
         try:
-            await dbmod.migrate(engine)
+            await dbmod.upgrade_here(engine)
         finally:
             await engine.dispose()
 

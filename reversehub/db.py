@@ -7,7 +7,9 @@ picked here so nobody has to know about ``+aiosqlite`` or ``+asyncpg``.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -15,10 +17,13 @@ from queue import SimpleQueue
 from typing import Any
 
 import aiosqlite
-from sqlalchemy import MetaData, event
+from sqlalchemy import MetaData, event, text
 from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
+
+import migrations
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -37,6 +42,10 @@ class Base(DeclarativeBase):
 
 class DatabaseURLError(ValueError):
     """The database URL names no backend we can drive."""
+
+
+class MigrationError(RuntimeError):
+    """The schema could not be brought to head."""
 
 
 def async_url(url: str | URL) -> URL:
@@ -158,8 +167,6 @@ def alembic_config(url: str | URL | None = None) -> Any:
     """An Alembic Config pointing at the migrations shipped inside the package."""
     from alembic.config import Config
 
-    import migrations
-
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(migrations.__file__).parent))
     if url is not None:
@@ -175,7 +182,51 @@ def _upgrade(connection: Connection) -> None:
     command.upgrade(cfg, "head")
 
 
+async def schema_revision(engine: AsyncEngine) -> str | None:
+    """The revision the database is at, or None when it has no schema yet (one SELECT, no Alembic)."""
+    async with engine.connect() as conn:
+        try:
+            return (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
+        except DBAPIError:
+            return None  # no alembic_version table: a new database
+
+
+def in_memory(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
 async def migrate(engine: AsyncEngine) -> None:
-    """Bring the schema to Alembic head on an open engine (idempotent)."""
+    """Bring the schema to Alembic head (idempotent).
+
+    At head (every start but the first after an upgrade) this is one SELECT. Otherwise Alembic runs
+    in a child process (``reversehub db upgrade``), so that its modules, about 10 MB, never stay in a
+    long-running server; only an in-memory SQLite database, which a child cannot see, migrates here.
+    """
+    if await schema_revision(engine) == migrations.HEAD:
+        return
+    if in_memory(engine.url):
+        await upgrade_here(engine)
+        return
+    url = engine.url.set(drivername=engine.url.get_backend_name())
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "reversehub",
+        "db",
+        "upgrade",
+        # The URL may hold a password: it goes in the environment, never on a command line.
+        env={**os.environ, "REVERSEHUB_DATABASE_URL": url.render_as_string(hide_password=False)},
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await child.communicate()
+    if child.returncode != 0:
+        tail = output.decode(errors="replace").strip().splitlines()[-1:]
+        raise MigrationError(f"reversehub db upgrade failed ({child.returncode}): {' '.join(tail)}")
+
+
+async def upgrade_here(engine: AsyncEngine) -> None:
+    """Run Alembic's upgrade to head in this process (``reversehub db upgrade`` does)."""
     async with engine.begin() as conn:
         await conn.run_sync(_upgrade)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -33,3 +37,61 @@ def test_plain_urls_get_async_drivers():
     assert db.async_url("postgresql+asyncpg://u@h/d").drivername == "postgresql+asyncpg"
     with pytest.raises(db.DatabaseURLError):
         db.async_url("mysql://u@h/d")
+
+
+def test_head_constant_is_alembics_head():
+    from alembic.script import ScriptDirectory
+
+    import migrations
+
+    assert migrations.HEAD == ScriptDirectory.from_config(db.alembic_config()).get_current_head()
+
+
+def test_a_server_process_never_imports_alembic(tmp_path):
+    """A new database is migrated by a child process; a current one costs one SELECT."""
+    probe = textwrap.dedent(
+        """
+        import asyncio, sys
+        from reversehub import db
+
+        async def main(url):
+            engine = db.create_engine(url)
+            try:
+                before = await db.schema_revision(engine)
+                await db.migrate(engine)
+                after = await db.schema_revision(engine)
+                await db.migrate(engine)
+            finally:
+                await engine.dispose()
+            print(before, after, "alembic" in sys.modules)
+
+        asyncio.run(main(sys.argv[1]))
+        """
+    )
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    out = subprocess.run([sys.executable, "-c", probe, url], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    import migrations
+
+    assert out.stdout.split() == ["None", migrations.HEAD, "False"]
+
+
+async def test_an_unreachable_database_fails_without_showing_its_password():
+    engine = db.create_engine("postgresql://reversehub:s3cret-pw@127.0.0.1:1/nowhere")
+    try:
+        with pytest.raises(Exception) as failure:
+            await db.migrate(engine)
+        assert "s3cret-pw" not in str(failure.value)
+    finally:
+        await engine.dispose()
+
+
+async def test_an_in_memory_database_migrates_in_process():
+    engine = db.create_engine("sqlite://")
+    try:
+        await db.migrate(engine)
+        import migrations
+
+        assert await db.schema_revision(engine) == migrations.HEAD
+    finally:
+        await engine.dispose()
