@@ -167,7 +167,10 @@ class Fetcher:
 
         Called between a subscribe request and its verification GET: a publisher that adds an
         entry and pings once the subscriber is subscribed then finds the entry new. Concurrent
-        subscribers of one new topic share one fetch."""
+        subscribers of one new topic share one fetch; a topic that has its baseline costs one read,
+        outside the lock, so that a thousand subscribers of it are not verified one by one."""
+        if await self._fetched(url):
+            return
         lock = self._baselines.setdefault(url, anyio.Lock())
         try:
             async with lock:
@@ -184,15 +187,18 @@ class Fetcher:
                     async with self.services.sessions() as s:
                         topic = (await s.execute(select(Topic).where(Topic.url == url))).scalar_one()
                 await self.process(topic, baseline=True)
-                async with self.services.sessions() as s:
-                    fetched = (await s.execute(select(Topic.fetched_at).where(Topic.url == url))).scalar_one()
-                if fetched is None:
+                if not await self._fetched(url):
                     if len(self._baseline_failed) > 10_000:
                         self._baseline_failed.clear()
                     self._baseline_failed[url] = time.monotonic()
         finally:
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._baselines.pop(url, None)
+
+    async def _fetched(self, url: str) -> bool:
+        async with self.services.sessions() as s:
+            fetched = (await s.execute(select(Topic.fetched_at).where(Topic.url == url))).scalar_one_or_none()
+        return fetched is not None
 
     async def process(self, topic: Topic, *, baseline: bool = False) -> int:
         """Fetch one topic and distribute what is new; returns the number of deliveries queued.
