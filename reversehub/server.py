@@ -45,11 +45,22 @@ def setup_logging(settings: Settings) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
+def http_protocol() -> type[asyncio.Protocol] | str:
+    """uvicorn's httptools protocol with coalesced writes (reversehub.protocol); uvicorn's choice without httptools."""
+    try:
+        from reversehub.protocol import CoalescingHttpToolsProtocol
+    except ImportError:  # httptools is missing: uvicorn falls back to h11
+        return "auto"
+    return CoalescingHttpToolsProtocol
+
+
 def config_for(app: Any, settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        http=http_protocol(),
+        loop="auto",  # uvloop when installed (uvicorn[standard] installs it), like the bench's bare server
         lifespan="on",
         access_log=False,  # ours (reversehub.accesslog) leaves capability URLs out
         log_level=settings.log_level,
