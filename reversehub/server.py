@@ -43,6 +43,10 @@ MAX_QUICK_EXITS = 5
 def setup_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # httpx logs every request's full URL at INFO: callback URLs carry subscribers' tokens and
+    # verification GETs the challenge. Our own access log (reversehub.accesslog) is the one to read.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def http_protocol() -> type[asyncio.Protocol] | str:
