@@ -23,11 +23,14 @@ class Subscription(Base):
     __table_args__ = (
         UniqueConstraint("topic", "callback"),
         Index("ix_hub_subscriptions_topic_state", "topic", "state"),
+        Index("ix_hub_subscriptions_state_callback_host", "state", "callback_host"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     topic: Mapped[str] = mapped_column(String(URL_LENGTH))
     callback: Mapped[str] = mapped_column(String(URL_LENGTH))
+    # The callback URL's host name, lowercased (hub.store.host_of): the per-host cap counts by it.
+    callback_host: Mapped[str] = mapped_column(String(255), default="")
     secret: Mapped[str | None] = mapped_column(String(200), nullable=True)
     # active | expired (lease ran out) | unsubscribed | gone (callback answered 410)
     state: Mapped[str] = mapped_column(String(16))

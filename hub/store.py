@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from typing import cast
 
 import anyio
-from sqlalchemy import Table, and_, bindparam, delete, exists, func, insert, literal, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+import httpx
+from sqlalchemy import Table, and_, bindparam, delete, exists, func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
@@ -54,8 +53,14 @@ async def writing(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[A
 
 
 def _insert(session: AsyncSession, table: type) -> object:
+    """The dialect's INSERT (with ON CONFLICT). Imported here: the engine has loaded its own dialect
+    already, and the other one's modules (about 3 MB for PostgreSQL's) stay out of the process."""
     if session.bind is not None and session.bind.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
         return pg_insert(table)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
     return sqlite_insert(table)
 
 
@@ -83,7 +88,7 @@ async def activate(
             await s.execute(select(Subscription).where(Subscription.topic == topic, Subscription.callback == callback))
         ).scalar_one_or_none()
         if sub is None:
-            sub = Subscription(topic=topic, callback=callback, seq=0, failed=0)
+            sub = Subscription(topic=topic, callback=callback, callback_host=host_of(callback), seq=0, failed=0)
             s.add(sub)
             was_active = False
         else:
@@ -148,17 +153,20 @@ async def find(sessions: async_sessionmaker[AsyncSession], topic: str, callback:
         ).scalar_one_or_none()
 
 
-async def count_for_host(sessions: async_sessionmaker[AsyncSession], host: str, callback: str) -> int:
-    """Active subscriptions whose callback is on ``host``, not counting ``callback`` itself (a renewal
-    adds nothing). Counted in SQL by URL shape: this runs for every subscribe."""
-    pattern = host.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    on_host = or_(
-        Subscription.callback.like(f"%://{pattern}/%", escape="\\"),
-        Subscription.callback.like(f"%://{pattern}:%", escape="\\"),
-        Subscription.callback.like(f"%://{pattern}", escape="\\"),
-    )
+def host_of(callback: str) -> str:
+    """The host a callback URL names, as the per-host cap counts it: ASCII (IDNA) and lowercase."""
+    return httpx.URL(callback).raw_host.decode("ascii").lower()[:255]
+
+
+async def count_for_host(sessions: async_sessionmaker[AsyncSession], callback: str) -> int:
+    """Active subscriptions whose callback is on ``callback``'s host, not counting ``callback``
+    itself (a renewal adds nothing). An index lookup: this runs for every subscribe."""
     async with sessions() as s:
-        count = select(func.count()).where(Subscription.state == ACTIVE, Subscription.callback != callback, on_host)
+        count = select(func.count()).where(
+            Subscription.state == ACTIVE,
+            Subscription.callback_host == host_of(callback),
+            Subscription.callback != callback,
+        )
         return int((await s.execute(count)).scalar_one())
 
 

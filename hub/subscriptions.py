@@ -194,7 +194,7 @@ class Verifier:
         """``--max-subscriptions-per-callback-host``: one host cannot make the hub fan out without bound."""
         if not getattr(self.settings, "max_subscriptions_per_callback_host", 0):
             return None
-        count = await store.count_for_host(self.services.sessions, httpx.URL(callback).host, callback)
+        count = await store.count_for_host(self.services.sessions, callback)
         return policy.check_callback_host_cap(self.settings, count)
 
     async def deny(self, req: SubscriptionRequest, reason: str) -> None:

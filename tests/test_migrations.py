@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -95,3 +96,25 @@ async def test_an_in_memory_database_migrates_in_process():
         assert await db.schema_revision(engine) == migrations.HEAD
     finally:
         await engine.dispose()
+
+
+def test_0003_fills_in_the_callback_host_of_existing_subscriptions(tmp_path):
+    """An upgrade from 0002 keeps every subscription and gives it the host the cap counts by."""
+    from alembic import command
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(db.alembic_config(url), "0002_hub")
+    con = sqlite3.connect(tmp_path / "old.db")
+    for i, callback in enumerate(["http://Sub.Example:8080/cb?x=1", "https://bücher.example/cb", "http://10.0.0.7/"]):
+        con.execute(
+            "INSERT INTO hub_subscriptions (id, topic, callback, state, lease_seconds, verified_at, expires_at,"
+            " seq, failed, updated_at) VALUES (?, 'http://t.example/', ?, 'active', 60, 0, 60, 0, 0, 0)",
+            (i + 1, callback),
+        )
+    con.commit()
+    con.close()
+    command.upgrade(db.alembic_config(url), "head")
+    con = sqlite3.connect(tmp_path / "old.db")
+    hosts = [row[0] for row in con.execute("SELECT callback_host FROM hub_subscriptions ORDER BY id")]
+    con.close()
+    assert hosts == ["sub.example", "xn--bcher-kva.example", "10.0.0.7"]

@@ -263,3 +263,10 @@ async def test_policy_denies_topics_and_caps_callback_hosts(make_hub, peer):
     r = await client.post("/hub", data=form(mode="subscribe", topic=TOPIC, callback=SUB + "/3"))
     await wait_for(lambda: bool(peer.verified("/3", "denied")))
     assert "too many subscriptions" in peer.verified("/3", "denied")[0]["hub.reason"]
+
+
+def test_the_host_cap_counts_one_host_however_its_url_spells_it():
+    from hub.store import host_of
+
+    assert host_of("http://Sub.Example:8080/cb?x=1") == host_of("https://sub.example/other") == "sub.example"
+    assert host_of("http://bücher.example/") == host_of("http://xn--bcher-kva.example/") == "xn--bcher-kva.example"
