@@ -15,6 +15,7 @@ forwards SIGTERM to every worker and waits for them to drain.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import os
@@ -95,6 +96,15 @@ async def drain(app: Starlette, timeout: float = GRACE_SECONDS) -> None:
 
 
 class DrainingServer(uvicorn.Server):
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        # Everything alive now (modules, the app, the engine) lives as long as the process: move it
+        # out of the collector's sight, so that a full collection, which the allocations of a busy
+        # server trigger every few seconds, walks the objects of requests in flight and not every
+        # class SQLAlchemy and uvicorn ever defined (CPython docs, gc.freeze).
+        gc.collect()
+        gc.freeze()
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # Stop accepting first, so a poller whose poll ends now reconnects to another process.
         for server in self.servers:
