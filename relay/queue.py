@@ -26,18 +26,21 @@ import asyncio
 import itertools
 import secrets
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import anyio
 
 from relay.errors import BadReply, NoPoller, NoReply, NotFound, RequesterError, Unavailable, Withdrawn
 from reversehub.broker import Broker
+from reversehub.broker.memory import MemoryBroker
 from reversehub.settings import Settings
 
 ONLINE_CHANNEL = "relay.online"
 _ID_PREFIX = secrets.token_hex(8) + "-"
 _ids = itertools.count()
 CHANGED_CHANNEL = "relay.changed"
+_UNSHIELDED = nullcontext()
 
 
 def queue_key(name: str) -> str:
@@ -111,6 +114,13 @@ class Dispatcher:
     def __init__(self, broker: Broker, settings: Settings) -> None:
         self.broker = broker
         self.settings = settings
+        # The in-process broker's calls never suspend, so no cancellation can land between two of
+        # them and shielding them (an anyio CancelScope per delivery) would buy nothing.
+        self._inline = type(broker) is MemoryBroker  # exactly: a subclass may suspend
+
+    def _shielded(self) -> AbstractContextManager[object]:
+        """Run broker calls that must not be cut apart (taken items end up bound or back in the queue)."""
+        return _UNSHIELDED if self._inline else anyio.CancelScope(shield=True)
 
     # Requesters ---------------------------------------------------------------------------------
     async def relay(self, name: str, item: Item) -> bytes:
@@ -180,7 +190,7 @@ class Dispatcher:
         items = [first]
         if max_items == 1:
             return items
-        with anyio.CancelScope(shield=True):
+        with self._shielded():
             while len(items) < max_items:
                 more = await self.broker.pop(queue, 0)
                 if more is None:
@@ -190,7 +200,7 @@ class Dispatcher:
 
     async def put_back(self, name: str, raw_items: list[bytes]) -> None:
         """Items taken for a poller that cannot have them go back to the front, in order."""
-        with anyio.CancelScope(shield=True):
+        with self._shielded():
             for raw in reversed(raw_items):
                 await self.broker.push_front(queue_key(name), raw)
 
@@ -198,7 +208,7 @@ class Dispatcher:
         """Bind taken items to request URL ``cap``; if a concurrent GET on it won, ours go back."""
         settings = self.settings
         ttl = settings.reply_timeout + settings.unavailable_timeout
-        with anyio.CancelScope(shield=True):
+        with self._shielded():
             if await self.broker.set(bound_key(cap), delivery.pack(), ttl, nx=True):
                 await self.broker.set(seen_key(name), b"1", ttl)
                 return delivery
@@ -210,7 +220,7 @@ class Dispatcher:
 
     async def unbind(self, name: str, cap: str, raw_items: list[bytes]) -> None:
         """The poller went away before getting the delivery: return the items to the queue."""
-        with anyio.CancelScope(shield=True):
+        with self._shielded():
             if await self.broker.delete(bound_key(cap)):
                 await self.put_back(name, raw_items)
 

@@ -105,8 +105,22 @@ def _unb64(cap: str) -> bytes | None:
         return None
 
 
+# HMAC objects with their key already hashed in, per registration secret: copying one costs less
+# than keying a new one (OpenSSL 3 looks the digest up on every hmac.new).
+_KEYED: dict[bytes, hmac.HMAC] = {}
+_KEYED_MAX = 4096
+_ISSUED_MAX = 100_000
+
+
 def _mac(secret: bytes, message: bytes) -> bytes:
-    return hmac.new(secret, message, hashlib.sha256).digest()[:_MAC_SIZE]
+    keyed = _KEYED.get(secret)
+    if keyed is None:
+        if len(_KEYED) >= _KEYED_MAX:
+            _KEYED.clear()
+        keyed = _KEYED[secret] = hmac.new(secret, digestmod=hashlib.sha256)
+    mac = keyed.copy()
+    mac.update(message)
+    return mac.digest()[:_MAC_SIZE]
 
 
 def private_cap(reg: Reg) -> str:
@@ -158,6 +172,10 @@ class Registry:
         self._cache: dict[str, tuple[Reg | None, float]] = {}
         # One database read per name at a time: concurrent misses wait for it (no thundering herd).
         self._loading: dict[str, asyncio.Future[Reg | None]] = {}
+        # Request capabilities this process made and nobody has used yet, with the secret they were
+        # made with: their poll needs no MAC check (most polls come back to the process that made
+        # their URL). A registration made anew has a new secret, so its old URLs still fail.
+        self._issued: dict[str, bytes] = {}
 
     def forget(self, name: str) -> None:
         self._cache.pop(name, None)
@@ -198,6 +216,29 @@ class Registry:
             raise
         finally:
             del self._loading[name]
+
+    def issue_request_cap(self, reg: Reg) -> str:
+        """A fresh request URL capability for ``reg`` (see :func:`request_cap`)."""
+        cap = request_cap(reg)
+        if len(self._issued) >= _ISSUED_MAX:
+            self._issued.clear()  # URLs never polled (their pollers left); the rest just get checked
+        self._issued[cap] = reg.secret
+        return cap
+
+    async def by_request_cap(self, cap: str) -> Reg | None:
+        """The registration a request URL capability belongs to, if it is valid.
+
+        The first use of a URL made here skips the MAC check; any later one (a GET repeated after a
+        204 or a lost response) is checked like a URL made elsewhere.
+        """
+        name = cap_name(cap, private=False)
+        reg = await self.lookup(name) if name else None
+        if reg is None:
+            return None
+        secret = self._issued.pop(cap, None)
+        if secret is not None and secret == reg.secret:
+            return reg
+        return reg if cap_valid(cap, reg, private=False) else None
 
     async def by_private_cap(self, cap: str) -> Reg:
         name = cap_name(cap, private=True)

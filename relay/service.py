@@ -19,7 +19,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from relay import envelope
 from relay.errors import BadReply, Gone, InvalidInput, NotFound, RelayError, Withdrawn
 from relay.queue import CHANGED_CHANNEL, Delivery, Dispatcher, Item, queue_key, seen_key
-from relay.registry import CACHE_TTL, SOLO_CACHE_TTL, Reg, Registry, cap_name, cap_valid, private_cap, request_cap
+from relay.registry import CACHE_TTL, SOLO_CACHE_TTL, Reg, Registry, cap_name, private_cap
 from relay.wire import serialize_response
 from reversehub.broker.memory import MemoryBroker
 from reversehub.services import Services
@@ -98,7 +98,7 @@ class Relay:
     def links(self, reg: Reg) -> list[tuple[str, str]]:
         """The headers of a 2xx registration response (spec "Registration")."""
         return [
-            ("Link", f'<{self.request_url(request_cap(reg))}>; rel="first"'),
+            ("Link", f'<{self.request_url(self.registry.issue_request_cap(reg))}>; rel="first"'),
             ("Link", f'<{self.public_url(reg.name)}>; rel="related"'),
             ("Location", self.private_url(reg)),
         ]
@@ -156,9 +156,8 @@ class Relay:
 
     # Polling --------------------------------------------------------------------------------------
     async def _request_reg(self, cap: str) -> Reg:
-        name = cap_name(cap, private=False)
-        reg = await self.registry.lookup(name) if name else None
-        if reg is None or not cap_valid(cap, reg, private=False):
+        reg = await self.registry.by_request_cap(cap)
+        if reg is None:
             raise NotFound("no such request URL")
         return reg
 
@@ -191,7 +190,7 @@ class Relay:
             return None
         if not raw_items:
             return None
-        delivery = Delivery(request_cap(reg), kind, [Item.unpack(r) for r in raw_items])
+        delivery = Delivery(self.registry.issue_request_cap(reg), kind, [Item.unpack(r) for r in raw_items])
         return await self.dispatcher.bind(name, cap, delivery, raw_items)
 
     async def _park(self, name: str, park: Park, max_items: int, watch: Callable[[], object] | None) -> list[bytes]:

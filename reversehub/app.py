@@ -54,6 +54,7 @@ class ReverseHub(Starlette):
         self._hot: dict[int, ASGIApp] = {}
         self._settings = settings
         self._limits = RateLimitMiddleware(self.router, settings=settings)  # only asked whether limits apply
+        self._unlimited: dict[tuple[str, int], bool] = {}  # per client address (host, port), once started
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not scope.get("root_path"):
@@ -61,7 +62,7 @@ class ReverseHub(Starlette):
             if found is not None:
                 endpoint, scope["path_params"] = found
                 scope["app"] = self
-                if self._limits.unlimited(scope) and not access_logger.isEnabledFor(logging.INFO):
+                if self._is_unlimited(scope) and not access_logger.isEnabledFor(logging.INFO):
                     await endpoint(scope, receive, send)  # what the two middlewares would do, minus their frames
                     return
                 stack = self._hot.get(id(endpoint))
@@ -72,6 +73,21 @@ class ReverseHub(Starlette):
                 await stack(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
+
+    def _is_unlimited(self, scope: Scope) -> bool:
+        """``RateLimitMiddleware.unlimited``, remembered per connection's client address: three
+        exchanges per relayed request ask it, and once the app has started only the client counts."""
+        client = scope.get("client")
+        if type(client) is not tuple:
+            return self._limits.unlimited(scope)
+        unlimited = self._unlimited.get(client)
+        if unlimited is None:
+            unlimited = self._limits.unlimited(scope)
+            if self.state.services is not None:
+                if len(self._unlimited) >= 4096:
+                    self._unlimited.clear()
+                self._unlimited[client] = unlimited
+        return unlimited
 
 
 def create_app(
