@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import unquote, urlsplit
 
-import anyio
 import httpx
 from starlette.types import ASGIApp, Message
 
@@ -80,7 +79,7 @@ async def post(app: ASGIApp, url: str, headers: dict[str, str], body: bytes, tim
             done.set()
 
     try:
-        with anyio.fail_after(timeout):
+        async with asyncio.timeout(timeout):  # plain asyncio: an anyio scope per delivery costs more
             await app(scope, receive, send)
     except TimeoutError:
         raise SendFailed("timed out") from None

@@ -20,6 +20,7 @@ import random
 import time
 from collections import defaultdict, deque
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -46,12 +47,27 @@ def backoff(attempt: int, base: float, cap: float) -> float:
     return float(min(cap, base * 2 ** min(attempt - 1, 30)) * random.uniform(0.5, 1.0))
 
 
-def interleave(rows: Iterable[store.Claimed]) -> list[store.Claimed]:
-    """Round-robin over callback hosts, keeping each host's order."""
-    by_host: dict[str, deque[store.Claimed]] = defaultdict(deque)
-    for row in rows:
-        by_host[httpx.URL(row.callback).netloc.decode()].append(row)
-    out: list[store.Claimed] = []
+_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+
+
+def netloc(url: str) -> str:
+    """A URL's ``host[:port]``, lowercase, without userinfo or a default port: the key by which
+    sending is shared fairly between callback hosts. (httpx.URL gives the same for about 40 times
+    the CPU, and this runs for every claimed row.)"""
+    parts = urlsplit(url)
+    loc = parts.netloc.rpartition("@")[2].lower()
+    default = _DEFAULT_PORTS.get(parts.scheme)
+    if default is not None and loc.endswith(default):
+        loc = loc[: -len(default)]
+    return loc
+
+
+def interleave(rows: Iterable[tuple[str, store.Claimed]]) -> list[tuple[str, store.Claimed]]:
+    """Round-robin over hosts (the first of each pair), keeping each host's order."""
+    by_host: dict[str, deque[tuple[str, store.Claimed]]] = defaultdict(deque)
+    for pair in rows:
+        by_host[pair[0]].append(pair)
+    out: list[tuple[str, store.Claimed]] = []
     queues = list(by_host.values())
     while queues:
         for q in queues:
@@ -80,8 +96,10 @@ class Outbox:
         self._outcomes: list[store.Outcome] = []
         self._inflight: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._global = anyio.Semaphore(self.settings.delivery_concurrency)
-        self._hosts: dict[str, anyio.Semaphore] = {}
+        # asyncio's semaphores, not anyio's: taken twice per delivery, and anyio's costs a cancel
+        # scope each time (measured in a 10,000-subscriber fan-out).
+        self._global = asyncio.Semaphore(self.settings.delivery_concurrency)
+        self._hosts: dict[str, asyncio.Semaphore] = {}
         self._host_load: dict[str, int] = defaultdict(int)
         # Rows started per host beyond its connection cap wait their turn in-process; past this
         # many the rest go back to the table for a moment, so one slow host never fills
@@ -134,8 +152,7 @@ class Outbox:
                 await self._load_payloads({r.payload_id for r in rows})
                 deferred = []
                 now = time.monotonic()
-                for row in interleave(rows):
-                    host = self._host_key(row.callback)
+                for host, row in interleave((self._host_key(r.callback), r) for r in rows):
                     if not host or self._host_load[host] < self.host_backlog:
                         self._start(row, host)
                     elif self._queued_total < self.max_queued:
@@ -190,14 +207,14 @@ class Outbox:
         to share fairly, so only the global bound applies)."""
         if is_own(callback, self.settings):
             return ""
-        return httpx.URL(callback).netloc.decode()
+        return netloc(callback)
 
-    def _host_limit(self, host: str) -> anyio.Semaphore | None:
+    def _host_limit(self, host: str) -> asyncio.Semaphore | None:
         if not host:
             return None
         sem = self._hosts.get(host)
         if sem is None:
-            sem = self._hosts[host] = anyio.Semaphore(self.settings.delivery_per_host)
+            sem = self._hosts[host] = asyncio.Semaphore(self.settings.delivery_per_host)
         return sem
 
     async def _send(self, row: store.Claimed, host: str) -> None:

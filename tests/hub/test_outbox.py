@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import pytest
 from sqlalchemy import select, update
 
 from hub import store
 from hub.models import Delivery
 from hub.netguard import NetGuard
-from hub.outbox import backoff
+from hub.outbox import backoff, netloc
 from hub.signing import ownership_proof
 from reversehub.settings import Settings
 from tests.hub.conftest import SUB, subscribe
@@ -182,6 +183,49 @@ async def test_relay_online_makes_pending_deliveries_due_now(make_hub, peer):
 async def _retry_scheduled(app):
     (row,) = await deliveries(app)
     return row.state == "pending" and row.claim_token is None and row.next_attempt_at > time.time() + 60
+
+
+async def test_a_burst_of_relay_names_coming_online_hurries_exactly_theirs(make_hub, peer):
+    """A mass registration announces thousands of names at once; they are handled in one pass,
+    and only the deliveries of names that came online go early."""
+    app, client = await make_hub(delivery_retry_base=3600.0)
+    names = ["alice", "bob", "carol"]
+    for name in names:
+        await subscribe(client, peer, TOPIC, f"{SUB}/relay/{name}/cb")
+        peer.delivery_status[f"/relay/{name}/cb"] = [504]
+    await publish(client)
+    await wait_for(lambda: all(len(peer.to(f"/relay/{n}/cb")) == 1 for n in names))
+    await wait_for(lambda: _all_deferred(app, 3))
+    broker = app.state.hub.services.broker
+    for i in range(500):
+        await broker.publish("relay.online", f"{SUB}/relay/other{i}/".encode())
+    await broker.publish("relay.online", f"{SUB}/relay/alice/".encode())
+    await broker.publish("relay.online", f"{SUB}/relay/carol/".encode())
+    await wait_for(lambda: _states(app, ["delivered", "pending", "delivered"]))
+    bob = (await deliveries(app))[1]
+    assert bob.next_attempt_at > time.time() + 60 and bob.attempts == 1
+    assert len(peer.to("/relay/alice/cb")) == 2 and len(peer.to("/relay/carol/cb")) == 2
+    assert len(peer.to("/relay/bob/cb")) == 1
+
+
+async def _all_deferred(app, count):
+    rows = await deliveries(app)
+    return len(rows) == count and all(r.claim_token is None and r.next_attempt_at > time.time() + 60 for r in rows)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://A.example:80/x",
+        "https://u:p@H.com:443/",
+        "http://h:8080",
+        "http://[::1]:80/a?b",
+        "https://h:80/",
+        "http://Sub.TEST:8443/relay/x/cb?a=1",
+    ],
+)
+def test_the_fairness_key_is_the_callback_hosts_netloc(url):
+    assert netloc(url) == httpx.URL(url).netloc.decode()
 
 
 async def test_a_dead_process_claims_are_taken_over(make_hub, peer):
