@@ -60,6 +60,8 @@ class Hub:
         self.fetcher = Fetcher(services, self.guard, self.metrics, on_enqueued=self.outbox.wake)
         self.verifier = Verifier(services, self.guard, baseline=self.fetcher.baseline, on_queued=self.outbox.wake)
         self._closing = False
+        self._online: set[str] = set()  # relay.online prefixes not yet hurried
+        self._online_event = anyio.Event()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -71,6 +73,7 @@ class Hub:
             tg.start_soon(self._listen, WORK, self._on_work)
             tg.start_soon(self._listen, FETCH, self._on_fetch)
             tg.start_soon(self._listen, RELAY_ONLINE, self._on_relay_online)
+            tg.start_soon(self._hurry)
             tg.start_soon(self._maintain)
 
     async def aclose(self) -> None:
@@ -100,10 +103,27 @@ class Hub:
     def _on_fetch(self, _message: bytes) -> None:
         self.fetcher.wake()
 
-    async def _on_relay_online(self, message: bytes) -> None:
+    def _on_relay_online(self, message: bytes) -> None:
         prefix = message.decode("utf-8", "replace")
-        if prefix and await store.hurry(self.services.sessions, prefix):
-            self.outbox.wake()
+        if prefix:
+            self._online.add(prefix)
+            self._online_event.set()
+
+    async def _hurry(self) -> None:
+        """relay.online: the names that got a poller since the last pass, all in one transaction.
+
+        Their pending deliveries go at once (DESIGN: a name that gets a poller again does not wait
+        out its backoff). Names that come online while a pass runs wait for the next one, so a mass
+        registration (thousands of names in seconds) costs a few passes, not one write per name."""
+        while True:
+            await self._online_event.wait()
+            self._online_event = anyio.Event()
+            prefixes, self._online = self._online, set()
+            try:
+                if await store.hurry(self.services.sessions, prefixes):
+                    self.outbox.wake()
+            except Exception:
+                logger.exception("making deliveries to %d relay names due failed", len(prefixes))
 
     async def _maintain(self) -> None:
         last_prune = 0.0

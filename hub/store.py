@@ -12,20 +12,21 @@ from __future__ import annotations
 import secrets
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import cast
 
 import anyio
 import httpx
-from sqlalchemy import Table, and_, bindparam, delete, exists, func, insert, literal, select, update
+from sqlalchemy import Table, and_, bindparam, delete, exists, func, insert, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
 from hub.models import Delivery, Entry, Payload, Subscription, Topic
 
 ACTIVE = "active"
+HURRY_CHUNK = 200  # callback prefixes per statement (SQLite allows 999 bound parameters before 3.32)
 
 
 def dialect(s: AsyncSession) -> str:
@@ -465,24 +466,32 @@ async def defer(sessions: async_sessionmaker[AsyncSession], ids: Sequence[int], 
         )
 
 
-async def hurry(sessions: async_sessionmaker[AsyncSession], callback_prefix: str) -> int:
-    """Make pending deliveries to callbacks under ``callback_prefix`` due now (relay.online)."""
+async def hurry(sessions: async_sessionmaker[AsyncSession], callback_prefixes: Collection[str]) -> int:
+    """Make pending deliveries to callbacks under any of ``callback_prefixes`` due now (relay.online).
+
+    One transaction for all of them: a mass registration brings thousands of names online within
+    seconds, and a transaction each would compete with the registrations' own writes."""
+    if not callback_prefixes:
+        return 0
     now = time.time()
-    escaped = callback_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    escaped = [p.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") for p in sorted(callback_prefixes)]
+    hurried = 0
     async with writing(sessions) as s:
-        subs = select(Subscription.id).where(Subscription.callback.like(escaped + "%", escape="\\"))
-        result = await s.execute(
-            update(Delivery)
-            .where(
-                Delivery.state == "pending",
-                Delivery.next_attempt_at > now,
-                Delivery.claim_token.is_(None),  # not in flight
-                Delivery.subscription_id.in_(subs),
+        for i in range(0, len(escaped), HURRY_CHUNK):
+            matches = [Subscription.callback.like(e + "%", escape="\\") for e in escaped[i : i + HURRY_CHUNK]]
+            result = await s.execute(
+                update(Delivery)
+                .where(
+                    Delivery.state == "pending",
+                    Delivery.next_attempt_at > now,
+                    Delivery.claim_token.is_(None),  # not in flight
+                    Delivery.subscription_id.in_(select(Subscription.id).where(or_(*matches))),
+                )
+                .values(next_attempt_at=now)
+                .returning(Delivery.id)
             )
-            .values(next_attempt_at=now)
-            .returning(Delivery.id)
-        )
-        return len(result.all())
+            hurried += len(result.all())
+    return hurried
 
 
 async def replay(sessions: async_sessionmaker[AsyncSession], sub_id: int, since: int) -> int:
