@@ -33,6 +33,8 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
+SQLITE_POOL_SIZE = 20
+
 ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"}
 
 
@@ -137,6 +139,14 @@ def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         kwargs.setdefault("connect_args", {"timeout": 30})
+        if database and database != ":memory:":
+            # A fixed set of connections, none made and dropped under load: each new one is a
+            # thread, a file open and the schema parsed again, and at 64 verifications in flight
+            # the default pool (5 + 10 overflow) made and dropped thousands. SQLite has one writer
+            # (the hub's writers queue in-process, hub.store.writing); readers wait for a free one.
+            kwargs.setdefault("pool_size", SQLITE_POOL_SIZE)
+            kwargs.setdefault("max_overflow", 0)
+            kwargs.setdefault("pool_timeout", 120)
         engine = create_async_engine(aurl, **kwargs)
 
         @event.listens_for(engine.sync_engine, "do_connect")

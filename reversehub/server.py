@@ -36,6 +36,7 @@ from reversehub.settings import Settings
 logger = logging.getLogger(__name__)
 
 GRACE_SECONDS = 10.0
+GC_THRESHOLDS = (50_000, 20, 10)
 # A worker that dies this soon after its start counts as a start failure; a few in a row end the supervisor.
 QUICK_EXIT_SECONDS = 10.0
 MAX_QUICK_EXITS = 5
@@ -104,6 +105,13 @@ class DrainingServer(uvicorn.Server):
         # class SQLAlchemy and uvicorn ever defined (CPython docs, gc.freeze).
         gc.collect()
         gc.freeze()
+        # A request's objects live across a few hundred allocations (a relayed request, a delivery
+        # in flight), so at CPython's default of 700 the young generation promotes nearly all of
+        # them and full collections follow, each walking every request in flight: in a 10,000
+        # callback fan-out ~40 % of the hub's CPU went to the collector. At 50,000 they die young
+        # (a 2,000 callback fan-out: 2.47 -> 1.49 CPU s, peak RSS +4 MB). Cycles wait a little
+        # longer to be freed; everything else is freed by reference counting as before.
+        gc.set_threshold(*GC_THRESHOLDS)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # Stop accepting first, so a poller whose poll ends now reconnects to another process.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from reversehub import db
 
@@ -62,5 +62,27 @@ async def test_engines_use_it_with_their_settings(tmp_path: Path) -> None:
             assert isinstance(raw.driver_connection, db._SQLiteConnection)
             assert (await conn.execute(text("pragma busy_timeout"))).scalar() == 30000
             assert (await conn.execute(text("pragma foreign_keys"))).scalar() == 1
+    finally:
+        await engine.dispose()
+
+
+async def test_a_busy_sqlite_engine_keeps_its_connections(tmp_path: Path) -> None:
+    """Waves of more concurrent readers than the pool holds open no connection beyond the pool's
+    (each would be a new thread and a new file handle, made and dropped under load)."""
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    opened = []
+    event.listen(engine.sync_engine, "connect", lambda conn, _record: opened.append(conn))
+    try:
+
+        async def read() -> None:
+            async with engine.connect() as conn:
+                await conn.execute(text("select 1"))
+                await anyio.sleep(0.01)
+
+        for _ in range(3):
+            async with anyio.create_task_group() as tg:
+                for _ in range(2 * db.SQLITE_POOL_SIZE):
+                    tg.start_soon(read)
+        assert 1 < len(opened) <= db.SQLITE_POOL_SIZE
     finally:
         await engine.dispose()
