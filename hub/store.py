@@ -383,17 +383,20 @@ _FINAL_STATE = {"failed": "failed", "gone": "cancelled"}
 async def record(sessions: async_sessionmaker[AsyncSession], outcomes: Sequence[Outcome]) -> None:
     """Write a batch of attempt outcomes in one transaction."""
     now = time.time()
-    delivered = [o.id for o in outcomes if o.state == "delivered"]
+    delivered: dict[int | None, list[int]] = {}  # by status: one UPDATE ... IN for each (few)
+    for o in outcomes:
+        if o.state == "delivered":
+            delivered.setdefault(o.status, []).append(o.id)
     async with writing(sessions) as s:
-        if delivered:
+        for status, ids in delivered.items():
             await s.execute(
                 update(Delivery)
-                .where(Delivery.id.in_(delivered))
+                .where(Delivery.id.in_(ids))
                 .values(
                     state="delivered",
                     attempts=Delivery.attempts + 1,
                     finished_at=now,
-                    last_status=200,
+                    last_status=status,
                     claim_token=None,
                     claimed_until=None,
                 )

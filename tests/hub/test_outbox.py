@@ -49,7 +49,18 @@ async def test_failures_are_retried_with_the_same_webhook_id(hub, peer):
     assert len(ids) == 1 and {d.headers["x-hub-sequence"] for d in peer.to("/cb")} == {"1"}
     await wait_for(lambda: _states(app, ["delivered"]))
     (row,) = await deliveries(app)
-    assert row.attempts == 3 and row.last_status == 200
+    assert row.attempts == 3 and row.last_status == 204  # what the peer answered
+
+
+async def test_a_delivery_records_the_2xx_the_callback_answered(hub, peer):
+    app, client = hub
+    await subscribe(client, peer, TOPIC, SUB + "/a")
+    await subscribe(client, peer, TOPIC, SUB + "/b")
+    peer.delivery_status["/a"] = [202]
+    peer.delivery_status["/b"] = [204]
+    await publish(client)
+    await wait_for(lambda: _states(app, ["delivered", "delivered"]))
+    assert sorted(d.last_status for d in await deliveries(app)) == [202, 204]
 
 
 async def _states(app, expected):
