@@ -27,7 +27,7 @@ import itertools
 import secrets
 import time
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import anyio
 
@@ -59,8 +59,9 @@ def seen_key(name: str) -> str:
     return "relay.seen." + name
 
 
-@dataclass(frozen=True)
-class Item:
+# Item and Delivery are NamedTuples rather than frozen dataclasses: a few are made per relayed
+# request, and a frozen dataclass's __init__ sets each field through object.__setattr__.
+class Item(NamedTuple):
     id: str
     client: str
     message: bytes
@@ -80,18 +81,17 @@ class Item:
         return cls(f"{_ID_PREFIX}{next(_ids):x}", client, message)
 
 
-@dataclass(frozen=True)
-class Delivery:
+class Delivery(NamedTuple):
     """What one request URL delivered: the next URL's capability, the envelope type, the items."""
 
     next_cap: str
     content_type: str
     items: list[Item]
 
-    def pack(self) -> bytes:
+    def pack(self, raw_items: list[bytes] | None = None) -> bytes:
+        """Bytes for the broker; ``raw_items``: the items already packed (as taken from the queue)."""
         parts = [self.next_cap.encode("ascii"), b"\n", self.content_type.encode("ascii"), b"\n"]
-        for item in self.items:
-            raw = item.pack()
+        for raw in raw_items if raw_items is not None else [item.pack() for item in self.items]:
             parts += [b"%d\n" % len(raw), raw]
         return b"".join(parts)
 
@@ -209,7 +209,7 @@ class Dispatcher:
         settings = self.settings
         ttl = settings.reply_timeout + settings.unavailable_timeout
         with self._shielded():
-            if await self.broker.set(bound_key(cap), delivery.pack(), ttl, nx=True):
+            if await self.broker.set(bound_key(cap), delivery.pack(raw_items), ttl, nx=True):
                 await self.broker.set(seen_key(name), b"1", ttl)
                 return delivery
             await self.put_back(name, raw_items)

@@ -20,7 +20,6 @@ extended in the database by whichever process has the pollers).
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import hashlib
 import hmac
@@ -92,16 +91,22 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+# URL-safe base64 without padding (RFC 4648 5), through binascii directly: base64's wrappers cost
+# more than the decoding on the hot path (every poll and reply reads a capability).
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+
+
 def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    return binascii.b2a_base64(data, newline=False).translate(_TO_URLSAFE).rstrip(b"=").decode("ascii")
 
 
 def _unb64(cap: str) -> bytes | None:
-    if not cap or len(cap) > 200:
+    if not cap or len(cap) > 200 or not cap.isascii():
         return None
     try:
-        return base64.urlsafe_b64decode(cap + "=" * (-len(cap) % 4))
-    except (binascii.Error, ValueError):
+        return binascii.a2b_base64(cap.encode("ascii").translate(_FROM_URLSAFE) + b"=" * (-len(cap) % 4))
+    except binascii.Error:
         return None
 
 
@@ -175,7 +180,7 @@ class Registry:
         # Request capabilities this process made and nobody has used yet, with the secret they were
         # made with: their poll needs no MAC check (most polls come back to the process that made
         # their URL). A registration made anew has a new secret, so its old URLs still fail.
-        self._issued: dict[str, bytes] = {}
+        self._issued: dict[str, tuple[str, bytes]] = {}
 
     def forget(self, name: str) -> None:
         self._cache.pop(name, None)
@@ -222,7 +227,7 @@ class Registry:
         cap = request_cap(reg)
         if len(self._issued) >= _ISSUED_MAX:
             self._issued.clear()  # URLs never polled (their pollers left); the rest just get checked
-        self._issued[cap] = reg.secret
+        self._issued[cap] = (reg.name, reg.secret)
         return cap
 
     async def by_request_cap(self, cap: str) -> Reg | None:
@@ -231,14 +236,14 @@ class Registry:
         The first use of a URL made here skips the MAC check; any later one (a GET repeated after a
         204 or a lost response) is checked like a URL made elsewhere.
         """
+        issued = self._issued.pop(cap, None)
+        if issued is not None:
+            reg = await self.lookup(issued[0])
+            if reg is not None and reg.secret == issued[1]:
+                return reg
         name = cap_name(cap, private=False)
         reg = await self.lookup(name) if name else None
-        if reg is None:
-            return None
-        secret = self._issued.pop(cap, None)
-        if secret is not None and secret == reg.secret:
-            return reg
-        return reg if cap_valid(cap, reg, private=False) else None
+        return reg if reg is not None and cap_valid(cap, reg, private=False) else None
 
     async def by_private_cap(self, cap: str) -> Reg:
         name = cap_name(cap, private=True)

@@ -38,6 +38,7 @@ MAX_HEAD_SIZE = 64 * 1024
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _VERSION = re.compile(rb"^HTTP/(\d)\.(\d)$")
 _BAD_VALUE = re.compile(r"[\r\n\x00]")
+_BAD_REASON = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # controls other than HTAB
 _NO_BODY_STATUS = (204, 304)
 
 
@@ -137,8 +138,8 @@ class _Reader:
                 raise WireError("too many headers")
         return first, headers
 
-    def body(self, headers: list[tuple[str, str]], to_end: bool) -> bytes:
-        te = _first(headers, "transfer-encoding", None)
+    def body(self, headers: list[tuple[str, str]], to_end: bool, te: str | None) -> bytes:
+        """The body framed by ``headers``; ``te``: their first Transfer-Encoding value, if any."""
         if te is not None:
             if te.replace(" ", "").lower().split(",")[-1] != "chunked":
                 raise WireError("unsupported transfer-encoding")
@@ -208,8 +209,9 @@ def _read_request(reader: _Reader, to_end: bool) -> HttpRequest:
         raise WireError("invalid method")
     if any(c <= 32 or c == 127 for c in target):
         raise WireError("invalid request target")
-    chunked = _first(headers, "transfer-encoding", None) is not None
-    body = reader.body(headers, to_end)
+    te = _first(headers, "transfer-encoding", None)
+    chunked = te is not None
+    body = reader.body(headers, to_end, te=te)
     if chunked:
         headers = [*_strip_framing(headers), ("Content-Length", str(len(body)))]
     return HttpRequest(method.decode("latin-1"), target.decode("latin-1"), headers, body, _version(version))
@@ -223,13 +225,14 @@ def _read_response(reader: _Reader, request_method: str | None = None) -> HttpRe
     if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 599:
         raise WireError("invalid status code")
     status = int(code)
-    if any(c < 32 and c != 9 or c == 127 for c in reason):
+    if _BAD_REASON.search(reason):
         raise WireError("invalid reason phrase")
-    chunked = _first(headers, "transfer-encoding", None) is not None
+    te = _first(headers, "transfer-encoding", None)
+    chunked = te is not None
     if status < 200 or status in _NO_BODY_STATUS or request_method == "HEAD":
         body = b""
     else:
-        body = reader.body(headers, to_end=True)
+        body = reader.body(headers, to_end=True, te=te)
     if chunked:
         headers = [*_strip_framing(headers), ("Content-Length", str(len(body)))]
     return HttpResponse(status, headers, body, reason.decode("latin-1").strip(), _version(version))
