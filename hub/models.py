@@ -115,7 +115,9 @@ class Delivery(Base):
     __tablename__ = "hub_deliveries"
     __table_args__ = (
         Index("ix_hub_deliveries_due", "state", "next_attempt_at"),
-        Index("ix_hub_deliveries_subscription_seq", "subscription_id", "seq"),
+        # Claiming asks "is an earlier delivery of this subscription pending?" for every row it
+        # takes: with state in the index that is one probe, however many delivered rows are kept.
+        Index("ix_hub_deliveries_subscription_state_seq", "subscription_id", "state", "seq"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -5,4 +5,4 @@ SELECT and without importing Alembic (``reversehub.db.migrate``). Bump it with e
 ``tests/test_migrations.py`` fails when it differs from Alembic's own head.
 """
 
-HEAD = "0003_callback_host"
+HEAD = "0004_pending_by_subscription"
