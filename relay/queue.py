@@ -23,7 +23,9 @@ one FIFO per name never reorders the requests of one connection, whatever poller
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
+import logging
 import secrets
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -36,7 +38,11 @@ from reversehub.broker import Broker
 from reversehub.broker.memory import MemoryBroker
 from reversehub.settings import Settings
 
+logger = logging.getLogger(__name__)
+
 ONLINE_CHANNEL = "relay.online"
+# On a reply channel: "your next check is due" (see _Wakeups); replies start with R or E.
+WAKE = b"W"
 _ID_PREFIX = secrets.token_hex(8) + "-"
 _ids = itertools.count()
 CHANGED_CHANNEL = "relay.changed"
@@ -108,12 +114,62 @@ class Delivery(NamedTuple):
         return cls(next_cap.decode("ascii"), ctype.decode("ascii"), items)
 
 
+class _Wakeups:
+    """One clock for all the requesters waiting in this process, instead of a timer each.
+
+    A requester asks to look again at a given time (:meth:`at`); :meth:`run` publishes ``WAKE`` on
+    its reply channel once that time has passed, unless it has finished (:meth:`done`) or asked for
+    another time meanwhile. An asyncio.timeout per relayed request cost about as much as all the
+    rest of the requester's wait. Checks come up to ``tick`` seconds late.
+    """
+
+    def __init__(self, broker: Broker, tick: float) -> None:
+        self._broker = broker
+        self._tick = tick
+        self._heap: list[tuple[float, str]] = []
+        self._due: dict[str, float] = {}
+        self._pending = asyncio.Event()
+
+    def at(self, when: float, item_id: str) -> None:
+        if not self._heap:
+            self._pending.set()
+        self._due[item_id] = when
+        heapq.heappush(self._heap, (when, item_id))
+
+    def done(self, item_id: str) -> None:
+        self._due.pop(item_id, None)
+
+    async def run(self) -> None:
+        heap = self._heap
+        while True:
+            if not heap:
+                self._pending.clear()
+                await self._pending.wait()
+            await asyncio.sleep(self._tick)
+            now = time.monotonic()
+            while heap and heap[0][0] <= now:
+                when, item_id = heapq.heappop(heap)
+                if self._due.get(item_id) != when:
+                    continue  # finished, or waiting for a later check
+                try:
+                    await self._broker.publish(reply_channel(item_id), WAKE)
+                except Exception:
+                    logger.warning("could not wake a waiting requester; trying again", exc_info=True)
+                    heapq.heappush(heap, (now + self._tick, item_id))
+                    self._due[item_id] = now + self._tick
+                    break
+                else:
+                    del self._due[item_id]
+
+
 class Dispatcher:
     """The requester side (:meth:`relay`) and the poller side (:meth:`take`, :meth:`answer`)."""
 
     def __init__(self, broker: Broker, settings: Settings) -> None:
         self.broker = broker
         self.settings = settings
+        tick = min(settings.unavailable_timeout, settings.reply_timeout) / 20
+        self._wakeups = _Wakeups(broker, min(0.25, max(0.005, tick)))
         # The in-process broker's calls never suspend, so no cancellation can land between two of
         # them and shielding them (an anyio CancelScope per delivery) would buy nothing.
         self._inline = type(broker) is MemoryBroker  # exactly: a subclass may suspend
@@ -144,21 +200,29 @@ class Dispatcher:
                 raise Unavailable("too many queued requests for this name")
             deadline = time.monotonic() + settings.reply_timeout
             taken = False
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    if not taken and await self.broker.remove(queue, raw):
-                        raise NoPoller()
-                    raise NoReply()
-                try:
-                    async with asyncio.timeout(remaining if taken else min(settings.unavailable_timeout, remaining)):
-                        return _reply_or_raise(await sub.get())
-                except TimeoutError:
-                    pass
-                if not taken and await self.broker.get(seen_key(name)) is None:
-                    if await self.broker.remove(queue, raw):
-                        raise NoPoller()
-                    taken = True  # a poller has it: wait for the reply until the deadline
+            try:
+                while True:
+                    now = time.monotonic()
+                    remaining = deadline - now
+                    if remaining <= 0:
+                        if not taken and await self.broker.remove(queue, raw):
+                            raise NoPoller()
+                        raise NoReply()
+                    wait = remaining if taken else min(settings.unavailable_timeout, remaining)
+                    self._wakeups.at(now + wait, item.id)
+                    message = await sub.get()
+                    if message != WAKE:
+                        return _reply_or_raise(message)
+                    if not taken and await self.broker.get(seen_key(name)) is None:
+                        if await self.broker.remove(queue, raw):
+                            raise NoPoller()
+                        taken = True  # a poller has it: wait for the reply until the deadline
+            finally:
+                self._wakeups.done(item.id)
+
+    async def run(self) -> None:
+        """Wake requesters whose check is due (:class:`_Wakeups`); runs as long as the relay does."""
+        await self._wakeups.run()
 
     # Pollers ------------------------------------------------------------------------------------
     async def mark_polling(self, name: str, online_url: str) -> None:

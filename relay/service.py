@@ -302,6 +302,7 @@ class Relay:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._sweeper)
             tg.start_soon(self._listen)
+            tg.start_soon(self.dispatcher.run)
 
     async def aclose(self) -> None:
         """Stop taking polls and end the held ones with 204 at once (graceful shutdown drains)."""
