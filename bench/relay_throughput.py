@@ -13,12 +13,11 @@ A relayed request is three HTTP exchanges on the server (request, poll, reply), 
 cannot pass about 0.33 on one server process. ``--pipeline`` lets pollers ask for application/http.
 
 It also prints each server's CPU time per request (Linux /proc), which moves far less than the rates
-when other work shares the machine. On a 2-core VM, most of a relayed request's server CPU is the
-kernel's: uvicorn writes each response as two ``send()`` calls (head, body), each waking another
-process, and a relayed request has three responses. A pipeline (application/http) carries up to
-``Settings.max_pipeline`` (32) requests in one poll and one reply, so per relayed request the server
-handles little more than the requester's own exchange: at 16 pollers and concurrency 64 the server CPU per
-relayed request went from ~184 µs (message/http) to ~103 µs (bare: ~25 µs per request).
+when other work shares the machine. The bare server is vanilla uvicorn, which writes each response as
+two ``send()`` calls (head, body); ``reversehub serve`` sends a response in one (reversehub.protocol),
+so a relayed request costs the server three writes, one per exchange. A pipeline (application/http)
+carries up to ``Settings.max_pipeline`` (32) requests in one poll and one reply, so per relayed
+request the server handles little more than the requester's own exchange.
 """
 
 from __future__ import annotations

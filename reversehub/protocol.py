@@ -35,7 +35,7 @@ class CoalescingTransport(asyncio.Transport):
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, limit: int = HIGH_WATER_LIMIT):
         self._transport = transport
         self._loop = loop
-        self._held: list[bytes | bytearray | memoryview] = []
+        self._held: list[bytes] = []
         self._size = 0
         self._limit = limit
 
@@ -48,7 +48,8 @@ class CoalescingTransport(asyncio.Transport):
                 self._transport.write(data)
                 return
             self._loop.call_soon(self.flush)
-        held.append(data)
+        # Held past this call, so a mutable buffer the caller may reuse is copied.
+        held.append(data if type(data) is bytes else bytes(data))
         self._size += len(data)
         if self._size >= self._limit:
             self.flush()

@@ -309,3 +309,21 @@ async def test_a_relayed_mebibyte_both_ways(settings):
                 assert r.status_code == 202
     assert result["r"].status_code == 200
     assert result["r"].content == down
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_a_body_buffer_reused_after_send_goes_out_as_it_was(protocol):
+    async def reuse(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        buffer = bytearray(b"first")
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})
+        await send({"type": "http.response.body", "body": buffer})
+        buffer[:] = b"XXXXX"  # still in the same turn of the loop: ours has not written it yet
+
+    async with serve_live(reuse, http=protocol) as url:
+        async with await anyio.connect_tcp("127.0.0.1", int(url.rsplit(":", 1)[1])) as stream:
+            await stream.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            with anyio.fail_after(5):
+                _, body = await read_response(stream, bytearray())
+    assert body == b"first"
