@@ -20,7 +20,7 @@ from relay import envelope
 from relay.errors import BadReply, Gone, InvalidInput, NotFound, RelayError, Withdrawn
 from relay.queue import CHANGED_CHANNEL, Delivery, Dispatcher, Item, queue_key, seen_key
 from relay.registry import CACHE_TTL, SOLO_CACHE_TTL, Reg, Registry, cap_name, private_cap
-from relay.wire import serialize_response
+from relay.wire import WireError, serialize_response
 from reversehub.broker.memory import MemoryBroker
 from reversehub.services import Services
 
@@ -236,12 +236,17 @@ class Relay:
         delivery = await self.dispatcher.claim(cap)
         try:
             responses = envelope.parse_reply(body, content_type, len(delivery.items))
-        except InvalidInput:
+            # Written out before any is relayed: a header value parsing lets through (a lone CR)
+            # fails here, and then the whole reply is refused, never half relayed or a 500.
+            packed = [serialize_response(response) for response in responses]
+        except (InvalidInput, WireError) as exc:
             for item in delivery.items:
                 await self.dispatcher.fail(item, BadReply())
-            raise
-        for item, response in zip(delivery.items, responses, strict=True):
-            await self.dispatcher.answer(item, serialize_response(response))
+            if isinstance(exc, InvalidInput):
+                raise
+            raise InvalidInput(f"invalid reply: {exc}") from None
+        for item, response in zip(delivery.items, packed, strict=True):
+            await self.dispatcher.answer(item, response)
         name = cap_name(cap, private=False)
         if name:
             await self.broker.set(seen_key(name), b"1", self.settings.unavailable_timeout, nx=True)
