@@ -15,11 +15,12 @@ import weakref
 from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import anyio
 import httpx
 from sqlalchemy import Table, and_, bindparam, delete, exists, func, insert, literal, or_, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
@@ -276,7 +277,8 @@ async def enqueue(
     if full:
         due = due.where(Subscription.id.not_in(full))
     columns = ["payload_id", "subscription_id", "seq", "state", "attempts", "next_attempt_at", "created_at"]
-    queued = (await s.execute(insert(Delivery).from_select(columns, due))).rowcount
+    inserted = cast("CursorResult[Any]", await s.execute(insert(Delivery).from_select(columns, due)))
+    queued = inserted.rowcount
     await s.execute(update(Topic).where(Topic.url == topic).values(version=Topic.version + 1, updated_at=now))
     return Enqueued(payload_id, queued)
 
