@@ -7,18 +7,21 @@ Every ``serve`` flag also reads ``REVERSEHUB_<FLAG>`` (DESIGN.md), given explici
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
 from reversehub.settings import Settings
+
+FC = TypeVar("FC", bound=Callable[..., Any])
 
 
 def _env(flag: str) -> str:
     return "REVERSEHUB_" + flag.upper().replace("-", "_")
 
 
-def _option(flag: str, **kwargs: Any) -> Any:
+def _option(flag: str, **kwargs: Any) -> Callable[[FC], FC]:
     return click.option(f"--{flag}", envvar=_env(flag), show_envvar=True, show_default=True, **kwargs)
 
 

@@ -110,10 +110,10 @@ class MemoryBroker:
         self._check()
         q = self._queues.get(queue)
         if q:
-            item = q.popleft()
+            first = q.popleft()
             if not q:
                 del self._queues[queue]
-            return item
+            return first
         if timeout <= 0:
             return None
         # A bare future and one timer handle per waiting pop: thousands of polls wait at once, and
@@ -122,6 +122,7 @@ class MemoryBroker:
         fut: asyncio.Future[bytes | None] = loop.create_future()
         self._waiters.setdefault(queue, deque()).append(fut)
         timer = loop.call_later(timeout, _expire, fut)
+        item: bytes | None
         try:
             item = await fut
         except asyncio.CancelledError:
