@@ -40,6 +40,7 @@ from reversehub.settings import Settings
 
 # Other processes announce their changes on relay.changed; the TTL only bounds a missed message.
 CACHE_TTL = 5.0
+TOUCH_CHUNK = 5000  # names per UPDATE when leases are extended
 SOLO_CACHE_TTL = 300.0
 # RFC 1034 3.5 label (with RFC 1123's leading digit): 1-63 letters, digits and inner hyphens.
 _LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -334,12 +335,16 @@ class Registry:
         if not names:
             return
         now = time.time() if now is None else now
+        ordered = sorted(names)
         async with self.sessions.begin() as session:
-            await session.execute(
-                update(Registration)
-                .where(Registration.name.in_(sorted(names)))
-                .values(expires_at=now + Registration.lease_seconds)
-            )
+            # In chunks: one bound parameter per name, and PostgreSQL's protocol takes at most
+            # 32,767 per statement (a process with more pollers than that failed every sweep).
+            for i in range(0, len(ordered), TOUCH_CHUNK):
+                await session.execute(
+                    update(Registration)
+                    .where(Registration.name.in_(ordered[i : i + TOUCH_CHUNK]))
+                    .values(expires_at=now + Registration.lease_seconds)
+                )
 
     async def sweep(self, now: float | None = None) -> list[str]:
         """Delete registrations left dormant past their lease; returns their names.

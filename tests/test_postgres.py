@@ -127,3 +127,37 @@ def test_relay_and_hub_suites_pass_on_postgres(pg_server: str) -> None:
         timeout=600,
     )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+
+
+async def test_relay_leases_of_more_names_than_one_statement_can_bind(database_url: str) -> None:
+    """40,000 polled names get their leases extended (PostgreSQL binds at most 32,767 per statement)."""
+    from sqlalchemy import insert, select
+
+    from relay.models import Registration
+    from relay.registry import Registry
+    from reversehub.settings import Settings
+
+    engine = db.create_engine(database_url)
+    try:
+        names = [f"n{i}" for i in range(40_000)]
+        rows = [
+            {
+                "name": n,
+                "token_hash": "0" * 64,
+                "secret": "0" * 64,
+                "lease_seconds": 60.0,
+                "created_at": 0.0,
+                "expires_at": 1.0,
+            }
+            for n in names
+        ]
+        async with engine.begin() as conn:
+            await conn.execute(insert(Registration), rows)
+        registry = Registry(db.sessionmaker(engine), Settings(database_url=database_url))
+        await registry.touch(set(names), now=1000.0)
+        assert await registry.sweep(now=1000.0) == []
+        async with engine.connect() as conn:
+            expiries = set((await conn.scalars(select(Registration.expires_at))).all())
+        assert expiries == {1060.0}
+    finally:
+        await engine.dispose()
