@@ -7,7 +7,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import pytest
@@ -21,16 +21,20 @@ def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def unavailable(message: str) -> NoReturn:
+    """Something a test needs is missing: a skip locally; in CI (CI=true) a failure, never a skip."""
+    if _in_ci():
+        pytest.fail(message + " (required in CI)")
+    pytest.skip(message)
+
+
 def require_service(name: str, host: str, port: int) -> None:
     """Skip locally when a service is unreachable; in CI (CI=true) that is a failure, never a skip."""
     try:
         with socket.create_connection((host, port), timeout=1):
             return
     except OSError as exc:
-        message = f"{name} not reachable at {host}:{port}: {exc}"
-        if _in_ci():
-            pytest.fail(message + " (required in CI)")
-        pytest.skip(message)
+        unavailable(f"{name} not reachable at {host}:{port}: {exc}")
 
 
 @pytest.fixture
@@ -138,9 +142,7 @@ async def chromium() -> AsyncIterator[Any]:
         except ImportError as exc:
             missing = f"playwright not importable: {exc}"
     if missing:
-        if _in_ci():
-            pytest.fail(missing + " (required in CI)")
-        pytest.skip(missing)
+        unavailable(missing)
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
