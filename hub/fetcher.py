@@ -168,8 +168,9 @@ class Fetcher:
         Called between a subscribe request and its verification GET: a publisher that adds an
         entry and pings once the subscriber is subscribed then finds the entry new. Concurrent
         subscribers of one new topic share one fetch; a topic that has its baseline costs one read,
-        outside the lock, so that a thousand subscribers of it are not verified one by one."""
-        if await self._fetched(url):
+        outside the lock, so that a thousand subscribers of it are not verified one by one, and a
+        topic whose baseline failed a moment ago costs none."""
+        if self._failed_lately(url) or await self._fetched(url):
             return
         lock = self._baselines.setdefault(url, anyio.Lock())
         try:
@@ -178,9 +179,8 @@ class Fetcher:
                     topic = (await s.execute(select(Topic).where(Topic.url == url))).scalar_one_or_none()
                 if topic is not None and topic.fetched_at is not None:
                     return
-                failed = self._baseline_failed.get(url)
-                if failed is not None and time.monotonic() - failed < BASELINE_RETRY:
-                    return  # an unreachable topic must not hold up every subscription to it
+                if self._failed_lately(url):
+                    return
                 if topic is None:
                     async with store.writing(self.services.sessions) as s:
                         await store.ensure_topic(s, url, time.time())
@@ -195,10 +195,14 @@ class Fetcher:
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._baselines.pop(url, None)
 
+    def _failed_lately(self, url: str) -> bool:
+        """An unreachable topic must not hold up every subscription to it (nor cost each one a read)."""
+        failed = self._baseline_failed.get(url)
+        return failed is not None and time.monotonic() - failed < BASELINE_RETRY
+
     async def _fetched(self, url: str) -> bool:
-        async with self.services.sessions() as s:
-            fetched = (await s.execute(select(Topic.fetched_at).where(Topic.url == url))).scalar_one_or_none()
-        return fetched is not None
+        _, fetched = await store.outlook(self.services.sessions, url)
+        return fetched
 
     async def process(self, topic: Topic, *, baseline: bool = False) -> int:
         """Fetch one topic and distribute what is new; returns the number of deliveries queued.

@@ -24,8 +24,10 @@ import httpx
 from starlette.datastructures import FormData
 
 from hub import store
+from hub.activations import Activations
+from hub.challenge import Unanswered, ask, with_params
 from hub.errors import BadRequest, Busy, URLRefused
-from hub.netguard import NetGuard
+from hub.netguard import NetGuard, is_own
 from reversehub import policy
 from reversehub.services import Services
 
@@ -108,6 +110,7 @@ class Verifier:
         self.max_waiting = 10_000
         self._tg: anyio.abc.TaskGroup | None = None
         self._early: list[SubscriptionRequest] = []  # taken before run() started
+        self._activations = Activations(services.sessions)
 
     def lease_for(self, asked: int | None) -> int:
         s = self.settings
@@ -117,6 +120,7 @@ class Verifier:
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            tg.start_soon(self._activations.run)
             for req in self._early:
                 tg.start_soon(self._verify_bounded, req)
             self._early.clear()
@@ -148,18 +152,11 @@ class Verifier:
             logger.info("callback refused: %s", exc)
             return False
         if req.mode == "subscribe":
-            reason = policy.check_subscription(self.settings, req.topic, req.callback)
-            if reason is None:
-                try:
-                    await self.guard.check(req.topic)
-                except URLRefused as exc:
-                    reason = f"topic not allowed: {exc}"
-            if reason is None:
-                reason = await self._host_cap(req.callback)
+            reason, fetched = await self._check_subscribe(req)
             if reason is not None:
                 await self.deny(req, reason)
                 return False
-            if self._baseline is not None:
+            if self._baseline is not None and not fetched:
                 try:
                     await self._baseline(req.topic)
                 except Exception:
@@ -170,19 +167,22 @@ class Verifier:
         if req.mode == "subscribe":
             params["hub.lease_seconds"] = str(lease)
         asked_at = time.time()
+        expected = challenge.encode()
+        url = with_params(req.callback, params)
         try:
-            url = httpx.URL(req.callback).copy_merge_params(params)
-            response = await self.services.http.get(url, timeout=self.settings.verify_timeout)
-        except httpx.HTTPError as exc:
-            logger.info("verification GET failed: %s", type(exc).__name__)
+            status, body = await ask(
+                self.services.http, url, self.settings.verify_timeout, len(expected) + 1, own=is_own(url, self.settings)
+            )
+        except Unanswered as exc:
+            logger.info("verification GET failed: %s", exc)
             return False
-        if not (200 <= response.status_code < 300 and response.content == challenge.encode()):
-            logger.info("verification not confirmed (status %d)", response.status_code)
+        if not (200 <= status < 300 and body == expected):
+            logger.info("verification not confirmed (status %d)", status)
             return False
         now = time.time()
         if req.mode == "subscribe":
-            _, queued = await store.activate(
-                self.services.sessions, req.topic, req.callback, req.secret, lease, now, since=asked_at
+            _, queued = await self._activations.activate(
+                store.Activation(req.topic, req.callback, req.secret, lease, now, since=asked_at)
             )
             if queued and self._on_queued is not None:
                 self._on_queued()
@@ -190,12 +190,20 @@ class Verifier:
             await store.deactivate(self.services.sessions, req.topic, req.callback, "unsubscribed")
         return True
 
-    async def _host_cap(self, callback: str) -> str | None:
-        """``--max-subscriptions-per-callback-host``: one host cannot make the hub fan out without bound."""
-        if not getattr(self.settings, "max_subscriptions_per_callback_host", 0):
-            return None
-        count = await store.count_for_host(self.services.sessions, callback)
-        return policy.check_callback_host_cap(self.settings, count)
+    async def _check_subscribe(self, req: SubscriptionRequest) -> tuple[str | None, bool]:
+        """Why the hub refuses ``req`` (None: it does not), and whether its topic has a baseline."""
+        reason = policy.check_subscription(self.settings, req.topic, req.callback)
+        if reason is None:
+            try:
+                await self.guard.check(req.topic)
+            except URLRefused as exc:
+                reason = f"topic not allowed: {exc}"
+        if reason is not None:
+            return reason, False
+        # --max-subscriptions-per-callback-host: one host cannot make the hub fan out without bound.
+        capped = bool(getattr(self.settings, "max_subscriptions_per_callback_host", 0))
+        count, fetched = await store.outlook(self.services.sessions, req.topic, req.callback if capped else None)
+        return (policy.check_callback_host_cap(self.settings, count) if capped else None), fetched
 
     async def deny(self, req: SubscriptionRequest, reason: str) -> None:
         """5.2: tell the subscriber its subscription was refused."""
