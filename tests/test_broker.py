@@ -6,6 +6,7 @@ same MemoryBroker (one process is all it serves).
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -256,6 +257,26 @@ async def test_keys_expire(broker: Broker) -> None:
     await wait_for(lambda: _is_none(broker.get("short")), timeout=2)
     assert await broker.set("short", b"again", ttl=60, nx=True) is True  # expired counts as absent
     assert await broker.get("long") == b"v"
+
+
+async def test_memory_broker_drops_expired_keys_at_a_bounded_cost() -> None:
+    """Keys nobody reads again still go once expired, and sweeping them costs O(1) per write even
+    while the number of keys stays put (a fan-out binds and answers thousands of requests)."""
+    b = MemoryBroker()
+    for i in range(5000):
+        await b.set(f"gone{i}", b"v", ttl=0.01)
+    await asyncio.sleep(0.02)
+    for i in range(8191):
+        await b.set(f"live{i}", b"v", ttl=60)
+    assert len(b._keys) == 8191  # the expired ones were swept meanwhile
+    sweeps = []
+    sweep = b._sweep
+    b._sweep = lambda: (sweeps.append(len(b._keys)), sweep())  # type: ignore[method-assign]
+    for _ in range(10_000):  # binding and answering, the count of keys going 8,191 <-> 8,192
+        await b.set("bound", b"v", ttl=60)
+        await b.delete("bound")
+    assert len(sweeps) <= 3
+    await b.aclose()
 
 
 async def _is_none(value: object) -> bool:

@@ -73,6 +73,8 @@ class MemoryBroker:
         self._waiters: dict[str, deque[asyncio.Future[bytes | None]]] = {}
         self._channels: dict[str, set[MemorySubscription]] = {}
         self._keys: dict[str, tuple[bytes, float | None]] = {}
+        self._writes = 0  # key writes since the last sweep of expired keys
+        self._kept = 0  # keys the last sweep left
         self._closed = False
 
     def _check(self) -> None:
@@ -194,14 +196,24 @@ class MemoryBroker:
         if nx and self._live(key) is not None:
             return False
         self._keys[key] = (value, time.monotonic() + ttl if ttl is not None else None)
-        if len(self._keys) % 4096 == 0:
-            self._sweep()
+        self._wrote()
         return True
+
+    def _wrote(self) -> None:
+        """Expired keys nobody reads again are dropped by a sweep over all keys once there have
+        been as many writes as the last sweep kept keys: O(1) per write however many keys live,
+        and never more than twice as many keys as live ones (plus 4,096). Sweeping whenever the
+        count of keys was a multiple of 4,096 swept at every write while a fan-out held the count
+        there, binding and answering thousands of requests."""
+        self._writes += 1
+        if self._writes >= max(4096, self._kept):
+            self._sweep()
 
     def _sweep(self) -> None:
         now = time.monotonic()
         for key in [k for k, (_, exp) in self._keys.items() if exp is not None and exp <= now]:
             del self._keys[key]
+        self._writes, self._kept = 0, len(self._keys)
 
     async def get(self, key: str) -> bytes | None:
         return self._live(key)
@@ -214,8 +226,7 @@ class MemoryBroker:
         current = self._live(key)
         if current is None:
             self._keys[key] = (b"1", time.monotonic() + ttl if ttl is not None else None)
-            if len(self._keys) % 4096 == 0:
-                self._sweep()  # rate-limit counters are many short-lived keys made only here
+            self._wrote()  # rate-limit counters are many short-lived keys made only here
             return 1
         value = int(current) + 1
         self._keys[key] = (str(value).encode(), self._keys[key][1])
