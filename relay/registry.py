@@ -12,9 +12,10 @@ restart, and die with the registration (a new registration of the name gets a ne
 Lookups by name are cached for ``CACHE_TTL`` seconds (positive and negative) so the hot path of a
 relayed request does not touch the database; processes drop entries on ``relay.changed`` messages.
 With the in-process broker there is one process and no message can be missed, so entries live for
-``SOLO_CACHE_TTL`` (a TTL shorter than a fan-out's setup made every delivery read its row again).
-An entry whose lease looks over is read again before the name is treated as gone (leases are
-extended in the database by whichever process has the pollers).
+``SOLO_CACHE_TTL``: with a TTL of minutes, a publish to subscribers registered longer ago than that
+read every subscriber's row again, one query per delivery. An entry whose lease looks over is read
+again before the name is treated as gone (leases are extended in the database by whichever process
+has the pollers; this process updates its own entries when it extends them).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import hmac
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import anyio
 from sqlalchemy import delete, func, select, update
@@ -41,7 +42,7 @@ from reversehub.settings import Settings
 # Other processes announce their changes on relay.changed; the TTL only bounds a missed message.
 CACHE_TTL = 5.0
 TOUCH_CHUNK = 5000  # names per UPDATE when leases are extended
-SOLO_CACHE_TTL = 300.0
+SOLO_CACHE_TTL = 24 * 3600.0
 # RFC 1034 3.5 label (with RFC 1123's leading digit): 1-63 letters, digits and inner hyphens.
 _LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _MAC_SIZE = 16
@@ -190,6 +191,11 @@ class Registry:
 
     def forget(self, name: str) -> None:
         self._cache.pop(name, None)
+
+    def cached_lease(self, name: str) -> float | None:
+        """The lease of ``name`` as last read or written here, if it is cached (no database read)."""
+        hit = self._cache.get(name)
+        return hit[0].lease_seconds if hit is not None and hit[0] is not None else None
 
     async def lookup(self, name: str) -> Reg | None:
         """The live registration of ``name`` (already lowercased), from the cache when fresh."""
@@ -345,6 +351,10 @@ class Registry:
                     .where(Registration.name.in_(ordered[i : i + TOUCH_CHUNK]))
                     .values(expires_at=now + Registration.lease_seconds)
                 )
+        for name in ordered:  # what is cached here follows (no reload when the old expiry passes)
+            hit = self._cache.get(name)
+            if hit is not None and hit[0] is not None:
+                self._cache[name] = (replace(hit[0], expires_at=now + hit[0].lease_seconds), hit[1])
 
     async def sweep(self, now: float | None = None) -> list[str]:
         """Delete registrations left dormant past their lease; returns their names.

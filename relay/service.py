@@ -83,6 +83,8 @@ class Relay:
         self.origin = services.settings.public_origin
         self._parked: dict[str, set[Park]] = {}
         self._active: set[str] = set()
+        # Names whose lease this process extended, and when (wall clock): see sweep().
+        self._touched: dict[str, float] = {}
         self._closing = False
 
     # URLs -----------------------------------------------------------------------------------------
@@ -130,6 +132,7 @@ class Relay:
 
     async def _deleted(self, name: str) -> None:
         self.registry.forget(name)
+        self._touched.pop(name, None)
         for park in list(self._parked.get(name, ())):
             park.end("gone")
         await self.broker.delete(seen_key(name))
@@ -267,7 +270,7 @@ class Relay:
         """Extend the leases of names polled here, then delete dormant registrations."""
         active = self._active | set(self._parked)
         self._active = set()
-        await self.registry.touch(active, now)
+        await self.registry.touch(self._due_for_touch(active, time.time() if now is None else now), now)
         deleted = await self.registry.sweep(now)
         for name in deleted:
             await self._deleted(name)
@@ -276,6 +279,27 @@ class Relay:
         count, _ = await self.registry.listing(limit=0)
         self.metrics.registrations.set(count)
         return deleted
+
+    def _due_for_touch(self, active: set[str], now: float) -> set[str]:
+        """The names whose lease to extend now (a lease counts from the name's last poll).
+
+        Rewriting every polled name's row at every sweep (every 2.5 s by default) held SQLite's
+        write lock for a long time with thousands of pollers, while the outbox needed it. A name
+        still being polled is extended once a quarter of its lease has gone by since this process
+        last did it, so its row always has most of a lease left; a name no longer polled gets one
+        last extension at the sweep that finds it gone, counted from then, as before.
+        """
+        touched = self._touched
+        due = {name for name in touched if name not in active}  # gone dormant: the last extension
+        for name in due:
+            del touched[name]
+        for name in active:
+            last = touched.get(name)
+            lease = self.registry.cached_lease(name)
+            if last is None or lease is None or now - last >= lease / 4:
+                due.add(name)
+                touched[name] = now
+        return due
 
     async def _sweeper(self) -> None:
         while True:

@@ -161,6 +161,34 @@ async def test_dormant_registration_is_swept_after_its_lease(app_client):
     assert (await client.get("/relay/mike/")).status_code == 404
 
 
+async def test_polled_leases_are_extended_each_quarter_lease_and_once_more_when_dormant(app_client):
+    app, client = app_client
+    relay = app.state.relay
+    await register(client, "pia", lease="400")
+    import time
+
+    async def expires_at() -> float:
+        reg = await relay.registry._load("pia")  # the row, not the cache
+        assert reg is not None
+        return reg.expires_at
+
+    t = time.time()
+    relay._active.add("pia")
+    await relay.sweep(now=t)
+    assert await expires_at() == t + 400
+    relay._active.add("pia")
+    await relay.sweep(now=t + 99)  # still polled, under a quarter lease since: the row is left alone
+    assert await expires_at() == t + 400
+    relay._active.add("pia")
+    await relay.sweep(now=t + 100)
+    assert await expires_at() == t + 500
+    await relay.sweep(now=t + 110)  # no poll since the last sweep: one last extension, from now
+    assert await expires_at() == t + 510
+    await relay.sweep(now=t + 120)  # dormant: the lease runs out from there
+    assert await expires_at() == t + 510
+    assert await relay.sweep(now=t + 511) == ["pia"]
+
+
 async def test_registrations_survive_a_restart(make_app):
     _, client = await make_app()
     urls = await register(client, "olga")
