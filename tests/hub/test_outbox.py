@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
@@ -11,7 +12,7 @@ from sqlalchemy import select, update
 from hub import store
 from hub.models import Delivery
 from hub.netguard import NetGuard
-from hub.outbox import backoff, netloc
+from hub.outbox import Slots, backoff, netloc
 from hub.signing import ownership_proof
 from reversehub.settings import Settings
 from tests.hub.conftest import SUB, subscribe
@@ -37,6 +38,50 @@ def test_backoff_grows_with_jitter_and_the_first_retry_is_within_2s():
     assert all(0.5 <= f <= 1.0 for f in firsts) and len(set(firsts)) > 1
     assert 4 <= backoff(4, 1.0, 3600) <= 8
     assert backoff(40, 1.0, 3600) <= 3600
+
+
+async def test_slots_bound_holders_and_serve_waiters_in_order():
+    slots, running, order = Slots(2), [0], []
+    peak = [0]
+    release = asyncio.Event()
+
+    async def hold(i: int) -> None:
+        async with slots:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            order.append(i)
+            await release.wait()
+            running[0] -= 1
+
+    tasks = [asyncio.create_task(hold(i)) for i in range(6)]
+    await asyncio.sleep(0.01)
+    assert order == [0, 1] and running[0] == 2
+    release.set()
+    await asyncio.gather(*tasks)
+    assert order == list(range(6)) and peak[0] == 2
+
+
+async def test_slots_survive_cancelled_waiters():
+    slots = Slots(1)
+    got = []
+
+    async def take(i: int) -> None:
+        async with slots:
+            got.append(i)
+
+    async with slots:
+        waiting = asyncio.create_task(take(1))  # cancelled while waiting: gives up its place
+        handed = asyncio.create_task(take(2))  # cancelled after the slot was handed to it: passes it on
+        last = asyncio.create_task(take(3))
+        await asyncio.sleep(0.01)
+        waiting.cancel()
+        await asyncio.sleep(0)
+    handed.cancel()  # the exit above handed the slot to 2, which has not run yet
+    await asyncio.gather(waiting, handed, last, return_exceptions=True)
+    assert got == [3] and waiting.cancelled() and handed.cancelled()
+    async with slots:  # and the slot is free again
+        got.append(4)
+    assert got == [3, 4]
 
 
 async def test_failures_are_retried_with_the_same_webhook_id(hub, peer):
