@@ -361,19 +361,6 @@ async def enqueue(
     dropped silently, and one dead callback cannot grow the outbox without bound.
     """
     await lock_topic(s, topic, now)
-    full: set[int] = set()
-    if max_pending > 0:
-        full = set(
-            (
-                await s.execute(
-                    select(Delivery.subscription_id)
-                    .join(Subscription, Subscription.id == Delivery.subscription_id)
-                    .where(Subscription.topic == topic, Delivery.state == "pending")
-                    .group_by(Delivery.subscription_id)
-                    .having(func.count() >= max_pending)
-                )
-            ).scalars()
-        )
     payload_id = (
         await s.execute(
             insert(Payload)
@@ -387,13 +374,40 @@ async def enqueue(
     # become active meanwhile) and, on PostgreSQL, the rows the UPDATE changed, so the SELECT finds
     # exactly those rows and a concurrent publish can never hand out a number twice.
     active = and_(Subscription.topic == topic, Subscription.state == ACTIVE, Subscription.expires_at > now)
-    await s.execute(
-        update(Subscription).where(active).values(seq=Subscription.seq + 1).execution_options(synchronize_session=False)
-    )
-    if full:
+    advanced = cast(
+        "CursorResult[Any]",
         await s.execute(
             update(Subscription)
-            .where(Subscription.id.in_(full))
+            .where(active)
+            .values(seq=Subscription.seq + 1)
+            .execution_options(synchronize_session=False)
+        ),
+    ).rowcount
+    fixed = [literal("pending"), literal(0), literal(now), literal(now)]
+    due = select(literal(payload_id), Subscription.id, Subscription.seq, *fixed).where(active)
+    if max_pending > 0:
+        # Full subscriptions as a subquery, never as a list of ids: one bound parameter per id
+        # would fail past 32,767 of them on PostgreSQL (asyncpg), and the statement would grow
+        # with the number of dead callbacks.
+        counted = aliased(Subscription)
+        full = (
+            select(Delivery.subscription_id)
+            .join(counted, counted.id == Delivery.subscription_id)
+            .where(counted.topic == topic, Delivery.state == "pending")
+            .group_by(Delivery.subscription_id)
+            .having(func.count() >= max_pending)
+        )
+        due = due.where(Subscription.id.not_in(full))
+    columns = ["payload_id", "subscription_id", "seq", "state", "attempts", "next_attempt_at", "created_at"]
+    inserted = cast("CursorResult[Any]", await s.execute(insert(Delivery).from_select(columns, due)))
+    queued = inserted.rowcount
+    if queued < advanced:
+        # The skipped are exactly the active subscriptions this payload has no delivery for (not
+        # the full ones counted again, which a delivery finishing meanwhile could change).
+        got = select(Delivery.subscription_id).where(Delivery.payload_id == payload_id)
+        await s.execute(
+            update(Subscription)
+            .where(active, Subscription.id.not_in(got))
             .values(
                 failed=Subscription.failed + 1,
                 last_failure_at=now,
@@ -401,13 +415,6 @@ async def enqueue(
             )
             .execution_options(synchronize_session=False)
         )
-    fixed = [literal("pending"), literal(0), literal(now), literal(now)]
-    due = select(literal(payload_id), Subscription.id, Subscription.seq, *fixed).where(active)
-    if full:
-        due = due.where(Subscription.id.not_in(full))
-    columns = ["payload_id", "subscription_id", "seq", "state", "attempts", "next_attempt_at", "created_at"]
-    inserted = cast("CursorResult[Any]", await s.execute(insert(Delivery).from_select(columns, due)))
-    queued = inserted.rowcount
     await s.execute(update(Topic).where(Topic.url == topic).values(version=Topic.version + 1, updated_at=now))
     return Enqueued(payload_id, queued)
 

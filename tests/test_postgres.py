@@ -161,3 +161,64 @@ async def test_relay_leases_of_more_names_than_one_statement_can_bind(database_u
         assert expiries == {1060.0}
     finally:
         await engine.dispose()
+
+
+@pytest.mark.timeout(60)
+async def test_publish_skips_more_full_subscriptions_than_one_statement_can_bind(database_url: str) -> None:
+    """33,000 subscriptions of one topic already hold their max_pending deliveries: the publish
+    still goes through (PostgreSQL binds at most 32,767 parameters per statement), only the one
+    subscription with room gets a delivery, and every subscription's seq and skip record advance."""
+    from sqlalchemy import func, select
+
+    from hub import store
+    from hub.models import Delivery, Subscription
+
+    topic, full = "http://pub.test/t", 33_000
+    engine = db.create_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "insert into hub_subscriptions (topic, callback, callback_host, state, lease_seconds,"
+                    " verified_at, expires_at, seq, failed, updated_at)"
+                    " select :topic, 'http://sub.test/cb/' || i, 'sub.test', 'active', 3600, 0, 1e12, 1, 0, 0"
+                    " from generate_series(0, :n) as i"
+                ),
+                {"topic": topic, "n": full},  # callbacks 0..full: the last one has room
+            )
+            payload = (
+                await conn.execute(
+                    text(
+                        "insert into hub_payloads (uid, topic, content_type, body, created_at)"
+                        " values ('old', :topic, 'text/plain', 'old', 0) returning id"
+                    ),
+                    {"topic": topic},
+                )
+            ).scalar_one()
+            await conn.execute(
+                text(
+                    "insert into hub_deliveries (payload_id, subscription_id, seq, state, attempts,"
+                    " next_attempt_at, created_at) select :payload, id, 1, 'pending', 1, 1e12, 0"
+                    " from hub_subscriptions where callback <> :roomy"
+                ),
+                {"payload": payload, "roomy": f"http://sub.test/cb/{full}"},
+            )
+        sessions = db.sessionmaker(engine)
+        async with sessions.begin() as s:
+            enqueued = await store.enqueue(s, topic, "text/plain", b"new", now=1000.0, max_pending=1)
+        assert enqueued.deliveries == 1
+        async with engine.connect() as conn:
+            new = await conn.scalars(select(Delivery.subscription_id).where(Delivery.payload_id == enqueued.payload_id))
+            roomy = (
+                await conn.execute(select(Subscription.id).where(Subscription.callback == f"http://sub.test/cb/{full}"))
+            ).scalar_one()
+            assert new.all() == [roomy]
+            tally = select(Subscription.seq, Subscription.failed, func.count())
+            counts = (await conn.execute(tally.group_by(Subscription.seq, Subscription.failed))).all()
+            assert sorted(counts) == [(2, 0, 1), (2, 1, full)]
+            skipped = (
+                await conn.execute(select(Subscription.last_failure).where(Subscription.failed == 1).limit(1))
+            ).scalar_one()
+            assert skipped is not None and "already pending" in skipped
+    finally:
+        await engine.dispose()
