@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlsplit
 
 from starlette.types import ASGIApp, Message
 
-from hub.local import IN_PROCESS_CLIENT
+from reversehub.security import IN_PROCESS_CLIENT
 
 
 class NoResponse(Exception):

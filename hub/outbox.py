@@ -128,7 +128,14 @@ def _default_outbound(services: Services) -> bool:
 
 
 class Outbox:
-    def __init__(self, services: Services, guard: NetGuard, metrics: HubMetrics, hub_url: str) -> None:
+    def __init__(
+        self,
+        services: Services,
+        guard: NetGuard,
+        metrics: HubMetrics,
+        hub_url: str,
+        post_here: local.PostHere | None = None,
+    ) -> None:
         self.services = services
         self.settings = services.settings
         self.guard = guard
@@ -156,6 +163,7 @@ class Outbox:
         self.max_inflight = max(4 * self.settings.delivery_concurrency, 64)
         self._sender = Sender() if _default_outbound(services) else None
         self._own_app = local.own_app(services.http)
+        self._post_here = post_here
 
     def wake(self) -> None:
         self._wake.set()
@@ -311,7 +319,7 @@ class Outbox:
         if own and self._own_app is not None:
             try:
                 status = await local.post(
-                    self._own_app, row.callback, headers, payload.body, self.settings.delivery_timeout
+                    self._own_app, row.callback, headers, payload.body, self.settings.delivery_timeout, self._post_here
                 )
             except local.SendFailed as exc:
                 return self._failure(row, None, str(exc))

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
@@ -27,6 +27,8 @@ from relay.service import Park, Relay
 from reversehub.broker import BrokerClosed, BrokerUnavailable
 
 logger = logging.getLogger(__name__)
+
+IN_PROCESS_PEER = "127.0.0.1:0"  # the requesting client of requests made in this process
 
 MAX_FORM = 64 * 1024
 # Hop-by-hop headers (RFC 9110 7.6.1) are the relay's business, not the application's.
@@ -84,13 +86,19 @@ def _client(scope: Scope) -> str:
 # Public URLs ------------------------------------------------------------------------------------
 def _embed(scope: Scope, body: bytes, max_count: int, max_size: int) -> bytes:
     """The requester's request as message/http: method, request-URI, version, headers as received."""
-    headers = scope["headers"]
-    if len(headers) > max_count:
-        raise HeadersTooLarge(f"more than {max_count} request headers")
     target = scope.get("raw_path") or scope["path"].encode("utf-8")
     if scope["query_string"]:
         target += b"?" + scope["query_string"]
-    lines = [b"%s %s HTTP/%s" % (scope["method"].encode("ascii"), target, scope["http_version"].encode("ascii"))]
+    request_line = b"%s %s HTTP/%s" % (scope["method"].encode("ascii"), target, scope["http_version"].encode("ascii"))
+    return _message(request_line, scope["headers"], body, max_count, max_size)
+
+
+def _message(
+    request_line: bytes, headers: list[tuple[bytes, bytes]], body: bytes, max_count: int, max_size: int
+) -> bytes:
+    if len(headers) > max_count:
+        raise HeadersTooLarge(f"more than {max_count} request headers")
+    lines = [request_line]
     has_length = False
     size = 0
     for key, value in headers:
@@ -126,32 +134,70 @@ async def public(scope: Scope, receive: Receive, send: Send) -> None:
     """Any request to ``/relay/{name}/...``: queue it for the application and relay its reply."""
     relay = _relay(scope)
     settings = relay.settings
+
+    async def item() -> Item:
+        body = await _read_body(receive, settings.max_body_size)
+        return Item.new(_client(scope), _embed(scope, body, settings.max_header_count, settings.max_header_size))
+
+    status, headers, body = await _forward(relay, scope["path_params"]["name"].lower(), scope["method"], item)
+    await _send(send, status, headers, body)
+
+
+async def post_here(relay: Relay, url: str, headers: dict[str, str], body: bytes) -> int | None:
+    """A POST from this process to one of our public URLs (the hub's deliveries to callbacks on our
+    own relay): what :func:`public` does with it, without building an HTTP request and an ASGI call
+    around it. Returns the reply's status, or None for a URL that is not a public URL (the caller
+    then sends it the usual way)."""
+    parts = urlsplit(url)
+    path = unquote(parts.path)
+    if not path.startswith("/relay/"):
+        return None
+    name, _, _ = path[7:].partition("/")
+    if not name:
+        return None
+    settings = relay.settings
+    target = parts.path.encode("latin-1") + (b"?" + parts.query.encode("latin-1") if parts.query else b"")
+    fields = [(b"host", parts.netloc.encode("latin-1")), (b"content-length", b"%d" % len(body))]
+    fields += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+    async def item() -> Item:
+        message = _message(
+            b"POST %s HTTP/1.1" % target, fields, body, settings.max_header_count, settings.max_header_size
+        )
+        return Item.new(IN_PROCESS_PEER, message)
+
+    status, _, _ = await _forward(relay, name.lower(), "POST", item)
+    return status
+
+
+async def _forward(
+    relay: Relay, name: str, method: str, item: Callable[[], Awaitable[Item]]
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Relay one request to ``name``'s application: the reply's status, headers and body, or the
+    relay's own answer (404 no such name, 504 no poller, ...). Counted, timed and logged here."""
     start = time.perf_counter()
-    name = scope["path_params"]["name"].lower()
     status, outcome = 500, "error"
     try:
         reg = await relay.lookup(name) if _LABEL.match(name) else None
         if reg is None:
             raise NotFound("no such registration")
-        body = await _read_body(receive, settings.max_body_size)
-        item = Item.new(_client(scope), _embed(scope, body, settings.max_header_count, settings.max_header_size))
-        status, headers, body = _unpack_reply(await relay.relay(name, item))
+        status, headers, body = _unpack_reply(await relay.relay(name, await item()))
         outcome = "replied"
-        await _send(send, status, headers, body)
+        return status, headers, body
     except RelayError as exc:
         status, outcome = exc.status, type(exc).__name__
-        await _send_error(send, exc)
+        return exc.status, [(b"content-type", b"text/plain; charset=utf-8")], exc.reason.encode() + b"\n"
     except (BrokerUnavailable, BrokerClosed):
         logger.warning("relay error for %s", name, exc_info=True)
         status, outcome = 503, "Unavailable"
-        await _send_error(send, Unavailable())
+        return 503, [(b"content-type", b"text/plain; charset=utf-8")], Unavailable().reason.encode() + b"\n"
     finally:
         elapsed = time.perf_counter() - start
         relay.metrics.count(outcome)
         if outcome == "replied":
             relay.metrics.latency.observe(elapsed)
         # One line per relayed request: no path or query (they may carry secrets), no capability.
-        logger.info("relay %s %s -> %d %s %.1fms", name, scope["method"], status, outcome, elapsed * 1000)
+        logger.info("relay %s %s -> %d %s %.1fms", name, method, status, outcome, elapsed * 1000)
 
 
 # Request URLs -----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ and runs their background work in one task group. Routes find their service on `
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from clients.web import routes as client_routes
 from hub.routes import routes as hub_routes
 from hub.service import Hub
+from relay import endpoints as relay_endpoints
 from relay.routes import hot_route
 from relay.routes import routes as relay_routes
 from relay.service import Relay
@@ -120,7 +122,7 @@ def create_app(
                 metrics=CollectorRegistry(auto_describe=True),
             )
             relay = Relay(services)
-            hub = Hub(services)
+            hub = Hub(services, post_here=functools.partial(relay_endpoints.post_here, relay))
             app.state.relay, app.state.hub = relay, hub
             async with anyio.create_task_group() as tg:
                 tg.start_soon(relay.run)

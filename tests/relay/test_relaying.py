@@ -405,3 +405,36 @@ async def test_two_processes_share_one_relay_through_redis(make_app, redis_url):
     finally:
         for broker in brokers:
             await broker.aclose()
+
+
+async def test_posts_made_here_reach_the_application_as_an_in_process_request_would(app_client):
+    """The hub's deliveries to callbacks on our own relay skip HTTP and ASGI (relay.endpoints.post_here):
+    the application gets the same message/http bytes as from an in-process request, and the
+    requester the reply's status, or the relay's own answer."""
+    from hub import inprocess
+    from relay.endpoints import post_here
+
+    app, client = app_client
+    relay = app.state.relay
+    urls = await register(client, "hera")
+    url = urls["related"] + "cb/x%20y?token=s3cret"
+    headers = {"Content-Type": "application/atom+xml", "X-Hub-Sequence": "7"}
+    seen, status = [], {}
+
+    async def direct() -> None:
+        status["direct"] = await post_here(relay, url, headers, b"<feed/>")
+
+    async def through_asgi() -> None:
+        status["asgi"], _ = await inprocess.request(app, "POST", url, headers=headers, body=b"<feed/>", timeout=10)
+
+    nxt = urls["first"]
+    for requester in (direct, through_asgi):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(requester)
+            raw, nxt = await serve_one(client, nxt, status=201, body=b"")
+        seen.append(raw)
+    assert seen[0] == seen[1]
+    assert seen[0].startswith(b"POST /relay/hera/cb/x%20y?token=s3cret HTTP/1.1\r\n")
+    assert status == {"direct": 201, "asgi": 201}
+    assert await post_here(relay, urls["related"].replace("hera", "nobody"), headers, b"x") == 404
+    assert await post_here(relay, url.replace("/relay/", "/hub/"), headers, b"x") is None
