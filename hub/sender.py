@@ -5,8 +5,13 @@ one core); a fan-out to thousands of callbacks needs a small fraction of that. T
 one thing: ``POST`` with the headers it is given, over keep-alive connections pooled per origin
 (``scheme://host:port``). The protocol work (request framing, header validation, the status line,
 Content-Length / chunked / read-to-close bodies, whether a connection may be reused) is h11's;
-this module only moves bytes over asyncio streams. Response bodies are read up to a small limit and
-dropped; a connection is reused only when h11 says both sides finished the exchange cleanly.
+this module only moves bytes. Response bodies are read up to a small limit and dropped; a
+connection is reused only when h11 says both sides finished the exchange cleanly.
+
+Each connection is an :class:`asyncio.Protocol` that feeds h11 as bytes arrive, so an exchange
+costs one future and one timer: no stream reader waking the task for every read, no timeout
+context per request. Measured with callgrind (a POST answered 204, 8 header fields): h11 is about
+410,000 instructions of the ~460,000 a request costs here; the rest was ~110,000 on asyncio streams.
 
 A malformed response, a timeout or a closed connection ends in :class:`SendError`, which the
 outbox treats like any failed attempt: it retries. Verification and topic fetches stay on
@@ -17,15 +22,17 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections import defaultdict
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import h11
 
 MAX_HEAD = 64 * 1024
 MAX_DRAIN = 64 * 1024
-READ_SIZE = 64 * 1024
 IDLE_PER_ORIGIN = 64
+ORIGINS_CACHED = 4096
+
+_Key = tuple[str, str, int]
+_END = h11.EndOfMessage()  # events are immutable: one will do for every request
 
 
 class SendError(Exception):
@@ -36,75 +43,196 @@ class _Stale(Exception):
     """The connection closed before any byte of a response arrived."""
 
 
-class _Conn:
-    __slots__ = ("h11", "reader", "writer")
+class _Conn(asyncio.Protocol):
+    """One connection: its h11 state, and the response of the exchange in progress, parsed as
+    its bytes arrive. ``waiter`` gets the status once h11 has seen the whole response (or the
+    first MAX_DRAIN bytes of its body), or the error that ended the exchange."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
+    __slots__ = ("closed", "drained", "h11", "received", "reusable", "status", "transport", "waiter")
+
+    def __init__(self) -> None:
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future[int] | None = None
+        self.status = self.drained = 0
+        self.received = self.reusable = self.closed = False
+
+    async def exchange(self, out: list[bytes], deadline: float) -> int:
+        assert self.transport is not None and self.waiter is None
+        if self.transport.is_closing():  # closed before connection_lost told us: as if stale
+            self.closed = True
+            raise _Stale
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[int] = loop.create_future()
+        self.waiter = waiter
+        self.status = self.drained = 0
+        self.received = self.reusable = False
+        self.transport.writelines(out)  # one writev
+        timer = loop.call_at(deadline, self._expire, waiter)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+            self.waiter = None
 
     def close(self) -> None:
-        self.writer.close()
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _expire(self, waiter: asyncio.Future[int]) -> None:
+        if not waiter.done():
+            waiter.set_exception(TimeoutError())
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            self.close()  # bytes nobody asked for: whatever the server meant, not a connection to reuse
+            return
+        self.received = True
+        self.h11.receive_data(data)
+        self._advance(waiter)
+
+    def eof_received(self) -> bool:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            if not self.received:
+                waiter.set_exception(_Stale())
+            else:
+                self.h11.receive_data(b"")  # the peer closed: a read-to-close body ends here
+                self._advance(waiter)
+        self.closed = True
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail(_Stale() if not self.received else (exc or ConnectionResetError("connection closed")))
+
+    def _advance(self, waiter: asyncio.Future[int]) -> None:
+        h = self.h11
+        try:
+            while True:
+                event = h.next_event()
+                kind = type(event)
+                if event is h11.NEED_DATA:
+                    return
+                if kind is h11.Response:
+                    self.status = event.status_code  # type: ignore[union-attr]
+                elif kind is h11.Data:
+                    self.drained += len(event.data)  # type: ignore[union-attr]
+                    if self.drained > MAX_DRAIN:
+                        waiter.set_result(self.status)  # not worth reading on: the connection goes
+                        return
+                elif kind is h11.EndOfMessage:
+                    # Reuse needs both sides DONE (not Connection: close, HTTP/1.0 or read-to-close)
+                    # and nothing after the response: extra bytes could pass for the next one.
+                    self.reusable = h.our_state is h11.DONE and h.their_state is h11.DONE and not h.trailing_data[0]
+                    waiter.set_result(self.status)
+                    return
+                elif kind is h11.ConnectionClosed:
+                    raise ConnectionResetError("connection closed mid-response")
+                # InformationalResponse (1xx): h11 checked it; the final response follows.
+        except (h11.RemoteProtocolError, ConnectionResetError) as exc:
+            waiter.set_exception(exc)
+            self.close()
 
 
 class Sender:
-    def __init__(self, user_agent: str = "reversehub") -> None:
-        self._idle: dict[tuple[str, str, int], list[_Conn]] = defaultdict(list)
-        self._ssl: ssl.SSLContext | None = None
-        self._user_agent = user_agent
+    def __init__(self, user_agent: str = "reversehub", *, ssl_context: ssl.SSLContext | None = None) -> None:
+        """``ssl_context`` for https callbacks: the system's default (verifying) one when None."""
+        self._idle: dict[_Key, list[_Conn]] = {}
+        self._origins: dict[tuple[str, str], tuple[_Key, bytes]] = {}
+        self._ssl = ssl_context
+        self._user_agent = user_agent.encode("ascii")
 
     async def post(self, url: str, headers: dict[str, str], body: bytes, timeout: float) -> int:
         """POST ``body`` to ``url``; returns the response status."""
         parts = urlsplit(url)
-        scheme = parts.scheme
-        host = parts.hostname or ""
-        port = parts.port or (443 if scheme == "https" else 80)
-        target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
-        fields = [
-            ("Host", parts.netloc.rpartition("@")[2]),
-            ("Content-Length", str(len(body))),
-            ("User-Agent", self._user_agent),
-            *headers.items(),
-        ]
+        origin = self._origins.get((parts.scheme, parts.netloc))
+        if origin is None:
+            origin = self._origin(parts)
+        key, host = origin
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        # Bytes, not str: h11 validates them all the same, and its own str-to-bytes step was a
+        # sixth of what building the request cost (callgrind).
+        fields = [(b"Host", host), (b"Content-Length", b"%d" % len(body)), (b"User-Agent", self._user_agent)]
         try:
-            request = h11.Request(method="POST", target=target, headers=fields)
-        except h11.LocalProtocolError as exc:
+            fields += [(name.encode("ascii"), value.encode("ascii")) for name, value in headers.items()]
+            request = h11.Request(method=b"POST", target=target.encode("ascii"), headers=fields)
+        except (h11.LocalProtocolError, UnicodeEncodeError) as exc:
             raise SendError(f"bad request: {exc}") from None
-        try:
-            async with asyncio.timeout(timeout):
-                return await self._exchange((scheme, host, port), request, body)
-        except TimeoutError:
-            raise SendError("timed out") from None
-
-    async def _exchange(self, key: tuple[str, str, int], request: h11.Request, body: bytes) -> int:
-        idle = self._idle[key]
+        deadline = asyncio.get_running_loop().time() + timeout
+        idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
-            if conn.reader.at_eof() or conn.writer.is_closing():
-                conn.close()
+            if conn.closed:
                 continue
-            status = await self._try(key, conn, request, body, pooled=True)
+            status = await self._try(key, conn, request, body, deadline, pooled=True)
             if status is not None:
                 return status
-        status = await self._try(key, await self._connect(key), request, body, pooled=False)
+        status = await self._try(key, await self._connect(key, deadline), request, body, deadline, pooled=False)
         assert status is not None  # only a pooled connection is given up on
         return status
 
+    def _origin(self, parts: SplitResult) -> tuple[_Key, bytes]:
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise SendError("bad port") from None
+        try:
+            host = parts.netloc.rpartition("@")[2].encode("ascii")
+        except UnicodeEncodeError:
+            raise SendError("bad request: host not in ASCII") from None
+        origin = (parts.scheme, parts.hostname or "", port), host
+        if len(self._origins) >= ORIGINS_CACHED:
+            self._origins.clear()
+        self._origins[(parts.scheme, parts.netloc)] = origin
+        return origin
+
     async def _try(
-        self, key: tuple[str, str, int], conn: _Conn, request: h11.Request, body: bytes, *, pooled: bool
+        self, key: _Key, conn: _Conn, request: h11.Request, body: bytes, deadline: float, *, pooled: bool
     ) -> int | None:
         """One exchange on ``conn``; None when a pooled connection turned out closed (try another)."""
+        h = conn.h11
         try:
-            return await self._roundtrip(key, conn, request, body)
+            # The body goes out as it is (no copy into one buffer: fat pings can be large).
+            out = [h.send(request) or b""]
+            if body:
+                out += h.send_with_data_passthrough(h11.Data(data=body)) or ()
+            out.append(h.send(_END) or b"")
+            status = await conn.exchange(out, deadline)
         except BaseException as exc:
             conn.close()
-            if pooled and isinstance(exc, (ConnectionError, _Stale)):
+            if pooled and isinstance(exc, _Stale):
                 return None  # the server closed an idle connection: try another, or a new one
             if isinstance(exc, _FAILURES):
                 raise _failure(exc) from None
             raise
+        idle = self._idle.get(key)
+        if idle is None:
+            idle = self._idle[key] = []
+        if conn.reusable and not conn.closed and len(idle) < IDLE_PER_ORIGIN:
+            h.start_next_cycle()
+            idle.append(conn)
+        else:
+            conn.close()  # Connection: close, HTTP/1.0, read-to-close, a large body, or the pool is full
+        return status
 
-    async def _connect(self, key: tuple[str, str, int]) -> _Conn:
+    async def _connect(self, key: _Key, deadline: float) -> _Conn:
         scheme, host, port = key
         context = None
         if scheme == "https":
@@ -112,46 +240,13 @@ class Sender:
                 self._ssl = ssl.create_default_context()
             context = self._ssl
         try:
-            reader, writer = await asyncio.open_connection(host, port, ssl=context, limit=MAX_HEAD)
+            async with asyncio.timeout_at(deadline):
+                _, conn = await asyncio.get_running_loop().create_connection(_Conn, host, port, ssl=context)
+        except TimeoutError:
+            raise SendError("timed out") from None
         except OSError as exc:
             raise SendError(f"connect failed: {type(exc).__name__}") from None
-        return _Conn(reader, writer)
-
-    async def _roundtrip(self, key: tuple[str, str, int], conn: _Conn, request: h11.Request, body: bytes) -> int:
-        h = conn.h11
-        out = h.send(request) or b""
-        if body:
-            out += h.send(h11.Data(data=body)) or b""
-        out += h.send(h11.EndOfMessage()) or b""
-        conn.writer.write(out)
-        status = 0
-        drained = 0
-        received = False
-        while True:
-            event = h.next_event()
-            if event is h11.NEED_DATA:
-                data = await conn.reader.read(READ_SIZE)
-                if not data and not received:
-                    raise _Stale
-                received = True
-                h.receive_data(data)  # b"" tells h11 the peer closed: read-to-close bodies end here
-            elif type(event) is h11.Response:
-                status = event.status_code
-            elif type(event) is h11.Data:
-                drained += len(event.data)
-                if drained > MAX_DRAIN:
-                    conn.close()  # not worth reading on: the connection goes with the rest
-                    return status
-            elif type(event) is h11.EndOfMessage:
-                break
-            # InformationalResponse (1xx): h11 checked it; the final response follows.
-        idle = self._idle[key]
-        if h.our_state is h11.DONE and h.their_state is h11.DONE and len(idle) < IDLE_PER_ORIGIN:
-            h.start_next_cycle()
-            idle.append(conn)
-        else:
-            conn.close()  # Connection: close, HTTP/1.0, read-to-close, or the pool is full
-        return status
+        return conn
 
     async def aclose(self) -> None:
         for conns in self._idle.values():
@@ -164,6 +259,8 @@ _FAILURES = (_Stale, OSError, h11.RemoteProtocolError, h11.LocalProtocolError)
 
 
 def _failure(exc: BaseException) -> SendError:
+    if isinstance(exc, TimeoutError):
+        return SendError("timed out")
     if isinstance(exc, _Stale):
         return SendError("connection closed before a response")
     if isinstance(exc, h11.ProtocolError):

@@ -4,12 +4,17 @@ read-to-close responses, whether a connection may be reused, rejecting malformed
 from __future__ import annotations
 
 import asyncio
+import shutil
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from hub.sender import MAX_DRAIN, Sender, SendError
+from tests.support import unavailable
 
 pytestmark = [pytest.mark.anyio, pytest.mark.live]
 
@@ -178,4 +183,116 @@ async def test_bad_header_and_timeout_are_send_errors(serve: Callable[..., async
     assert script.connections == 0
     with pytest.raises(SendError, match="timed out"):
         await sender.post(script.url, {}, b"a", 0.05)
+    await sender.aclose()
+
+
+async def test_bytes_after_the_response_mean_a_new_connection(serve: Callable[..., asyncio.Future[Scripted]]) -> None:
+    # A second response nobody asked for, right behind the first: it must not pass for the answer
+    # to the next request, so the connection goes.
+    script = await serve(OK + b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n", OK)
+    sender = Sender()
+    assert await sender.post(script.url, {}, b"a", 1.0) == 200
+    assert await sender.post(script.url, {}, b"b", 1.0) == 200
+    assert script.connections == 2
+    await sender.aclose()
+
+
+async def test_bytes_on_an_idle_connection_close_it() -> None:
+    """The server writes to a pooled connection between two requests: the sender closes it, and
+    the next request goes out on a new one."""
+    wrote_junk = asyncio.Event()
+    saw_close = asyncio.Event()
+    connections = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        first = connections == 1
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(1)  # every request here has a one-byte body
+                writer.write(OK)
+                if first:
+                    await wrote_junk.wait()
+                    writer.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
+                    if not await reader.read(1):
+                        saw_close.set()
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/cb"
+    sender = Sender()
+    try:
+        assert await sender.post(url, {}, b"a", 1.0) == 200
+        wrote_junk.set()
+        await asyncio.wait_for(saw_close.wait(), 5)
+        assert await sender.post(url, {}, b"b", 1.0) == 200
+        assert connections == 2
+    finally:
+        await sender.aclose()
+        server.close()
+
+
+async def test_a_timed_out_exchange_does_not_return_its_connection_to_the_pool(
+    serve: Callable[..., asyncio.Future[Scripted]],
+) -> None:
+    script = await serve(OK, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhang", OK)
+    sender = Sender()
+    assert await sender.post(script.url, {}, b"a", 1.0) == 200
+    with pytest.raises(SendError, match="timed out"):
+        await sender.post(script.url, {}, b"b", 0.05)
+    assert await sender.post(script.url, {}, b"c", 1.0) == 200
+    assert script.connections == 2
+    await sender.aclose()
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a self-signed certificate for 127.0.0.1, and a client context trusting it."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        unavailable("openssl not found")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
+        + ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert, key)
+    return server, ssl.create_default_context(cafile=str(cert))
+
+
+async def test_https_callbacks_keep_alive_and_read_to_close(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    server_context, client_context = tls
+    script = Scripted([OK, b"HTTP/1.1 201 Created\r\n\r\nbody until the end", OK])
+    server = await asyncio.start_server(script.handle, "127.0.0.1", 0, ssl=server_context)
+    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/cb"
+    sender = Sender(ssl_context=client_context)
+    try:
+        assert await sender.post(url, {}, b"a", 5.0) == 200
+        assert await sender.post(url, {}, b"b", 5.0) == 201  # the body ends when TLS closes
+        assert await sender.post(url, {}, b"c", 5.0) == 200
+        assert script.connections == 2
+        with pytest.raises(SendError, match="connect failed"):
+            await Sender().post(url, {}, b"d", 5.0)  # the system's trust store does not know it
+    finally:
+        await sender.aclose()
+        server.close()
+
+
+async def test_non_ascii_in_the_request_is_a_bad_request(serve: Callable[..., asyncio.Future[Scripted]]) -> None:
+    script = await serve(OK)
+    sender = Sender()
+    with pytest.raises(SendError, match="bad request"):
+        await sender.post(script.url, {"Content-Type": "text/plain; charset=\u00e9"}, b"a", 1.0)
+    with pytest.raises(SendError, match="bad request"):
+        await sender.post(script.url.replace("/cb", "/caf\u00e9"), {}, b"a", 1.0)
+    assert script.connections == 0
     await sender.aclose()
