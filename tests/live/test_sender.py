@@ -269,7 +269,16 @@ def tls(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     return server, ssl.create_default_context(cafile=str(cert))
 
 
-async def test_https_callbacks_keep_alive_and_read_to_close(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+@pytest.mark.parametrize(
+    "anyio_backend",
+    [("asyncio", {"use_uvloop": False}), ("asyncio", {"use_uvloop": True})],  # serve runs on uvloop
+    ids=["asyncio", "uvloop"],
+)
+async def test_https_callbacks_keep_alive_and_read_to_close(
+    tls: tuple[ssl.SSLContext, ssl.SSLContext], anyio_backend: tuple[str, dict[str, bool]]
+) -> None:
+    on_uvloop = type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+    assert on_uvloop == anyio_backend[1]["use_uvloop"]
     server_context, client_context = tls
     script = Scripted([OK, b"HTTP/1.1 201 Created\r\n\r\nbody until the end", OK])
     server = await asyncio.start_server(script.handle, "127.0.0.1", 0, ssl=server_context)
