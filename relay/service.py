@@ -270,7 +270,17 @@ class Relay:
         """Extend the leases of names polled here, then delete dormant registrations."""
         active = self._active | set(self._parked)
         self._active = set()
-        await self.registry.touch(self._due_for_touch(active, time.time() if now is None else now), now)
+        wall = time.time() if now is None else now
+        due, dormant = self._due_for_touch(active, wall)
+        try:
+            await self.registry.touch(due, now)
+        except BaseException:
+            self._active |= active  # the next sweep tries again
+            raise
+        for name in dormant:
+            del self._touched[name]
+        for name in due - dormant:
+            self._touched[name] = wall
         deleted = await self.registry.sweep(now)
         for name in deleted:
             await self._deleted(name)
@@ -280,26 +290,25 @@ class Relay:
         self.metrics.registrations.set(count)
         return deleted
 
-    def _due_for_touch(self, active: set[str], now: float) -> set[str]:
-        """The names whose lease to extend now (a lease counts from the name's last poll).
+    def _due_for_touch(self, active: set[str], now: float) -> tuple[set[str], set[str]]:
+        """The names whose lease to extend now, and which of them are no longer polled.
 
-        Rewriting every polled name's row at every sweep (every 2.5 s by default) held SQLite's
-        write lock for a long time with thousands of pollers, while the outbox needed it. A name
-        still being polled is extended once a quarter of its lease has gone by since this process
-        last did it, so its row always has most of a lease left; a name no longer polled gets one
-        last extension at the sweep that finds it gone, counted from then, as before.
+        A lease counts from the name's last poll. Rewriting every polled name's row at every sweep
+        (every 2.5 s by default) held SQLite's write lock for a long time with thousands of
+        pollers, while the outbox needed it. A name still being polled is extended once a quarter
+        of its lease has gone by since this process last did it, so its row always has most of a
+        lease left; a name no longer polled gets one last extension at the sweep that finds it
+        gone, counted from then, as before.
         """
         touched = self._touched
-        due = {name for name in touched if name not in active}  # gone dormant: the last extension
-        for name in due:
-            del touched[name]
+        dormant = {name for name in touched if name not in active}
+        due = set(dormant)
         for name in active:
             last = touched.get(name)
             lease = self.registry.cached_lease(name)
             if last is None or lease is None or now - last >= lease / 4:
                 due.add(name)
-                touched[name] = now
-        return due
+        return due, dormant
 
     async def _sweeper(self) -> None:
         while True:

@@ -189,6 +189,29 @@ async def test_polled_leases_are_extended_each_quarter_lease_and_once_more_when_
     assert await relay.sweep(now=t + 511) == ["pia"]
 
 
+async def test_a_failed_lease_extension_is_tried_again_at_the_next_sweep(app_client, monkeypatch):
+    app, client = app_client
+    relay = app.state.relay
+    await register(client, "quin", lease="400")
+    import time
+
+    touch = relay.registry.touch
+
+    async def broken(names, now=None):
+        raise RuntimeError("database unavailable")
+
+    t = time.time()
+    relay._active.add("quin")
+    monkeypatch.setattr(relay.registry, "touch", broken)
+    with pytest.raises(RuntimeError):
+        await relay.sweep(now=t)
+    monkeypatch.setattr(relay.registry, "touch", touch)
+    relay._active.add("quin")  # still polled: not extended yet, so due now
+    await relay.sweep(now=t + 1)
+    reg = await relay.registry._load("quin")
+    assert reg is not None and reg.expires_at == t + 401
+
+
 async def test_registrations_survive_a_restart(make_app):
     _, client = await make_app()
     urls = await register(client, "olga")
