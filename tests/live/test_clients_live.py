@@ -34,6 +34,7 @@ FAST = {"backoff": (0.02, 0.2), "verify_timeout": 10.0}
 class Server:
     url: str
     settings: Settings
+    app: Any = None
 
     @property
     def hub(self) -> str:
@@ -45,8 +46,9 @@ class Server:
 
 @asynccontextmanager
 async def running(settings: Settings, sock: Any) -> AsyncIterator[Server]:
-    async with serve_live(create_app(settings), sock=sock) as url:
-        yield Server(url, settings)
+    app = create_app(settings)
+    async with serve_live(app, sock=sock) as url:
+        yield Server(url, settings, app)
 
 
 @pytest.fixture
@@ -222,6 +224,10 @@ async def test_reconnects_after_the_server_restarts(database_url: str) -> None:
     async with running(settings, sock) as server:
         sub = Subscriber(topic, inbox, hub=server.hub, on_state=states.append, **FAST)
         await sub.start()
+        # start() returns once the challenge arrived; the hub stores the subscription once the
+        # answer is back. Stopping the server in between would lose it (the client has no way to
+        # know), and this test is about reconnecting, not about that race.
+        await wait_for(lambda: _active(server.app, topic, sub.callback_url or ""))
     await wait_for(lambda: "reconnecting" in states)
     sock = bound_socket_on(port)
     try:
@@ -233,6 +239,13 @@ async def test_reconnects_after_the_server_restarts(database_url: str) -> None:
     finally:
         # Idempotent; here only when the test failed early.
         await sub.stop()
+
+
+async def _active(app: Any, topic: str, callback: str) -> bool:
+    from hub import store
+
+    found = await store.find(app.state.services.sessions, topic, callback)
+    return found is not None and found.state == "active"
 
 
 def bound_socket_on(port: int) -> Any:
