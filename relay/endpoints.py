@@ -55,8 +55,13 @@ async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], bod
     await send({"type": "http.response.body", "body": body})
 
 
+def _error_response(error: RelayError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The relay's own answer for ``error``: its status and a one-line plain-text reason."""
+    return error.status, [(b"content-type", b"text/plain; charset=utf-8")], error.reason.encode() + b"\n"
+
+
 async def _send_error(send: Send, error: RelayError) -> None:
-    await _send(send, error.status, [(b"content-type", b"text/plain; charset=utf-8")], error.reason.encode() + b"\n")
+    await _send(send, *_error_response(error))
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:
@@ -186,11 +191,11 @@ async def _forward(
         return status, headers, body
     except RelayError as exc:
         status, outcome = exc.status, type(exc).__name__
-        return exc.status, [(b"content-type", b"text/plain; charset=utf-8")], exc.reason.encode() + b"\n"
+        return _error_response(exc)
     except (BrokerUnavailable, BrokerClosed):
         logger.warning("relay error for %s", name, exc_info=True)
         status, outcome = 503, "Unavailable"
-        return 503, [(b"content-type", b"text/plain; charset=utf-8")], Unavailable().reason.encode() + b"\n"
+        return _error_response(Unavailable())
     finally:
         elapsed = time.perf_counter() - start
         relay.metrics.count(outcome)
