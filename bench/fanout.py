@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -224,6 +224,7 @@ async def relay_subscriber(
     to_subscribe: asyncio.Queue[str],
     stop: asyncio.Event,
     callbacks: dict[str, str],
+    bare: bool = False,
 ) -> None:
     """Claim a relay name, queue its public URL for subscribing, then poll: answer the verification
     and the deliveries, each reply posted back to the request URL the request came from."""
@@ -242,7 +243,10 @@ async def relay_subscriber(
     poll_url = urllib.parse.urlsplit(link["first"])
     poll_target = poll_url.path + ("?" + poll_url.query if poll_url.query else "")
     callbacks[str(i)] = link["related"].rstrip("/") + "/cb"
-    to_subscribe.put_nowait(callbacks[str(i)])
+    if bare:
+        sink.verify(str(i))  # the bare relay has no hub: nothing to subscribe or verify
+    else:
+        to_subscribe.put_nowait(callbacks[str(i)])
     while not stop.is_set():
         st, hdrs, data = await conn.request("GET", poll_target)
         if st == 204:
@@ -287,6 +291,115 @@ async def subscriber_pool(
         if st != 202:  # e.g. 503 while the hub has too many verifications waiting: later
             await asyncio.sleep(1.0)
             to_subscribe.put_nowait(callback)
+
+
+# ---------------------------------------------------------------- the baseline: a bare relay
+
+
+def serve_bare_relay(port: int) -> None:
+    """The least a Python ASGI server does for a relay fan-out: a Starlette app under uvicorn
+    (httptools, uvloop, no access log) with the same exchanges per delivery as reversehub (the
+    held poll's answer, the reply's POST, the next poll) and nothing else: no database, no
+    outbox, no lease, no retry, no signature, no disconnect watching, no limits.
+
+    ``POST /reversehttp`` (form ``name``) gives the poll URL (``rel="first"``) and the public
+    URL (``rel="related"``); ``GET /r/NAME`` waits for a request; ``POST /r/NAME`` takes the
+    reply (202); ``POST /publish`` answers 204 at once and delivers the body as message/http
+    (a POST to ``/relay/NAME/cb``) to every waiting poll, at most ``DELIVERY_CONCURRENCY`` at a
+    time, each one in flight until its reply came back, as reversehub's outbox does. The collector gets the settings
+    ``reversehub serve`` has (reversehub.server): with CPython's defaults, 10,000 held polls make
+    each full collection a pause of a second or more, and the ratio would measure that."""
+    import gc
+
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from reversehub.server import GC_THRESHOLDS
+    from reversehub.settings import Settings
+
+    DELIVERY_CONCURRENCY = Settings.delivery_concurrency  # noqa: N806 (reversehub's default bound)
+
+    waiting: dict[str, asyncio.Future[bytes]] = {}  # name -> its held poll
+    replies: dict[str, asyncio.Future[None]] = {}  # name -> the reply its delivery waits for
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def register(request: Request) -> Response:
+        name = urllib.parse.parse_qs((await request.body()).decode())["name"][0]
+        origin = f"http://127.0.0.1:{port}"
+        return Response(
+            status_code=201,
+            headers={"link": f'<{origin}/r/{name}>; rel="first", <{origin}/relay/{name}/>; rel="related"'},
+        )
+
+    async def request_url(request: Request) -> Response:
+        name = request.path_params["name"]
+        if request.method == "POST":
+            await request.body()
+            reply = replies.pop(name, None)
+            if reply is not None and not reply.done():
+                reply.set_result(None)
+            return Response(b"accepted\n", status_code=202, media_type="text/plain")
+        future = waiting[name] = asyncio.get_running_loop().create_future()
+        try:
+            message = await future
+        finally:
+            if waiting.get(name) is future:
+                del waiting[name]
+        return Response(
+            message,
+            media_type="message/http",
+            headers={"link": f'<http://127.0.0.1:{port}/r/{name}>; rel="next"', "cache-control": "no-store"},
+        )
+
+    async def deliver(name: str, message: bytes, slots: asyncio.Semaphore) -> None:
+        async with slots:
+            poll = waiting.get(name)
+            if poll is None or poll.done():
+                return
+            reply = replies[name] = asyncio.get_running_loop().create_future()
+            poll.set_result(message)
+            await reply
+
+    async def publish(request: Request) -> Response:
+        body = await request.body()
+        slots = asyncio.Semaphore(DELIVERY_CONCURRENCY)
+        for name in list(waiting):
+            head = f"POST /relay/{name}/cb HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-length: {len(body)}\r\n"
+            task = asyncio.ensure_future(deliver(name, head.encode() + b"\r\n" + body, slots))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        return Response(status_code=204)
+
+    async def healthz(request: Request) -> Response:
+        return Response(b"ok\n", media_type="text/plain")
+
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
+        yield
+
+    app = Starlette(
+        routes=[
+            Route("/reversehttp", register, methods=["POST"]),
+            Route("/r/{name}", request_url, methods=["GET", "POST"]),
+            Route("/publish", publish, methods=["POST"]),
+            Route("/healthz", healthz),
+        ],
+        lifespan=lifespan,
+    )
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        http="httptools",
+        loop="uvloop",
+    )
 
 
 # ---------------------------------------------------------------- the hub
@@ -360,7 +473,9 @@ async def publish_round(
     }
 
 
-async def run_one(n: int, args: argparse.Namespace) -> list[dict[str, float]]:
+async def run_one(n: int, args: argparse.Namespace, bare: bool = False) -> list[dict[str, float]]:
+    """Set up ``n`` subscribers on a fresh hub (``bare``: on :func:`serve_bare_relay`) and time
+    ``args.rounds`` publishes to them."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     tmp = tempfile.mkdtemp(prefix="fanout-")
@@ -378,7 +493,16 @@ async def run_one(n: int, args: argparse.Namespace) -> list[dict[str, float]]:
     ]
     proc = None
     server_task = None
-    if args.in_process:
+    if bare:
+        log = open(os.path.join(tmp, "bare.log"), "wb")
+        proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--serve-bare-relay", str(port)],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        pid = proc.pid
+    elif args.in_process:
         sys.path.insert(0, ROOT)
         import uvicorn
 
@@ -458,13 +582,16 @@ async def run_one(n: int, args: argparse.Namespace) -> list[dict[str, float]]:
                 return not to_subscribe.empty() or sending[0] > 0
 
             sending = [0]
-            tasks += [
-                asyncio.ensure_future(subscriber_pool("127.0.0.1", port, topic, to_subscribe, sending))
-                for _ in range(16)
-            ]
+            if not bare:
+                tasks += [
+                    asyncio.ensure_future(subscriber_pool("127.0.0.1", port, topic, to_subscribe, sending))
+                    for _ in range(16)
+                ]
             t_sub = time.monotonic()
             tasks += [
-                asyncio.ensure_future(relay_subscriber(i, "127.0.0.1", port, sink, gate, to_subscribe, stop, callbacks))
+                asyncio.ensure_future(
+                    relay_subscriber(i, "127.0.0.1", port, sink, gate, to_subscribe, stop, callbacks, bare)
+                )
                 for i in range(n)
             ]
         await until_verified(sink, callbacks, resubscribe, args.setup_timeout, busy)
@@ -472,7 +599,8 @@ async def run_one(n: int, args: argparse.Namespace) -> list[dict[str, float]]:
         # them the hub is still writing activations for many seconds, and a publish meanwhile would
         # time that work too. Wait until the database holds all N (read-only, from the bench).
         t_verified = time.monotonic()
-        await until_active(f"{tmp}/hub.db", n, args.setup_timeout)
+        if not bare:
+            await until_active(f"{tmp}/hub.db", n, args.setup_timeout)
         print(f"# all verified; all active {time.monotonic() - t_verified:.1f} s later", file=sys.stderr, flush=True)
         await asyncio.sleep(1.0)
         setup_s = time.monotonic() - t_sub
@@ -511,9 +639,31 @@ async def run_one(n: int, args: argparse.Namespace) -> list[dict[str, float]]:
                 proc.kill()
 
 
+def median(results: list[dict[str, float]], key: str) -> float:
+    values = sorted(r[key] for r in results)
+    return values[len(values) // 2]
+
+
+def report(label: str, n: int, results: list[dict[str, float]]) -> None:
+    for i, r in enumerate(results, 1):
+        print(
+            f"| {label} | {n} | {i} | {r['publish_ack_ms']:.0f} | {r['first_ms']:.0f} | {r['half_s']:.3f} "
+            f"| {r['all_delivered_s']:.3f} "
+            f"| {r['deliveries_per_s']:.0f} | {r['hub_cpu_s']:.2f} | {r['hub_cpu_s'] * 1e6 / n:.0f} "
+            f"| {r['bench_cpu_s']:.2f} | {r['hub_peak_rss_mb']:.0f} |",
+            flush=True,
+        )
+    if len(results) > 1:
+        print(
+            f"# {label} N={n}: median of {len(results)} rounds {median(results, 'all_delivered_s'):.3f} s, "
+            f"hub CPU {median(results, 'hub_cpu_s'):.2f} s (setup {results[0]['setup_s']:.0f} s)",
+            flush=True,
+        )
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("n", type=int, nargs="+", help="numbers of subscribers")
+    p.add_argument("n", type=int, nargs="*", help="numbers of subscribers")
     p.add_argument("--callbacks", choices=["relay", "http"], default="relay")
     p.add_argument("--in-process", action="store_true", help="run the hub in this process (for --profile)")
     p.add_argument("--profile", default=None, help="cProfile output file (with --in-process)")
@@ -524,7 +674,18 @@ def main() -> int:
     p.add_argument("--setup-timeout", type=float, default=300.0)
     p.add_argument("--round-timeout", type=float, default=120.0)
     p.add_argument("--rounds", type=int, default=1, help="publishes per setup (each timed; the median is printed too)")
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="relay callbacks: run the same N on a bare Starlette relay too (serve_bare_relay) and print the ratio",
+    )
+    p.add_argument("--serve-bare-relay", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.serve_bare_relay:
+        serve_bare_relay(args.serve_bare_relay)
+        return 0
+    if not args.n:
+        p.error("give at least one number of subscribers")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     print(
@@ -535,20 +696,15 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in args.n:
         results = asyncio.run(run_one(n, args))
-        for i, r in enumerate(results, 1):
+        report(args.callbacks, n, results)
+        if args.baseline and args.callbacks == "relay":
+            bare = asyncio.run(run_one(n, args, bare=True))
+            report("bare relay", n, bare)
+            ours, floor = median(results, "all_delivered_s"), median(bare, "all_delivered_s")
+            ours_cpu, floor_cpu = median(results, "hub_cpu_s"), median(bare, "hub_cpu_s")
             print(
-                f"| {args.callbacks} | {n} | {i} | {r['publish_ack_ms']:.0f} | {r['first_ms']:.0f} | {r['half_s']:.3f} "
-                f"| {r['all_delivered_s']:.3f} "
-                f"| {r['deliveries_per_s']:.0f} | {r['hub_cpu_s']:.2f} | {r['hub_cpu_s'] * 1e6 / n:.0f} "
-                f"| {r['bench_cpu_s']:.2f} | {r['hub_peak_rss_mb']:.0f} |",
-                flush=True,
-            )
-        if len(results) > 1:
-            spans = sorted(r["all_delivered_s"] for r in results)
-            cpus = sorted(r["hub_cpu_s"] for r in results)
-            print(
-                f"# {args.callbacks} N={n}: median of {len(results)} rounds {spans[len(spans) // 2]:.3f} s, "
-                f"hub CPU {cpus[len(cpus) // 2]:.2f} s (setup {results[0]['setup_s']:.0f} s)",
+                f"# relay/bare N={n}: time {ours / floor:.2f}x ({ours:.3f} s / {floor:.3f} s), "
+                f"server CPU {ours_cpu / floor_cpu:.2f}x ({ours_cpu:.2f} s / {floor_cpu:.2f} s), medians",
                 flush=True,
             )
     return 0
