@@ -295,6 +295,27 @@ async def test_a_dead_process_claims_are_taken_over(make_hub, peer):
     await wait_for(lambda: _claimable(sessions))
 
 
+async def test_a_claim_takes_at_most_its_limit_oldest_first_and_one_per_subscription(make_hub, peer):
+    app, client = await make_hub()
+    for i in range(5):
+        await subscribe(client, peer, TOPIC, f"{SUB}/cb{i}")
+    app.state.hub.outbox.close()  # claims are made by hand here
+    await publish(client, b"first")
+    await publish(client, b"second")  # each subscription's second delivery waits for its first
+    sessions = app.state.hub.services.sessions
+    pending = await deliveries(app)
+    firsts = sorted((d for d in pending if d.seq == 1), key=lambda d: d.id)
+    assert len(pending) == 10 and len(firsts) == 5
+    one = await store.claim(sessions, 2, 60)
+    two = await store.claim(sessions, 2, 60)
+    three = await store.claim(sessions, 2, 60)
+    assert [len(one), len(two), len(three)] == [2, 2, 1]
+    assert [c.id for c in one + two + three] == [d.id for d in firsts]
+    assert await store.claim(sessions, 2, 60) == []
+    claimed = {d.id: d.claim_token for d in await deliveries(app)}
+    assert all(claimed[d.id] for d in firsts) and sum(1 for t in claimed.values() if t) == 5
+
+
 async def _claimable(sessions):
     return len(await store.claim(sessions, 10, 60)) == 1
 
