@@ -667,7 +667,6 @@ def main() -> int:
     p.add_argument("--callbacks", choices=["relay", "http"], default="relay")
     p.add_argument("--in-process", action="store_true", help="run the hub in this process (for --profile)")
     p.add_argument("--profile", default=None, help="cProfile output file (with --in-process)")
-    p.add_argument("--hub-cmd", default=None, help="run the hub with this command instead (gets port= db=)")
     p.add_argument("--pause", type=float, default=0.0, help="seconds to wait before the publish (profiling)")
     p.add_argument("--per-host", type=int, default=0, help="delivery_per_host (with --in-process)")
     p.add_argument("--poll-timeout", type=float, default=60.0)
