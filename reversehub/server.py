@@ -40,6 +40,8 @@ GC_THRESHOLDS = (50_000, 20, 10)
 # A worker that dies this soon after its start counts as a start failure; a few in a row end the supervisor.
 QUICK_EXIT_SECONDS = 10.0
 MAX_QUICK_EXITS = 5
+M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
+MALLOC_ARENAS = 2
 
 
 def setup_logging(settings: Settings) -> None:
@@ -49,6 +51,36 @@ def setup_logging(settings: Settings) -> None:
     # verification GETs the challenge. Our own access log (reversehub.accesslog) is the one to read.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class _WithoutWebSocketHint(logging.Filter):
+    """With ``ws="none"`` uvicorn answers an upgrade request as plain HTTP, and logs, for every one,
+    a hint to install a WebSocket library. We have no use for one: drop the hint (uvicorn's
+    "Unsupported upgrade request." stays, as it always did for other upgrades such as h2c)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No supported WebSocket library")
+
+
+WITHOUT_WEBSOCKET_HINT = _WithoutWebSocketHint()
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
+    """Let every thread share ``arenas`` glibc malloc arenas.
+
+    glibc gives each thread that allocates its own arena (up to 8 per core), and an arena keeps
+    what it once held. Our threads are aiosqlite's, one per pooled SQLite connection, and libuv's
+    resolver pool; a 1,000 callback fan-out grows the SQLite pool to its ten connections, and their
+    arenas held ~1 MB more than two shared ones (bench/memory.py). SQLite runs one writer at a time,
+    so they hardly contend for the shared arenas. Elsewhere (musl, macOS) there is no mallopt: no-op.
+    """
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(M_ARENA_MAX, arenas)
 
 
 def http_protocol() -> type[asyncio.Protocol] | str:
@@ -61,17 +93,22 @@ def http_protocol() -> type[asyncio.Protocol] | str:
 
 
 def config_for(app: Any, settings: Settings) -> uvicorn.Config:
-    return uvicorn.Config(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         http=http_protocol(),
         loop="auto",  # uvloop when installed (uvicorn[standard] installs it), like the bench's bare server
+        # No endpoint speaks WebSocket (the dashboard's live charts are server-sent events): "auto"
+        # would load the websockets package into every server for nothing.
+        ws="none",
         lifespan="on",
         access_log=False,  # ours (reversehub.accesslog) leaves capability URLs out
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(GRACE_SECONDS),
     )
+    logging.getLogger("uvicorn.error").addFilter(WITHOUT_WEBSOCKET_HINT)  # once: the same filter object
+    return config
 
 
 def find_app(app: Any) -> Starlette | None:
@@ -132,6 +169,7 @@ def serve(settings: Settings) -> None:
     """Run in this process, or supervise ``settings.workers`` worker processes."""
     setup_logging(settings)
     if settings.workers <= 1:
+        limit_malloc_arenas()
         from reversehub.app import create_app
 
         server = DrainingServer(config_for(create_app(settings), settings))
@@ -145,6 +183,7 @@ def serve(settings: Settings) -> None:
 def _worker(settings: Settings, sock: socket.socket) -> None:
     """Entry point of one worker process (spawned: it imports everything afresh)."""
     setup_logging(settings)
+    limit_malloc_arenas()
     from reversehub.app import create_app
 
     server = DrainingServer(config_for(create_app(settings), settings))
