@@ -77,10 +77,21 @@ class Hub:
             tg.start_soon(self._hurry)
             tg.start_soon(self._maintain)
 
+    @property
+    def closing(self) -> bool:
+        """True once :meth:`aclose` began."""
+        return self._closing
+
     async def aclose(self) -> None:
+        """Stop taking work; wait (within the shutdown grace) for verified subscriptions to be stored.
+
+        The server's drain calls this first, the lifespan again before cancelling :meth:`run`.
+        Verifications whose callback already echoed the challenge are committed; the rest may be
+        abandoned (:mod:`hub.subscriptions`)."""
         self._closing = True
         self.outbox.close()
         self.fetcher.close()
+        await self.verifier.aclose()
 
     async def _listen(self, channel: str, handler: Callable[[bytes], object]) -> None:
         while True:

@@ -9,6 +9,16 @@ verification turns out.
 
 Verification is transient work of the process that took the request: if that process dies first,
 the subscriber sees no verification and asks again (5.1: subscribers retry).
+
+A graceful shutdown (:meth:`Verifier.aclose`, then cancellation) keeps one promise: a callback that
+echoed its challenge with a 2xx gets its subscription stored. That subscriber counts itself
+subscribed (5.3.1) and will hear nothing more, so the step from the echo to the commit is drained
+and shielded from cancellation (bounded by :data:`hub.grace.SHUTDOWN_GRACE`). Everything before
+it may be abandoned, which changes nothing (5.1: a failed verification leaves the state as it was)
+and which the subscriber sees as a verification that never came: requests that arrive while the hub
+closes get 503; verifications whose GET has not gone out are dropped at once; a GET in flight keeps
+going while the server finishes its requests (an echo can still arrive through our own relay) and
+is dropped only when the hub is finally cancelled.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from hub import store
 from hub.activations import Activations
 from hub.challenge import Unanswered, ask, with_params
 from hub.errors import BadRequest, Busy, URLRefused
+from hub.grace import Grace
 from hub.netguard import NetGuard, is_own
 from reversehub import policy
 from reversehub.services import Services
@@ -110,7 +121,15 @@ class Verifier:
         self.max_waiting = 10_000
         self._tg: anyio.abc.TaskGroup | None = None
         self._early: list[SubscriptionRequest] = []  # taken before run() started
-        self._activations = Activations(services.sessions)
+        self._closing = False
+        self._unasked: set[anyio.CancelScope] = set()  # verifications before their GET: abandoned by aclose()
+        self._grace = Grace()  # from an echo to its commit: drained by aclose(), shielded from cancellation
+        self._activations = Activations(services.sessions, self._grace)
+
+    @property
+    def waiting(self) -> int:
+        """Verifications taken and not finished."""
+        return self._waiting
 
     def lease_for(self, asked: int | None) -> int:
         s = self.settings
@@ -126,7 +145,22 @@ class Verifier:
             self._early.clear()
             await anyio.sleep_forever()
 
+    async def aclose(self) -> None:
+        """Graceful shutdown (see the module docstring): take no more requests, abandon the
+        verifications that have not sent their GET, and wait, at most :data:`~hub.grace.SHUTDOWN_GRACE`
+        seconds, until every callback that echoed its challenge has its subscription stored.
+        Idempotent: the server's drain calls it, then the app's lifespan again."""
+        self._closing = True
+        self._waiting -= len(self._early)
+        self._early.clear()
+        for scope in self._unasked:
+            scope.cancel()
+        self._grace.begin()
+        await self._grace.wait()
+
     def submit(self, req: SubscriptionRequest) -> None:
+        if self._closing:
+            raise Busy("the hub is shutting down; subscribe again in a moment")
         if self._waiting >= self.max_waiting:
             raise Busy("too many verifications waiting; try again later")
         self._waiting += 1
@@ -145,22 +179,21 @@ class Verifier:
             self._waiting -= 1
 
     async def verify(self, req: SubscriptionRequest) -> bool:
-        """Verify intent and apply the request if the callback confirms; True if it did."""
-        try:
-            await self.guard.check(req.callback)
-        except URLRefused as exc:
-            logger.info("callback refused: %s", exc)
+        """Verify intent and apply the request if the callback confirms; True if it did.
+
+        At shutdown (see the module docstring) the steps before the GET are abandoned, the GET
+        runs until it is answered or the hub is cancelled, and the commit after an echo is shielded.
+        """
+        if self._closing:
             return False
-        if req.mode == "subscribe":
-            reason, fetched = await self._check_subscribe(req)
-            if reason is not None:
-                await self.deny(req, reason)
-                return False
-            if self._baseline is not None and not fetched:
-                try:
-                    await self._baseline(req.topic)
-                except Exception:
-                    logger.exception("baseline fetch failed")
+        with anyio.CancelScope() as before_get:  # aclose() cancels it
+            self._unasked.add(before_get)
+            try:
+                ready = await self._may_ask(req)
+            finally:
+                self._unasked.discard(before_get)
+        if before_get.cancelled_caught or not ready:
+            return False
         lease = self.lease_for(req.lease_seconds)
         challenge = secrets.token_urlsafe(24)
         params = {"hub.mode": req.mode, "hub.topic": req.topic, "hub.challenge": challenge}
@@ -179,16 +212,44 @@ class Verifier:
         if not (200 <= status < 300 and body == expected):
             logger.info("verification not confirmed (status %d)", status)
             return False
-        now = time.time()
+        # The callback echoed: it counts itself (un)subscribed from now on (5.3.1), so this is
+        # stored even if the hub is stopping, within the shutdown grace.
+        with self._grace.shielded() as commit:
+            await self._apply(req, lease, asked_at)
+        if commit.cancelled_caught:
+            logger.error("shutting down: a verified %s was not stored in time", req.mode)
+            return False
+        return True
+
+    async def _may_ask(self, req: SubscriptionRequest) -> bool:
+        """The checks before the GET: the callback's address, and for a subscribe the policy (a
+        refusal is sent as ``denied``, 5.2) and the topic's baseline fetch."""
+        try:
+            await self.guard.check(req.callback)
+        except URLRefused as exc:
+            logger.info("callback refused: %s", exc)
+            return False
+        if req.mode == "subscribe":
+            reason, fetched = await self._check_subscribe(req)
+            if reason is not None:
+                await self.deny(req, reason)
+                return False
+            if self._baseline is not None and not fetched:
+                try:
+                    await self._baseline(req.topic)
+                except Exception:
+                    logger.exception("baseline fetch failed")
+        return True
+
+    async def _apply(self, req: SubscriptionRequest, lease: int, asked_at: float) -> None:
         if req.mode == "subscribe":
             _, queued = await self._activations.activate(
-                store.Activation(req.topic, req.callback, req.secret, lease, now, since=asked_at)
+                store.Activation(req.topic, req.callback, req.secret, lease, time.time(), since=asked_at)
             )
             if queued and self._on_queued is not None:
                 self._on_queued()
         else:
             await store.deactivate(self.services.sessions, req.topic, req.callback, "unsubscribed")
-        return True
 
     async def _check_subscribe(self, req: SubscriptionRequest) -> tuple[str | None, bool]:
         """Why the hub refuses ``req`` (None: it does not), and whether its topic has a baseline."""

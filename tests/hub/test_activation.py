@@ -101,6 +101,44 @@ async def test_activations_waiting_together_are_written_together_and_one_bad_one
     assert all(outcomes[cb] == (sub.id, 0) and sub.expires_at == pytest.approx(t0 + 60) for cb, sub in subs.items())
 
 
+async def test_the_writer_writes_what_it_holds_when_cancelled(sessions, monkeypatch):
+    """Each item is a callback that echoed its challenge: cancelling the writer must not drop it."""
+    writing, release = anyio.Event(), anyio.Event()
+    real = store.activate_many
+
+    async def held(sessions, items):
+        writing.set()
+        await release.wait()
+        return await real(sessions, items)
+
+    monkeypatch.setattr(store, "activate_many", held)
+    activations = Activations(sessions)
+    t0 = time.time()
+    outcomes: dict[str, object] = {}
+
+    async def activate(callback: str) -> None:
+        try:
+            outcomes[callback] = await activations.activate(store.Activation(TOPIC, callback, None, 60, t0))
+        except BaseException as exc:  # noqa: B036 (a cancelled future is what this test catches)
+            outcomes[callback] = exc
+            raise
+
+    first, second = f"{SUB}/first", f"{SUB}/second"
+    async with anyio.create_task_group() as callers:
+        async with anyio.create_task_group() as writer:
+            writer.start_soon(activations.run)
+            await wait_for(lambda: activations._running)  # activations now go through the writer
+            callers.start_soon(activate, first)
+            await writing.wait()  # the first is being written...
+            callers.start_soon(activate, second)
+            await wait_for(lambda: len(activations._waiting) == 1)  # ...and the second waits its turn
+            writer.cancel_scope.cancel()
+            release.set()  # after the cancellation was delivered
+
+    subs, _ = await rows(sessions)
+    assert outcomes == {first: (subs[first].id, 0), second: (subs[second].id, 0)}
+
+
 async def test_many_subscribers_verified_at_once_each_get_the_next_publish_once(hub, peer):
     app, client = hub
     async with anyio.create_task_group() as tg:
