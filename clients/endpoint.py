@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[HttpRequest], "Awaitable[HttpResponse] | HttpResponse"]
 StateCallback = Callable[[str], None]
+RepliedCallback = Callable[[HttpRequest, bool], None]
 
 # Connection states reported to ``on_state``.
 REGISTERED = "registered"
@@ -79,6 +80,10 @@ class Endpoint:
     ``pollers`` long-polls run at once, so that many requests are handled concurrently.
     ``on_state`` hears ``registered``, ``connected``, ``reconnecting``, ``reregistered``, ``closed``.
     ``on_reregistered`` is awaited (in a task) after the registration was lost and made again.
+    ``on_replied(request, accepted)`` is called once the reply to ``request`` was POSTed to the
+    relay: ``accepted`` is True when the relay took it (2xx, ReverseHttp "Replying": 202), so it
+    goes on to the requester; False when the POST failed or was refused, so the requester gets an
+    error from the relay instead (504, "no reply") and never sees what the handler answered.
     """
 
     def __init__(
@@ -97,6 +102,7 @@ class Endpoint:
         backoff: tuple[float, float] = (0.1, 30.0),
         on_state: StateCallback | None = None,
         on_reregistered: Callable[[], Awaitable[None]] | None = None,
+        on_replied: RepliedCallback | None = None,
     ) -> None:
         if (handler is None) == (app is None):
             raise TypeError("give exactly one of handler or app=")
@@ -118,6 +124,7 @@ class Endpoint:
         self._backoff = backoff
         self._on_state = on_state
         self._on_reregistered = on_reregistered
+        self._on_replied = on_replied
         self._private_url: str | None = None
         self._generation = 0
         self._recover_lock = asyncio.Lock()
@@ -272,40 +279,55 @@ class Endpoint:
             if status == 200:
                 self._busy.add(task)
                 try:
-                    await self._reply(url, await self._handle(response))
+                    request, reply = await self._handle(response)
+                    accepted = await self._reply(url, reply)
+                    if request is not None:
+                        self._replied(request, accepted)
                 finally:
                     self._busy.discard(task)
             url = next_url
 
-    async def _handle(self, response: httpx.Response) -> HttpResponse:
+    async def _handle(self, response: httpx.Response) -> tuple[HttpRequest | None, HttpResponse]:
+        """The request the relay delivered (None if unparseable) and the handler's answer to it."""
         try:
             request = parse_request(response.content)
         except WireError as exc:
             logger.warning("relay sent an unparseable request: %s", exc)
-            return HttpResponse(400, [("content-type", "text/plain")], b"Bad Request\n")
+            return None, HttpResponse(400, [("content-type", "text/plain")], b"Bad Request\n")
         try:
             if self._app is not None:
                 assert self.public_url is not None
-                return await call_app(self._app, request, self.public_url, response.headers.get("requesting-client"))
+                client = response.headers.get("requesting-client")
+                return request, await call_app(self._app, request, self.public_url, client)
             assert self._handler is not None
             result = self._handler(request)
             if inspect.isawaitable(result):
                 result = await result
-            return result
+            return request, result
         except Exception:
             logger.exception("handler failed on %s %s", request.method, request.target.partition("?")[0])
-            return HttpResponse(500, [("content-type", "text/plain")], b"Internal Server Error\n")
+            return request, HttpResponse(500, [("content-type", "text/plain")], b"Internal Server Error\n")
 
-    async def _reply(self, url: str, reply: HttpResponse) -> None:
+    async def _reply(self, url: str, reply: HttpResponse) -> bool:
+        """POST the reply to the request URL it answers; True if the relay accepted it."""
         body = serialize_response(reply)
         try:
             answer = await self._http.post(url, content=body, headers={"content-type": "message/http"})
         except httpx.HTTPError as exc:
             # The requester will see 504 and, if it is a hub, retry the delivery.
             logger.warning("could not post the reply to the relay: %s", exc)
-            return
+            return False
         if answer.status_code >= 300:
             logger.warning("relay refused the reply: HTTP %s", answer.status_code)
+            return False
+        return True
+
+    def _replied(self, request: HttpRequest, accepted: bool) -> None:
+        if self._on_replied is not None:
+            try:
+                self._on_replied(request, accepted)
+            except Exception:
+                logger.exception("on_replied callback failed")
 
     # -- helpers -----------------------------------------------------------------------------
 

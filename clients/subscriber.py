@@ -14,7 +14,11 @@ What it does (W3C WebSub):
 - discovery (section 4) when ``hub`` is None: the topic's ``Link rel="hub"``/``rel="self"``;
 - subscription (5.1): claims a relay name, sends its public URL as ``hub.callback`` with a
   ``hub.secret`` (generated when none is given) and waits for the hub's verification (5.3), which it
-  answers only for the topic and mode it asked for; a ``denied`` notice (5.2) fails ``start()``;
+  answers only for the topic and mode it asked for; a ``denied`` notice (5.2) fails ``start()``.
+  It counts as subscribed only once the relay accepted its answer to the verification (202): until
+  then the hub has not got the echoed challenge and may never store the subscription (a server
+  that stops in between, say). An answer the relay did not accept fails ``start()`` with
+  :class:`SubscriptionError`; a renewal or a re-subscription in the background is tried again;
 - content distribution (7): checks ``X-Hub-Signature`` (sha1/sha256/sha384/sha512) and ignores
   forged bodies with a 2xx (as 7 allows, so forgers learn nothing), drops duplicates by the Standard
   Webhooks ``webhook-id``, calls the callback, and answers 204, or 500 when the callback raised, so
@@ -79,6 +83,15 @@ def signature_ok(secret: bytes, header: str | None, body: bytes) -> bool:
     return hmac.compare_digest(expected, digest.strip().lower())
 
 
+def _path_and_query(target: str) -> tuple[str, str]:
+    """A request target's path and query (origin form, or absolute form from a proxy)."""
+    if target.startswith(("http://", "https://")):
+        parts = urlsplit(target)
+        return parts.path, parts.query
+    path, _, query = target.partition("?")
+    return path, query
+
+
 def _text(status: int, body: str = "") -> HttpResponse:
     return HttpResponse(status, [("content-type", "text/plain")], body.encode())
 
@@ -126,6 +139,8 @@ class Subscriber:
         self._endpoint: Endpoint | None = None
         self._callback_path = ""
         self._pending: dict[str, asyncio.Future[int | None]] = {}
+        # challenge -> (its pending request, the granted lease): echoed, waiting for the relay's 202
+        self._echoing: dict[str, tuple[asyncio.Future[int | None], int | None]] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._subscribe_lock: asyncio.Lock | None = None
         self._callback_lock: asyncio.Lock | None = None
@@ -139,7 +154,15 @@ class Subscriber:
     # -- sync and async faces ----------------------------------------------------------------
 
     def start(self) -> Any:
-        """Subscribe; returns once the hub verified. In a coroutine: ``await sub.start()``."""
+        """Subscribe; returns once the hub verified. In a coroutine: ``await sub.start()``.
+
+        "Verified" means the hub's verification GET arrived and the relay accepted our echo of its
+        challenge, which it passes on to the hub. Raises :class:`SubscriptionError` when the hub
+        refused, denied or did not verify within ``verify_timeout``, or when the echo did not reach
+        the relay (the subscription was then not made: calling ``start()`` again is safe);
+        ``httpx`` errors when the hub or relay cannot be reached; :class:`RelayError` when the
+        relay refused the name.
+        """
         if in_event_loop():
             return self.astart()
         return self._start_sync()
@@ -213,6 +236,7 @@ class Subscriber:
                 backoff=self._backoff,
                 on_state=self._endpoint_state,
                 on_reregistered=self._resubscribe,
+                on_replied=self._on_replied,
             )
             public_url = await self._endpoint.start()
             self.callback_url = urljoin(public_url, "websub")
@@ -273,6 +297,8 @@ class Subscriber:
                     raise SubscriptionError(f"hub did not verify the {mode} within {self._verify_timeout}s") from None
             finally:
                 self._pending.pop(mode, None)
+                for challenge in [c for c, (future, _) in self._echoing.items() if future is verified]:
+                    del self._echoing[challenge]
             if mode == "subscribe":
                 self.lease_seconds = lease
                 loop = asyncio.get_running_loop()
@@ -321,12 +347,7 @@ class Subscriber:
     # -- requests arriving over the relay ----------------------------------------------------
 
     async def _on_request(self, request: HttpRequest) -> HttpResponse:
-        target = request.target
-        if target.startswith(("http://", "https://")):
-            parts = urlsplit(target)
-            path, query = parts.path, parts.query
-        else:
-            path, _, query = target.partition("?")
+        path, query = _path_and_query(request.target)
         if path != self._callback_path:
             return _text(404, "Not Found\n")
         if request.method == "GET":
@@ -356,8 +377,31 @@ class Subscriber:
             # challenge would let them subscribe us to topics we never wanted (WebSub 5.3).
             return _text(404, "no such pending request\n")
         lease_param = params.get("hub.lease_seconds", [""])[0]
-        pending.set_result(int(lease_param) if lease_param.isdigit() else None)
+        # Not verified yet: only once the relay took this echo can the hub have it (_on_replied).
+        self._echoing[challenge] = (pending, int(lease_param) if lease_param.isdigit() else None)
         return _text(200, challenge)
+
+    def _on_replied(self, request: HttpRequest, accepted: bool) -> None:
+        """The endpoint POSTed our answer to ``request``; ``accepted``: the relay took it (202)."""
+        if request.method != "GET":
+            return
+        path, query = _path_and_query(request.target)
+        challenge = parse_qs(query).get("hub.challenge", [""])[0]
+        echoing = self._echoing.pop(challenge, None) if path == self._callback_path else None
+        if echoing is None:
+            return
+        pending, lease = echoing
+        if pending.done():
+            return
+        if accepted:
+            pending.set_result(lease)
+        else:
+            pending.set_exception(
+                SubscriptionError(
+                    "the hub's verification came, but the relay did not take our answer to it "
+                    "(so the hub may never store the subscription): not subscribed"
+                )
+            )
 
     async def _deliver(self, request: HttpRequest) -> HttpResponse:
         headers = httpx.Headers(request.headers)

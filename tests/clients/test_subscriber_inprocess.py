@@ -5,7 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from clients import AsyncPublisher, Endpoint, Subscriber, Update
+from clients import AsyncPublisher, Endpoint, Subscriber, SubscriptionError, Update
+from hub import store
 from relay.wire import HttpRequest, HttpResponse
 from tests.conftest import PUBLIC, MakeApp
 from tests.support import wait_for
@@ -45,3 +46,53 @@ async def test_endpoint_in_process(make_app: MakeApp) -> None:
         assert endpoint.public_url == f"{PUBLIC}/relay/inproc/"
         r = await client.get("/relay/inproc/x?y=1")
         assert (r.status_code, r.text) == (200, "GET /relay/inproc/x?y=1")
+
+
+class RefusedEchoes(httpx.AsyncBaseTransport):
+    """The app, except that replies to the relay (``message/http`` POSTs) carrying a 200 get 503
+    and never reach it: a relay that refuses the subscriber's echo of the hub's challenge."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.refused = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.headers.get("content-type") == "message/http":
+            if (await request.aread()).startswith(b"HTTP/1.1 200"):
+                self.refused += 1
+                return httpx.Response(503, text="relay unavailable\n")
+        return await self.inner.handle_async_request(request)
+
+
+async def test_an_echo_the_relay_refused_is_no_subscription(make_app: MakeApp) -> None:
+    app, _ = await make_app()
+    transport = RefusedEchoes(httpx.ASGITransport(app=app, client=("127.0.0.1", 4000)))
+    states: list[str] = []
+    topic = f"{PUBLIC}/topics/refused"
+    sub = Subscriber(topic, lambda update: None, hub=f"{PUBLIC}/hub", transport=transport, on_state=states.append)
+    try:
+        with pytest.raises(SubscriptionError, match="relay did not take our answer"):
+            await sub.start()
+    finally:
+        await sub.stop()
+    assert transport.refused == 1 and "subscribed" not in states
+    assert await store.find(app.state.services.sessions, topic, sub.callback_url or "") is None
+
+
+async def test_endpoint_reports_whether_the_relay_took_each_reply(make_app: MakeApp) -> None:
+    app, client = await make_app(reply_timeout=0.2)
+    transport = RefusedEchoes(httpx.ASGITransport(app=app, client=("127.0.0.1", 4000)))
+    replied: list[tuple[str, bool]] = []
+
+    async def handler(request: HttpRequest) -> HttpResponse:
+        status = 200 if request.target.endswith("/ok") else 204
+        return HttpResponse(status, [], b"")
+
+    def on_replied(request: HttpRequest, accepted: bool) -> None:
+        replied.append((request.target, accepted))
+
+    async with Endpoint(f"{PUBLIC}/reversehttp", handler, name="acks", transport=transport, on_replied=on_replied):
+        assert (await client.get("/relay/acks/fine")).status_code == 204
+        await wait_for(lambda: len(replied) == 1)
+        assert (await client.get("/relay/acks/ok")).status_code == 504  # the relay never got the reply
+    assert replied == [("/relay/acks/fine", True), ("/relay/acks/ok", False)]

@@ -15,10 +15,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
-from clients import Subscriber, Update
+from clients import Subscriber, SubscriptionError, Update
 from reversehub.app import create_app
 from reversehub.settings import Settings
 from tests.support import bound_socket, live_settings, serve_live, wait_for
@@ -223,11 +224,9 @@ async def test_reconnects_after_the_server_restarts(database_url: str) -> None:
     topic = f"http://127.0.0.1:{port}/topics/restart"
     async with running(settings, sock) as server:
         sub = Subscriber(topic, inbox, hub=server.hub, on_state=states.append, **FAST)
+        # start() returns once the relay took our echo of the challenge, and the hub stores a
+        # subscription it got the echo for even while it stops: stopping the server now loses nothing.
         await sub.start()
-        # start() returns once the challenge arrived; the hub stores the subscription once the
-        # answer is back. Stopping the server in between would lose it (the client has no way to
-        # know), and this test is about reconnecting, not about that race.
-        await wait_for(lambda: _active(server.app, topic, sub.callback_url or ""))
     await wait_for(lambda: "reconnecting" in states)
     sock = bound_socket_on(port)
     try:
@@ -241,11 +240,119 @@ async def test_reconnects_after_the_server_restarts(database_url: str) -> None:
         await sub.stop()
 
 
-async def _active(app: Any, topic: str, callback: str) -> bool:
-    from hub import store
+class HeldEcho(httpx.AsyncHTTPTransport):
+    """The subscriber's HTTP, except that its echo of the hub's challenge (a ``message/http`` reply
+    carrying a 200) waits for ``release`` before it goes out; ``held`` is set when it arrives."""
 
-    found = await store.find(app.state.services.sessions, topic, callback)
-    return found is not None and found.state == "active"
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = anyio.Event()
+        self.release = anyio.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.headers.get("content-type") == "message/http":
+            if (await request.aread()).startswith(b"HTTP/1.1 200") and not self.release.is_set():
+                self.held.set()
+                await self.release.wait()
+        return await super().handle_async_request(request)
+
+
+async def test_start_fails_when_the_server_stops_between_the_challenge_and_the_echo(database_url: str) -> None:
+    """The hub's challenge arrived, then the server stopped before our echo reached it: the hub
+    never got the echo, so start() must not report a subscription; it raises, and once a server
+    is back, start() again subscribes for real."""
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    settings = live_settings(database_url, port)
+    topic = f"http://127.0.0.1:{port}/topics/echo-lost"
+    transport = HeldEcho()
+    states: list[str] = []
+    inbox = Inbox()
+    failure: list[BaseException] = []
+    sub = Subscriber(
+        topic, inbox, hub=f"http://127.0.0.1:{port}/hub", transport=transport, on_state=states.append, **FAST
+    )
+
+    async def start() -> None:
+        try:
+            await sub.start()
+        except SubscriptionError as exc:
+            failure.append(exc)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            async with running(settings, sock):
+                tg.start_soon(start)
+                await transport.held.wait()  # the challenge is here; our echo has not gone out
+            transport.release.set()  # the server is gone: the echo goes out now
+        assert len(failure) == 1 and "relay did not take our answer" in str(failure[0])
+        assert "subscribed" not in states
+        assert await _stored(database_url, topic, sub.callback_url or "") is None
+
+        async with running(settings, bound_socket_on(port)) as server:
+            await sub.start()
+            assert sub.state == "subscribed"
+            await publish(server, topic, b"subscribed for real")
+            await wait_for(lambda: inbox.bodies() == [b"subscribed for real"])
+            await sub.stop()
+    finally:
+        await sub.stop()
+
+
+async def test_a_subscription_the_relay_took_the_echo_for_survives_a_draining_stop(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """start() returned (the relay took our echo), then the server drains as on SIGTERM while the
+    hub is still storing the subscription: the hub finishes that write before it goes."""
+    from hub import store
+    from reversehub.server import DrainingServer, config_for
+
+    writing, release = anyio.Event(), anyio.Event()
+    real = store.activate_many
+
+    async def held(sessions: Any, items: Any) -> Any:
+        writing.set()
+        await release.wait()
+        return await real(sessions, items)
+
+    monkeypatch.setattr(store, "activate_many", held)
+    sock = bound_socket()
+    settings = live_settings(database_url, sock.getsockname()[1])
+    app = create_app(settings)
+    server = DrainingServer(config_for(app, settings))
+    url = f"http://127.0.0.1:{settings.port}"
+    sub = Subscriber(f"{url}/topics/drain", Inbox(), hub=f"{url}/hub", **FAST)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve, [sock])
+            await wait_for(lambda: server.started, timeout=20)
+            tg.start_soon(sub.start)
+            await writing.wait()  # the hub got our echo and is storing the subscription...
+            await wait_for(lambda: sub.state == "subscribed")  # ...and start() has returned
+            server.should_exit = True  # what SIGTERM does
+            await wait_for(lambda: app.state.hub.closing)  # the drain has begun
+            # Something that must not happen, so no event says it did not: the drain waits for the
+            # commit, so the lifespan's shutdown (which would cancel it) does not begin meanwhile.
+            with anyio.move_on_after(0.5):
+                await wait_for(lambda: app.state.services is None)
+            assert app.state.services is not None
+            release.set()
+    finally:
+        sock.close()
+        await sub.stop()
+    found = await _stored(database_url, f"{url}/topics/drain", sub.callback_url or "")
+    assert found is not None and found.state == "active"
+
+
+async def _stored(database_url: str, topic: str, callback: str) -> Any:
+    from hub import store
+    from reversehub import db
+
+    engine = db.create_engine(database_url)
+    try:
+        return await store.find(db.sessionmaker(engine), topic, callback)
+    finally:
+        await engine.dispose()
 
 
 def bound_socket_on(port: int) -> Any:
