@@ -119,7 +119,10 @@ function randomHex(bytes) {
 
 /**
  * Serve `handler(request) -> {status, headers, body}` (sync or async) on a relay name.
- * Options: name, token, lease, pollers (2), onState(state), onReregistered(), backoff [minMs, maxMs].
+ * Options: name, token, lease, pollers (2), onState(state), onReregistered(), backoff [minMs, maxMs],
+ * onReplied(request, accepted): called once the reply to `request` was POSTed to the relay;
+ * `accepted` is true when the relay took it (2xx, ReverseHttp "Replying": 202) and passes it on,
+ * false when the POST failed or was refused (the requester then gets 504 from the relay instead).
  */
 export class Endpoint {
   constructor(relay, handler, options = {}) {
@@ -131,6 +134,7 @@ export class Endpoint {
     this.pollers = options.pollers || 2;
     this.onState = options.onState || (() => {});
     this.onReregistered = options.onReregistered || null;
+    this.onReplied = options.onReplied || null;
     this.backoff = options.backoff || [100, 30000];
     this.publicUrl = null;
     this.state = "new";
@@ -231,17 +235,24 @@ export class Endpoint {
       const next = findLink(r.headers.get("link"), "next", url) || url;
       if (r.status === 200) {
         let reply;
+        let request = null;
         try {
-          const request = parseRequest(new Uint8Array(await r.arrayBuffer()));
+          request = parseRequest(new Uint8Array(await r.arrayBuffer()));
           reply = serializeResponse(await this.handler(request));
         } catch (e) {
           console.error("reversehub handler failed", e);
           reply = serializeResponse({ status: 500, body: "Internal Server Error\n" });
         }
+        let accepted = false;
         try {
-          await fetch(url, { method: "POST", body: reply, headers: { "content-type": "message/http" } });
+          const answer = await fetch(url, { method: "POST", body: reply, headers: { "content-type": "message/http" } });
+          accepted = answer.ok;
+          if (!accepted) console.warn(`reversehub: the relay refused the reply: HTTP ${answer.status}`);
         } catch (e) {
           console.warn("reversehub: could not post the reply", e);
+        }
+        if (request && this.onReplied) {
+          try { this.onReplied(request, accepted); } catch (e) { console.error(e); }
         }
       }
       url = next;
@@ -332,6 +343,7 @@ export class Subscription {
     this.state = "new";
     this.callbackUrl = null;
     this._pending = new Map();
+    this._echoing = new Map(); // challenge -> {pending, lease}: echoed, waiting for the relay's 202
     this._seen = new Set();
     this._queue = Promise.resolve();
     this._renewTimer = null;
@@ -356,6 +368,7 @@ export class Subscription {
       backoff: this.options.backoff,
       onState: (s) => { if (s === "connected" || s === "reconnecting") this._setState(s); },
       onReregistered: () => this._resubscribe(),
+      onReplied: (request, accepted) => this._onReplied(request, accepted),
     });
     const publicUrl = await this.endpoint.start();
     this.callbackUrl = new URL("websub", publicUrl).href;
@@ -372,8 +385,10 @@ export class Subscription {
 
   async _subscribe(mode) {
     let timer;
+    let pending;
     const verified = new Promise((resolve, reject) => {
-      this._pending.set(mode, { resolve, reject });
+      pending = { resolve, reject };
+      this._pending.set(mode, pending);
       timer = setTimeout(() => reject(new Error(`hub did not verify the ${mode} in time`)), this.verifyTimeout);
     });
     verified.catch(() => {});
@@ -388,6 +403,7 @@ export class Subscription {
     } finally {
       clearTimeout(timer);
       this._pending.delete(mode);
+      for (const [challenge, echo] of this._echoing) if (echo.pending === pending) this._echoing.delete(challenge);
     }
   }
 
@@ -437,8 +453,22 @@ export class Subscription {
     // Only what we asked for: echoing every challenge would let anyone subscribe us to anything.
     if (!pending || !challenge) return text(404, "no such pending request\n");
     const lease = parseInt(params.get("hub.lease_seconds") || "", 10);
-    pending.resolve(Number.isFinite(lease) ? lease : null);
+    // Not verified yet: only once the relay took this echo can the hub have it (_onReplied).
+    this._echoing.set(challenge, { pending, lease: Number.isFinite(lease) ? lease : null });
     return text(200, challenge);
+  }
+
+  _onReplied(request, accepted) {
+    if (request.method !== "GET") return;
+    const url = new URL(request.target, this.callbackUrl);
+    if (url.pathname !== new URL(this.callbackUrl).pathname) return;
+    const challenge = url.searchParams.get("hub.challenge");
+    const echo = this._echoing.get(challenge);
+    if (!echo) return;
+    this._echoing.delete(challenge);
+    if (accepted) echo.pending.resolve(echo.lease);
+    else echo.pending.reject(new Error("the hub's verification came, but the relay did not take our answer to it " +
+      "(so the hub may never store the subscription): not subscribed"));
   }
 
   _deliver(request) {
@@ -489,7 +519,13 @@ export class Subscription {
   }
 }
 
-/** Subscribe and resolve once the hub verified: `const sub = await subscribe(topic, cb, {hub})`. */
+/**
+ * Subscribe and resolve once the hub verified: `const sub = await subscribe(topic, cb, {hub})`.
+ * Verified means the hub's challenge arrived and the relay took our echo of it (202), which it
+ * passes on to the hub. Rejects when the hub refused, denied or did not verify in time, or when
+ * the echo did not reach the relay (then nothing was subscribed and subscribing again is safe).
+ * Renewals and re-subscriptions after the relay lost the name retry with backoff instead.
+ */
 export async function subscribe(topic, callback, options = {}) {
   return new Subscription(topic, callback, options).start();
 }
