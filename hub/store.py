@@ -507,6 +507,7 @@ async def claim(sessions: async_sessionmaker[AsyncSession], limit: int, claim_se
                 )
                 .join(Subscription, Subscription.id == Delivery.subscription_id)
                 .where(Delivery.claim_token == token)
+                .order_by(Delivery.id)  # oldest first, as chosen (PostgreSQL has no natural order)
             )
         ).all()
     return [Claimed(*row) for row in rows]
