@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 from hub import local, store, sup
 from hub.errors import NotFound, NotOwner
@@ -165,6 +165,7 @@ class Hub:
             self.fetcher.wake()
             await self._announce(FETCH)
             return 0
+        now = time.time()
         async with store.writing(self.services.sessions) as s:
             queued = (
                 await store.enqueue(
@@ -172,17 +173,13 @@ class Hub:
                     ping.topic,
                     ping.content_type,
                     ping.body,
-                    time.time(),
+                    now,
                     self.settings.max_pending_per_subscription,
+                    # A fat-pinged topic's next fetch is a fresh baseline (the body just went
+                    # out), and it needs no polling while its publisher pings.
+                    topic_values={"fetched_at": None, "next_poll_at": now + self.settings.poll_max_interval},
                 )
             ).deliveries
-            # A fat-pinged topic's next fetch is a fresh baseline (the body just went out), and
-            # it needs no polling while its publisher pings.
-            await s.execute(
-                update(Topic)
-                .where(Topic.url == ping.topic)
-                .values(fetched_at=None, next_poll_at=time.time() + self.settings.poll_max_interval)
-            )
         self.metrics.publishes.labels("fat").inc()
         if queued:
             self.outbox.wake()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import feedparser
 import pytest
@@ -55,6 +56,40 @@ async def test_fat_ping_is_committed_before_the_answer(hub, peer):
     async with app.state.hub.services.sessions() as s:
         assert (await s.execute(select(Payload.body))).scalars().all() == [b"x"]
         assert [d.state for d in (await s.execute(select(Delivery))).scalars()] == ["pending"]
+
+
+TEXT = {"Content-Type": "text/plain"}
+
+
+async def test_a_fat_ping_counts_a_version_and_puts_off_polling_the_topic(make_hub, peer):
+    app, client = await make_hub(poll_max_interval=600)
+    await subscribe(client, peer, "http://pub.test/t", SUB + "/cb")
+    from sqlalchemy import select, update
+
+    from hub.models import Topic
+
+    sessions = app.state.hub.services.sessions
+    async with sessions.begin() as s:  # as if fetched once: the fat ping makes the next fetch a baseline
+        await s.execute(update(Topic).values(fetched_at=1.0))
+    for version in (1, 2):
+        before = time.time()
+        r = await client.post(
+            "/publish?hub.topic=http://pub.test/t", content=b"x", headers={"Content-Type": "text/plain"}
+        )
+        assert r.status_code == 204
+        async with sessions() as s:
+            (topic,) = (await s.execute(select(Topic))).scalars().all()
+        assert topic.version == version and topic.fetched_at is None
+        assert before <= topic.updated_at <= time.time()
+        assert before + 600 <= topic.next_poll_at <= time.time() + 600
+    # A fat ping to a topic nobody subscribed to yet creates it the same way.
+    r = await client.post(
+        "/publish?hub.topic=http://pub.test/new", content=b"y", headers={"Content-Type": "text/plain"}
+    )
+    assert r.status_code == 204
+    async with sessions() as s:
+        new = (await s.execute(select(Topic).where(Topic.url == "http://pub.test/new"))).scalar_one()
+    assert new.version == 1 and new.fetched_at is None and new.next_poll_at >= time.time() + 590
 
 
 @pytest.mark.parametrize(
