@@ -11,9 +11,11 @@ other, so that none shares its pages with another of them:
   (b) the floor plus SQLAlchemy: the same app opening an async engine on aiosqlite and running one
       query at start (SQLAlchemy 2's asyncio layer is part of the mission);
   (c) ``reversehub serve`` on embedded SQLite, idle;
-  (d) the same process once N plain HTTP callbacks subscribed and were verified, then after one fat
-      ping delivered to all N (a server in this process answers the verifications and counts the
-      deliveries: bench/fanout.py's), and the peak sampled every 50 ms while it delivered.
+  (d) the same process once N plain HTTP callbacks subscribed (each with a hub.secret, to one Atom
+      topic this process serves, which the hub fetches and parses) and were verified, then after
+      one fat ping delivered to all N, and the peak sampled every 50 ms while it delivered. A
+      server in this process answers the verifications and counts the deliveries (bench/fanout.py's
+      CallbackServer); the work is what ../shared/bench/hub_fanout.py asks of reversehub.
 
 Memory is PSS summed over every process of the server's session, from /proc/PID/smaps_rollup, as
 ../shared/bench/hub_fanout.py measures it, ``--settle`` seconds after the server became ready, was
@@ -48,6 +50,12 @@ sys.path.insert(0, HERE)
 from fanout import CallbackServer, Conn, Sink, free_port, until_active  # noqa: E402
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+STAMP = b"2024-01-01T00:00:00Z"
+TOPIC = (
+    b'<?xml version="1.0" encoding="utf-8"?>\n<feed xmlns="http://www.w3.org/2005/Atom"><id>urn:memory</id>'
+    b"<title>memory</title><updated>%s</updated><entry><id>urn:memory:0</id><title>entry 0</title>"
+    b"<updated>%s</updated><content>the first entry</content></entry></feed>\n" % (STAMP, STAMP)
+)
 KIB_PER_MIB = 1024
 
 
@@ -92,6 +100,19 @@ async def request(port: int, method: str, target: str, body: bytes = b"", header
     finally:
         conn.close()
     return status
+
+
+async def serve_topic(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The topic, one small Atom document: once subscribed, the hub fetches and parses it to know
+    what it has seen (hub.fetcher), as it does in ../shared/bench/hub_fanout.py."""
+    head = b'HTTP/1.1 200 OK\r\nContent-Type: application/atom+xml\r\nETag: "1"\r\nContent-Length: %d\r\n\r\n'
+    try:
+        while await reader.readuntil(b"\r\n\r\n"):  # GETs only: no request body to skip
+            writer.write(head % len(TOPIC) + TOPIC)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
 
 
 class Server:
@@ -147,7 +168,7 @@ async def reversehub(workdir: str, args: argparse.Namespace) -> dict[str, dict[s
     port = free_port()
     db = os.path.join(workdir, f"hub-{port}.db")
     cmd = [*args.rh_cmd, "serve", "--host", "127.0.0.1", "--port", str(port), "--database-url", f"sqlite:///{db}",
-           "--allow-private-networks", "--log-level", "warning"]  # fmt: skip
+           "--allow-private-networks"]  # fmt: skip
     n = args.callbacks
     async with Server(cmd, port, workdir) as server:
         await asyncio.sleep(args.settle)
@@ -156,12 +177,14 @@ async def reversehub(workdir: str, args: argparse.Namespace) -> dict[str, dict[s
         callbacks = await asyncio.get_running_loop().create_server(
             lambda: CallbackServer(sink), "127.0.0.1", 0, backlog=4096
         )
+        topics = await asyncio.start_server(serve_topic, "127.0.0.1", 0)
         base = f"http://127.0.0.1:{callbacks.sockets[0].getsockname()[1]}"
-        topic = f"http://127.0.0.1:{free_port()}/topic"  # never fetched: the publish is a fat ping
+        topic = f"http://127.0.0.1:{topics.sockets[0].getsockname()[1]}/topic"
         gate = asyncio.Semaphore(64)
 
         async def subscribe(i: int) -> None:
             form = {"hub.mode": "subscribe", "hub.topic": topic, "hub.callback": f"{base}/cb/{i}"}
+            form["hub.secret"] = f"secret-{i}"  # deliveries are signed, as in hub_fanout.py
             async with gate:
                 status = await request(port, "POST", "/hub", urllib.parse.urlencode(form).encode(), FORM)
             if status != 202:
@@ -195,6 +218,7 @@ async def reversehub(workdir: str, args: argparse.Namespace) -> dict[str, dict[s
         sampler.cancel()
         after = sample()
         callbacks.close()
+        topics.close()
     return {"idle": idle, "subscribed": subscribed, "after": after, "peak": peak}
 
 
