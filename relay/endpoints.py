@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from starlette.requests import Request
@@ -21,10 +22,11 @@ from starlette.types import Receive, Scope, Send
 
 from relay import envelope
 from relay.errors import BodyTooLarge, HeadersTooLarge, InvalidInput, NotFound, RelayError, Unavailable
-from relay.queue import Item
+from relay.queue import Delivery, Item
 from relay.registry import _LABEL, Reg
 from relay.service import Park, Relay
 from reversehub.broker import BrokerClosed, BrokerUnavailable
+from reversehub.connection import ON_LOST, OnLost
 
 logger = logging.getLogger(__name__)
 
@@ -235,9 +237,9 @@ async def request_url(scope: Scope, receive: Receive, send: Send) -> None:
         await _send_error(send, Unavailable())
 
 
-async def _poll(relay: Relay, cap: str, scope: Scope, receive: Receive, send: Send) -> None:
-    kind = envelope.choose(_header(scope, b"accept"))
-    park = Park()
+async def _poll_watching(relay: Relay, cap: str, kind: str, park: Park, receive: Receive) -> Delivery | None:
+    """The poll under a server that says a connection is lost only through ``receive()``: once the
+    poll has to wait, a task watches for ``http.disconnect``."""
     watcher: asyncio.Task[None] | None = None
 
     def watch() -> None:
@@ -245,10 +247,24 @@ async def _poll(relay: Relay, cap: str, scope: Scope, receive: Receive, send: Se
         watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, park))
 
     try:
-        delivery = await relay.poll(cap, kind, park, watch)
+        return await relay.poll(cap, kind, park, watch)
     finally:
         if watcher is not None:
             watcher.cancel()
+
+
+async def _poll(relay: Relay, cap: str, scope: Scope, receive: Receive, send: Send) -> None:
+    kind = envelope.choose(_header(scope, b"accept"))
+    park = Park()
+    on_lost: OnLost | None = scope.get(ON_LOST)
+    if on_lost is not None:
+        # ``reversehub serve``'s protocol says when the connection is lost (reversehub.connection).
+        try:
+            delivery = await relay.poll(cap, kind, park, partial(on_lost.watch, park.disconnected))
+        finally:
+            on_lost.callback = None  # the only request waiting on this connection was this one
+    else:
+        delivery = await _poll_watching(relay, cap, kind, park, receive)
     headers = [(b"cache-control", b"no-store")]
     if delivery is None:
         # The same URL stays usable: the original clients poll it again after a 204.

@@ -46,6 +46,9 @@ class Park:
             if self.task is not None:
                 self.task.cancel()
 
+    def disconnected(self) -> None:
+        self.end("disconnect")
+
 
 class RelayMetrics:
     def __init__(self, services: Services) -> None:

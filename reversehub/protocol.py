@@ -16,6 +16,12 @@ What the real transport promises still holds:
   exactly as without us; a body that big is not held at all;
 - ``close()`` and ``write_eof()`` write what is held first (``Connection: close``, errors, the
   keep-alive timeout); ``abort()`` and a lost connection drop it, as the real transport does.
+
+It also tells a held request that its connection is gone without the request watching for it.
+ASGI says so only through ``receive()``, so a held poll would need a task of its own just to wait
+for ``http.disconnect``: with thousands of polls held, that task and its chain of coroutines were
+a fifth of each poll's objects, which the cyclic collector walks again and again. Every request's
+scope carries the connection's :class:`~reversehub.connection.OnLost`.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from typing import Any
 
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from reversehub.connection import ON_LOST, OnLost
 
 
 class CoalescingTransport(asyncio.Transport):
@@ -126,13 +134,20 @@ class CoalescingTransport(asyncio.Transport):
 
 
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's ``HttpToolsProtocol`` over a :class:`CoalescingTransport` (``Config(http=...)``)."""
+    """uvicorn's ``HttpToolsProtocol`` over a :class:`CoalescingTransport` (``Config(http=...)``),
+    with an :class:`OnLost` in every request's scope."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.on_lost = OnLost()
         super().connection_made(CoalescingTransport(transport, self.loop))
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.scope[ON_LOST] = self.on_lost  # type: ignore[literal-required]
 
     def connection_lost(self, exc: Exception | None) -> None:
         transport = self.transport
         if isinstance(transport, CoalescingTransport):
             transport.drop()
         super().connection_lost(exc)
+        self.on_lost.fire()

@@ -21,6 +21,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from relay.wire import HttpResponse, parse_request, serialize_response
 from reversehub.app import create_app
+from reversehub.connection import OnLost
 from reversehub.protocol import CoalescingHttpToolsProtocol
 from reversehub.server import config_for
 from tests.relay.helpers import links
@@ -327,3 +328,16 @@ async def test_a_body_buffer_reused_after_send_goes_out_as_it_was(protocol):
             with anyio.fail_after(5):
                 _, body = await read_response(stream, bytearray())
     assert body == b"first"
+
+
+def test_on_lost_calls_back_once_and_at_once_when_already_lost():
+    calls: list[str] = []
+    on_lost = OnLost()
+    on_lost.fire()  # nobody watching: nothing to call
+    on_lost.watch(lambda: calls.append("late"))  # lost before the request began to wait
+    assert calls == ["late"] and on_lost.callback is None
+    fresh = OnLost()
+    fresh.watch(lambda: calls.append("held"))
+    fresh.fire()
+    fresh.fire()
+    assert calls == ["late", "held"]

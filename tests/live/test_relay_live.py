@@ -14,6 +14,7 @@ import pytest
 
 from relay.wire import HttpResponse, parse_request, serialize_response
 from reversehub.app import create_app
+from reversehub.protocol import CoalescingHttpToolsProtocol
 from tests.relay.helpers import links
 from tests.support import bound_socket, serve_live, wait_for
 
@@ -62,8 +63,20 @@ async def test_binary_round_trip_of_one_mebibyte(live):
         assert result["r"].content == down
 
 
-async def test_a_poller_that_disconnects_gives_its_slot_up(live, settings):
-    app, url = live
+@pytest.fixture(params=["uvicorn", "serve"])
+async def live_any(request, settings):
+    """The relay under uvicorn's own protocol (a task watches receive() for the disconnect) and
+    under serve's (reversehub.protocol: the connection says it is lost)."""
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    app = create_app(replace(settings, public_url=f"http://127.0.0.1:{port}", port=port, poll_timeout=30))
+    config = {"http": CoalescingHttpToolsProtocol} if request.param == "serve" else {}
+    async with serve_live(app, sock=sock, **config) as url:
+        yield app, url
+
+
+async def test_a_poller_that_disconnects_gives_its_slot_up(live_any, settings):
+    app, url = live_any
     async with httpx.AsyncClient(base_url=url, timeout=10) as client:
         r = await client.post("/reversehttp", data={"name": "gone", "token": "t"})
         first = links(r)["first"]
