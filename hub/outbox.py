@@ -161,7 +161,7 @@ class Outbox:
         self._payloads: dict[int, Payload] = {}
         self._closing = False
         self.max_inflight = max(4 * self.settings.delivery_concurrency, 64)
-        self._sender = Sender() if _default_outbound(services) else None
+        self._sender = Sender(ssl_context=services.tls) if _default_outbound(services) else None
         self._own_app = local.own_app(services.http)
         self._post_here = post_here
         # The labelled children, looked up once: labels() costs a lock and a dict walk per delivery.

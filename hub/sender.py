@@ -15,7 +15,9 @@ context per request. Measured with callgrind (a POST answered 204, 8 header fiel
 
 A malformed response, a timeout or a closed connection ends in :class:`SendError`, which the
 outbox treats like any failed attempt: it retries. Verification and topic fetches stay on
-``services.http``.
+``services.http``, and https callbacks are verified against the same CAs: the composition root
+gives both the one :class:`ssl.SSLContext` (``services.tls``), so the hub never verifies a callback
+it then cannot deliver to, nor delivers to one it could not verify.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import ssl
 from urllib.parse import SplitResult, urlsplit
 
 import h11
+import httpx
 
 MAX_HEAD = 64 * 1024
 MAX_DRAIN = 64 * 1024
@@ -151,7 +154,8 @@ class _Conn(asyncio.Protocol):
 
 class Sender:
     def __init__(self, user_agent: str = "reversehub", *, ssl_context: ssl.SSLContext | None = None) -> None:
-        """``ssl_context`` for https callbacks: the system's default (verifying) one when None."""
+        """``ssl_context`` for https callbacks: the one ``services.http`` uses; when None, httpx's
+        default (SSL_CERT_FILE, else SSL_CERT_DIR, else certifi's bundle), not OpenSSL's defaults."""
         self._idle: dict[_Key, list[_Conn]] = {}
         self._origins: dict[tuple[str, str], tuple[_Key, bytes]] = {}
         self._ssl = ssl_context
@@ -237,15 +241,25 @@ class Sender:
         context = None
         if scheme == "https":
             if self._ssl is None:
-                self._ssl = ssl.create_default_context()
+                self._ssl = httpx.create_ssl_context()
             context = self._ssl
         try:
             async with asyncio.timeout_at(deadline):
-                _, conn = await asyncio.get_running_loop().create_connection(_Conn, host, port, ssl=context)
+                transport, conn = await asyncio.get_running_loop().create_connection(_Conn, host, port, ssl=context)
         except TimeoutError:
             raise SendError("timed out") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise SendError(f"connect failed: certificate not verified ({exc.verify_message})") from None
         except OSError as exc:
             raise SendError(f"connect failed: {type(exc).__name__}") from None
+        if context is not None:
+            # The context is shared with httpx, whose pool sets its ALPN list on it: were HTTP/2 ever
+            # enabled there, a server could pick h2 here, and this client speaks only HTTP/1.1.
+            tls = transport.get_extra_info("ssl_object")
+            protocol = tls.selected_alpn_protocol() if tls is not None else None
+            if protocol not in (None, "http/1.1"):
+                conn.close()
+                raise SendError(f"server chose {protocol} over HTTP/1.1")
         return conn
 
     async def aclose(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -107,7 +108,14 @@ def create_app(
             if settings.migrate:
                 await db.migrate(engine)
             the_broker = broker if broker is not None else make_broker(settings.redis_url)
-            outbound = transport if transport is not None else httpx.AsyncHTTPTransport()
+            tls: ssl.SSLContext | None = None
+            outbound = transport
+            if outbound is None:
+                # httpx's trust (SSL_CERT_FILE, else SSL_CERT_DIR, else certifi's bundle), built once
+                # and shared with the delivery sender: a callback the hub verified is one it can
+                # deliver to. (OpenSSL's own defaults, ssl.create_default_context(), trust otherwise.)
+                tls = httpx.create_ssl_context()
+                outbound = httpx.AsyncHTTPTransport(verify=tls)
             http = httpx.AsyncClient(
                 transport=OwnOriginTransport(app, settings.public_origin, outbound),
                 timeout=httpx.Timeout(settings.delivery_timeout),
@@ -120,6 +128,7 @@ def create_app(
                 broker=the_broker,
                 http=http,
                 metrics=CollectorRegistry(auto_describe=True),
+                tls=tls,
             )
             relay = Relay(services)
             hub = Hub(services, post_here=functools.partial(relay_endpoints.post_here, relay))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 
 import httpx
@@ -22,3 +23,7 @@ class Services:
     # served in-process by the app itself (see reversehub.transport.OwnOriginTransport).
     http: httpx.AsyncClient
     metrics: CollectorRegistry
+    # What outbound https trusts: the context services.http's own transport was built with, for
+    # every other client of the network (hub.sender) to share: one trust policy, one CA store in
+    # memory. None when a transport was injected; then httpx's default (httpx.create_ssl_context()).
+    tls: ssl.SSLContext | None = None

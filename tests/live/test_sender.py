@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import certifi
+import httpx
 import pytest
 
 from hub.sender import MAX_DRAIN, Sender, SendError
@@ -251,9 +253,16 @@ async def test_a_timed_out_exchange_does_not_return_its_connection_to_the_pool(
     await sender.aclose()
 
 
+both_loops = pytest.mark.parametrize(
+    "anyio_backend",
+    [("asyncio", {"use_uvloop": False}), ("asyncio", {"use_uvloop": True})],  # serve runs on uvloop
+    ids=["asyncio", "uvloop"],
+)
+
+
 @pytest.fixture
-def tls(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """A server context with a self-signed certificate for 127.0.0.1, and a client context trusting it."""
+def tls_files(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key (PEM files)."""
     openssl = shutil.which("openssl")
     if openssl is None:
         unavailable("openssl not found")
@@ -264,16 +273,19 @@ def tls(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
         check=True,
         capture_output=True,
     )
+    return cert, key
+
+
+@pytest.fixture
+def tls(tls_files: tuple[Path, Path]) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a self-signed certificate for 127.0.0.1, and a client context trusting it."""
+    cert, key = tls_files
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server.load_cert_chain(cert, key)
     return server, ssl.create_default_context(cafile=str(cert))
 
 
-@pytest.mark.parametrize(
-    "anyio_backend",
-    [("asyncio", {"use_uvloop": False}), ("asyncio", {"use_uvloop": True})],  # serve runs on uvloop
-    ids=["asyncio", "uvloop"],
-)
+@both_loops
 async def test_https_callbacks_keep_alive_and_read_to_close(
     tls: tuple[ssl.SSLContext, ssl.SSLContext], anyio_backend: tuple[str, dict[str, bool]]
 ) -> None:
@@ -289,8 +301,63 @@ async def test_https_callbacks_keep_alive_and_read_to_close(
         assert await sender.post(url, {}, b"b", 5.0) == 201  # the body ends when TLS closes
         assert await sender.post(url, {}, b"c", 5.0) == 200
         assert script.connections == 2
-        with pytest.raises(SendError, match="connect failed"):
-            await Sender().post(url, {}, b"d", 5.0)  # the system's trust store does not know it
+        with pytest.raises(SendError, match="certificate not verified"):
+            await Sender().post(url, {}, b"d", 5.0)  # httpx's default trust (certifi) does not know it
+    finally:
+        await sender.aclose()
+        server.close()
+
+
+async def test_without_a_context_the_sender_trusts_what_httpx_trusts(
+    tls_files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SSL_CERT_FILE wins over SSL_CERT_DIR for httpx; OpenSSL's defaults (ssl.create_default_context)
+    would read both, and trust a certificate that verification on services.http refuses."""
+    cert, key = tls_files
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    hashed = tmp_path / "certs"
+    hashed.mkdir()
+    subject_hash = subprocess.run(
+        ["openssl", "x509", "-subject_hash", "-noout", "-in", str(cert)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    shutil.copyfile(cert, hashed / f"{subject_hash}.0")
+    monkeypatch.setenv("SSL_CERT_FILE", certifi.where())
+    monkeypatch.setenv("SSL_CERT_DIR", str(hashed))
+    script = Scripted([OK])
+    server = await asyncio.start_server(script.handle, "127.0.0.1", 0, ssl=server_context)
+    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/cb"
+    sender = Sender()
+    try:
+        with pytest.raises(httpx.ConnectError):
+            async with httpx.AsyncClient() as client:
+                await client.post(url, content=b"a")
+        with pytest.raises(SendError, match="certificate not verified"):
+            await sender.post(url, {}, b"a", 5.0)
+        monkeypatch.delenv("SSL_CERT_FILE")  # now httpx reads SSL_CERT_DIR: both trust it
+        assert await Sender().post(url, {}, b"b", 5.0) == 200
+    finally:
+        await sender.aclose()
+        server.close()
+
+
+@both_loops
+async def test_a_server_choosing_http2_by_alpn_is_refused(
+    tls: tuple[ssl.SSLContext, ssl.SSLContext], anyio_backend: tuple[str, dict[str, bool]]
+) -> None:
+    """The context is shared with httpx, which sets its ALPN list on it (h2 too, were HTTP/2 enabled):
+    the sender speaks only HTTP/1.1, so a server that picked h2 gets no HTTP/1.1 bytes."""
+    server_context, client_context = tls
+    server_context.set_alpn_protocols(["h2"])
+    client_context.set_alpn_protocols(["h2", "http/1.1"])
+    script = Scripted([OK])
+    server = await asyncio.start_server(script.handle, "127.0.0.1", 0, ssl=server_context)
+    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/cb"
+    sender = Sender(ssl_context=client_context)
+    try:
+        with pytest.raises(SendError, match="h2"):
+            await sender.post(url, {}, b"a", 5.0)
+        assert script.requests == []
     finally:
         await sender.aclose()
         server.close()
