@@ -4,6 +4,7 @@
     .venv/bin/python bench/fanout.py 1000 10000                 # relay callbacks (default)
     .venv/bin/python bench/fanout.py --callbacks http 1000 10000  # plain HTTP callbacks
     .venv/bin/python bench/fanout.py --rounds 3 --setup-timeout 1500 10000  # 3 publishes, median
+    .venv/bin/python bench/fanout.py --baseline --rounds 3 1000 10000  # and a bare relay, and the ratio
 
 Relay mode (the mission path): each subscriber claims its own relay name (``POST /reversehttp``),
 subscribes with its public URL as ``hub.callback``, answers the verification over its long-poll,
@@ -16,7 +17,9 @@ Prints: N, seconds from the publish to the last delivery, deliveries per second,
 seconds in that window (and per delivery), the bench's own CPU seconds (its clients and pollers;
 on a 2-core machine they share the cores with the hub) and the hub's peak RSS. ``--rounds R``
 publishes R times to the same subscribers (setting up 10,000 relay subscribers takes minutes)
-and prints the median too.
+and prints the median too. ``--baseline`` (relay mode) then runs the same subscribers against a
+bare relay (:func:`serve_bare_relay`) and prints reversehub's median time and CPU over the bare
+relay's: the share of the fan-out that is reversehub's own work, whatever the machine.
 """
 
 from __future__ import annotations
