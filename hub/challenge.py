@@ -11,6 +11,7 @@ names verifies thousands of them.
 
 from __future__ import annotations
 
+import ssl
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
@@ -52,4 +53,16 @@ async def ask(http: httpx.AsyncClient, url: str, timeout: float, limit: int, *, 
                     break
             return response.status_code, bytes(body[:limit])
     except httpx.HTTPError as exc:
-        raise Unanswered(type(exc).__name__) from None
+        raise Unanswered(_reason(exc)) from None
+
+
+def _reason(exc: httpx.HTTPError) -> str:
+    """What went wrong, for the log: the error's class, and the certificate check's own words when
+    that is what failed (as the delivery sender reports it). Never the message of any other error,
+    which may carry the callback's URL."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"{type(exc).__name__}: certificate not verified ({cause.verify_message})"
+        cause = cause.__cause__ or cause.__context__
+    return type(exc).__name__

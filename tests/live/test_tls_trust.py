@@ -118,7 +118,10 @@ async def test_verification_and_delivery_trust_the_same_cas(
         caplog.clear()
         async with _hub(database_url, delivery_max_age=1.0) as client:  # retried for a second, then given up
             assert (await _subscribe(client, f"{cb_url}/b")).status_code == 202
-            await wait_for(lambda: _logged(caplog, "verification GET failed"), timeout=10)
+            # The log says why, in the words a failed delivery's status uses.
+            await wait_for(
+                lambda: _logged(caplog, "verification GET failed: ConnectError: certificate not verified ("), timeout=10
+            )
             assert (await _status_response(client, f"{cb_url}/b")).status_code == 404  # never activated
             assert (await _publish(client, b"two")).status_code == 204
             await wait_for(lambda: len(cb.deliveries) > 1 or _status(client, f"{cb_url}/a", failed=True), timeout=10)
