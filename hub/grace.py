@@ -24,8 +24,7 @@ from contextlib import contextmanager
 
 import anyio
 
-# The server's shutdown grace (reversehub.server.GRACE_SECONDS), which bounds the whole drain anyway.
-SHUTDOWN_GRACE = 10.0
+from reversehub.settings import SHUTDOWN_GRACE
 
 
 class Grace:

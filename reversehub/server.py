@@ -31,11 +31,10 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
-from reversehub.settings import Settings
+from reversehub.settings import SHUTDOWN_GRACE, Settings
 
 logger = logging.getLogger(__name__)
 
-GRACE_SECONDS = 10.0
 GC_THRESHOLDS = (50_000, 20, 10)
 # A worker that dies this soon after its start counts as a start failure; a few in a row end the supervisor.
 QUICK_EXIT_SECONDS = 10.0
@@ -105,7 +104,7 @@ def config_for(app: Any, settings: Settings) -> uvicorn.Config:
         lifespan="on",
         access_log=False,  # ours (reversehub.accesslog) leaves capability URLs out
         log_level=settings.log_level,
-        timeout_graceful_shutdown=int(GRACE_SECONDS),
+        timeout_graceful_shutdown=int(SHUTDOWN_GRACE),
     )
     logging.getLogger("uvicorn.error").addFilter(WITHOUT_WEBSOCKET_HINT)  # once: the same filter object
     return config
@@ -118,7 +117,7 @@ def find_app(app: Any) -> Starlette | None:
     return app
 
 
-async def drain(app: Starlette, timeout: float = GRACE_SECONDS) -> None:
+async def drain(app: Starlette, timeout: float = SHUTDOWN_GRACE) -> None:
     """End held polls with 204 and stop taking hub work.
 
     Both ``aclose()`` must be idempotent: the lifespan shutdown calls them again.
@@ -254,7 +253,7 @@ class Supervisor:
         for process in processes:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + GRACE_SECONDS + 5
+        deadline = time.monotonic() + SHUTDOWN_GRACE + 5
         for process in processes:
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():

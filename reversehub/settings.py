@@ -10,6 +10,9 @@ import hashlib
 from dataclasses import dataclass, field
 
 MiB = 1024 * 1024
+# Seconds a graceful shutdown (SIGTERM) gives requests in flight and the hub's drain
+# (reversehub.server, hub.grace).
+SHUTDOWN_GRACE = 10.0
 
 
 @dataclass(frozen=True)
