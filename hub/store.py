@@ -326,10 +326,17 @@ async def lock_topic(s: AsyncSession, url: str, now: float) -> None:
         await s.execute(select(Topic.id).where(Topic.url == url).with_for_update())
 
 
+def _new_topic(s: AsyncSession, url: str, now: float, **values: object) -> Any:
+    """The INSERT of a topic's row (a new topic is fetched soon, for a baseline), ``values`` over
+    the defaults; the caller says what a conflict does."""
+    return _insert(s, Topic).values(  # type: ignore[attr-defined]
+        **{"url": url, "poll_interval": 0.0, "next_poll_at": now, "version": 0, **values}
+    )
+
+
 async def ensure_topic(s: AsyncSession, url: str, now: float, **values: object) -> None:
-    """Create the topic row if missing (a new topic is fetched soon, for a baseline)."""
-    stmt = _insert(s, Topic).values(url=url, poll_interval=0.0, next_poll_at=now, version=0, **values)  # type: ignore[attr-defined]
-    await s.execute(stmt.on_conflict_do_nothing(index_elements=["url"]))
+    """Create the topic row if missing."""
+    await s.execute(_new_topic(s, url, now, **values).on_conflict_do_nothing(index_elements=["url"]))
 
 
 async def bump_topic(s: AsyncSession, url: str, now: float, **values: object) -> None:
@@ -337,8 +344,7 @@ async def bump_topic(s: AsyncSession, url: str, now: float, **values: object) ->
 
     On PostgreSQL the upsert's DO UPDATE locks the row until the transaction ends, as
     :func:`lock_topic` does; SQLite has one writer. ``values`` go into the row either way."""
-    row: dict[str, object] = {"poll_interval": 0.0, "next_poll_at": now, **values}
-    stmt = _insert(s, Topic).values(url=url, version=1, updated_at=now, **row)  # type: ignore[attr-defined]
+    stmt = _new_topic(s, url, now, **{"version": 1, "updated_at": now, **values})
     await s.execute(
         stmt.on_conflict_do_update(
             index_elements=["url"], set_={"version": Topic.version + 1, "updated_at": now, **values}

@@ -27,10 +27,9 @@ from relay.registry import _LABEL, Reg
 from relay.service import Park, Relay
 from reversehub.broker import BrokerClosed, BrokerUnavailable
 from reversehub.connection import ON_LOST, OnLost
+from reversehub.security import IN_PROCESS_CLIENT
 
 logger = logging.getLogger(__name__)
-
-IN_PROCESS_PEER = "127.0.0.1:0"  # the requesting client of requests made in this process
 
 MAX_FORM = 64 * 1024
 # Hop-by-hop headers (RFC 9110 7.6.1) are the relay's business, not the application's.
@@ -86,8 +85,15 @@ def _client(scope: Scope) -> str:
     client = scope.get("client")
     if not client:
         raise InvalidInput("requesting client address unknown")
+    return _peer(client)
+
+
+def _peer(client: tuple[str, int]) -> str:
     host, port = client
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+IN_PROCESS_PEER = _peer(IN_PROCESS_CLIENT)  # the requesting client of requests made in this process
 
 
 # Public URLs ------------------------------------------------------------------------------------
