@@ -310,7 +310,7 @@ def serve_bare_relay(port: int) -> None:
     reply (202); ``POST /publish`` answers 204 at once and delivers the body as message/http
     (a POST to ``/relay/NAME/cb``) to every waiting poll, at most ``DELIVERY_CONCURRENCY`` at a
     time, each one in flight until its reply came back, as reversehub's outbox does. The collector gets the settings
-    ``reversehub serve`` has (reversehub.server): with CPython's defaults, 10,000 held polls make
+    ``reversehub serve`` has (reversehub.server.serve): with CPython's defaults, 10,000 held polls make
     each full collection a pause of a second or more, and the ratio would measure that."""
     import gc
 
@@ -320,8 +320,8 @@ def serve_bare_relay(port: int) -> None:
     from starlette.responses import Response
     from starlette.routing import Route
 
-    from reversehub.server import GC_THRESHOLDS
-    from reversehub.settings import Settings
+    from reversehub.core.settings import Settings
+    from reversehub.server.serve import GC_THRESHOLDS
 
     DELIVERY_CONCURRENCY = Settings.delivery_concurrency  # noqa: N806 (reversehub's default bound)
 
@@ -509,8 +509,8 @@ async def run_one(n: int, args: argparse.Namespace, bare: bool = False) -> list[
         sys.path.insert(0, ROOT)
         import uvicorn
 
-        from reversehub.app import create_app
-        from reversehub.cli import settings_from
+        from reversehub.server.app import create_app
+        from reversehub.server.cli import settings_from
 
         settings = settings_from(
             {

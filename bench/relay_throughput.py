@@ -14,7 +14,7 @@ cannot pass about 0.33 on one server process. ``--pipeline`` lets pollers ask fo
 
 It also prints each server's CPU time per request (Linux /proc), which moves far less than the rates
 when other work shares the machine. The bare server is vanilla uvicorn, which writes each response as
-two ``send()`` calls (head, body); ``reversehub serve`` sends a response in one (reversehub.protocol),
+two ``send()`` calls (head, body); ``reversehub serve`` sends a response in one (reversehub.server.protocol),
 so a relayed request costs the server three writes, one per exchange. A pipeline (application/http)
 carries up to ``Settings.max_pipeline`` (32) requests in one poll and one reply, so per relayed
 request the server handles little more than the requester's own exchange.

@@ -26,7 +26,7 @@ from hub.errors import FetchFailed, URLRefused
 from hub.metrics import HubMetrics
 from hub.models import Subscription, SupSource, Topic
 from hub.netguard import NetGuard
-from reversehub.services import Services
+from reversehub.core.services import Services
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 
 import anyio
 
-from reversehub.settings import SHUTDOWN_GRACE
+from reversehub.core.settings import SHUTDOWN_GRACE
 
 
 class Grace:

@@ -2,7 +2,7 @@
 
 The scope is the one a server would build, so the app cannot tell the difference; ``receive``
 keeps the connection open until the response is complete, as a live client would. The client
-address is the one :mod:`reversehub.transport` gives in-process requests. Plain asyncio (an
+address is the one :mod:`reversehub.core.transport` gives in-process requests. Plain asyncio (an
 event, ``asyncio.timeout``): this runs once per request, and anyio's equivalents cost more.
 """
 
@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlsplit
 
 from starlette.types import ASGIApp, Message
 
-from reversehub.security import IN_PROCESS_CLIENT
+from reversehub.core.contracts import IN_PROCESS_CLIENT
 
 
 class NoResponse(Exception):

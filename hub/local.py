@@ -18,7 +18,7 @@ import httpx
 from starlette.types import ASGIApp
 
 from hub import inprocess
-from reversehub.transport import OwnOriginTransport
+from reversehub.core.transport import OwnOriginTransport
 
 
 class SendFailed(Exception):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from sqlalchemy import Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from reversehub.db import Base
+from reversehub.core.db import Base
 
 URL_LENGTH = 2048
 

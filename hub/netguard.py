@@ -19,7 +19,7 @@ import anyio
 import httpx
 
 from hub.errors import URLRefused
-from reversehub.settings import Settings
+from reversehub.core.settings import Settings
 
 CACHE_SECONDS = 300.0
 URLS_CACHED = 16_384

@@ -32,7 +32,7 @@ from hub.models import Payload
 from hub.netguard import NetGuard, is_own
 from hub.sender import Sender, SendError
 from hub.signing import hub_signature, webhook_signature
-from reversehub.services import Services
+from reversehub.core.services import Services
 
 logger = logging.getLogger(__name__)
 

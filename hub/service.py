@@ -1,6 +1,6 @@
 """The hub: subscriptions, publishing, feed fetching and the delivery outbox, behind plain methods.
 
-Built by the app factory with the shared :class:`~reversehub.services.Services`; ``run()`` is its
+Built by the app factory with the shared :class:`~reversehub.core.services.Services`; ``run()`` is its
 background work (outbox workers, fetcher, verifications, broker listeners, lease expiry and
 pruning) until cancelled, ``aclose()`` stops it taking work. Endpoints (:mod:`hub.endpoints`) parse
 requests and call these methods.
@@ -30,13 +30,13 @@ from hub.outbox import Outbox
 from hub.publish import FatPing, Ping
 from hub.signing import check_ownership
 from hub.subscriptions import SubscriptionRequest, Verifier
-from reversehub.services import Services
+from reversehub.core.contracts import RELAY_ONLINE
+from reversehub.core.services import Services
 
 logger = logging.getLogger(__name__)
 
 WORK = "hub.work"
 FETCH = "hub.fetch"
-RELAY_ONLINE = "relay.online"
 SUP_PERIODS = (60, 300, 600)
 PRUNE_EVERY = 300.0
 MAINTAIN_EVERY = 1.0

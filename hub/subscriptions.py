@@ -13,7 +13,7 @@ the subscriber sees no verification and asks again (5.1: subscribers retry).
 A graceful shutdown (:meth:`Verifier.aclose`, then cancellation) keeps one promise: a callback that
 echoed its challenge with a 2xx gets its subscription stored. That subscriber counts itself
 subscribed (5.3.1) and will hear nothing more, so the step from the echo to the commit is drained
-and shielded from cancellation (bounded by :data:`reversehub.settings.SHUTDOWN_GRACE`). Everything before
+and shielded from cancellation (bounded by :data:`reversehub.core.settings.SHUTDOWN_GRACE`). Everything before
 it may be abandoned, which changes nothing (5.1: a failed verification leaves the state as it was)
 and which the subscriber sees as a verification that never came: requests that arrive while the hub
 closes get 503; verifications whose GET has not gone out are dropped at once; a GET in flight keeps
@@ -39,8 +39,8 @@ from hub.challenge import Unanswered, ask, with_params
 from hub.errors import BadRequest, Busy, URLRefused
 from hub.grace import Grace
 from hub.netguard import NetGuard, is_own
-from reversehub import policy
-from reversehub.services import Services
+from reversehub.core import policy
+from reversehub.core.services import Services
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class Verifier:
 
     async def aclose(self) -> None:
         """Graceful shutdown (see the module docstring): take no more requests, abandon the
-        verifications that have not sent their GET, and wait, at most :data:`~reversehub.settings.SHUTDOWN_GRACE`
+        verifications that have not sent their GET, and wait, at most :data:`~reversehub.core.settings.SHUTDOWN_GRACE`
         seconds, until every callback that echoed its challenge has its subscription stored.
         Idempotent: the server's drain calls it, then the app's lifespan again."""
         self._closing = True

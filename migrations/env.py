@@ -1,6 +1,6 @@
 """Alembic environment: async, and able to run on a connection handed in by the app.
 
-``reversehub.db.migrate`` passes its open connection through ``config.attributes["connection"]``;
+``reversehub.core.db.migrate`` passes its open connection through ``config.attributes["connection"]``;
 the ``reversehub db upgrade`` command and plain ``alembic`` use ``sqlalchemy.url``.
 """
 
@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 
 import hub.models  # noqa: F401  (registers the hub's tables on Base.metadata)
 import relay.models  # noqa: F401  (registers the relay's tables on Base.metadata)
-from reversehub.db import Base, create_engine
+from reversehub.core.db import Base, create_engine
 
 target_metadata = Base.metadata
 config = context.config

@@ -25,9 +25,9 @@ from relay.errors import BodyTooLarge, HeadersTooLarge, InvalidInput, NotFound, 
 from relay.queue import Delivery, Item
 from relay.registry import _LABEL, Reg
 from relay.service import Park, Relay
-from reversehub.broker import BrokerClosed, BrokerUnavailable
-from reversehub.connection import ON_LOST, OnLost
-from reversehub.security import IN_PROCESS_CLIENT
+from reversehub.core.broker import BrokerClosed, BrokerUnavailable
+from reversehub.core.connection import ON_LOST, OnLost
+from reversehub.core.contracts import IN_PROCESS_CLIENT
 
 logger = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ async def _poll(relay: Relay, cap: str, scope: Scope, receive: Receive, send: Se
     park = Park()
     on_lost: OnLost | None = scope.get(ON_LOST)
     if on_lost is not None:
-        # ``reversehub serve``'s protocol says when the connection is lost (reversehub.connection).
+        # ``reversehub serve``'s protocol says when the connection is lost (reversehub.core.connection).
         try:
             delivery = await relay.poll(cap, kind, park, partial(on_lost.watch, park.disconnected))
         finally:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from sqlalchemy import Float, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from reversehub.db import Base
+from reversehub.core.db import Base
 
 
 class Registration(Base):

@@ -34,13 +34,13 @@ from typing import NamedTuple
 import anyio
 
 from relay.errors import BadReply, NoPoller, NoReply, NotFound, RequesterError, Unavailable, Withdrawn
-from reversehub.broker import Broker
-from reversehub.broker.memory import MemoryBroker
-from reversehub.settings import Settings
+from reversehub.core.broker import Broker
+from reversehub.core.broker.memory import MemoryBroker
+from reversehub.core.contracts import RELAY_ONLINE
+from reversehub.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-ONLINE_CHANNEL = "relay.online"
 # On a reply channel: "your next check is due" (see _Wakeups); replies start with R or E.
 WAKE = b"W"
 _ID_PREFIX = secrets.token_hex(8) + "-"
@@ -229,7 +229,7 @@ class Dispatcher:
         """A poll starts: the name has a poller; announce it when none was seen before."""
         ttl = self.settings.poll_timeout + self.settings.unavailable_timeout
         if await self.broker.set(seen_key(name), b"1", ttl, nx=True):
-            await self.broker.publish(ONLINE_CHANNEL, online_url.encode())
+            await self.broker.publish(RELAY_ONLINE, online_url.encode())
         else:
             await self.broker.set(seen_key(name), b"1", ttl)
 

@@ -36,8 +36,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relay.errors import InvalidInput, NotFound, RelayFull, TokenMismatch
 from relay.models import Registration
-from reversehub.policy import check_registration_cap
-from reversehub.settings import Settings
+from reversehub.core.policy import check_registration_cap
+from reversehub.core.settings import Settings
 
 # Other processes announce their changes on relay.changed; the TTL only bounds a missed message.
 CACHE_TTL = 5.0

@@ -25,7 +25,7 @@ def hot_route(path: str) -> tuple[ASGIApp, dict[str, str]] | None:
     """The endpoint and path parameters :func:`routes` would give a public URL or a request URL.
 
     These two run for every relayed request (the request, the poll, the reply), so the app finds
-    them without walking the router (reversehub.app). None for any other path, and for a path the
+    them without walking the router (reversehub.server.app). None for any other path, and for a path the
     routes below would not match either (the router then answers it as before).
     """
     if path.startswith("/relay/"):

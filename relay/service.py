@@ -21,8 +21,8 @@ from relay.errors import BadReply, Gone, InvalidInput, NotFound, RelayError, Wit
 from relay.queue import CHANGED_CHANNEL, Delivery, Dispatcher, Item, queue_key, seen_key
 from relay.registry import CACHE_TTL, SOLO_CACHE_TTL, Reg, Registry, cap_name, private_cap
 from relay.wire import WireError, serialize_response
-from reversehub.broker.memory import MemoryBroker
-from reversehub.services import Services
+from reversehub.core.broker.memory import MemoryBroker
+from reversehub.core.services import Services
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """``python -m reversehub``: the same command line as the ``reversehub`` script."""
 
-from reversehub.cli import main
+from reversehub.server.cli import main
 
 main(prog_name="reversehub")

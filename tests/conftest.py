@@ -18,10 +18,10 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from reversehub import db
-from reversehub.app import create_app
-from reversehub.broker import Broker
-from reversehub.settings import Settings
+from reversehub.core import db
+from reversehub.core.broker import Broker
+from reversehub.core.settings import Settings
+from reversehub.server.app import create_app
 from tests.support import (  # noqa: F401  (fixtures re-exported for every test module)
     postgres_url,
     redis_url,

@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
-from reversehub import db
+from reversehub.core import db
 
 
 def database_url(server_url: str, name: str) -> str:

@@ -153,7 +153,7 @@ async def chromium() -> AsyncIterator[Any]:
 
 def live_settings(database_url: str, port: int, **overrides: Any) -> Any:
     """Settings for an app served by :func:`serve_live` on ``port``, with fast timeouts and retries."""
-    from reversehub.settings import Settings
+    from reversehub.core.settings import Settings
 
     defaults: dict[str, Any] = dict(
         database_url=database_url,

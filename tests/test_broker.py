@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator, Callable
 import anyio
 import pytest
 
-from reversehub.broker import Broker, BrokerClosed, BrokerUnavailable
-from reversehub.broker.memory import MemoryBroker
-from reversehub.broker.redis import RedisBroker, split_prefix
+from reversehub.core.broker import Broker, BrokerClosed, BrokerUnavailable
+from reversehub.core.broker.memory import MemoryBroker
+from reversehub.core.broker.redis import RedisBroker, split_prefix
 from tests.support import wait_for
 
 pytestmark = pytest.mark.anyio

@@ -12,9 +12,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from reversehub.dashboard import auth
-from reversehub.dashboard.live import Sampler
-from reversehub.settings import token_digest
+from reversehub.core.settings import token_digest
+from reversehub.server.dashboard import auth
+from reversehub.server.dashboard.live import Sampler
 from tests.support import wait_for
 
 pytestmark = pytest.mark.anyio

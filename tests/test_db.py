@@ -10,7 +10,7 @@ import anyio
 import pytest
 from sqlalchemy import event, text
 
-from reversehub import db
+from reversehub.core import db
 
 pytestmark = pytest.mark.anyio
 

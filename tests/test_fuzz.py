@@ -25,8 +25,8 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from relay import wire
-from reversehub.app import create_app
-from reversehub.settings import Settings
+from reversehub.core.settings import Settings
+from reversehub.server.app import create_app
 from tests.conftest import started
 
 FEED = b'<feed xmlns="http://www.w3.org/2005/Atom"><id>t</id><entry><id>1</id><title>x</title></entry></feed>'

@@ -11,7 +11,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from reversehub import db
+from reversehub.core import db
 
 pytestmark = pytest.mark.anyio
 
@@ -53,7 +53,7 @@ def test_a_server_process_never_imports_alembic(tmp_path):
     probe = textwrap.dedent(
         """
         import asyncio, sys
-        from reversehub import db
+        from reversehub.core import db
 
         async def main(url):
             engine = db.create_engine(url)

@@ -16,7 +16,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from reversehub import db
+from reversehub.core import db
 from tests import pgdb
 from tests.support import POSTGRES_DEFAULT, require_service
 
@@ -135,7 +135,7 @@ async def test_relay_leases_of_more_names_than_one_statement_can_bind(database_u
 
     from relay.models import Registration
     from relay.registry import Registry
-    from reversehub.settings import Settings
+    from reversehub.core.settings import Settings
 
     engine = db.create_engine(database_url)
     try:

@@ -14,10 +14,10 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from hub.models import Subscription
-from reversehub.broker import Broker
-from reversehub.broker.memory import MemoryBroker
-from reversehub.ratelimit import DEFAULT_LIMITS, MAX_NAMES, parse_limits
-from reversehub.settings import Settings
+from reversehub.core.broker import Broker
+from reversehub.core.broker.memory import MemoryBroker
+from reversehub.core.settings import Settings
+from reversehub.server.ratelimit import DEFAULT_LIMITS, MAX_NAMES, parse_limits
 from tests.support import wait_for
 from tests.test_security import LOOPBACK, UNTRUSTED, client_for, echo_app
 
@@ -143,7 +143,7 @@ async def test_counted_in_the_shared_broker():
 
 @pytest.mark.redis
 async def test_counted_in_redis_across_processes(redis_url):
-    from reversehub.broker.redis import RedisBroker
+    from reversehub.core.broker.redis import RedisBroker
 
     prefix = f"reversehub-test:{uuid.uuid4().hex}:"
     one, two = RedisBroker(redis_url, prefix=prefix), RedisBroker(redis_url, prefix=prefix)

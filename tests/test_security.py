@@ -19,11 +19,11 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from reversehub import policy
-from reversehub.broker.memory import MemoryBroker
-from reversehub.ratelimit import RateLimitMiddleware
-from reversehub.security import SecurityMiddleware, presented_token, token_matches
-from reversehub.settings import Settings, token_digest
+from reversehub.core import policy
+from reversehub.core.broker.memory import MemoryBroker
+from reversehub.core.settings import Settings, token_digest
+from reversehub.server.ratelimit import RateLimitMiddleware
+from reversehub.server.security import SecurityMiddleware, presented_token, token_matches
 
 pytestmark = pytest.mark.anyio
 
@@ -338,7 +338,7 @@ def parse_serve(args: list[str], env: dict[str, str] | None = None) -> tuple[int
     import click
     from click.testing import CliRunner
 
-    from reversehub.cli import serve_options, settings_from
+    from reversehub.server.cli import serve_options, settings_from
 
     made: list[Settings] = []
 

@@ -5,7 +5,7 @@ import dataclasses
 import httpx
 import pytest
 
-from reversehub.settings import Settings
+from reversehub.core.settings import Settings
 from tests.hub.peers import Peer, form
 from tests.support import wait_for
 
@@ -19,7 +19,7 @@ def peer() -> Peer:
 
 
 # Hub tests are about the hub: publishing from the test client's address is trusted, and request
-# rate limits (reversehub.ratelimit, when present) are off.
+# rate limits (reversehub.server.ratelimit, when present) are off.
 OPEN = {"trusted_networks": ("0.0.0.0/0", "::/0"), "rate_limit_window": 0.0}
 
 

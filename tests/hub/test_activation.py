@@ -14,8 +14,8 @@ from hub import store
 from hub.activations import Activations
 from hub.challenge import Unanswered, ask, with_params
 from hub.models import Delivery, Subscription
-from reversehub import db
-from reversehub.transport import OwnOriginTransport
+from reversehub.core import db
+from reversehub.core.transport import OwnOriginTransport
 from tests.hub.conftest import SUB, subscribe
 from tests.support import wait_for
 

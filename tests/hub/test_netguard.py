@@ -8,7 +8,7 @@ import pytest
 from hub import netguard
 from hub.errors import URLRefused
 from hub.netguard import NetGuard
-from reversehub.settings import Settings
+from reversehub.core.settings import Settings
 
 pytestmark = pytest.mark.anyio
 

@@ -14,7 +14,7 @@ from hub.models import Delivery
 from hub.netguard import NetGuard
 from hub.outbox import Slots, backoff, netloc
 from hub.signing import ownership_proof
-from reversehub.settings import Settings
+from reversehub.core.settings import Settings
 from tests.hub.conftest import SUB, subscribe
 from tests.support import wait_for
 

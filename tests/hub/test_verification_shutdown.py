@@ -24,11 +24,11 @@ from hub import store
 from hub.errors import Busy
 from hub.netguard import NetGuard
 from hub.subscriptions import SubscriptionRequest, Verifier
-from reversehub import db
-from reversehub.app import create_app
-from reversehub.broker.memory import MemoryBroker
-from reversehub.services import Services
-from reversehub.settings import Settings
+from reversehub.core import db
+from reversehub.core.broker.memory import MemoryBroker
+from reversehub.core.services import Services
+from reversehub.core.settings import Settings
+from reversehub.server.app import create_app
 from tests.conftest import started
 from tests.hub.conftest import SUB, hub_settings
 from tests.hub.peers import form

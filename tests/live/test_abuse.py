@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from relay import wire
-from reversehub.app import create_app
+from reversehub.server.app import create_app
 from tests.support import bound_socket, serve_live, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.live]

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from reversehub.app import create_app
+from reversehub.server.app import create_app
 from tests.support import bound_socket, chromium, live_settings, serve_live
 
 pytestmark = [pytest.mark.anyio, pytest.mark.live, pytest.mark.browser]

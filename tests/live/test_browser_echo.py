@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import func, select
 
 from hub.models import Subscription
-from reversehub import db
-from reversehub.app import create_app
+from reversehub.core import db
+from reversehub.server.app import create_app
 from tests.support import bound_socket, chromium, live_settings, serve_live
 
 pytestmark = [pytest.mark.anyio, pytest.mark.live, pytest.mark.browser]

@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from clients import Subscriber, SubscriptionError, Update
-from reversehub.app import create_app
-from reversehub.settings import Settings
+from reversehub.core.settings import Settings
+from reversehub.server.app import create_app
 from tests.support import bound_socket, live_settings, serve_live, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.live]
@@ -305,7 +305,7 @@ async def test_a_subscription_the_relay_took_the_echo_for_survives_a_draining_st
     """start() returned (the relay took our echo), then the server drains as on SIGTERM while the
     hub is still storing the subscription: the hub finishes that write before it goes."""
     from hub import store
-    from reversehub.server import DrainingServer, config_for
+    from reversehub.server.serve import DrainingServer, config_for
 
     writing, release = anyio.Event(), anyio.Event()
     real = store.activate_many
@@ -346,7 +346,7 @@ async def test_a_subscription_the_relay_took_the_echo_for_survives_a_draining_st
 
 async def _stored(database_url: str, topic: str, callback: str) -> Any:
     from hub import store
-    from reversehub import db
+    from reversehub.core import db
 
     engine = db.create_engine(database_url)
     try:

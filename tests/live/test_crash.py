@@ -31,8 +31,8 @@ SERVER = textwrap.dedent(
     """
     import dataclasses, sys
     import uvicorn
-    from reversehub.app import create_app
-    from reversehub.settings import Settings
+    from reversehub.server.app import create_app
+    from reversehub.core.settings import Settings
 
     port, url = int(sys.argv[1]), sys.argv[2]
     fields = {f.name for f in dataclasses.fields(Settings)}

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reversehub.app import create_app
+from reversehub.server.app import create_app
 from tests.support import bound_socket, chromium, serve_live, wait_for
 from tests.test_dashboard import TOKEN, Subscriber
 

@@ -20,10 +20,10 @@ import pytest
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from relay.wire import HttpResponse, parse_request, serialize_response
-from reversehub.app import create_app
-from reversehub.connection import OnLost
-from reversehub.protocol import CoalescingHttpToolsProtocol
-from reversehub.server import config_for
+from reversehub.core.connection import OnLost
+from reversehub.server.app import create_app
+from reversehub.server.protocol import CoalescingHttpToolsProtocol
+from reversehub.server.serve import config_for
 from tests.relay.helpers import links
 from tests.support import bound_socket, serve_live, wait_for
 

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from relay.wire import HttpResponse, parse_request, serialize_response
-from reversehub.app import create_app
-from reversehub.protocol import CoalescingHttpToolsProtocol
+from reversehub.server.app import create_app
+from reversehub.server.protocol import CoalescingHttpToolsProtocol
 from tests.relay.helpers import links
 from tests.support import bound_socket, serve_live, wait_for
 
@@ -66,7 +66,7 @@ async def test_binary_round_trip_of_one_mebibyte(live):
 @pytest.fixture(params=["uvicorn", "serve"])
 async def live_any(request, settings):
     """The relay under uvicorn's own protocol (a task watches receive() for the disconnect) and
-    under serve's (reversehub.protocol: the connection says it is lost)."""
+    under serve's (reversehub.server.protocol: the connection says it is lost)."""
     sock = bound_socket()
     port = sock.getsockname()[1]
     app = create_app(replace(settings, public_url=f"http://127.0.0.1:{port}", port=port, poll_timeout=30))

@@ -199,7 +199,7 @@ def websub_handler(received: list[bytes]) -> Handler:
 async def active_subscriptions(database: str) -> int:
     from sqlalchemy import text
 
-    from reversehub import db
+    from reversehub.core import db
 
     engine = db.create_engine(database, pool_size=1, max_overflow=0)
     try:
@@ -404,8 +404,8 @@ async def test_outbox_work_overflowing_one_process_goes_to_the_other(database: s
     outbox, each sending one delivery at a time and claiming at most 64 rows (``delivery_concurrency=1``,
     so max_inflight is 64). The callback holds every request until two are in flight at once,
     which only two senders can do; then every delivery arrives exactly once, some from each."""
-    from reversehub.app import create_app
-    from reversehub.settings import Settings
+    from reversehub.core.settings import Settings
+    from reversehub.server.app import create_app
     from tests.conftest import started as running
 
     subscribers, updates = 80, 3  # 80 due rows at once: more than one process may hold

@@ -15,8 +15,8 @@ import anyio
 import httpx
 import pytest
 
-from reversehub.app import create_app
-from reversehub.server import GC_THRESHOLDS, DrainingServer, config_for
+from reversehub.server.app import create_app
+from reversehub.server.serve import GC_THRESHOLDS, DrainingServer, config_for
 from tests.support import bound_socket, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.live]
@@ -95,7 +95,7 @@ def test_a_serving_process_leaves_what_it_does_not_use_unimported(tmp_path):
     probe = textwrap.dedent(
         """
         import sys
-        from reversehub import cli, server
+        from reversehub.server import cli, serve as server
 
         class Probe(server.DrainingServer):
             async def startup(self, sockets=None):

@@ -30,7 +30,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from hub.signing import ownership_proof
-from reversehub.app import create_app
+from reversehub.server.app import create_app
 from tests.support import bound_socket, live_settings, serve_live, unavailable, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.live]

@@ -374,7 +374,7 @@ async def test_two_processes_share_one_relay_through_redis(make_app, redis_url):
     """Register and request on one app, poll and reply on another: nothing assumes one process."""
     import secrets
 
-    from reversehub.broker.redis import RedisBroker
+    from reversehub.core.broker.redis import RedisBroker
 
     url = f"{redis_url}?prefix=relaytest-{secrets.token_hex(4)}:"
     brokers = [RedisBroker(url), RedisBroker(url)]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from importlib.resources import files
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-JS_DIR = Path(__file__).parent / "js"
+JS_DIR = files("clients") / "js"
 
 
 def _static(path: str, filename: str, media_type: str) -> Route:

@@ -28,8 +28,10 @@ from urllib.parse import urlsplit
 from prometheus_client import CollectorRegistry, Counter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from reversehub.security import (
-    IN_PROCESS_CLIENT,
+from reversehub.core.contracts import IN_PROCESS_CLIENT
+from reversehub.core.services import Services
+from reversehub.core.settings import Settings
+from reversehub.server.security import (
     Denial,
     Form,
     FormRefused,
@@ -41,8 +43,6 @@ from reversehub.security import (
     peek_form,
     publish_request,
 )
-from reversehub.services import Services
-from reversehub.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ DEFAULT_LIMITS: Mapping[str, int] = {
 MAX_NAMES = 20  # names counted per request
 _EXEMPT_CACHE = 4096  # client addresses whose exemption is remembered, per middleware
 
-# One counter per metrics registry, whichever middleware instance refuses (reversehub.app has two
+# One counter per metrics registry, whichever middleware instance refuses (reversehub.server.app has two
 # stacks: the relay's hot paths and the rest).
 _COUNTERS: weakref.WeakKeyDictionary[CollectorRegistry, Counter] = weakref.WeakKeyDictionary()
 
@@ -105,7 +105,7 @@ def _host(url: str | None) -> str:
 async def classify(scope: Scope, receive: Receive, max_form: int) -> tuple[str | None, list[str], Receive]:
     """(class, ["KEY=name", ...], receive) for a request; class None: not limited.
 
-    Bodies are read as the relay and the hub read them (reversehub.security.publish_request).
+    Bodies are read as the relay and the hub read them (reversehub.server.security.publish_request).
     """
     method, path = scope["method"], scope["path"]
     if path == "/reversehttp" and method == "POST":

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
-from reversehub.settings import Settings
+from reversehub.core.settings import Settings
 
 FC = TypeVar("FC", bound=Callable[..., Any])
 
@@ -48,10 +48,10 @@ def main() -> None:
 
 def security_options(defaults: Settings) -> list[tuple[str, Any]]:
     """Issue 6 flags: tokens, trusted networks, subscriber policy, rate limits, caps (README "Securing")."""
-    from reversehub.policy import validate_patterns
-    from reversehub.ratelimit import parse_limits
-    from reversehub.security import parse_networks
-    from reversehub.settings import digest_pair
+    from reversehub.core.policy import validate_patterns
+    from reversehub.core.settings import digest_pair
+    from reversehub.server.ratelimit import parse_limits
+    from reversehub.server.security import parse_networks
 
     def many(help: str, validate: Any = None, default: tuple[str, ...] = ()) -> dict[str, Any]:
         return {"multiple": True, "default": default, "callback": _listed(validate), "help": help}
@@ -158,11 +158,11 @@ def settings_from(options: dict[str, Any]) -> Settings:
 @main.command()
 @serve_options
 def serve(**options: Any) -> None:
-    """Run the hub and relay (embedded SQLite by default); SIGTERM drains (reversehub.server)."""
+    """Run the hub and relay (embedded SQLite by default); SIGTERM drains (reversehub.server.serve)."""
     settings = settings_from(options)
     if settings.workers > 1 and not settings.redis_url:
         raise click.UsageError("--workers > 1 needs --redis-url: processes share transient state through Redis")
-    from reversehub.server import serve as run_server
+    from reversehub.server.serve import serve as run_server
 
     run_server(settings)
 
@@ -176,7 +176,7 @@ def db() -> None:
 @_option("database-url", default=Settings().database_url)
 def db_upgrade(database_url: str) -> None:
     """Bring the schema to the newest revision (serve also does this at start)."""
-    from reversehub import db as dbmod
+    from reversehub.core import db as dbmod
 
     async def run() -> None:
         engine = dbmod.create_engine(database_url)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 MiB = 1024 * 1024
 # Seconds a graceful shutdown (SIGTERM) gives requests in flight and the hub's drain
-# (reversehub.server, hub.grace).
+# (reversehub.server.serve, hub.grace).
 SHUTDOWN_GRACE = 10.0
 
 
@@ -82,12 +82,12 @@ class Settings:
     reserve_name: tuple[str, ...] = ()  # "NAME_PATTERN=TOKEN": only that registration token may claim it
     trusted_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # fat pings without a publish token
     max_form_size: int = 64 * 1024  # form bodies buffered to authorize or classify a request
-    # Subscriber policy: fnmatch patterns, or regular expressions prefixed "re:" (reversehub.policy).
+    # Subscriber policy: fnmatch patterns, or regular expressions prefixed "re:" (reversehub.core.policy).
     allow_topic: tuple[str, ...] = ()
     deny_topic: tuple[str, ...] = ()
     allow_callback: tuple[str, ...] = ()
     deny_callback: tuple[str, ...] = ()
-    # Rate limits (reversehub.ratelimit): fixed windows of rate_limit_window s (0 disables them all),
+    # Rate limits (reversehub.server.ratelimit): fixed windows of rate_limit_window s (0 disables them all),
     # "CLASS[:KEY]=N" overrides of the defaults, and client networks that are never limited.
     rate_limit_window: float = 10.0
     rate_limit: tuple[str, ...] = ()

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from reversehub.dashboard.routes import routes
+from reversehub.server.dashboard.routes import routes
 
 __all__ = ["routes"]

@@ -7,7 +7,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 
-from reversehub.broker.base import BrokerClosed
+from reversehub.core.broker.base import BrokerClosed
 
 
 class MemorySubscription:

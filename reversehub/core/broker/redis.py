@@ -41,7 +41,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from reversehub.broker.base import BrokerClosed, BrokerUnavailable
+from reversehub.core.broker.base import BrokerClosed, BrokerUnavailable
 
 logger = logging.getLogger(__name__)
 

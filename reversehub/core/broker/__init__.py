@@ -6,7 +6,7 @@ as one. Durable state never goes through here: that is the database's job.
 
 from __future__ import annotations
 
-from reversehub.broker.base import Broker, BrokerClosed, BrokerUnavailable, Subscription
+from reversehub.core.broker.base import Broker, BrokerClosed, BrokerUnavailable, Subscription
 
 __all__ = ["Broker", "BrokerClosed", "BrokerUnavailable", "Subscription", "make_broker"]
 
@@ -14,9 +14,9 @@ __all__ = ["Broker", "BrokerClosed", "BrokerUnavailable", "Subscription", "make_
 def make_broker(redis_url: str | None) -> Broker:
     """The in-process broker, or the Redis one when a URL is given (imported only then)."""
     if redis_url:
-        from reversehub.broker.redis import RedisBroker
+        from reversehub.core.broker.redis import RedisBroker
 
         return RedisBroker(redis_url)
-    from reversehub.broker.memory import MemoryBroker
+    from reversehub.core.broker.memory import MemoryBroker
 
     return MemoryBroker()

@@ -31,7 +31,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
-from reversehub.settings import SHUTDOWN_GRACE, Settings
+from reversehub.core.settings import SHUTDOWN_GRACE, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def setup_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     # httpx logs every request's full URL at INFO: callback URLs carry subscribers' tokens and
-    # verification GETs the challenge. Our own access log (reversehub.accesslog) is the one to read.
+    # verification GETs the challenge. Our own access log (reversehub.server.accesslog) is the one to read.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -83,9 +83,9 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
 
 
 def http_protocol() -> type[asyncio.Protocol] | str:
-    """uvicorn's httptools protocol with coalesced writes (reversehub.protocol); uvicorn's choice without httptools."""
+    """uvicorn's httptools protocol with coalesced writes (reversehub.server.protocol), else uvicorn's choice."""
     try:
-        from reversehub.protocol import CoalescingHttpToolsProtocol
+        from reversehub.server.protocol import CoalescingHttpToolsProtocol
     except ImportError:  # httptools is missing: uvicorn falls back to h11
         return "auto"
     return CoalescingHttpToolsProtocol
@@ -102,7 +102,7 @@ def config_for(app: Any, settings: Settings) -> uvicorn.Config:
         # would load the websockets package into every server for nothing.
         ws="none",
         lifespan="on",
-        access_log=False,  # ours (reversehub.accesslog) leaves capability URLs out
+        access_log=False,  # ours (reversehub.server.accesslog) leaves capability URLs out
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(SHUTDOWN_GRACE),
     )
@@ -169,7 +169,7 @@ def serve(settings: Settings) -> None:
     setup_logging(settings)
     if settings.workers <= 1:
         limit_malloc_arenas()
-        from reversehub.app import create_app
+        from reversehub.server.app import create_app
 
         server = DrainingServer(config_for(create_app(settings), settings))
         server.run()
@@ -183,7 +183,7 @@ def _worker(settings: Settings, sock: socket.socket) -> None:
     """Entry point of one worker process (spawned: it imports everything afresh)."""
     setup_logging(settings)
     limit_malloc_arenas()
-    from reversehub.app import create_app
+    from reversehub.server.app import create_app
 
     server = DrainingServer(config_for(create_app(settings), settings))
     server.run(sockets=[sock])
@@ -199,7 +199,7 @@ class Supervisor:
         self._started: dict[int | None, float] = {}
 
     def _migrate_once(self) -> None:
-        from reversehub import db
+        from reversehub.core import db
 
         async def run() -> None:
             engine = db.create_engine(self.settings.database_url)
@@ -225,7 +225,7 @@ class Supervisor:
     def run(self) -> None:
         if self.settings.migrate:
             self._migrate_once()
-        sock = config_for("reversehub.app:create_app", self.settings).bind_socket()
+        sock = config_for("reversehub.server.app:create_app", self.settings).bind_socket()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         processes = [self._start(sock) for _ in range(self.settings.workers)]

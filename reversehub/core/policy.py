@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable
 from functools import lru_cache
 
-from reversehub.settings import Settings
+from reversehub.core.settings import Settings
 
 
 @lru_cache(maxsize=1024)

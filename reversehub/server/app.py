@@ -21,22 +21,23 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from clients.web import routes as client_routes
 from hub.routes import routes as hub_routes
 from hub.service import Hub
 from relay import endpoints as relay_endpoints
 from relay.routes import hot_route
 from relay.routes import routes as relay_routes
 from relay.service import Relay
-from reversehub import dashboard, db, health
-from reversehub.accesslog import AccessLogMiddleware
-from reversehub.accesslog import logger as access_logger
-from reversehub.broker import Broker, make_broker
-from reversehub.ratelimit import RateLimitMiddleware
-from reversehub.security import SecurityMiddleware
-from reversehub.services import Services
-from reversehub.settings import Settings
-from reversehub.transport import OwnOriginTransport
+from reversehub.core import db
+from reversehub.core.broker import Broker, make_broker
+from reversehub.core.services import Services
+from reversehub.core.settings import Settings
+from reversehub.core.transport import OwnOriginTransport
+from reversehub.server import dashboard, health
+from reversehub.server.accesslog import AccessLogMiddleware
+from reversehub.server.accesslog import logger as access_logger
+from reversehub.server.ratelimit import RateLimitMiddleware
+from reversehub.server.security import SecurityMiddleware
+from reversehub.server.web import routes as client_routes
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class ReverseHub(Starlette):
     A relayed request is three exchanges on them (the request, the poll, the reply). They go through
     the access log and the rate limits as before, but not through Starlette's error and exception
     layers, the security middleware (it guards only ``/reversehttp``, ``/hub`` and ``/publish``,
-    reversehub.security) or the router's walk over every route: about a third of the server's
+    reversehub.server.security) or the router's walk over every route: about a third of the server's
     Python time per relayed request (bench/relay_throughput.py). Any other path, or one the relay's
     routes would not match, takes the full stack.
     """
@@ -156,7 +157,7 @@ def create_app(
         routes=[*health.routes(), *relay_routes(), *hub_routes(), *client_routes(), *dashboard.routes()],
         middleware=[
             Middleware(AccessLogMiddleware),
-            # Rate limits first: refused requests cost no more than a counter (reversehub.ratelimit).
+            # Rate limits first: refused requests cost no more than a counter (reversehub.server.ratelimit).
             Middleware(RateLimitMiddleware, settings=settings),
             Middleware(SecurityMiddleware, settings=settings),
         ],

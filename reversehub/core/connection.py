@@ -1,6 +1,6 @@
 """A request's way to hear that its connection is gone, without a task watching ``receive()``.
 
-``reversehub serve``'s HTTP protocol (:mod:`reversehub.protocol`) puts the connection's
+``reversehub serve``'s HTTP protocol (:mod:`reversehub.server.protocol`) puts the connection's
 :class:`OnLost` in every request's scope under :data:`ON_LOST`. A request that calls ``watch``
 has its callback called once when the connection is lost (at once if it is already). At most one
 request on a connection waits at a time (HTTP/1.1 answers in order), so one slot per connection is

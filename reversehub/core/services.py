@@ -9,8 +9,8 @@ import httpx
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from reversehub.broker import Broker
-from reversehub.settings import Settings
+from reversehub.core.broker import Broker
+from reversehub.core.settings import Settings
 
 
 @dataclass
@@ -20,7 +20,7 @@ class Services:
     sessions: async_sessionmaker[AsyncSession]
     broker: Broker
     # Outbound HTTP (verification, delivery, feed fetches). Requests to our own public origin are
-    # served in-process by the app itself (see reversehub.transport.OwnOriginTransport).
+    # served in-process by the app itself (see reversehub.core.transport.OwnOriginTransport).
     http: httpx.AsyncClient
     metrics: CollectorRegistry
     # What outbound https trusts: the context services.http's own transport was built with, for

@@ -22,7 +22,7 @@ from hub.service import WORK
 from relay.errors import RelayError
 from relay.queue import queue_key
 from relay.registry import private_cap
-from reversehub.services import Services
+from reversehub.core.services import Services
 
 LIMIT = 200  # rows per table: the dashboard is a view of what needs attention, not an export
 

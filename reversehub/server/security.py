@@ -13,7 +13,7 @@
   ``hub.url`` pings stay open: the hub fetches the content itself, so a ping cannot forge it. A fat
   ping carries its content, so it is taken only from ``--trusted-networks`` (403).
 
-Every token is kept as a SHA-256 digest (:func:`reversehub.settings.token_digest`) and compared with
+Every token is kept as a SHA-256 digest (:func:`reversehub.core.settings.token_digest`) and compared with
 :func:`hmac.compare_digest` on digests, so neither the comparison's timing nor a memory dump reveals it.
 """
 
@@ -31,8 +31,9 @@ from starlette.datastructures import Headers
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from reversehub.policy import matches
-from reversehub.settings import Settings, hash_token
+from reversehub.core.contracts import IN_PROCESS_CLIENT
+from reversehub.core.policy import matches
+from reversehub.core.settings import Settings, hash_token
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Form = list[tuple[str, str]]
@@ -41,8 +42,6 @@ FORM_TYPE = "application/x-www-form-urlencoded"
 # Scope key under which the first middleware that read a form body leaves it for the next one.
 _FORM_KEY = "reversehub.form"
 MAX_FIELDS = 1000
-# The client reversehub.transport.OwnOriginTransport gives requests the server makes to itself.
-IN_PROCESS_CLIENT = ("127.0.0.1", 0)
 
 
 # Tokens -----------------------------------------------------------------------------------------
@@ -258,7 +257,7 @@ LISTINGS = {("GET", "/reversehttp"), ("HEAD", "/reversehttp")}
 
 
 class SecurityMiddleware:
-    # reversehub.app.ReverseHub sends public URLs and request URLs (relay.routes.hot_route) past this
+    # reversehub.server.app.ReverseHub sends public URLs and request URLs (relay.routes.hot_route) past this
     # middleware: a rule for those paths belongs in the relay's endpoints or needs ReverseHub changed.
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app

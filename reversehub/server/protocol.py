@@ -21,7 +21,7 @@ It also tells a held request that its connection is gone without the request wat
 ASGI says so only through ``receive()``, so a held poll would need a task of its own just to wait
 for ``http.disconnect``: with thousands of polls held, that task and its chain of coroutines were
 a fifth of each poll's objects, which the cyclic collector walks again and again. Every request's
-scope carries the connection's :class:`~reversehub.connection.OnLost`.
+scope carries the connection's :class:`~reversehub.core.connection.OnLost`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from reversehub.connection import ON_LOST, OnLost
+from reversehub.core.connection import ON_LOST, OnLost
 
 
 class CoalescingTransport(asyncio.Transport):
