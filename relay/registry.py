@@ -3,8 +3,8 @@
 A registration is a row (relay.models). Everything else is derived from its ``secret`` so that no
 other state has to be stored or shared between processes:
 
-- the private URL ``/reversehttp/p/{cap}``: ``cap = b64url(HMAC(secret, "private")[:16] + name)``;
-- request URLs ``/reversehttp/r/{cap}``: ``cap = b64url(nonce[16] + HMAC(secret, nonce + name)[:16] + name)``.
+- the private URL's capability (relay.routes): ``cap = b64url(HMAC(secret, "private")[:16] + name)``;
+- request URLs' capabilities: ``cap = b64url(nonce[16] + HMAC(secret, nonce + name)[:16] + name)``.
 
 Both are unguessable (128-bit MACs), verifiable by any process that can read the row, survive a
 restart, and die with the registration (a new registration of the name gets a new secret).
@@ -72,6 +72,11 @@ class Reg:
     lease_seconds: float
     created_at: float
     expires_at: float
+
+
+def is_label(name: str) -> bool:
+    """``name`` is one lowercase DNS label (RFC 1034 3.5), the only form a relay name takes."""
+    return _LABEL.fullmatch(name) is not None
 
 
 def normalize_name(raw: str | None) -> str:

@@ -20,6 +20,7 @@ from relay import envelope
 from relay.errors import BadReply, Gone, InvalidInput, NotFound, RelayError, Withdrawn
 from relay.queue import CHANGED_CHANNEL, Delivery, Dispatcher, Item, queue_key, seen_key
 from relay.registry import CACHE_TTL, SOLO_CACHE_TTL, Reg, Registry, cap_name, private_cap
+from relay.routes import RelayUrls
 from relay.wire import WireError, serialize_response
 from reversehub.core.broker.memory import MemoryBroker
 from reversehub.core.services import Services
@@ -83,7 +84,7 @@ class Relay:
         self.registry = Registry(services.sessions, services.settings, SOLO_CACHE_TTL if solo else CACHE_TTL)
         self.dispatcher = Dispatcher(services.broker, services.settings)
         self.metrics = RelayMetrics(services)
-        self.origin = services.settings.public_origin
+        self.urls = RelayUrls(services.settings)
         self._parked: dict[str, set[Park]] = {}
         self._active: set[str] = set()
         # Names whose lease this process extended, and when (wall clock): see sweep().
@@ -92,13 +93,13 @@ class Relay:
 
     # URLs -----------------------------------------------------------------------------------------
     def public_url(self, name: str) -> str:
-        return f"{self.origin}/relay/{name}/"
+        return self.urls.public_url(name)
 
     def request_url(self, cap: str) -> str:
-        return f"{self.origin}/reversehttp/r/{cap}"
+        return self.urls.request_url(cap)
 
     def private_url(self, reg: Reg) -> str:
-        return f"{self.origin}/reversehttp/p/{private_cap(reg)}"
+        return self.urls.private_url(private_cap(reg))
 
     def links(self, reg: Reg) -> list[tuple[str, str]]:
         """The headers of a 2xx registration response (spec "Registration")."""
@@ -142,7 +143,7 @@ class Relay:
         await self.dispatcher.drain(name, Withdrawn())
 
     async def status(self) -> dict[str, object]:
-        """The gateway's state for ``GET /reversehttp``: no tokens, no private or request URLs."""
+        """The gateway's state (``GET`` on the gateway URL): no tokens, no private or request URLs."""
         count, regs = await self.registry.listing()
         now = time.time()
         return {
