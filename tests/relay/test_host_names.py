@@ -220,3 +220,16 @@ async def test_the_hub_reaches_host_based_callbacks_in_process(make_app):
 
 def test_settings_carry_the_domain():
     assert replace(Settings(), relay_domain="relay.test").relay_domain == "relay.test"
+
+
+def test_the_flag_and_its_variable_take_a_dns_name_only():
+    from click.testing import CliRunner
+
+    from reversehub.server.cli import _domain, main
+
+    assert _domain(None, None, " Relay.Example.COM. ") == "relay.example.com"  # type: ignore[arg-type]
+    assert _domain(None, None, None) is None  # type: ignore[arg-type]
+    bad = CliRunner().invoke(main, ["serve", "--relay-domain", "a_b.test"])
+    assert bad.exit_code == 2 and "is not a DNS name" in bad.output
+    from_env = CliRunner().invoke(main, ["serve"], env={"REVERSEHUB_RELAY_DOMAIN": "x..test"})
+    assert from_env.exit_code == 2 and "is not a DNS name" in from_env.output
