@@ -12,8 +12,8 @@ restart, and die with the registration (a new registration of the name gets a ne
 Lookups by name are cached for ``CACHE_TTL`` seconds (positive and negative) so the hot path of a
 relayed request does not touch the database; processes drop entries on ``relay.changed`` messages.
 With the in-process broker there is one process and no message can be missed, so entries live for
-``SOLO_CACHE_TTL``: with a TTL of minutes, a publish to subscribers registered longer ago than that
-read every subscriber's row again, one query per delivery. An entry whose lease looks over is read
+``SOLO_CACHE_TTL``: a short TTL would make a publish to subscribers registered longer ago read every
+subscriber's row again, one query per delivery. An entry whose lease looks over is read
 again before the name is treated as gone (leases are extended in the database by whichever process
 has the pollers; this process updates its own entries when it extends them).
 """
@@ -347,7 +347,7 @@ class Registry:
         ordered = sorted(names)
         async with self.sessions.begin() as session:
             # In chunks: one bound parameter per name, and PostgreSQL's protocol takes at most
-            # 32,767 per statement (a process with more pollers than that failed every sweep).
+            # 32,767 per statement, fewer than the pollers one process may hold.
             for i in range(0, len(ordered), TOUCH_CHUNK):
                 await session.execute(
                     update(Registration)

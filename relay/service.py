@@ -32,7 +32,7 @@ class Park:
     """One poll waiting here; ``end(reason)`` stops the wait from another task.
 
     Plain asyncio (task.cancel + uncancel) rather than an anyio CancelScope: thousands of polls
-    wait at once, and this keeps each one a few hundred bytes lighter (bench/idle_pollers.py).
+    wait at once, and a cancel scope per poll would make every one of them heavier.
     """
 
     __slots__ = ("reason", "task")
@@ -298,11 +298,10 @@ class Relay:
         """The names whose lease to extend now, and which of them are no longer polled.
 
         A lease counts from the name's last poll. Rewriting every polled name's row at every sweep
-        (every 2.5 s by default) held SQLite's write lock for a long time with thousands of
-        pollers, while the outbox needed it. A name still being polled is extended once a quarter
-        of its lease has gone by since this process last did it, so its row always has most of a
-        lease left; a name no longer polled gets one last extension at the sweep that finds it
-        gone, counted from then, as before.
+        would hold SQLite's write lock for long with thousands of pollers, while the outbox needs
+        it. So a name still being polled is extended once a quarter of its lease has gone by since
+        this process last did it, and its row always has most of a lease left; a name no longer
+        polled gets one last extension at the sweep that finds it gone, counted from then.
         """
         touched = self._touched
         dormant = {name for name in touched if name not in active}
