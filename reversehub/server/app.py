@@ -50,7 +50,9 @@ class ReverseHub(Starlette):
     layers, the security middleware (it guards only ``/reversehttp``, ``/hub`` and ``/publish``,
     reversehub.server.security) or the router's walk over every route: about a third of the server's
     Python time per relayed request (bench/relay_throughput.py). Any other path, or one the relay's
-    routes would not match, takes the full stack.
+    routes would not match, takes the full stack. A request to a host-based name (``--relay-domain``)
+    is always relayed from here, whatever its path: no route of the main host (the dashboard, the
+    hub) may answer on a relay application's origin.
     """
 
     def __init__(self, *, settings: Settings, urls: RelayUrls, **kwargs: object) -> None:
