@@ -73,10 +73,6 @@ class RelayUrls:
         self._suffix = "." + domain if domain else ""
 
     # Building --------------------------------------------------------------------------------------
-    @property
-    def gateway_url(self) -> str:
-        return self.origin + GATEWAY
-
     def public_url(self, name: str) -> str:
         """Where requesters reach ``name``'s application (the registration's ``rel="related"``)."""
         if self.domain is None:
@@ -163,12 +159,6 @@ class RelayUrls:
         if found is None or found[0] is not Kind.PUBLIC:
             return None
         return found[1]["name"].lower(), target
-
-    def is_own(self, url: str) -> bool:
-        """``url`` is on our public origin or is one of our relay public URLs (the SSRF guard lets
-        these through, and the hub serves them in-process)."""
-        origin = self.origin
-        return url == origin or url.startswith(origin + "/") or (self._suffix != "" and self.addresses(url) is not None)
 
 
 def _asgi(handler: ASGIApp) -> ASGIApp:

@@ -9,11 +9,14 @@ import anyio
 import httpx
 import pytest
 from sqlalchemy import select
+from starlette.applications import Starlette
 
 from hub.models import Subscription
+from hub.netguard import NetGuard
 from relay.routes import Kind, RelayUrls
 from relay.wire import HttpResponse, parse_request, serialize_response
 from reversehub.core.settings import Settings
+from reversehub.core.transport import OwnOriginTransport
 from tests.conftest import PUBLIC
 from tests.relay.helpers import links, register, serve_one
 from tests.support import wait_for
@@ -81,10 +84,21 @@ def test_addresses_recognize_our_public_urls_only():
     assert prefixed.addresses("https://example.test/relay/bob/x") is None
 
 
-def test_is_own_covers_the_origin_and_host_based_names():
-    urls = urls_for("http://hub.test")
-    assert urls.is_own("http://hub.test/hub") and urls.is_own("http://alice.relay.test/cb")
-    assert not urls.is_own("http://hub.test.evil/") and not urls.is_own("http://a.b.relay.test/")
+def test_the_hub_side_counts_host_based_names_as_ours():
+    """What the composition root hands the hub (hub.netguard, the outbound transport) as a callable."""
+    settings = Settings(public_url="http://hub.test", relay_domain=DOMAIN)
+    addresses = RelayUrls(settings).addresses
+    guard = NetGuard(settings, addresses)
+    assert guard.is_own("http://hub.test/hub") and guard.is_own("http://alice.relay.test/cb")
+    assert not guard.is_own("http://hub.test.evil/") and not guard.is_own("http://a.b.relay.test/")
+    assert not NetGuard(settings).is_own("http://alice.relay.test/cb")
+    transport = OwnOriginTransport(
+        Starlette(), "http://hub.test", httpx.MockTransport(lambda r: httpx.Response(200)), addresses
+    )
+    assert transport.is_own(httpx.URL("http://Alice.relay.test/cb")) and transport.is_own(
+        httpx.URL("http://hub.test/x")
+    )
+    assert not transport.is_own(httpx.URL("https://alice.relay.test/cb"))
 
 
 def test_find_classifies_by_host_first():
