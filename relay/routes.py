@@ -45,6 +45,7 @@ class Kind(enum.Enum):
 
 
 Found = tuple[Kind, dict[str, str]]
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _host_header(scope: Scope) -> str | None:
@@ -66,6 +67,7 @@ class RelayUrls:
         parts = urlsplit(self.origin)
         self.scheme = parts.scheme
         self.port = parts.port
+        self._port = parts.port or _DEFAULT_PORTS.get(parts.scheme)  # http://h and http://h:80 are one origin
         self._host = parts.hostname
         self._prefix = parts.path  # a public URL may carry a path prefix (a proxy strips it)
         domain = (settings.relay_domain or "").strip(".").lower()
@@ -146,7 +148,7 @@ class RelayUrls:
             port = parts.port
         except ValueError:
             return None
-        if parts.scheme != self.scheme or port != self.port:
+        if parts.scheme != self.scheme or (port or _DEFAULT_PORTS.get(parts.scheme)) != self._port:
             return None
         target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
         if self._suffix:

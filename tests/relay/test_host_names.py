@@ -72,6 +72,8 @@ def test_addresses_recognize_our_public_urls_only():
     assert host.addresses("https://alice.relay.test:8000/cb") is None  # another scheme
     assert host.addresses("http://alice.relay.test/cb") is None  # another port
     assert host.addresses("http://a.b.relay.test:8000/cb") is None
+    assert urls_for("https://hub.test").addresses("https://bob.relay.test:443/") == ("bob", "/")  # the default port
+    assert urls_for("https://hub.test:443").addresses("https://bob.relay.test/") == ("bob", "/")
     assert host.addresses("http://hub.test:8000/relay/alice/cb") is None  # the main host serves no names
     path = urls_for("http://hub.test", domain=None)
     assert path.addresses("http://hub.test/relay/Alice/cb%20x?y=2") == ("alice", "/relay/Alice/cb%20x?y=2")
