@@ -31,7 +31,7 @@ import uvicorn
 from clients.endpoint import Endpoint
 from relay.wire import HttpRequest, HttpResponse
 from reversehub.core.settings import Settings
-from reversehub.server.app import create_app
+from reversehub.server.app import ReverseHub, create_app
 from reversehub.server.serve import config_for, with_admin
 from tests.support import bound_socket, chromium, wait_for
 from tests.test_dashboard import TOKEN
@@ -135,12 +135,11 @@ class EvilApp:
 
 
 @asynccontextmanager
-async def serving(settings: Settings, sock: socket.socket, admin_sock: socket.socket | None) -> AsyncIterator[None]:
+async def serving(app: ReverseHub, sock: socket.socket, admin_sock: socket.socket | None) -> AsyncIterator[None]:
     """What ``reversehub serve`` runs (its uvicorn configuration, and with an admin listener its
     AdminSplit over both sockets), in this process on real sockets."""
-    app = create_app(settings)
     asgi: Any = with_admin(app, admin_sock) if admin_sock is not None else app
-    server = uvicorn.Server(config_for(asgi, settings))
+    server = uvicorn.Server(config_for(asgi, app.state.settings))
     sockets = [sock] if admin_sock is None else [sock, admin_sock]
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve, sockets)
@@ -208,7 +207,7 @@ async def test_a_relayed_page_can_neither_read_nor_drive_the_dashboard(
     )
     evil = EvilApp(admin)
     async with (
-        serving(settings, sock, admin_sock),
+        serving(create_app(settings), sock, admin_sock),
         httpx.AsyncClient(timeout=10) as http,
         Endpoint(main + "/reversehttp", evil, name="evil", pollers=4) as endpoint,
         chromium(*browser_args) as browser,
