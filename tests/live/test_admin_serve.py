@@ -44,6 +44,9 @@ async def test_serve_puts_the_dashboard_on_the_admin_listener_only(tmp_path: Pat
             for path in ("/", "/dashboard/login", "/dashboard/api/state", "/dashboard/static/dashboard.js"):
                 assert (await http.get(main + path, headers=BEARER)).status_code == 404, path
                 assert (await http.get(admin + path, headers=BEARER)).status_code == 200, path
+            # Which app answers is decided by the socket a request came in on, never by its headers.
+            spoofed = {**BEARER, "Host": f"127.0.0.1:{admin_port}"}
+            assert (await http.get(main + "/dashboard/api/state", headers=spoofed)).status_code == 404
             assert (await http.post(main + "/reversehttp", data={"name": "alice", "token": "t"})).status_code == 201
             assert (await http.get(main + "/reversehttp", headers=BEARER)).status_code == 404
             assert "alice" in (await http.get(admin + "/reversehttp", headers=BEARER)).text
