@@ -312,10 +312,13 @@ class Supervisor:
     def run(self) -> None:
         if self.settings.migrate:
             self._migrate_once()
-        from reversehub.server.app import admin_listener_wanted
-
         sock = config_for("reversehub.server.app:create_app", self.settings).bind_socket()
-        admin_sock = bind_admin(self.settings.admin_listen) if admin_listener_wanted(self.settings) else None
+        admin_sock = None
+        if self.settings.admin_token is not None:  # else the parent never imports the app
+            from reversehub.server.app import admin_listener_wanted
+
+            if admin_listener_wanted(self.settings):
+                admin_sock = bind_admin(self.settings.admin_listen)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         processes = [self._start(sock, admin_sock) for _ in range(self.settings.workers)]
