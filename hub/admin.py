@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, or_, select, update
 
-from hub.models import Delivery, Subscription
+from hub.models import Delivery, DeliveryState, Subscription, SubscriptionState
 from hub.service import WORK
 from reversehub.core.services import Services
 
@@ -28,6 +28,10 @@ __all__ = [
 ]
 
 
+# The deliveries an operator may act on: waiting, retrying or in flight, and given up.
+ATTENTION = (DeliveryState.PENDING, DeliveryState.FAILED)
+
+
 class ActionError(RuntimeError):
     """An action that cannot be done on the item as it is now (e.g. retry a delivery in flight)."""
 
@@ -36,7 +40,7 @@ async def subscriptions(services: Services, limit: int) -> list[dict[str, Any]]:
     """Subscriptions by topic and callback, each with its count of pending deliveries."""
     pending = (
         select(Delivery.subscription_id, func.count().label("n"))
-        .where(Delivery.state == "pending")
+        .where(Delivery.state == DeliveryState.PENDING)
         .group_by(Delivery.subscription_id)
         .subquery()
     )
@@ -69,7 +73,7 @@ async def deliveries(services: Services, limit: int) -> list[dict[str, Any]]:
     query = (
         select(Delivery, Subscription.topic, Subscription.callback)
         .join(Subscription, Subscription.id == Delivery.subscription_id)
-        .where(Delivery.state.in_(("pending", "failed")))
+        .where(Delivery.state.in_(ATTENTION))
         .order_by(Delivery.state.desc(), Delivery.next_attempt_at)
         .limit(limit)
     )
@@ -77,8 +81,9 @@ async def deliveries(services: Services, limit: int) -> list[dict[str, Any]]:
         rows = (await s.execute(query)).all()
     out = []
     for d, topic, callback in rows:
-        in_flight = d.state == "pending" and d.claimed_until is not None and d.claimed_until > now
-        state = "in flight" if in_flight else "retrying" if d.state == "pending" and d.attempts else d.state
+        pending = d.state == DeliveryState.PENDING
+        in_flight = pending and d.claimed_until is not None and d.claimed_until > now
+        state = "in flight" if in_flight else "retrying" if pending and d.attempts else str(d.state)
         out.append(
             {
                 "id": d.id,
@@ -86,7 +91,7 @@ async def deliveries(services: Services, limit: int) -> list[dict[str, Any]]:
                 "callback": callback,
                 "state": state,
                 "attempts": d.attempts,
-                "next_attempt_at": d.next_attempt_at if d.state == "pending" else None,
+                "next_attempt_at": d.next_attempt_at if pending else None,
                 "last_status": d.last_status,
                 "last_error": d.last_error,
             }
@@ -100,7 +105,12 @@ def _not_claimed(now: float) -> Any:
 
 
 async def _change_delivery(
-    services: Services, key: int, values: dict[str, Any], states: tuple[str, ...], *, active_only: bool = False
+    services: Services,
+    key: int,
+    values: dict[str, Any],
+    states: tuple[DeliveryState, ...],
+    *,
+    active_only: bool = False,
 ) -> bool:
     now = time.time()
     async with services.sessions.begin() as s:
@@ -109,11 +119,12 @@ async def _change_delivery(
             return False
         where = [Delivery.id == key, Delivery.state.in_(states), _not_claimed(now)]
         if active_only:  # the outbox does not look at the subscription's state when it sends
-            where.append(Delivery.subscription_id.in_(select(Subscription.id).where(Subscription.state == "active")))
+            active = select(Subscription.id).where(Subscription.state == SubscriptionState.ACTIVE)
+            where.append(Delivery.subscription_id.in_(active))
         done = await s.execute(update(Delivery).where(*where).values(**values).returning(Delivery.id))
         if done.first() is None:
             state, claimed_until = current
-            if state == "pending" and claimed_until is not None and claimed_until >= now:
+            if state == DeliveryState.PENDING and claimed_until is not None and claimed_until >= now:
                 raise ActionError("the delivery is in flight right now; try again in a moment")
             if state in states:
                 raise ActionError("the subscription is no longer active")
@@ -123,8 +134,8 @@ async def _change_delivery(
 
 async def retry_delivery(services: Services, key: int) -> bool:
     """Attempt a pending (retrying) or failed delivery now; a failed one becomes pending again."""
-    values = {"state": "pending", "next_attempt_at": time.time(), "finished_at": None, "claim_token": None}
-    if not await _change_delivery(services, key, values, ("pending", "failed"), active_only=True):
+    values = {"state": DeliveryState.PENDING, "next_attempt_at": time.time(), "finished_at": None, "claim_token": None}
+    if not await _change_delivery(services, key, values, ATTENTION, active_only=True):
         return False
     await services.broker.publish(WORK, b"admin retry")
     return True
@@ -132,8 +143,8 @@ async def retry_delivery(services: Services, key: int) -> bool:
 
 async def cancel_delivery(services: Services, key: int) -> bool:
     """Give up a pending or failed delivery: it is never attempted again."""
-    values = {"state": "cancelled", "finished_at": time.time(), "last_error": "cancelled by the admin"}
-    return await _change_delivery(services, key, values, ("pending", "failed"))
+    values = {"state": DeliveryState.CANCELLED, "finished_at": time.time(), "last_error": "cancelled by the admin"}
+    return await _change_delivery(services, key, values, ATTENTION)
 
 
 async def delete_subscription(services: Services, key: int) -> bool:
