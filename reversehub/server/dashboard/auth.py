@@ -15,7 +15,7 @@ import hmac
 from starlette.requests import Request
 from starlette.responses import Response
 
-from reversehub.server.security import presented_token, token_matches
+from reversehub.core.tokens import presented_token, token_matches
 
 COOKIE = "reversehub_admin"
 CSRF_HEADER = "x-csrf-token"

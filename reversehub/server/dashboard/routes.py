@@ -14,8 +14,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from reversehub.core.tokens import token_matches
 from reversehub.server.dashboard import auth, live, state
-from reversehub.server.security import token_matches
 
 HERE = Path(__file__).parent
 STATIC = {
