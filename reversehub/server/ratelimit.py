@@ -18,11 +18,11 @@ from __future__ import annotations
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from reversehub.core.limits import DEFAULT_LIMITS, MAX_NAMES, hidden, parse_limits, reason
+from reversehub.core.limits import hidden, reason
 from reversehub.core.services import Services
 from reversehub.core.settings import Settings
 
-__all__ = ["DEFAULT_LIMITS", "MAX_NAMES", "RateLimitMiddleware", "classify", "parse_limits"]
+__all__ = ["RateLimitMiddleware", "classify"]
 
 
 def classify(method: str, path: str) -> tuple[str | None, list[str]]:
@@ -42,6 +42,9 @@ def classify(method: str, path: str) -> tuple[str | None, list[str]]:
 
 
 class RateLimitMiddleware:
+    """Counts each request against its class's per-client budget (:func:`classify`) and answers 429
+    with ``Retry-After`` when one is spent; the request itself, body included, passes on untouched."""
+
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
         self.settings = settings
