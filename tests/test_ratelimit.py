@@ -32,8 +32,12 @@ OTHER = ("198.51.100.9", 1234)
 
 
 async def limited(make_app, *limits: str, broker: Broker | None = None, **overrides: object):
-    """``app, client``: the real app with ``--rate-limit`` ``limits`` and no client exempt."""
-    overrides = {"rate_limit_exempt": (), **overrides}
+    """``app, client``: the real app with ``--rate-limit`` ``limits`` and no client exempt.
+
+    Windows are fixed: an hour long unless a test says otherwise, so that the few requests of a test
+    (each through the database) fall in one window and not on either side of a boundary.
+    """
+    overrides = {"rate_limit_exempt": (), "rate_limit_window": 3600.0, **overrides}
     return await make_app(transport=NOWHERE, broker=broker, rate_limit=limits, **overrides)
 
 
@@ -60,14 +64,14 @@ def test_the_middleware_classifies_by_method_and_path_alone():
 
 
 async def test_registration_per_client_with_retry_after(make_app):
-    app, c = await limited(make_app, "registration=3", rate_limit_window=30.0)
+    app, c = await limited(make_app, "registration=3", rate_limit_window=300.0)
     async with client_for(app, OTHER) as other:
         statuses = [(await c.post("/reversehttp", data={"name": f"n{i}"})).status_code for i in range(5)]
         refused = await c.post("/reversehttp", data={"name": "n9"})
         fine = await other.post("/reversehttp", data={"name": "x"})
     assert statuses == [201, 201, 201, 429, 429]
     assert refused.text == "rate limit exceeded (registration per client)\n"
-    assert 1 <= int(refused.headers["retry-after"]) <= 30
+    assert 1 <= int(refused.headers["retry-after"]) <= 300
     assert fine.status_code == 201
 
 
@@ -153,16 +157,17 @@ async def test_exempt_networks_in_process_requests_and_zero_window(make_app):
 
 async def test_window_ends(make_app):
     """A fixed window: once it has passed, the client may go on (the broker key expires with it)."""
-    _, c = await limited(make_app, "registration=1", rate_limit_window=0.05)
+    _, c = await limited(make_app, "registration=1", rate_limit_window=0.5)
     names = (f"n{i}" for i in itertools.count())
 
     async def register() -> httpx.Response:
         return await c.post("/reversehttp", data={"name": next(names)})
 
     assert (await register()).status_code == 201
-    refused = await register()
-    if refused.status_code == 201:  # the window turned between the two requests
+    for _ in range(5):  # a registration is a database write: on a busy machine the window may turn between two
         refused = await register()
+        if refused.status_code == 429:
+            break
     assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
 
     async def passes() -> bool:
@@ -226,7 +231,7 @@ async def test_defaults_do_not_limit_a_busy_honest_client(make_app):
 
 
 async def test_installed_in_the_app(make_app):
-    _, client = await make_app(rate_limit=("registration=1",), rate_limit_exempt=())
+    _, client = await make_app(rate_limit=("registration=1",), rate_limit_exempt=(), rate_limit_window=3600.0)
     codes = [(await client.post("/reversehttp", data={"name": "alice"})).status_code for _ in range(2)]
     assert codes[1] == 429 and codes[0] != 429
 
