@@ -37,7 +37,7 @@ def with_params(callback: str, params: dict[str, str]) -> str:
 
 async def ask(http: httpx.AsyncClient, url: str, timeout: float, limit: int, *, own: bool) -> tuple[int, bytes]:
     """GET ``url``; returns the status and at most ``limit`` bytes of the body. ``own``: the URL is
-    on our public origin (:func:`hub.netguard.is_own`), so the app itself can answer it."""
+    on our public origin (:meth:`hub.netguard.NetGuard.is_own`), so the app itself can answer it."""
     app = own_app(http) if own and url.isascii() else None  # httpx percent-encodes the rest
     if app is not None:
         try:

@@ -3,7 +3,8 @@
 A hub makes requests to URLs strangers give it: without this guard anyone could make it POST to
 ``http://127.0.0.1:6379`` or read ``http://169.254.169.254/`` (cloud metadata). Every address a
 host name resolves to must be global; one private address refuses the URL, so a name with both
-kinds cannot slip through. Our own public origin (relay URLs) is always allowed.
+kinds cannot slip through. Our own public origin and our relay's public URLs (host-based ones are on
+other hosts, recognized by the callable the composition root gives) are always allowed.
 
 Known limit: the HTTP client resolves the name again when it connects (DNS rebinding could still
 switch addresses in between); a resolver pinned into the transport would close that gap.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
+from collections.abc import Callable
 
 import anyio
 import httpx
@@ -25,9 +27,16 @@ CACHE_SECONDS = 300.0
 URLS_CACHED = 16_384
 
 
-def is_own(url: str, settings: Settings) -> bool:
+# Whether a URL is one of our relay's public URLs (a non-None answer): relay.routes.RelayUrls.addresses.
+OwnRelayUrl = Callable[[str], object | None]
+
+
+def is_own(url: str, settings: Settings, own_relay: OwnRelayUrl | None = None) -> bool:
+    """``url`` is on our public origin, or one of our relay's public URLs."""
     origin = settings.public_origin
-    return url == origin or url.startswith(origin + "/")
+    if url == origin or url.startswith(origin + "/"):
+        return True
+    return own_relay is not None and own_relay(url) is not None
 
 
 def _refused(address: str) -> bool:
@@ -40,16 +49,21 @@ def _refused(address: str) -> bool:
 class NetGuard:
     """Checks URLs against the policy, caching host verdicts for a few minutes."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, own_relay: OwnRelayUrl | None = None) -> None:
         self.settings = settings
+        self.own_relay = own_relay
         self._cache: dict[str, tuple[bool, float]] = {}
         # URL -> its host: a fan-out checks the same callbacks at every publish, and parsing one with
         # httpx.URL costs about 25 us (measured), a dict lookup nothing. The host is still httpx's.
         self._hosts: dict[str, str] = {}
 
+    def is_own(self, url: str) -> bool:
+        """:func:`is_own` with this guard's view of our relay."""
+        return is_own(url, self.settings, self.own_relay)
+
     async def check(self, url: str) -> None:
         """Raise :class:`URLRefused` unless ``url`` may be requested."""
-        if is_own(url, self.settings) or self.settings.allow_private_networks:
+        if self.is_own(url) or self.settings.allow_private_networks:
             return
         host = self._hosts.get(url)
         if host is None:

@@ -29,7 +29,7 @@ from hub import local, store
 from hub.errors import URLRefused
 from hub.metrics import HubMetrics
 from hub.models import Payload
-from hub.netguard import NetGuard, is_own
+from hub.netguard import NetGuard
 from hub.sender import Sender, SendError
 from hub.signing import hub_signature, webhook_signature
 from reversehub.core.services import Services
@@ -257,7 +257,7 @@ class Outbox:
     def _host_key(self, callback: str) -> str:
         """The callback's host:port; empty for our own relay (served in-process, no connection
         to share fairly, so only the global bound applies)."""
-        if is_own(callback, self.settings):
+        if self.guard.is_own(callback):
             return ""
         return netloc(callback)
 
@@ -317,7 +317,7 @@ class Outbox:
             return store.Outcome(row.id, row.subscription_id, "failed", None, str(exc))
         now = time.time()
         headers = self.headers(row, payload, now)
-        own = is_own(row.callback, self.settings)
+        own = self.guard.is_own(row.callback)
         if own and self._own_app is not None:
             try:
                 status = await local.post(

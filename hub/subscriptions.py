@@ -38,7 +38,7 @@ from hub.activations import Activations
 from hub.challenge import Unanswered, ask, with_params
 from hub.errors import BadRequest, Busy, URLRefused
 from hub.grace import Grace
-from hub.netguard import NetGuard, is_own
+from hub.netguard import NetGuard
 from reversehub.core import policy
 from reversehub.core.services import Services
 
@@ -204,7 +204,7 @@ class Verifier:
         url = with_params(req.callback, params)
         try:
             status, body = await ask(
-                self.services.http, url, self.settings.verify_timeout, len(expected) + 1, own=is_own(url, self.settings)
+                self.services.http, url, self.settings.verify_timeout, len(expected) + 1, own=self.guard.is_own(url)
             )
         except Unanswered as exc:
             logger.info("verification GET failed: %s", exc)

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from hub.models import Subscription
+from relay.routes import RelayUrls
 from reversehub.core.broker import Broker
 from reversehub.core.broker.memory import MemoryBroker
 from reversehub.core.limits import DEFAULT_LIMITS, MAX_NAMES, Limits, parse_limits
@@ -51,16 +52,21 @@ def test_parse_limits():
         parse_limits(("publish=lots",))
 
 
-def test_the_middleware_classifies_by_method_and_path_alone():
+def test_the_middleware_classifies_by_method_host_and_path_alone():
     """No body is read before the handler: what a body says (hub.mode, a name, topics) is counted there."""
-    assert classify("POST", "/reversehttp") == ("registration", [])
-    assert classify("DELETE", "/reversehttp/p/cap") == ("registration", [])
-    assert classify("POST", "/publish") == ("publish", [])
-    assert classify("POST", "/hub") == (None, [])
-    assert classify("GET", "/relay/Alice/x") == ("relay", ["name=alice"])
-    kind, names = classify("GET", "/reversehttp/r/secretcap")
-    assert kind == "poll" and len(names) == 1 and "secretcap" not in names[0]
-    assert classify("GET", "/healthz") == (None, [])
+    urls = RelayUrls(Settings(public_url="http://hub.test", relay_domain="relay.test"))
+
+    def kind(method: str, path: str, host: str = "hub.test") -> tuple[str | None, list[str]]:
+        return classify({"method": method, "path": path, "headers": [(b"host", host.encode())]}, urls)
+
+    assert kind("POST", "/reversehttp") == ("registration", [])
+    assert kind("DELETE", "/reversehttp/p/cap") == ("registration", [])
+    assert kind("POST", "/publish") == ("publish", [])
+    assert kind("POST", "/hub") == (None, [])
+    assert kind("GET", "/x", host="Alice.relay.test") == ("relay", ["name=alice"])
+    poll, names = kind("GET", "/reversehttp/r/secretcap")
+    assert poll == "poll" and len(names) == 1 and "secretcap" not in names[0]
+    assert kind("GET", "/healthz") == (None, [])
 
 
 async def test_registration_per_client_with_retry_after(make_app):

@@ -23,6 +23,10 @@ class Settings:
     # The origin (scheme://host[:port], optionally a path prefix) by which the world reaches us.
     # Relay public URLs and the hub's own links are built from it. None: http://host:port.
     public_url: str | None = None
+    # Host-based relay names (--relay-domain D): a name's public URL is SCHEME://NAME.D[:PORT]/ (scheme
+    # and port from the public URL), so every relay application gets an origin of its own. None:
+    # path-based /relay/NAME/ on the public origin (local use).
+    relay_domain: str | None = None
     database_url: str = "sqlite:///./reversehub.db"
     redis_url: str | None = None
     # Migrate the schema to head at start (the embedded default; operators may prefer `db upgrade`).

@@ -7,16 +7,29 @@ other URL goes out through the real transport.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 from starlette.types import ASGIApp
 
+# Says whether a URL is one of our relay's public URLs (relay.routes.RelayUrls.addresses, handed
+# down by the composition root): with host-based names they are on hosts other than our origin's.
+OwnRelayUrl = Callable[[str], object | None]
+
 
 class OwnOriginTransport(httpx.AsyncBaseTransport):
-    def __init__(self, app: ASGIApp, origin: str, outbound: httpx.AsyncBaseTransport) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        origin: str,
+        outbound: httpx.AsyncBaseTransport,
+        own_relay: OwnRelayUrl | None = None,
+    ) -> None:
         self._own = httpx.ASGITransport(app=app, client=("127.0.0.1", 0))
         url = httpx.URL(origin)
         self._scheme, self._host, self._port = url.scheme, url.host, url.port
         self._outbound = outbound
+        self._own_relay = own_relay
 
     @property
     def app(self) -> ASGIApp:
@@ -29,7 +42,9 @@ class OwnOriginTransport(httpx.AsyncBaseTransport):
         return self._outbound
 
     def is_own(self, url: httpx.URL) -> bool:
-        return (url.scheme, url.host, url.port) == (self._scheme, self._host, self._port)
+        if (url.scheme, url.host, url.port) == (self._scheme, self._host, self._port):
+            return True
+        return self._own_relay is not None and self._own_relay(str(url)) is not None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self.is_own(request.url):

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from hub.routes import routes as hub_routes
 from hub.service import Hub
 from relay import endpoints as relay_endpoints
-from relay.routes import hot_route
+from relay.routes import HotRoutes, RelayUrls
 from relay.routes import routes as relay_routes
 from relay.service import Relay
 from reversehub.core import db
@@ -48,19 +48,22 @@ class ReverseHub(Starlette):
     the access log and the rate limits, but not through Starlette's error and exception layers or
     the router's walk over every route: about a third of the server's Python time per relayed
     request (bench/relay_throughput.py). Any other path, or one the relay's routes would not match,
-    takes the full stack.
+    takes the full stack. A request to a host-based name (``--relay-domain``) is always relayed from
+    here, whatever its path: no route of the main host (the dashboard, the hub) may answer on a relay
+    application's origin.
     """
 
-    def __init__(self, *, settings: Settings, **kwargs: object) -> None:
+    def __init__(self, *, settings: Settings, urls: RelayUrls, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
+        self._hot_route = HotRoutes(urls)
         self._hot: dict[int, ASGIApp] = {}
         self._settings = settings
         self._limits = RateLimitMiddleware(self.router, settings=settings)  # only asked whether limits apply
         self._unlimited: dict[tuple[str, int], bool] = {}  # per client address (host, port), once started
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not scope.get("root_path"):
-            found = hot_route(scope["path"])
+        if scope["type"] == "http":
+            found = self._hot_route(scope)
             if found is not None:
                 endpoint, scope["path_params"] = found
                 scope["app"] = self
@@ -99,6 +102,9 @@ def create_app(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> ReverseHub:
     """Build the app. ``broker`` and ``transport`` (outbound HTTP) may be injected by tests."""
+    # The relay's URLs, handed to the hub as a plain callable (hub never imports relay): deliveries
+    # and verifications to our own public URLs, host-based ones included, stay in-process.
+    urls = RelayUrls(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -116,7 +122,7 @@ def create_app(
                 tls = httpx.create_ssl_context()
                 outbound = httpx.AsyncHTTPTransport(verify=tls)
             http = httpx.AsyncClient(
-                transport=OwnOriginTransport(app, settings.public_origin, outbound),
+                transport=OwnOriginTransport(app, settings.public_origin, outbound, urls.addresses),
                 timeout=httpx.Timeout(settings.delivery_timeout),
                 follow_redirects=False,
             )
@@ -130,7 +136,7 @@ def create_app(
                 tls=tls,
             )
             relay = Relay(services)
-            hub = Hub(services, post_here=functools.partial(relay_endpoints.post_here, relay))
+            hub = Hub(services, post_here=functools.partial(relay_endpoints.post_here, relay), own_url=urls.addresses)
             app.state.relay, app.state.hub = relay, hub
             async with anyio.create_task_group() as tg:
                 tg.start_soon(relay.run)
@@ -152,7 +158,8 @@ def create_app(
 
     app = ReverseHub(
         settings=settings,
-        routes=[*health.routes(), *relay_routes(), *hub_routes(), *client_routes(), *dashboard.routes()],
+        urls=urls,
+        routes=[*health.routes(), *relay_routes(urls), *hub_routes(), *client_routes(), *dashboard.routes()],
         middleware=[
             Middleware(AccessLogMiddleware),
             # Per-client budgets from method and path: refused requests cost no more than a counter.

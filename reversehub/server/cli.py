@@ -40,6 +40,19 @@ def _listed(validate: Any = None) -> Any:
     return callback
 
 
+def _domain(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback for ``--relay-domain``: a DNS name, at least one dot-separated label."""
+    from relay.registry import is_label
+
+    if value is None:
+        return None
+    domain = value.strip().strip(".").lower()
+    labels = domain.split(".")
+    if not domain or len(domain) > 200 or not all(is_label(label) for label in labels):
+        raise click.BadParameter(f"{value!r} is not a DNS name (e.g. relay.example.com)")
+    return domain
+
+
 @click.group()
 @click.version_option(package_name="reversehub")
 def main() -> None:
@@ -106,6 +119,14 @@ def serve_options(f: Any) -> Any:
             ),
             ("redis-url", {"default": None, "help": "Redis URL for the shared broker (scale-out)."}),
             ("public-url", {"default": None, "help": "How the world reaches this server [default: http://HOST:PORT]."}),
+            (
+                "relay-domain",
+                {
+                    "default": None,
+                    "callback": _domain,
+                    "help": "Host-based relay names: public URLs are NAME.D (wildcard DNS to this server).",
+                },
+            ),
             (
                 "allow-private-networks",
                 {

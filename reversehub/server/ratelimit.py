@@ -1,4 +1,4 @@
-"""Per-client rate limits by class, decided from method and path alone (no body is read).
+"""Per-client rate limits by class, decided from method, host and path alone (no body is read).
 
 Each request is put in one class (registration, poll, publish, relay) and counted against that
 class's budget for its client address and, where the path shows one, for the name it concerns: the
@@ -18,6 +18,7 @@ from __future__ import annotations
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from relay.routes import Kind, RelayUrls
 from reversehub.core.limits import hidden, reason
 from reversehub.core.services import Services
 from reversehub.core.settings import Settings
@@ -25,18 +26,27 @@ from reversehub.core.settings import Settings
 __all__ = ["RateLimitMiddleware", "classify"]
 
 
-def classify(method: str, path: str) -> tuple[str | None, list[str]]:
-    """(class, ["KEY=name", ...]) for a request, from its method and path; class None: not limited here."""
-    if path == "/reversehttp" and method == "POST":
-        return "registration", []
-    if path.startswith("/reversehttp/p/") and method in ("PUT", "DELETE"):
-        return "registration", []
-    if path.startswith("/reversehttp/r/") and method == "GET":
-        return "poll", [f"registration={hidden(path)}"]
-    if path.startswith("/relay/"):
-        name = path.split("/", 3)[2].lower()
-        return "relay", [f"name={name}"] if name else []
-    if path == "/publish" and method == "POST":
+def classify(scope: Scope, urls: RelayUrls) -> tuple[str | None, list[str]]:
+    """(class, ["KEY=name", ...]) for a request, from its method, host and path; class None: not limited here.
+
+    The relay's URLs are recognized by its route table (``urls``), so a host-based name counts
+    against the same budgets as a path-based one. No body is read: what a body says is counted by
+    the handler that parses it.
+    """
+    method = scope["method"]
+    found = urls.find(scope)
+    if found is not None:
+        kind, params = found
+        if kind is Kind.GATEWAY and method == "POST":
+            return "registration", []
+        if kind is Kind.PRIVATE and method in ("PUT", "DELETE"):
+            return "registration", []
+        if kind is Kind.REQUEST and method == "GET":
+            return "poll", [f"registration={hidden(scope['path'])}"]
+        if kind is Kind.PUBLIC:
+            return "relay", [f"name={params['name'].lower()}"]
+        return None, []
+    if scope["path"] == "/publish" and method == "POST":
         return "publish", []
     return None, []
 
@@ -48,6 +58,7 @@ class RateLimitMiddleware:
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
         self.settings = settings
+        self.urls = RelayUrls(settings)
 
     def unlimited(self, scope: Scope) -> bool:
         """No limit applies to this request: limits off, the app not started, an exempt or in-process client."""
@@ -60,7 +71,7 @@ class RateLimitMiddleware:
         if self.unlimited(scope):
             await self.app(scope, receive, send)
             return
-        kind, names = classify(scope["method"], scope["path"])
+        kind, names = classify(scope, self.urls)
         if kind is not None:
             limits = scope["app"].state.services.limits
             client = scope.get("client")
