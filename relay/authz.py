@@ -1,4 +1,4 @@
-"""Who may register which name, and who may list them: called by the gateway's handler.
+"""Who may register which name: called by the gateway's handler.
 
 ReverseHttp leaves who may enrol to the gateway's operator:
 
@@ -7,9 +7,10 @@ ReverseHttp leaves who may enrol to the gateway's operator:
   ``https://user:T@relay/reversehttp`` works with any client); else 401 with ``WWW-Authenticate``.
 - ``--reserve-name PATTERN=T``: a name matching PATTERN may be claimed only with the registration's
   own ReverseHttp ``token`` T (403 ``name reserved``), so its owner keeps it across lease expiries.
-- ``--admin-token``: ``GET /reversehttp`` (the list of names) needs it as Bearer (401 otherwise).
 
-The name checked is the name the gateway registers, from its one reading of the form.
+The name checked is the name the gateway registers, from its one reading of the form. Who may see
+the list of names (``GET /reversehttp``) is the admin side's business: with ``--admin-token`` the
+list is served only there, behind the dashboard's guard (reversehub.server.dashboard).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from collections.abc import Mapping
 from relay.errors import NameReserved, Unauthorized
 from reversehub.core.policy import matches
 from reversehub.core.settings import Settings
-from reversehub.core.tokens import BASIC_CHALLENGE, BEARER_CHALLENGE, presented_token, split_pair, token_matches
+from reversehub.core.tokens import BASIC_CHALLENGE, presented_token, split_pair, token_matches
 
-__all__ = ["authorize_listing", "authorize_name", "authorize_registrar"]
+__all__ = ["authorize_name", "authorize_registrar"]
 
 
 @functools.lru_cache(maxsize=16)
@@ -46,11 +47,3 @@ def authorize_name(settings: Settings, name: str | None, token: str | None) -> N
     for pattern, digest in _reserved(settings.reserve_name):
         if matches([pattern], name) and not token_matches(token, digest):
             raise NameReserved("name reserved")
-
-
-def authorize_listing(settings: Settings, headers: Mapping[str, str]) -> None:
-    """Return if the client may see the list of names; :class:`Unauthorized` without the admin token."""
-    if settings.admin_token is None:
-        return
-    if not token_matches(presented_token(headers), settings.admin_token):
-        raise Unauthorized("admin token required", BEARER_CHALLENGE)

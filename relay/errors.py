@@ -6,7 +6,7 @@
     ├── InvalidInput            400  bad name, lease, form, reply or envelope
     │   ├── HeadersTooLarge     431  too many or too large request headers
     │   └── BodyTooLarge        413  body over ``max_body_size`` (or ``max_form_size`` for a form)
-    ├── Unauthorized            401  a token is required (--registration-token, --admin-token), with a challenge
+    ├── Unauthorized            401  the registration token is required (--registration-token), with a challenge
     ├── TokenMismatch           403  registration token does not match
     ├── NameReserved            403  the name is reserved for another token (--reserve-name)
     ├── RateLimited             429  a name's registration budget is spent, with Retry-After

@@ -102,6 +102,11 @@ class Settings:
     max_pending_per_subscription: int = 10_000
     # Dashboard: seconds between two samples of the live charts.
     dashboard_interval: float = 1.0
+    # Where the dashboard and its API listen with path-based relay names: an origin of their own,
+    # since every /relay/NAME/ page shares the main one ("127.0.0.1:0": any free port).
+    admin_listen: str = "127.0.0.1:8001"
+    # How long a dashboard session (reversehub.server.dashboard.auth) lasts, in seconds.
+    admin_session_seconds: float = 12 * 3600.0
 
     # Worker processes (`--workers N`, needs the Redis broker).
     workers: int = 1

@@ -19,6 +19,9 @@ import httpx
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hub.routes import routes as hub_routes
@@ -159,7 +162,7 @@ def create_app(
     app = ReverseHub(
         settings=settings,
         urls=urls,
-        routes=[*health.routes(), *relay_routes(urls), *hub_routes(), *client_routes(), *dashboard.routes()],
+        routes=[*health.routes(), *_admin_routes_here(settings), *relay_routes(urls), *hub_routes(), *client_routes()],
         middleware=[
             Middleware(AccessLogMiddleware),
             # Per-client budgets from method and path: refused requests cost no more than a counter.
@@ -171,3 +174,47 @@ def create_app(
     app.state.settings = settings
     app.state.services = None
     return app
+
+
+# The admin side ---------------------------------------------------------------------------------
+def admin_on_main_host(settings: Settings) -> bool:
+    """Whether the dashboard lives on the main listener: only with host-based relay names, where
+    every name has an origin of its own (``NAME.relay-domain``) and the main host is none of them.
+    With path-based names every ``/relay/NAME/`` page shares the main origin, so the dashboard gets
+    a listener of its own (:func:`create_admin_app`, ``--admin-listen``)."""
+    return bool(settings.relay_domain)
+
+
+def admin_listener_wanted(settings: Settings) -> bool:
+    """Whether ``serve`` opens ``--admin-listen``: there is an admin, and its origin is not the main one."""
+    return settings.admin_token is not None and not admin_on_main_host(settings)
+
+
+async def _elsewhere(request: Request) -> Response:
+    return PlainTextResponse("Not Found", status_code=404)
+
+
+def _admin_routes_here(settings: Settings) -> list[BaseRoute]:
+    """The admin routes the main app serves, ahead of the relay's (they shadow its ``GET /reversehttp``).
+
+    Without an admin token there is no admin side and the gateway's list of names stays open.
+    """
+    if settings.admin_token is None:
+        return []
+    if admin_on_main_host(settings):
+        return [*dashboard.listing_routes(), *dashboard.routes()]
+    return [Route("/reversehttp", _elsewhere, methods=["GET", "HEAD"])]
+
+
+def create_admin_app(main: Starlette) -> Starlette:
+    """The dashboard, its API and the relay's list of names, for an origin of their own.
+
+    It has no lifespan: it shares ``main``'s state (settings, services, relay, hub), which ``main``'s
+    lifespan fills, and serves no relay public URL, so no relayed page is ever same-origin with it.
+    """
+    admin = Starlette(
+        routes=[*dashboard.listing_routes(), *dashboard.routes()],
+        middleware=[Middleware(AccessLogMiddleware)],
+    )
+    admin.state = main.state
+    return admin

@@ -53,6 +53,19 @@ def _domain(ctx: click.Context, param: click.Parameter, value: str | None) -> st
     return domain
 
 
+def _address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback: ``HOST:PORT`` (``[::1]:PORT`` for IPv6)."""
+    if value is None:
+        return None
+    from reversehub.server.serve import parse_address
+
+    try:
+        parse_address(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
 @click.group()
 @click.version_option(package_name="reversehub")
 def main() -> None:
@@ -76,7 +89,15 @@ def security_options(defaults: Settings) -> list[tuple[str, Any]]:
             digest_pair(item)
 
     return [
-        ("admin-token", {**secret, "help": "Token for the dashboard at / and its API (off without one)."}),
+        ("admin-token", {**secret, "help": "Token for the dashboard and its API (off without one)."}),
+        (
+            "admin-listen",
+            {
+                "default": defaults.admin_listen,
+                "callback": _address,
+                "help": "HOST:PORT of the dashboard's own listener (path-based relay names).",
+            },
+        ),
         ("registration-token", {**secret, "help": "Bearer/Basic token required on POST /reversehttp."}),
         ("publish-token", {**secret, "help": "Bearer/Basic token required to publish."}),
         ("topic-token", many("PATTERN=TOKEN: only holders publish matching topics (repeatable).", pairs)),

@@ -1,4 +1,4 @@
-"""relay.authz: who may register, which names are reserved, who may list them."""
+"""relay.authz: who may register, and which names are reserved."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from relay.authz import authorize_listing, authorize_name, authorize_registrar
+from relay.authz import authorize_name, authorize_registrar
 from relay.errors import NameReserved, Unauthorized
 from reversehub.core.settings import Settings
 
@@ -18,7 +18,6 @@ def basic(password: str) -> dict[str, str]:
 def test_registration_is_open_without_a_token():
     authorize_registrar(Settings(), {})
     authorize_name(Settings(), "alice", None)
-    authorize_listing(Settings(), {})
 
 
 def test_the_registration_token_by_bearer_or_basic_password():
@@ -40,11 +39,3 @@ def test_reserved_names_are_matched_case_insensitively_and_need_their_token():
     for name, token in (("Alice", "guess"), ("alice", None), ("team-blue", "mine")):
         with pytest.raises(NameReserved):
             authorize_name(settings, name, token)
-
-
-def test_the_listing_needs_the_admin_token_as_bearer():
-    settings = Settings(admin_token="adm")
-    authorize_listing(settings, {"authorization": "Bearer adm"})
-    with pytest.raises(Unauthorized) as refused:
-        authorize_listing(settings, {})
-    assert refused.value.reason == "admin token required" and refused.value.challenge.startswith("Bearer")
