@@ -19,6 +19,8 @@ from hub.subscriptions import check_url
 
 FORM = "application/x-www-form-urlencoded"
 MAX_PING_URLS = 100
+# A form is parsed whole before anything looks at it: bound the work one request can ask for.
+MAX_FIELDS = 1000
 
 
 @dataclass(frozen=True)
@@ -34,10 +36,15 @@ class FatPing:
 
 
 def form_of(body: bytes) -> FormData:
+    """A form body as the hub reads it: repeated fields kept in order, ``get`` giving the last."""
     try:
-        return FormData(cast(Any, parse_qsl(body.decode("utf-8"), keep_blank_values=True)))
+        text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("form body is not UTF-8") from None
+    try:
+        return FormData(cast(Any, parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FIELDS)))
+    except ValueError:
+        raise BadRequest(f"form with more than {MAX_FIELDS} fields") from None
 
 
 def is_form(content_type: str | None) -> bool:
@@ -55,6 +62,7 @@ def ping_urls(form: FormData) -> tuple[str, ...]:
 
 
 def parse(content_type: str | None, query_topic: str | None, body: bytes) -> Ping | FatPing:
+    """A ``POST /publish`` as a ping or a fat ping; :class:`BadRequest` when it is neither."""
     if is_form(content_type):
         form = form_of(body)
         if form.get("hub.mode") == "publish" or "hub.url" in form or "hub.url[]" in form:

@@ -2,7 +2,8 @@
 
 The two hot paths (public URLs and request URLs) are raw ASGI callables: they run once or twice per
 relayed request, and a held poll must watch ``receive()`` for ``http.disconnect`` while it waits.
-Management endpoints use Starlette requests.
+Management endpoints use Starlette requests. Every relay error, and a broker failure, becomes an
+HTTP answer in one function, :func:`error_response`.
 """
 
 from __future__ import annotations
@@ -17,21 +18,33 @@ from functools import partial
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from relay import envelope
-from relay.errors import BodyTooLarge, HeadersTooLarge, InvalidInput, NotFound, RelayError, Unavailable
+from relay.authz import authorize_name, authorize_registrar
+from relay.errors import (
+    BodyTooLarge,
+    HeadersTooLarge,
+    InvalidInput,
+    NotFound,
+    RateLimited,
+    RelayError,
+    Unauthorized,
+    Unavailable,
+)
 from relay.queue import Delivery, Item
 from relay.registry import Reg, is_label
 from relay.service import Park, Relay
+from reversehub.core import limits
 from reversehub.core.broker import BrokerClosed, BrokerUnavailable
 from reversehub.core.connection import ON_LOST, OnLost
 from reversehub.core.contracts import IN_PROCESS_CLIENT
 
 logger = logging.getLogger(__name__)
 
-MAX_FORM = 64 * 1024
+# A form is parsed whole before anything looks at it: bound the work one request can ask for.
+MAX_FIELDS = 1000
 # Hop-by-hop headers (RFC 9110 7.6.1) are the relay's business, not the application's.
 _HOP_BY_HOP = frozenset(
     [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"trailer", b"upgrade"]
@@ -56,13 +69,25 @@ async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], bod
     await send({"type": "http.response.body", "body": body})
 
 
-def _error_response(error: RelayError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """The relay's own answer for ``error``: its status and a one-line plain-text reason."""
-    return error.status, [(b"content-type", b"text/plain; charset=utf-8")], error.reason.encode() + b"\n"
+def error_response(
+    error: RelayError | BrokerUnavailable | BrokerClosed,
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The relay's own answer for ``error``: its status, a one-line plain-text reason, and the headers
+    some statuses need (a 401's challenge, a 429's ``Retry-After``). A broker that failed or closed
+    is the relay being unavailable (503)."""
+    if not isinstance(error, RelayError):
+        logger.warning("relay broker error", exc_info=error)
+        error = Unavailable()
+    headers = [(b"content-type", b"text/plain; charset=utf-8")]
+    if isinstance(error, Unauthorized):
+        headers.append((b"www-authenticate", error.challenge.encode("latin-1")))
+    elif isinstance(error, RateLimited):
+        headers.append((b"retry-after", b"%d" % error.retry_after))
+    return error.status, headers, error.reason.encode() + b"\n"
 
 
-async def _send_error(send: Send, error: RelayError) -> None:
-    await _send(send, *_error_response(error))
+async def _send_error(send: Send, error: RelayError | BrokerUnavailable | BrokerClosed) -> None:
+    await _send(send, *error_response(error))
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:
@@ -196,11 +221,10 @@ async def _forward(
         return status, headers, body
     except RelayError as exc:
         status, outcome = exc.status, type(exc).__name__
-        return _error_response(exc)
-    except (BrokerUnavailable, BrokerClosed):
-        logger.warning("relay error for %s", name, exc_info=True)
+        return error_response(exc)
+    except (BrokerUnavailable, BrokerClosed) as exc:
         status, outcome = 503, "Unavailable"
-        return _error_response(Unavailable())
+        return error_response(exc)
     finally:
         elapsed = time.perf_counter() - start
         relay.metrics.count(outcome)
@@ -233,11 +257,8 @@ async def request_url(scope: Scope, receive: Receive, send: Send) -> None:
             await _poll(relay, cap, scope, receive, send)
         else:
             await _send(send, 405, [(b"allow", b"GET, POST"), (b"content-type", b"text/plain")], b"use GET or POST\n")
-    except RelayError as exc:
+    except (RelayError, BrokerUnavailable, BrokerClosed) as exc:
         await _send_error(send, exc)
-    except (BrokerUnavailable, BrokerClosed):
-        logger.warning("relay broker error on a request URL", exc_info=True)
-        await _send_error(send, Unavailable())
 
 
 async def _poll_watching(relay: Relay, cap: str, kind: str, park: Park, receive: Receive) -> Delivery | None:
@@ -295,31 +316,46 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def _mapped(endpoint: Endpoint) -> Endpoint:
-    """Relay errors become short plain-text responses with their status, never a 500."""
+    """Relay errors become short plain-text responses with their status (:func:`error_response`), never a 500."""
 
     async def wrapper(request: Request) -> Response:
         try:
             return await endpoint(request)
-        except RelayError as exc:
-            return PlainTextResponse(exc.reason + "\n", status_code=exc.status)
-        except (BrokerUnavailable, BrokerClosed):
-            logger.warning("relay broker error", exc_info=True)
-            return PlainTextResponse("relay unavailable\n", status_code=503)
+        except (RelayError, BrokerUnavailable, BrokerClosed) as exc:
+            status, headers, body = error_response(exc)
+            return Response(body, status_code=status, headers={k.decode(): v.decode("latin-1") for k, v in headers})
 
     wrapper.__name__ = endpoint.__name__
     return wrapper
 
 
-async def _form(request: Request) -> dict[str, str]:
+async def _form(request: Request, limit: int) -> dict[str, str]:
+    """The body read as a form, whatever its Content-Type; the last of repeated fields counts."""
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
-        if len(body) > MAX_FORM:
-            raise BodyTooLarge("form too large")
+        if len(body) > limit:
+            raise BodyTooLarge(f"form body larger than {limit} bytes")
     try:
-        return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False))
-    except (UnicodeDecodeError, ValueError):
+        fields = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FIELDS)
+    except UnicodeDecodeError:
         raise InvalidInput("body must be application/x-www-form-urlencoded") from None
+    except ValueError:
+        raise InvalidInput(f"form with more than {MAX_FIELDS} fields") from None
+    return dict(fields)
+
+
+async def _count_name(relay: Relay, request: Request, name: str | None) -> None:
+    """Count a registration against its name's budget (``registration:name``); :class:`RateLimited` when over.
+
+    The client's own budget was counted by the server's middleware, from the path alone.
+    """
+    budgets = relay.services.limits
+    if not name or not budgets.applies(request.scope.get("client")):
+        return
+    retry_after = await budgets.hit("registration:name", f"name={name.lower()}")
+    if retry_after is not None:
+        raise RateLimited(limits.reason("registration:name"), retry_after)
 
 
 def _link_response(relay: Relay, reg: Reg, status: int) -> Response:
@@ -331,11 +367,21 @@ def _link_response(relay: Relay, reg: Reg, status: int) -> Response:
 
 @_mapped
 async def gateway(request: Request) -> Response:
-    """The gateway: ``POST`` registers (201 new, 204 refreshed); ``GET`` shows the gateway's state."""
+    """The gateway: ``POST`` registers (201 new, 204 refreshed); ``GET`` shows the gateway's state.
+
+    Authorized here (:mod:`relay.authz`): the registration token before the body is read, the name
+    on the form as it is registered; then the name's budget is counted, so a client refused a
+    reserved name does not spend its owner's budget.
+    """
     relay: Relay = request.app.state.relay
+    settings = relay.settings
     if request.method == "POST":
-        form = await _form(request)
-        reg, created = await relay.register(form.get("name"), form.get("token"), form.get("lease"))
+        authorize_registrar(settings, request.headers)
+        form = await _form(request, settings.max_form_size)
+        name, token = form.get("name"), form.get("token")
+        authorize_name(settings, name, token)
+        await _count_name(relay, request, name)
+        reg, created = await relay.register(name, token, form.get("lease"))
         return _link_response(relay, reg, 201 if created else 204)
     state = await relay.status()
     if "json" in request.headers.get("accept", ""):
@@ -371,7 +417,7 @@ async def private(request: Request) -> Response:
         await relay.delete(cap)
         return Response(status_code=204)
     if request.method == "PUT":
-        form = await _form(request)
+        form = await _form(request, relay.settings.max_form_size)
         reg = await relay.reconfigure(cap, form.get("token"), form.get("lease"))
         return _link_response(relay, reg, 204)
     reg = await relay.registration(cap)

@@ -5,8 +5,11 @@
     RelayError
     ├── InvalidInput            400  bad name, lease, form, reply or envelope
     │   ├── HeadersTooLarge     431  too many or too large request headers
-    │   └── BodyTooLarge        413  body over ``max_body_size``
+    │   └── BodyTooLarge        413  body over ``max_body_size`` (or ``max_form_size`` for a form)
+    ├── Unauthorized            401  the registration token is required (--registration-token), with a challenge
     ├── TokenMismatch           403  registration token does not match
+    ├── NameReserved            403  the name is reserved for another token (--reserve-name)
+    ├── RateLimited             429  a name's registration budget is spent, with Retry-After
     ├── RelayFull               503  the relay holds as many registrations as it may
     ├── NotFound                404  unknown name, private URL or request URL
     ├── Gone                    410  registration deleted while polling
@@ -17,7 +20,7 @@
         ├── Unavailable         503  relay error or queue full
         └── Withdrawn           404  the registration was deleted while the request was queued
 
-Endpoints map these to responses in one place (``relay.endpoints.error_response``).
+Endpoints map these to responses in one place (:func:`relay.endpoints.error_response`).
 """
 
 from __future__ import annotations
@@ -51,6 +54,33 @@ class BodyTooLarge(InvalidInput):
 class TokenMismatch(RelayError):
     status = 403
     reason = "token does not match the registration"
+
+
+class Unauthorized(RelayError):
+    """A token is required and was not presented; ``challenge`` is the ``WWW-Authenticate`` value."""
+
+    status = 401
+    reason = "token required"
+
+    def __init__(self, reason: str, challenge: str) -> None:
+        super().__init__(reason)
+        self.challenge = challenge
+
+
+class NameReserved(RelayError):
+    status = 403
+    reason = "name reserved"
+
+
+class RateLimited(RelayError):
+    """A budget of ``--rate-limit`` is spent until the window ends, ``retry_after`` seconds from now."""
+
+    status = 429
+    reason = "rate limit exceeded"
+
+    def __init__(self, reason: str, retry_after: int) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
 
 
 class RelayFull(RelayError):

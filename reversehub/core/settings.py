@@ -85,13 +85,13 @@ class Settings:
     topic_token: tuple[str, ...] = ()  # "TOPIC_PATTERN=TOKEN": only holders may publish matching topics
     reserve_name: tuple[str, ...] = ()  # "NAME_PATTERN=TOKEN": only that registration token may claim it
     trusted_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # fat pings without a publish token
-    max_form_size: int = 64 * 1024  # form bodies buffered to authorize or classify a request
+    max_form_size: int = 64 * 1024  # the largest form body the hub and the relay read (413 above)
     # Subscriber policy: fnmatch patterns, or regular expressions prefixed "re:" (reversehub.core.policy).
     allow_topic: tuple[str, ...] = ()
     deny_topic: tuple[str, ...] = ()
     allow_callback: tuple[str, ...] = ()
     deny_callback: tuple[str, ...] = ()
-    # Rate limits (reversehub.server.ratelimit): fixed windows of rate_limit_window s (0 disables them all),
+    # Rate limits (reversehub.core.limits): fixed windows of rate_limit_window s (0 disables them all),
     # "CLASS[:KEY]=N" overrides of the defaults, and client networks that are never limited.
     rate_limit_window: float = 10.0
     rate_limit: tuple[str, ...] = ()

@@ -39,7 +39,6 @@ from reversehub.server import dashboard, health
 from reversehub.server.accesslog import AccessLogMiddleware
 from reversehub.server.accesslog import logger as access_logger
 from reversehub.server.ratelimit import RateLimitMiddleware
-from reversehub.server.security import SecurityMiddleware
 from reversehub.server.web import routes as client_routes
 
 logger = logging.getLogger(__name__)
@@ -49,13 +48,12 @@ class ReverseHub(Starlette):
     """Starlette, with the relay's two hot paths (public URLs, request URLs) found before the router.
 
     A relayed request is three exchanges on them (the request, the poll, the reply). They go through
-    the access log and the rate limits as before, but not through Starlette's error and exception
-    layers, the security middleware (it guards only ``/reversehttp``, ``/hub`` and ``/publish``,
-    reversehub.server.security) or the router's walk over every route: about a third of the server's
-    Python time per relayed request (bench/relay_throughput.py). Any other path, or one the relay's
-    routes would not match, takes the full stack. A request to a host-based name (``--relay-domain``)
-    is always relayed from here, whatever its path: no route of the main host (the dashboard, the
-    hub) may answer on a relay application's origin.
+    the access log and the rate limits, but not through Starlette's error and exception layers or
+    the router's walk over every route: about a third of the server's Python time per relayed
+    request (bench/relay_throughput.py). Any other path, or one the relay's routes would not match,
+    takes the full stack. A request to a host-based name (``--relay-domain``) is always relayed from
+    here, whatever its path: no route of the main host (the dashboard, the hub) may answer on a relay
+    application's origin.
     """
 
     def __init__(self, *, settings: Settings, urls: RelayUrls, **kwargs: object) -> None:
@@ -167,9 +165,9 @@ def create_app(
         routes=[*health.routes(), *_admin_routes_here(settings), *relay_routes(urls), *hub_routes(), *client_routes()],
         middleware=[
             Middleware(AccessLogMiddleware),
-            # Rate limits first: refused requests cost no more than a counter (reversehub.server.ratelimit).
+            # Per-client budgets from method and path: refused requests cost no more than a counter.
+            # Who may publish or register is decided by the handlers (hub.authz, relay.authz).
             Middleware(RateLimitMiddleware, settings=settings),
-            Middleware(SecurityMiddleware, settings=settings),
         ],
         lifespan=lifespan,
     )

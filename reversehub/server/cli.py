@@ -74,10 +74,10 @@ def main() -> None:
 
 def security_options(defaults: Settings) -> list[tuple[str, Any]]:
     """Issue 6 flags: tokens, trusted networks, subscriber policy, rate limits, caps (README "Securing")."""
+    from reversehub.core.addresses import parse_networks
+    from reversehub.core.limits import parse_limits
     from reversehub.core.policy import validate_patterns
     from reversehub.core.settings import digest_pair
-    from reversehub.server.ratelimit import parse_limits
-    from reversehub.server.security import parse_networks
 
     def many(help: str, validate: Any = None, default: tuple[str, ...] = ()) -> dict[str, Any]:
         return {"multiple": True, "default": default, "callback": _listed(validate), "help": help}

@@ -23,7 +23,7 @@ import secrets
 from starlette.requests import Request
 
 from reversehub.core.broker import Broker
-from reversehub.server.security import presented_token, token_matches
+from reversehub.core.tokens import presented_token, token_matches
 
 SESSION_KEY = "admin.session."
 

@@ -21,8 +21,8 @@ from starlette.routing import BaseRoute, Route
 
 from relay import endpoints as relay_endpoints
 from reversehub.core.broker import BrokerUnavailable
+from reversehub.core.tokens import presented_token, token_matches
 from reversehub.server.dashboard import auth, live, state
-from reversehub.server.security import presented_token, token_matches
 
 HERE = Path(__file__).parent
 STATIC = {
