@@ -68,6 +68,11 @@ def _expire(fut: asyncio.Future[bytes | None]) -> None:
 
 
 class MemoryBroker:
+    """The broker of one process: plain dicts and futures on this event loop."""
+
+    spans_processes = False
+    never_suspends = True
+
     def __init__(self) -> None:
         self._queues: dict[str, deque[bytes]] = {}
         self._waiters: dict[str, deque[asyncio.Future[bytes | None]]] = {}

@@ -244,6 +244,9 @@ class _PubSub:
 class RedisBroker:
     """The broker over Redis. ``url`` is a redis:// URL, optionally with ``?prefix=name:``."""
 
+    spans_processes = True
+    never_suspends = False
+
     def __init__(
         self,
         url: str,
