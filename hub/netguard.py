@@ -14,20 +14,17 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
+from collections.abc import Callable
 
 import anyio
 import httpx
 
 from hub.errors import URLRefused
+from reversehub.core.outbound import same_origin
 from reversehub.core.settings import Settings
 
 CACHE_SECONDS = 300.0
 URLS_CACHED = 16_384
-
-
-def is_own(url: str, settings: Settings) -> bool:
-    origin = settings.public_origin
-    return url == origin or url.startswith(origin + "/")
 
 
 def _refused(address: str) -> bool:
@@ -40,8 +37,11 @@ def _refused(address: str) -> bool:
 class NetGuard:
     """Checks URLs against the policy, caching host verdicts for a few minutes."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, is_own: Callable[[str], bool] | None = None) -> None:
+        """``is_own``: whether a URL is one our own relay serves (always allowed); by default any URL
+        on our public origin."""
         self.settings = settings
+        self.is_own = is_own if is_own is not None else same_origin(settings.public_origin)
         self._cache: dict[str, tuple[bool, float]] = {}
         # URL -> its host: a fan-out checks the same callbacks at every publish, and parsing one with
         # httpx.URL costs about 25 us (measured), a dict lookup nothing. The host is still httpx's.
@@ -49,7 +49,7 @@ class NetGuard:
 
     async def check(self, url: str) -> None:
         """Raise :class:`URLRefused` unless ``url`` may be requested."""
-        if is_own(url, self.settings) or self.settings.allow_private_networks:
+        if self.is_own(url) or self.settings.allow_private_networks:
             return
         host = self._hosts.get(url)
         if host is None:

@@ -23,20 +23,18 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 import anyio
-import httpx
 
-from hub import local, store
+from hub import store
 from hub.errors import URLRefused
 from hub.metrics import HubMetrics
 from hub.models import Payload
-from hub.netguard import NetGuard, is_own
-from hub.sender import Sender, SendError
+from hub.netguard import NetGuard
 from hub.signing import hub_signature, webhook_signature
+from reversehub.core.outbound import OutboundError
 from reversehub.core.services import Services
 
 logger = logging.getLogger(__name__)
 
-MAX_RESPONSE_READ = 64 * 1024
 CLAIM_BATCH = 2000
 FLUSH_BATCH = 1000
 FLUSH_DELAY = 0.02
@@ -119,14 +117,6 @@ def interleave(rows: Iterable[tuple[str, store.Claimed]]) -> list[tuple[str, sto
     return out
 
 
-def _default_outbound(services: Services) -> bool:
-    """True when callbacks off our own origin go to the real network (no transport was injected):
-    then the lean :class:`~hub.sender.Sender` sends them. Injected transports (tests, peers behind
-    httpx.MockTransport) keep getting every request through services.http."""
-    own = local.own_transport(services.http)
-    return own is not None and isinstance(own.outbound, httpx.AsyncHTTPTransport)
-
-
 class Outbox:
     def __init__(
         self,
@@ -134,7 +124,6 @@ class Outbox:
         guard: NetGuard,
         metrics: HubMetrics,
         hub_url: str,
-        post_here: local.PostHere | None = None,
     ) -> None:
         self.services = services
         self.settings = services.settings
@@ -161,9 +150,8 @@ class Outbox:
         self._payloads: dict[int, Payload] = {}
         self._closing = False
         self.max_inflight = max(4 * self.settings.delivery_concurrency, 64)
-        self._sender = Sender(ssl_context=services.tls) if _default_outbound(services) else None
-        self._own_app = local.own_app(services.http)
-        self._post_here = post_here
+        self._outbound = services.outbound
+        self._is_own = services.is_own
         # The labelled children, looked up once: labels() costs a lock and a dict walk per delivery.
         self._counted = {k: metrics.deliveries.labels(k) for k in ("delivered", "gone", "failed", "retry")}
 
@@ -257,7 +245,7 @@ class Outbox:
     def _host_key(self, callback: str) -> str:
         """The callback's host:port; empty for our own relay (served in-process, no connection
         to share fairly, so only the global bound applies)."""
-        if is_own(callback, self.settings):
+        if self._is_own(callback):
             return ""
         return netloc(callback)
 
@@ -317,24 +305,10 @@ class Outbox:
             return store.Outcome(row.id, row.subscription_id, "failed", None, str(exc))
         now = time.time()
         headers = self.headers(row, payload, now)
-        own = is_own(row.callback, self.settings)
-        if own and self._own_app is not None:
-            try:
-                status = await local.post(
-                    self._own_app, row.callback, headers, payload.body, self.settings.delivery_timeout, self._post_here
-                )
-            except local.SendFailed as exc:
-                return self._failure(row, None, str(exc))
-        elif self._sender is not None and not own:
-            try:
-                status = await self._sender.post(row.callback, headers, payload.body, self.settings.delivery_timeout)
-            except SendError as exc:
-                return self._failure(row, None, str(exc))
-        else:
-            try:
-                status = await self._post_httpx(row.callback, headers, payload.body)
-            except httpx.HTTPError as exc:
-                return self._failure(row, None, type(exc).__name__)
+        try:
+            status = await self._outbound.post(row.callback, headers, payload.body, self.settings.delivery_timeout)
+        except OutboundError as exc:
+            return self._failure(row, None, str(exc))
         if 200 <= status < 300:
             self._counted["delivered"].inc()
             self.metrics.latency.observe(max(0.0, time.time() - row.created_at))
@@ -343,18 +317,6 @@ class Outbox:
             self._counted["gone"].inc()
             return store.Outcome(row.id, row.subscription_id, "gone", status, "callback answered 410 Gone")
         return self._failure(row, status, f"callback answered {status}")
-
-    async def _post_httpx(self, url: str, headers: dict[str, str], body: bytes) -> int:
-        """Through services.http: our own relay (in-process), and whatever transport tests inject."""
-        async with self.services.http.stream(
-            "POST", url, content=body, headers=headers, timeout=self.settings.delivery_timeout
-        ) as response:
-            read = 0
-            async for chunk in response.aiter_raw():
-                read += len(chunk)
-                if read > MAX_RESPONSE_READ:
-                    break
-            return response.status_code
 
     def _failure(self, row: store.Claimed, status: int | None, error: str) -> store.Outcome:
         # The callback URL is not logged: subscribers put tokens in them.
@@ -395,8 +357,6 @@ class Outbox:
     async def _drain(self) -> None:
         """On shutdown: write what is known, give back claims not sent."""
         try:
-            if self._sender is not None:
-                await self._sender.aclose()
             await self._write()
             queued = [row.id for q in self._queued.values() for _, row in q]
             await store.release(self.services.sessions, [*self._inflight, *queued, *self._stale])
