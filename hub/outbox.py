@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import defaultdict, deque
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 import anyio
+from cachetools import LRUCache
 
 from hub import store
 from hub.errors import URLRefused
@@ -30,6 +30,7 @@ from hub.metrics import HubMetrics
 from hub.models import Payload
 from hub.netguard import NetGuard
 from hub.signing import hub_signature, webhook_signature
+from reversehub.core.backoff import backoff
 from reversehub.core.outbound import OutboundError
 from reversehub.core.services import Services
 
@@ -38,11 +39,14 @@ logger = logging.getLogger(__name__)
 CLAIM_BATCH = 2000
 FLUSH_BATCH = 1000
 FLUSH_DELAY = 0.02
+# Payloads kept in memory between the claim that loads them and the attempts that send them (and for
+# the next claims of the same fan-out), by the size of their bodies: a few large fat pings must not
+# hold the process's memory.
+PAYLOAD_CACHE_BYTES = 32 * 1024 * 1024
 
 
-def backoff(attempt: int, base: float, cap: float) -> float:
-    """Seconds before retry number ``attempt`` (1-based): base * 2^(attempt-1), jittered to 50-100%."""
-    return float(min(cap, base * 2 ** min(attempt - 1, 30)) * random.uniform(0.5, 1.0))
+def _payload_size(payload: Payload) -> int:
+    return len(payload.body) + 256  # and the row's other fields, roughly
 
 
 _DEFAULT_PORTS = {"http": ":80", "https": ":443"}
@@ -50,8 +54,8 @@ _DEFAULT_PORTS = {"http": ":80", "https": ":443"}
 
 def netloc(url: str) -> str:
     """A URL's ``host[:port]``, lowercase, without userinfo or a default port: the key by which
-    sending is shared fairly between callback hosts. (httpx.URL gives the same for about 40 times
-    the CPU, and this runs for every claimed row.)"""
+    sending is shared fairly between callback hosts. (httpx.URL gives the same, but parses and
+    validates the whole URL, and this runs for every claimed row.)"""
     parts = urlsplit(url)
     loc = parts.netloc.rpartition("@")[2].lower()
     default = _DEFAULT_PORTS.get(parts.scheme)
@@ -64,9 +68,9 @@ class Slots:
     """At most ``n`` holders at a time; the others wait in arrival order.
 
     asyncio.Semaphore in Python 3.11 wakes a waiter by walking its queue past the waiters already
-    woken but not yet run, in Python, on every release: with the hundreds of deliveries a fan-out
-    queues behind the global bound, that walk was a quarter of the hub's CPU (py-spy, 10,000 relay
-    subscribers). Here a release hands its slot straight to the first waiter: O(1) either way.
+    woken but not yet run, in Python, on every release: quadratic in the hundreds of deliveries a
+    fan-out queues behind the global bound. Here a release hands its slot straight to the first
+    waiter: O(1) either way.
     """
 
     __slots__ = ("_free", "_waiters")
@@ -147,7 +151,7 @@ class Outbox:
         self._queued_total = 0
         self.max_queued = 40 * max(self.settings.delivery_concurrency, 16)
         self._stale: list[int] = []  # queued claims given back at the next write
-        self._payloads: dict[int, Payload] = {}
+        self._payloads: LRUCache[int, Payload] = LRUCache(maxsize=PAYLOAD_CACHE_BYTES, getsizeof=_payload_size)
         self._closing = False
         self.max_inflight = max(4 * self.settings.delivery_concurrency, 64)
         self._outbound = services.outbound
@@ -211,8 +215,8 @@ class Outbox:
     def _start(self, row: store.Claimed, host: str) -> None:
         self._host_load[host] += 1
         self._inflight.add(row.id)
-        # Plain asyncio tasks: spawning thousands into one anyio task group costs more CPU than
-        # sending them (measured); run() cancels what is left.
+        # Plain asyncio tasks: a task group's cancel scope per child costs more than a delivery to
+        # our own relay does, and a fan-out spawns thousands; run() cancels what is left.
         task = asyncio.get_running_loop().create_task(self._send(row, host))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -231,13 +235,16 @@ class Outbox:
         if queue is not None and not queue:
             del self._queued[host]
 
-    async def _load_payloads(self, ids: set[int]) -> None:
+    async def _load_payloads(self, ids: set[int]) -> dict[int, Payload]:
+        """Load the payloads of ``ids`` not in memory yet; returns those loaded."""
         missing = ids - self._payloads.keys()
         if not missing:
-            return
-        if len(self._payloads) > 256:
-            self._payloads.clear()
-        self._payloads.update(await store.payloads(self.services.sessions, missing))
+            return {}
+        loaded = await store.payloads(self.services.sessions, missing)
+        for payload_id, payload in loaded.items():
+            if _payload_size(payload) <= PAYLOAD_CACHE_BYTES:  # a larger one is sent without being kept
+                self._payloads[payload_id] = payload
+        return loaded
 
     def _defer_seconds(self) -> float:
         return min(1.0, max(0.05, self.settings.outbox_scan_interval))
@@ -296,9 +303,8 @@ class Outbox:
 
     async def _attempt(self, row: store.Claimed) -> store.Outcome:
         payload = self._payloads.get(row.payload_id)
-        if payload is None:
-            await self._load_payloads({row.payload_id})
-            payload = self._payloads[row.payload_id]
+        if payload is None:  # loaded at the claim and evicted since, or too large to keep
+            payload = (await self._load_payloads({row.payload_id}))[row.payload_id]
         try:
             await self.guard.check(row.callback)
         except URLRefused as exc:

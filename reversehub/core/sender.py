@@ -22,6 +22,7 @@ deliver to, nor delivers to one it could not verify.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from urllib.parse import SplitResult, urlsplit
 
@@ -151,22 +152,33 @@ class _Conn(asyncio.Protocol):
             self.close()
 
 
+@functools.lru_cache(maxsize=ORIGINS_CACHED)  # a fan-out posts to the same few origins again and again
+def _origin(scheme: str, netloc: str) -> tuple[_Key, bytes]:
+    """The pool key (scheme, host, port) and the Host header of a URL's ``scheme`` and ``netloc``."""
+    parts = SplitResult(scheme, netloc, "", "", "")
+    try:
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError:
+        raise SendError("bad port") from None
+    try:
+        host = netloc.rpartition("@")[2].encode("ascii")
+    except UnicodeEncodeError:
+        raise SendError("bad request: host not in ASCII") from None
+    return (scheme, parts.hostname or "", port), host
+
+
 class Sender:
     def __init__(self, user_agent: str = "reversehub", *, ssl_context: ssl.SSLContext | None = None) -> None:
         """``ssl_context`` for https callbacks: the one verification uses; when None, httpx's
         default (SSL_CERT_FILE, else SSL_CERT_DIR, else certifi's bundle), not OpenSSL's defaults."""
         self._idle: dict[_Key, list[_Conn]] = {}
-        self._origins: dict[tuple[str, str], tuple[_Key, bytes]] = {}
         self._ssl = ssl_context
         self._user_agent = user_agent.encode("ascii")
 
     async def post(self, url: str, headers: dict[str, str], body: bytes, timeout: float) -> int:
         """POST ``body`` to ``url``; returns the response status."""
         parts = urlsplit(url)
-        origin = self._origins.get((parts.scheme, parts.netloc))
-        if origin is None:
-            origin = self._origin(parts)
-        key, host = origin
+        key, host = _origin(parts.scheme, parts.netloc)
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
@@ -190,21 +202,6 @@ class Sender:
         status = await self._try(key, await self._connect(key, deadline), request, body, deadline, pooled=False)
         assert status is not None  # only a pooled connection is given up on
         return status
-
-    def _origin(self, parts: SplitResult) -> tuple[_Key, bytes]:
-        try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError:
-            raise SendError("bad port") from None
-        try:
-            host = parts.netloc.rpartition("@")[2].encode("ascii")
-        except UnicodeEncodeError:
-            raise SendError("bad request: host not in ASCII") from None
-        origin = (parts.scheme, parts.hostname or "", port), host
-        if len(self._origins) >= ORIGINS_CACHED:
-            self._origins.clear()
-        self._origins[(parts.scheme, parts.netloc)] = origin
-        return origin
 
     async def _try(
         self, key: _Key, conn: _Conn, request: h11.Request, body: bytes, deadline: float, *, pooled: bool
