@@ -1,9 +1,9 @@
-"""Publish-to-callback latency: through the relay with clients.Subscriber, against a plain HTTP callback.
+"""Publish-to-callback latency: through the relay with clients.AsyncSubscriber, against a plain HTTP callback.
 
     python bench/subscriber_latency.py [--count 300] [--warmup 20]
 
 Starts ``reversehub serve`` (a subprocess, temporary SQLite database) and, in this process, two
-subscribers to two topics: a ``Subscriber`` whose callback is a relay name it long-polls, and a
+subscribers to two topics: an ``AsyncSubscriber`` whose callback is a relay name it long-polls, and a
 plain HTTP server subscribed directly (the hub POSTs to it). Each round publishes (fat ping) and
 waits for the callback before the next, so the figures are one message's latency, not throughput.
 Prints median and p99 for both paths and their ratio (target: relay under 2x the direct path).
@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from clients import Subscriber, Update
+from clients import AsyncSubscriber, Update
 
 
 def free_port() -> int:
@@ -145,7 +145,7 @@ async def main(count: int, warmup: int) -> None:
                 async def on_update(update: Update) -> None:
                     relay_arrivals.arrived(update.body)
 
-                async with Subscriber(relay_topic, on_update, hub=f"{base}/hub"):
+                async with AsyncSubscriber(relay_topic, on_update, hub=f"{base}/hub"):
                     # The direct subscription's verification is asynchronous: a first publish that
                     # arrives proves it is active.
                     await measure(http, base, direct_topic, direct_arrivals, 1, 0)

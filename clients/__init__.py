@@ -2,7 +2,8 @@
 
 ::
 
-    from clients import Subscriber, publish
+    from clients import Subscriber, publish               # blocking
+    from clients import AsyncSubscriber, AsyncPublisher   # in coroutines
 
 See the README's "Clients" section.
 """
@@ -11,11 +12,12 @@ from clients.discovery import Discovered, discover
 from clients.endpoint import Endpoint
 from clients.errors import ClientError, ClosedError, DiscoveryError, PublishError, RelayError, SubscriptionError
 from clients.publisher import AsyncPublisher, Publisher, ping, publish
-from clients.subscriber import Subscriber
+from clients.subscriber import AsyncSubscriber, Subscriber
 from clients.update import Update
 
 __all__ = [
     "AsyncPublisher",
+    "AsyncSubscriber",
     "ClientError",
     "ClosedError",
     "Discovered",

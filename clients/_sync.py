@@ -1,4 +1,4 @@
-"""The sync API: one asyncio loop in a daemon thread runs the async implementation.
+"""The sync face's engine: one asyncio loop in a daemon thread runs the async implementation.
 
 Like httpx's Client/AsyncClient pair, there is one implementation (async); blocking callers submit
 coroutines to the loop thread and wait for their result.
@@ -14,16 +14,9 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def in_event_loop() -> bool:
-    """True when called from a coroutine (a running loop in this thread)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
 class LoopThread:
+    """An event loop running in a daemon thread until :meth:`close`."""
+
     def __init__(self, name: str = "reversehub-client") -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
@@ -36,9 +29,11 @@ class LoopThread:
         self.loop.close()
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the loop and block until it returns (or raises) here."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def close(self) -> None:
+        """Stop the loop and, unless called from the loop's own thread, wait for the thread to end."""
         if self.loop.is_closed():
             return
         self.loop.call_soon_threadsafe(self.loop.stop)

@@ -8,7 +8,11 @@
     with Subscriber("http://127.0.0.1:8000/topics/news", show, hub="http://127.0.0.1:8000/hub"):
         input("subscribed; press Enter to stop\\n")
 
-or, in a coroutine, ``async with Subscriber(...)`` (``await sub.start()`` / ``await sub.stop()``).
+Two faces, as httpx has ``Client`` and ``AsyncClient``: :class:`AsyncSubscriber` is the one
+implementation, for coroutines (``async with AsyncSubscriber(...)``, ``await sub.start()``,
+``await sub.stop()``); :class:`Subscriber` is its blocking twin (``with Subscriber(...)``,
+``sub.start()``, ``sub.stop()``), which runs an ``AsyncSubscriber`` on an event loop in a thread of
+its own, so it works the same whether or not the caller has a loop running.
 
 What it does (W3C WebSub):
 - discovery (section 4) when ``hub`` is None: the topic's ``Link rel="hub"``/``rel="self"``;
@@ -34,16 +38,16 @@ import hmac
 import inspect
 import logging
 import secrets
+import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
 
 import httpx
 
 from clients._links import find_link
-from clients._sync import LoopThread, in_event_loop
+from clients._sync import LoopThread
 from clients.discovery import discover
 from clients.endpoint import CONNECTED, RECONNECTING, Endpoint, backoff_sleep, random_name
 from clients.errors import ClosedError, SubscriptionError
@@ -96,7 +100,7 @@ def _text(status: int, body: str = "") -> HttpResponse:
     return HttpResponse(status, [("content-type", "text/plain")], body.encode())
 
 
-class Subscriber:
+class AsyncSubscriber:
     """Subscribe to ``topic`` and call ``callback(update)`` for every delivery. See the module docstring."""
 
     def __init__(
@@ -147,72 +151,21 @@ class Subscriber:
         self._lease_changed: asyncio.Event | None = None
         self._renew_at: float | None = None
         self._renewer: asyncio.Task[None] | None = None
-        self._thread: LoopThread | None = None
         self._started = False
         self._closed = False
 
-    # -- sync and async faces ----------------------------------------------------------------
+    # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> Any:
-        """Subscribe; returns once the hub verified. In a coroutine: ``await sub.start()``.
+    async def start(self) -> AsyncSubscriber:
+        """Subscribe; returns once the hub verified.
 
         "Verified" means the hub's verification GET arrived and the relay accepted our echo of its
         challenge, which it passes on to the hub. Raises :class:`SubscriptionError` when the hub
         refused, denied or did not verify within ``verify_timeout``, or when the echo did not reach
         the relay (the subscription was then not made: calling ``start()`` again is safe);
         ``httpx`` errors when the hub or relay cannot be reached; :class:`RelayError` when the
-        relay refused the name.
+        relay refused the name; :class:`ClosedError` once stopped.
         """
-        if in_event_loop():
-            return self.astart()
-        return self._start_sync()
-
-    def stop(self) -> Any:
-        """Unsubscribe and relinquish the relay name. In a coroutine: ``await sub.stop()``."""
-        if in_event_loop() and self._thread is None:
-            return self.astop()
-        self._stop_sync()
-        return None
-
-    def _start_sync(self) -> Subscriber:
-        self._thread = LoopThread()
-        try:
-            self._thread.run(self.astart())
-        except BaseException:
-            self._thread.close()
-            self._thread = None
-            raise
-        return self
-
-    def _stop_sync(self) -> None:
-        if self._thread is None:
-            return
-        try:
-            self._thread.run(self.astop())
-        finally:
-            self._thread.close()
-            self._thread = None
-
-    def __enter__(self) -> Subscriber:
-        return self._start_sync()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._stop_sync()
-
-    async def __aenter__(self) -> Subscriber:
-        await self.astart()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.astop()
-
-    # -- lifecycle ---------------------------------------------------------------------------
-
-    async def astart(self) -> Subscriber:
         if self._closed:
             raise ClosedError("subscriber was stopped")
         if self._started:
@@ -251,7 +204,8 @@ class Subscriber:
         self._set_state(SUBSCRIBED)
         return self
 
-    async def astop(self) -> None:
+    async def stop(self) -> None:
+        """Unsubscribe and relinquish the relay name. Idempotent; the subscriber cannot start again."""
         if self._closed:
             return
         self._closed = True
@@ -265,6 +219,14 @@ class Subscriber:
                 logger.warning("unsubscribe from %s failed: %s", self.topic, exc)
         await self._teardown()
         self._set_state(STOPPED)
+
+    async def __aenter__(self) -> AsyncSubscriber:
+        return await self.start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
 
     async def _teardown(self) -> None:
         if self._endpoint is not None:
@@ -456,3 +418,119 @@ class Subscriber:
                 self._on_state(state)
             except Exception:
                 logger.exception("on_state callback failed")
+
+
+class Subscriber:
+    """The blocking twin of :class:`AsyncSubscriber`: ``with Subscriber(...)``, ``start()``, ``stop()``.
+
+    It runs an :class:`AsyncSubscriber` on an event loop in a daemon thread of its own, so its
+    methods block and never return an awaitable, whether or not the calling thread runs a loop
+    (in a coroutine, prefer :class:`AsyncSubscriber`: these calls block that loop while they wait).
+    Sync callbacks run in a worker thread of that loop, async ones on it. The arguments are
+    :class:`AsyncSubscriber`'s.
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        callback: Callback,
+        *,
+        hub: str | None = None,
+        relay: str | None = None,
+        secret: str | None = None,
+        lease_seconds: int | None = None,
+        on_state: Callable[[str], None] | None = None,
+        pollers: int = 2,
+        transport: httpx.AsyncBaseTransport | None = None,
+        verify_timeout: float = 30.0,
+        renew_fraction: float = 0.8,
+        backoff: tuple[float, float] = (0.1, 30.0),
+        poll_read_timeout: float = 120.0,
+    ) -> None:
+        self._subscriber = AsyncSubscriber(
+            topic,
+            callback,
+            hub=hub,
+            relay=relay,
+            secret=secret,
+            lease_seconds=lease_seconds,
+            on_state=on_state,
+            pollers=pollers,
+            transport=transport,
+            verify_timeout=verify_timeout,
+            renew_fraction=renew_fraction,
+            backoff=backoff,
+            poll_read_timeout=poll_read_timeout,
+        )
+        self._thread: LoopThread | None = None
+        self._lock = threading.Lock()  # one start() or stop() at a time: each owns the loop thread
+
+    def start(self) -> Subscriber:
+        """Subscribe; returns once the hub verified (see :meth:`AsyncSubscriber.start` for the errors)."""
+        with self._lock:
+            if self._thread is not None:
+                return self
+            thread = LoopThread()
+            try:
+                thread.run(self._subscriber.start())
+            except BaseException:
+                thread.close()
+                raise
+            self._thread = thread
+            return self
+
+    def stop(self) -> None:
+        """Unsubscribe, relinquish the relay name and end the loop thread. Idempotent."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+            if thread is None:
+                return
+            try:
+                thread.run(self._subscriber.stop())
+            finally:
+                thread.close()
+
+    def __enter__(self) -> Subscriber:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # Read-only views of the subscriber's state; see AsyncSubscriber.
+
+    @property
+    def topic(self) -> str:
+        """The topic URL (the one the hub advertised as ``rel="self"`` after discovery)."""
+        return self._subscriber.topic
+
+    @property
+    def hub(self) -> str | None:
+        """The hub URL, given or discovered."""
+        return self._subscriber.hub
+
+    @property
+    def secret(self) -> str:
+        """The ``hub.secret`` deliveries are signed with."""
+        return self._subscriber.secret
+
+    @property
+    def callback_url(self) -> str | None:
+        """The relay URL given to the hub as ``hub.callback``."""
+        return self._subscriber.callback_url
+
+    @property
+    def lease_seconds(self) -> int | None:
+        """The lease the hub granted in its verification."""
+        return self._subscriber.lease_seconds
+
+    @property
+    def state(self) -> str:
+        """The latest state, as reported to ``on_state``."""
+        return self._subscriber.state
+
+    @property
+    def rejected(self) -> int:
+        """How many deliveries were ignored for a missing or wrong signature."""
+        return self._subscriber.rejected

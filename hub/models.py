@@ -8,12 +8,32 @@ the outbox (:mod:`hub.outbox`).
 
 from __future__ import annotations
 
+import enum
+
 from sqlalchemy import Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from reversehub.core.db import Base
 
 URL_LENGTH = 2048
+
+
+class SubscriptionState(enum.StrEnum):
+    """A subscription row's ``state``; the values are what the column stores."""
+
+    ACTIVE = "active"
+    EXPIRED = "expired"  # the lease ran out without a renewal (WebSub 5.1 hub.lease_seconds)
+    UNSUBSCRIBED = "unsubscribed"  # a verified unsubscribe (WebSub 5.3)
+    GONE = "gone"  # the callback answered a delivery with 410 Gone
+
+
+class DeliveryState(enum.StrEnum):
+    """A delivery row's ``state``; the values are what the column stores."""
+
+    PENDING = "pending"  # due at next_attempt_at, or claimed by a worker until claimed_until
+    DELIVERED = "delivered"  # the callback answered 2xx; kept for replay until the retention ends
+    FAILED = "failed"  # given up after delivery_max_age
+    CANCELLED = "cancelled"  # its subscription ended first
 
 
 class Subscription(Base):
@@ -29,11 +49,10 @@ class Subscription(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     topic: Mapped[str] = mapped_column(String(URL_LENGTH))
     callback: Mapped[str] = mapped_column(String(URL_LENGTH))
-    # The callback URL's host name, lowercased (hub.store.host_of): the per-host cap counts by it.
+    # The callback URL's host name, lowercased (hub.store.subscriptions.host_of): the per-host cap counts by it.
     callback_host: Mapped[str] = mapped_column(String(255), default="")
     secret: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    # active | expired (lease ran out) | unsubscribed | gone (callback answered 410)
-    state: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))  # a SubscriptionState
     lease_seconds: Mapped[int] = mapped_column(Integer)
     verified_at: Mapped[float] = mapped_column(Float)
     expires_at: Mapped[float] = mapped_column(Float)
@@ -124,8 +143,7 @@ class Delivery(Base):
     payload_id: Mapped[int] = mapped_column(ForeignKey("hub_payloads.id", ondelete="CASCADE"), index=True)
     subscription_id: Mapped[int] = mapped_column(ForeignKey("hub_subscriptions.id", ondelete="CASCADE"))
     seq: Mapped[int] = mapped_column(Integer)
-    # pending | delivered | failed (given up) | cancelled (subscription ended)
-    state: Mapped[str] = mapped_column(String(12))
+    state: Mapped[str] = mapped_column(String(12))  # a DeliveryState
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[float] = mapped_column(Float)
     claim_token: Mapped[str | None] = mapped_column(String(32), nullable=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from clients import AsyncPublisher, Endpoint, Subscriber, SubscriptionError, Update
+from clients import AsyncPublisher, AsyncSubscriber, Endpoint, SubscriptionError, Update
 from hub import store
 from relay.wire import HttpRequest, HttpResponse
 from tests.conftest import PUBLIC, MakeApp
@@ -23,7 +23,7 @@ async def test_subscribe_publish_stop_in_process(make_app: MakeApp) -> None:
         received.append(update)
 
     topic = f"{PUBLIC}/topics/inprocess"
-    sub = Subscriber(topic, on_update, hub=f"{PUBLIC}/hub", transport=transport, backoff=(0.01, 0.1))
+    sub = AsyncSubscriber(topic, on_update, hub=f"{PUBLIC}/hub", transport=transport, backoff=(0.01, 0.1))
     await sub.start()
     assert sub.state == "subscribed" and sub.callback_url is not None
     assert sub.callback_url.startswith(f"{PUBLIC}/relay/sub-")
@@ -69,7 +69,7 @@ async def test_an_echo_the_relay_refused_is_no_subscription(make_app: MakeApp) -
     transport = RefusedEchoes(httpx.ASGITransport(app=app, client=("127.0.0.1", 4000)))
     states: list[str] = []
     topic = f"{PUBLIC}/topics/refused"
-    sub = Subscriber(topic, lambda update: None, hub=f"{PUBLIC}/hub", transport=transport, on_state=states.append)
+    sub = AsyncSubscriber(topic, lambda update: None, hub=f"{PUBLIC}/hub", transport=transport, on_state=states.append)
     try:
         with pytest.raises(SubscriptionError, match="relay did not take our answer"):
             await sub.start()

@@ -4,6 +4,7 @@ deduplicate, discover, reconnect after a restart, stop; the relay endpoint; the 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import re
 import shlex
@@ -19,7 +20,7 @@ import anyio
 import httpx
 import pytest
 
-from clients import Subscriber, SubscriptionError, Update
+from clients import AsyncSubscriber, ClosedError, Subscriber, SubscriptionError, Update
 from reversehub.core.settings import Settings
 from reversehub.server.app import create_app
 from tests.support import bound_socket, live_settings, serve_live, wait_for
@@ -89,7 +90,7 @@ async def publish(server: Server, topic: str, body: bytes, content_type: str = "
 async def test_subscribe_receive_stop(server: Server) -> None:
     inbox = Inbox()
     topic = server.topic("news")
-    async with Subscriber(topic, inbox, hub=server.hub, **FAST) as sub:
+    async with AsyncSubscriber(topic, inbox, hub=server.hub, **FAST) as sub:
         assert sub.state == "subscribed"
         assert sub.lease_seconds and sub.lease_seconds > 0
         await publish(server, topic, b"hello")
@@ -108,10 +109,10 @@ async def test_subscribe_receive_stop(server: Server) -> None:
 async def test_stopped_subscriber_gets_nothing(server: Server) -> None:
     first, second = Inbox(), Inbox()
     topic = server.topic("stop")
-    sub = Subscriber(topic, first, hub=server.hub, **FAST)
+    sub = AsyncSubscriber(topic, first, hub=server.hub, **FAST)
     await sub.start()
     await sub.stop()
-    async with Subscriber(topic, second, hub=server.hub, **FAST):
+    async with AsyncSubscriber(topic, second, hub=server.hub, **FAST):
         await publish(server, topic, b"after stop")
         await wait_for(lambda: second.bodies() == [b"after stop"])
     assert first.calls == 0
@@ -125,7 +126,7 @@ def sign(secret: str, body: bytes, algorithm: str = "sha256") -> str:
 
 async def test_verification_only_for_what_was_asked(server: Server) -> None:
     topic = server.topic("verify")
-    async with Subscriber(topic, Inbox(), hub=server.hub, **FAST) as sub, httpx.AsyncClient() as http:
+    async with AsyncSubscriber(topic, Inbox(), hub=server.hub, **FAST) as sub, httpx.AsyncClient() as http:
         assert sub.callback_url is not None
         for params in (
             {"hub.mode": "subscribe", "hub.topic": topic, "hub.challenge": "x", "hub.lease_seconds": "60"},
@@ -140,7 +141,7 @@ async def test_verification_only_for_what_was_asked(server: Server) -> None:
 async def test_signatures_checked_and_duplicates_dropped(server: Server) -> None:
     inbox = Inbox()
     topic = server.topic("signed")
-    async with Subscriber(topic, inbox, hub=server.hub, **FAST) as sub, httpx.AsyncClient() as http:
+    async with AsyncSubscriber(topic, inbox, hub=server.hub, **FAST) as sub, httpx.AsyncClient() as http:
         assert sub.callback_url is not None
         body = b"forged"
         for signature in (None, "sha256=" + "0" * 64, sign("wrong secret", body), "md5=abc"):
@@ -163,7 +164,7 @@ async def test_callback_error_makes_the_hub_retry(server: Server) -> None:
     inbox = Inbox()
     inbox.fail_next = 2
     topic = server.topic("retry")
-    async with Subscriber(topic, inbox, hub=server.hub, **FAST):
+    async with AsyncSubscriber(topic, inbox, hub=server.hub, **FAST):
         await publish(server, topic, b"again")
         await wait_for(lambda: inbox.bodies() == [b"again"])
         assert inbox.calls == 3
@@ -188,11 +189,58 @@ async def test_sync_subscriber_from_a_thread(server: Server) -> None:
     assert received == [b"from a thread"]
 
 
+async def test_sync_subscriber_never_returns_an_awaitable(server: Server) -> None:
+    """The blocking face blocks, also where a loop is running: start() gives the subscriber back
+    (subscribed), stop() gives None, and neither hands out a coroutine to forget to await."""
+    import anyio.to_thread
+
+    received: list[bytes] = []
+    topic = server.topic("sync-in-a-loop")
+    results: list[object] = []
+
+    async def caller_with_a_loop() -> None:
+        sub = Subscriber(topic, lambda u: received.append(u.body), hub=server.hub, **FAST)
+        started = sub.start()
+        results.append(started)
+        assert started is sub and sub.state == "subscribed"
+        assert sub.callback_url is not None and sub.lease_seconds
+        with httpx.Client() as http:
+            http.post(f"{server.url}/publish", params={"hub.topic": topic}, content=b"in a loop")
+        deadline = time.monotonic() + 10
+        while received != [b"in a loop"] and time.monotonic() < deadline:
+            time.sleep(0.01)  # this loop is blocked by design; the subscriber's own loop delivers
+        results.append(sub.stop())
+        results.append(sub.stop())  # idempotent
+        assert sub.state == "stopped"
+
+    # The server runs on this test's loop; the caller's loop runs in a thread of its own.
+    await anyio.to_thread.run_sync(lambda: asyncio.run(caller_with_a_loop()))
+    assert received == [b"in a loop"]
+    assert not any(inspect.isawaitable(result) for result in results)
+    assert results[1:] == [None, None]
+
+
+async def test_async_subscriber_under_async_with(server: Server) -> None:
+    """The coroutine face: start() and stop() are coroutines, and ``async with`` subscribes and stops."""
+    inbox = Inbox()
+    topic = server.topic("async-face")
+    sub = AsyncSubscriber(topic, inbox, hub=server.hub, **FAST)
+    assert inspect.iscoroutinefunction(sub.start) and inspect.iscoroutinefunction(sub.stop)
+    assert not hasattr(sub, "__enter__")
+    async with sub as entered:
+        assert entered is sub and sub.state == "subscribed"
+        await publish(server, topic, b"async face")
+        await wait_for(lambda: inbox.bodies() == [b"async face"])
+    assert sub.state == "stopped"
+    with pytest.raises(ClosedError):
+        await sub.start()
+
+
 async def test_registration_lost_reregisters_and_resubscribes(server: Server) -> None:
     inbox = Inbox()
     states: list[str] = []
     topic = server.topic("lost")
-    async with Subscriber(topic, inbox, hub=server.hub, on_state=states.append, **FAST) as sub:
+    async with AsyncSubscriber(topic, inbox, hub=server.hub, on_state=states.append, **FAST) as sub:
         assert sub._endpoint is not None and sub._endpoint._private_url is not None
         async with httpx.AsyncClient() as http:
             assert (await http.delete(sub._endpoint._private_url)).status_code in (200, 204)
@@ -208,7 +256,8 @@ async def test_lease_is_renewed(database_url: str) -> None:
         states: list[str] = []
         inbox = Inbox()
         topic = server.topic("lease")
-        async with Subscriber(topic, inbox, hub=server.hub, lease_seconds=1, on_state=states.append, **FAST) as sub:
+        sub = AsyncSubscriber(topic, inbox, hub=server.hub, lease_seconds=1, on_state=states.append, **FAST)
+        async with sub:
             assert sub.lease_seconds == 1
             await wait_for(lambda: states.count("subscribed") >= 3, timeout=10)
             await publish(server, topic, b"renewed")
@@ -223,7 +272,7 @@ async def test_reconnects_after_the_server_restarts(database_url: str) -> None:
     states: list[str] = []
     topic = f"http://127.0.0.1:{port}/topics/restart"
     async with running(settings, sock) as server:
-        sub = Subscriber(topic, inbox, hub=server.hub, on_state=states.append, **FAST)
+        sub = AsyncSubscriber(topic, inbox, hub=server.hub, on_state=states.append, **FAST)
         # start() returns once the relay took our echo of the challenge, and the hub stores a
         # subscription it got the echo for even while it stops: stopping the server now loses nothing.
         await sub.start()
@@ -269,7 +318,7 @@ async def test_start_fails_when_the_server_stops_between_the_challenge_and_the_e
     states: list[str] = []
     inbox = Inbox()
     failure: list[BaseException] = []
-    sub = Subscriber(
+    sub = AsyncSubscriber(
         topic, inbox, hub=f"http://127.0.0.1:{port}/hub", transport=transport, on_state=states.append, **FAST
     )
 
@@ -321,7 +370,7 @@ async def test_a_subscription_the_relay_took_the_echo_for_survives_a_draining_st
     app = create_app(settings)
     server = DrainingServer(config_for(app, settings))
     url = f"http://127.0.0.1:{settings.port}"
-    sub = Subscriber(f"{url}/topics/drain", Inbox(), hub=f"{url}/hub", **FAST)
+    sub = AsyncSubscriber(f"{url}/topics/drain", Inbox(), hub=f"{url}/hub", **FAST)
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(server.serve, [sock])
@@ -409,7 +458,7 @@ async def test_discovery_and_ping_deliver_new_entries(server: Server, in_header:
         base.append(feed_base)
         topic = f"{feed_base}/feed.xml"
         inbox = Inbox()
-        async with Subscriber(topic, inbox, **FAST) as sub:  # hub=None: discovered from the feed
+        async with AsyncSubscriber(topic, inbox, **FAST) as sub:  # hub=None: discovered from the feed
             assert sub.hub == server.hub and sub.topic == topic
             entries.append(2)
             async with AsyncPublisher() as publisher:  # the hub is discovered for the ping too
@@ -743,7 +792,7 @@ async def test_readme_cli_example_runs_as_written(server: Server) -> None:
 async def test_refused_subscription_raises_and_cleans_up(server: Server) -> None:
     from clients import SubscriptionError
 
-    sub = Subscriber(server.topic("refused"), Inbox(), hub=server.hub, lease_seconds=-5, **FAST)
+    sub = AsyncSubscriber(server.topic("refused"), Inbox(), hub=server.hub, lease_seconds=-5, **FAST)
     with pytest.raises(SubscriptionError, match="HTTP 400"):
         await sub.start()
     assert sub._endpoint is not None and sub._endpoint.state == "closed"  # the name was given back
@@ -755,7 +804,7 @@ async def test_denied_subscription_raises(database_url: str) -> None:
     sock = bound_socket()
     settings = live_settings(database_url, sock.getsockname()[1], deny_topic=("*/forbidden*",))
     async with running(settings, sock) as server:
-        sub = Subscriber(server.topic("forbidden"), Inbox(), hub=server.hub, **FAST)
+        sub = AsyncSubscriber(server.topic("forbidden"), Inbox(), hub=server.hub, **FAST)
         try:
             with pytest.raises(SubscriptionError, match="denied|refused"):
                 await sub.start()
@@ -784,7 +833,7 @@ async def test_subscriber_across_two_processes(postgres_url: str, redis_url: str
         ):
             inbox = Inbox()
             topic = f"{url_a}/topics/scaleout"
-            async with Subscriber(topic, inbox, hub=f"{url_a}/hub", **FAST):
+            async with AsyncSubscriber(topic, inbox, hub=f"{url_a}/hub", **FAST):
                 async with httpx.AsyncClient() as http:
                     r = await http.post(f"{url_b}/publish", params={"hub.topic": topic}, content=b"from b")
                     assert r.status_code < 300

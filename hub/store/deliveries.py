@@ -1,0 +1,382 @@
+"""Outbox rows: a payload stored once, a delivery row per subscriber, claimed, sent, settled, replayed.
+
+The outbox is shared by every ``serve`` process on the database. A worker claims due rows by
+writing a claim token and a claim deadline (``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL;
+SQLite has one writer, so the conditional UPDATE alone settles races); a process that dies leaves
+claims that expire and are taken over. Only the oldest pending delivery of a subscription is ever
+claimable, which keeps deliveries in order per subscription.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+from sqlalchemy import and_, bindparam, delete, exists, func, insert, literal, or_, select, update
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import aliased
+
+from hub.models import Delivery, DeliveryState, Payload, Subscription, SubscriptionState
+from hub.store._sql import deliveries_table, dialect, writing
+from hub.store.topics import bump_topic
+
+# What one attempt came to: delivered (2xx), retry (later), failed (given up), gone (410: the
+# subscription ends). Not a row state: "retry" leaves the row pending, "gone" cancels it.
+Settled = Literal["delivered", "retry", "failed", "gone"]
+HURRY_CHUNK = 200  # callback prefixes per statement (SQLite allows 999 bound parameters before 3.32)
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """A stored payload and how many deliveries of it were queued."""
+
+    payload_id: int
+    deliveries: int
+
+
+async def enqueue(
+    s: AsyncSession,
+    topic: str,
+    content_type: str,
+    body: bytes,
+    now: float,
+    max_pending: int = 0,
+    topic_values: Mapping[str, object] | None = None,
+) -> Enqueued:
+    """Store ``body`` once and a pending delivery for every active subscriber, in ``s``'s transaction.
+
+    The topic's row gets a new version and ``topic_values``, in the statement that also holds it
+    for this transaction (:func:`bump_topic`): a publish is four statements, and each one costs
+    the publisher's 2xx and the first delivery a round trip to the database.
+
+    A subscription that already has ``max_pending`` deliveries pending (a callback that has been
+    failing for a while) gets no new one: its sequence number still advances, so the subscriber
+    sees the gap, and its status records the skip (``failed``, ``last_failure``). Nothing is
+    dropped silently, and one dead callback cannot grow the outbox without bound.
+    """
+    await bump_topic(s, topic, now, **(topic_values or {}))
+    payload_id = (
+        await s.execute(
+            insert(Payload)
+            .values(uid=secrets.token_hex(8), topic=topic, content_type=content_type, body=body, created_at=now)
+            .returning(Payload.id)
+        )
+    ).scalar_one()
+    # Every active subscriber takes its next sequence number, and the deliveries are made from the
+    # numbers as stored, in SQL: no row goes through Python, so the publisher's 2xx does not wait
+    # on a round trip per subscriber. This transaction holds the topic (bump_topic: no subscription of it can
+    # become active meanwhile) and, on PostgreSQL, the rows the UPDATE changed, so the SELECT finds
+    # exactly those rows and a concurrent publish can never hand out a number twice.
+    active = and_(
+        Subscription.topic == topic, Subscription.state == SubscriptionState.ACTIVE, Subscription.expires_at > now
+    )
+    advanced = cast(
+        "CursorResult[Any]",
+        await s.execute(
+            update(Subscription)
+            .where(active)
+            .values(seq=Subscription.seq + 1)
+            .execution_options(synchronize_session=False)
+        ),
+    ).rowcount
+    fixed = [literal(DeliveryState.PENDING.value), literal(0), literal(now), literal(now)]
+    due = select(literal(payload_id), Subscription.id, Subscription.seq, *fixed).where(active)
+    if max_pending > 0:
+        # Full subscriptions as a subquery, never as a list of ids: one bound parameter per id
+        # would fail past 32,767 of them on PostgreSQL (asyncpg), and the statement would grow
+        # with the number of dead callbacks.
+        counted = aliased(Subscription)
+        full = (
+            select(Delivery.subscription_id)
+            .join(counted, counted.id == Delivery.subscription_id)
+            .where(counted.topic == topic, Delivery.state == DeliveryState.PENDING)
+            .group_by(Delivery.subscription_id)
+            .having(func.count() >= max_pending)
+        )
+        due = due.where(Subscription.id.not_in(full))
+    columns = ["payload_id", "subscription_id", "seq", "state", "attempts", "next_attempt_at", "created_at"]
+    inserted = cast("CursorResult[Any]", await s.execute(insert(Delivery).from_select(columns, due)))
+    queued = inserted.rowcount
+    if queued < advanced:
+        # The skipped are exactly the active subscriptions this payload has no delivery for (not
+        # the full ones counted again, which a delivery finishing meanwhile could change).
+        got = select(Delivery.subscription_id).where(Delivery.payload_id == payload_id)
+        await s.execute(
+            update(Subscription)
+            .where(active, Subscription.id.not_in(got))
+            .values(
+                failed=Subscription.failed + 1,
+                last_failure_at=now,
+                last_failure=f"skipped: {max_pending} deliveries already pending for this subscription",
+            )
+            .execution_options(synchronize_session=False)
+        )
+    return Enqueued(payload_id, queued)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A delivery this worker claimed, with what sending it needs of its subscription."""
+
+    id: int
+    payload_id: int
+    subscription_id: int
+    seq: int
+    attempts: int
+    created_at: float
+    callback: str
+    topic: str
+    secret: str | None
+
+
+async def claim(sessions: async_sessionmaker[AsyncSession], limit: int, claim_seconds: float) -> list[Claimed]:
+    """Claim up to ``limit`` due deliveries, only the oldest pending one of each subscription.
+
+    ``claim_seconds`` should outlast a send; a claim that expires while its send is still going
+    lets another process send the same delivery again (at-least-once, never lost)."""
+    now = time.time()
+    token = secrets.token_hex(8)
+    earlier = aliased(Delivery)
+    async with writing(sessions) as s:
+        due = (
+            select(Delivery.id)
+            .where(
+                Delivery.state == DeliveryState.PENDING,
+                Delivery.next_attempt_at <= now,
+                ~exists().where(
+                    earlier.subscription_id == Delivery.subscription_id,
+                    earlier.state == DeliveryState.PENDING,
+                    earlier.seq < Delivery.seq,
+                ),
+            )
+            .order_by(Delivery.next_attempt_at, Delivery.id)
+            .limit(limit)
+        )
+        if dialect(s) == "postgresql":
+            due = due.with_for_update(skip_locked=True)
+        # One UPDATE picks and claims (the choice as a subquery, not a list of ids fetched first):
+        # a round trip less before the first delivery of every publish.
+        claimed = await s.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(due.correlate(None).scalar_subquery()))
+            # A claim pushes the row's next attempt out to the claim's end: rows in flight drop
+            # out of the due index, and a dead process's claims fall due again by themselves.
+            .values(claim_token=token, claimed_until=now + claim_seconds, next_attempt_at=now + claim_seconds)
+            .execution_options(synchronize_session=False)
+        )
+        if not cast("CursorResult[Any]", claimed).rowcount:
+            return []
+        rows = (
+            await s.execute(
+                select(
+                    Delivery.id,
+                    Delivery.payload_id,
+                    Delivery.subscription_id,
+                    Delivery.seq,
+                    Delivery.attempts,
+                    Delivery.created_at,
+                    Subscription.callback,
+                    Subscription.topic,
+                    Subscription.secret,
+                )
+                .join(Subscription, Subscription.id == Delivery.subscription_id)
+                .where(Delivery.claim_token == token)
+                .order_by(Delivery.id)  # oldest first, as chosen (PostgreSQL has no natural order)
+            )
+        ).all()
+    return [Claimed(*row) for row in rows]
+
+
+async def payloads(sessions: async_sessionmaker[AsyncSession], ids: Iterable[int]) -> dict[int, Payload]:
+    """The payloads with these ids, by id."""
+    async with sessions() as s:
+        return {p.id: p for p in (await s.execute(select(Payload).where(Payload.id.in_(list(ids))))).scalars()}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt came to. ``retry_at`` None: final (delivered, failed or gone)."""
+
+    id: int
+    subscription_id: int
+    state: Settled
+    status: int | None
+    error: str | None
+    retry_at: float | None = None
+
+
+_FINAL_STATE = {"failed": DeliveryState.FAILED, "gone": DeliveryState.CANCELLED}
+
+
+async def record(sessions: async_sessionmaker[AsyncSession], outcomes: Sequence[Outcome]) -> None:
+    """Write a batch of attempt outcomes in one transaction."""
+    now = time.time()
+    delivered: dict[int | None, list[int]] = {}  # by status: one UPDATE ... IN for each (few)
+    for o in outcomes:
+        if o.state == "delivered":
+            delivered.setdefault(o.status, []).append(o.id)
+    async with writing(sessions) as s:
+        for status, ids in delivered.items():
+            await s.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(ids))
+                .values(
+                    state=DeliveryState.DELIVERED,
+                    attempts=Delivery.attempts + 1,
+                    finished_at=now,
+                    last_status=status,
+                    claim_token=None,
+                    claimed_until=None,
+                )
+            )
+        others = [o for o in outcomes if o.state != "delivered"]
+        if others:
+            t = deliveries_table
+            await s.execute(
+                update(t)
+                .where(t.c.id == bindparam("d_id"))
+                .values(
+                    state=bindparam("d_state"),
+                    attempts=t.c.attempts + 1,
+                    next_attempt_at=bindparam("d_next"),
+                    finished_at=bindparam("d_finished"),
+                    last_status=bindparam("d_status"),
+                    last_error=bindparam("d_error"),
+                    claim_token=None,
+                    claimed_until=None,
+                ),
+                [
+                    {
+                        "d_id": o.id,
+                        "d_state": _FINAL_STATE.get(o.state, DeliveryState.PENDING),
+                        "d_next": o.retry_at if o.retry_at is not None else now,
+                        "d_finished": None if o.state == "retry" else now,
+                        "d_status": o.status,
+                        "d_error": (o.error or "")[:1000] or None,
+                    }
+                    for o in others
+                ],
+            )
+        failed = [o for o in others if o.state == "failed"]
+        for o in failed:
+            await s.execute(
+                update(Subscription)
+                .where(Subscription.id == o.subscription_id)
+                .values(
+                    failed=Subscription.failed + 1,
+                    last_failure_at=now,
+                    last_failure=f"delivery {o.id} given up: {(o.error or o.status or '')}"[:255],
+                    updated_at=now,
+                )
+            )
+        gone = sorted({o.subscription_id for o in others if o.state == "gone"})
+        if gone:
+            await s.execute(
+                update(Subscription)
+                .where(Subscription.id.in_(gone))
+                .values(state=SubscriptionState.GONE, updated_at=now)
+            )
+            await cancel_pending(s, gone, now, SubscriptionState.GONE)
+
+
+async def release(sessions: async_sessionmaker[AsyncSession], ids: Sequence[int]) -> None:
+    """Give back claims this process will not send (shutting down)."""
+    if not ids:
+        return
+    async with writing(sessions) as s:
+        await s.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(list(ids)), Delivery.state == DeliveryState.PENDING)
+            .values(claim_token=None, claimed_until=None, next_attempt_at=time.time())
+        )
+
+
+async def defer(sessions: async_sessionmaker[AsyncSession], ids: Sequence[int], until: float) -> None:
+    """Give back claims for a moment (their host is saturated here); no attempt is counted."""
+    async with writing(sessions) as s:
+        await s.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(list(ids)), Delivery.state == DeliveryState.PENDING)
+            .values(claim_token=None, claimed_until=None, next_attempt_at=until)
+        )
+
+
+async def hurry(sessions: async_sessionmaker[AsyncSession], callback_prefixes: Collection[str]) -> int:
+    """Make pending deliveries to callbacks under any of ``callback_prefixes`` due now (relay.online).
+
+    One transaction for all of them: a mass registration brings thousands of names online within
+    seconds, and a transaction each would compete with the registrations' own writes."""
+    if not callback_prefixes:
+        return 0
+    now = time.time()
+    escaped = [p.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") for p in sorted(callback_prefixes)]
+    hurried = 0
+    async with writing(sessions) as s:
+        for i in range(0, len(escaped), HURRY_CHUNK):
+            matches = [Subscription.callback.like(e + "%", escape="\\") for e in escaped[i : i + HURRY_CHUNK]]
+            result = await s.execute(
+                update(Delivery)
+                .where(
+                    Delivery.state == DeliveryState.PENDING,
+                    Delivery.next_attempt_at > now,
+                    Delivery.claim_token.is_(None),  # not in flight
+                    Delivery.subscription_id.in_(select(Subscription.id).where(or_(*matches))),
+                )
+                .values(next_attempt_at=now)
+                .returning(Delivery.id)
+            )
+            hurried += len(result.all())
+    return hurried
+
+
+async def replay(sessions: async_sessionmaker[AsyncSession], sub_id: int, since: int) -> int:
+    """Queue again every retained delivery of the subscription with a sequence number above ``since``."""
+    now = time.time()
+    async with writing(sessions) as s:
+        result = await s.execute(
+            update(Delivery)
+            .where(Delivery.subscription_id == sub_id, Delivery.seq > since, Delivery.state != DeliveryState.PENDING)
+            .values(
+                state=DeliveryState.PENDING, next_attempt_at=now, finished_at=None, claim_token=None, claimed_until=None
+            )
+            .returning(Delivery.id)
+        )
+        return len(result.all())
+
+
+async def oldest_retained(sessions: async_sessionmaker[AsyncSession], sub_id: int) -> int | None:
+    """The lowest sequence number of the subscription's deliveries still kept (None: none kept)."""
+    async with sessions() as s:
+        return (
+            await s.execute(select(func.min(Delivery.seq)).where(Delivery.subscription_id == sub_id))
+        ).scalar_one_or_none()
+
+
+async def pending_count(sessions: async_sessionmaker[AsyncSession]) -> int:
+    """How many deliveries are pending, claimed or not."""
+    async with sessions() as s:
+        return int((await s.execute(select(func.count()).where(Delivery.state == DeliveryState.PENDING))).scalar_one())
+
+
+async def prune(sessions: async_sessionmaker[AsyncSession], older_than: float) -> None:
+    """Drop finished deliveries and unreferenced payloads past the retention horizon."""
+    async with writing(sessions) as s:
+        await s.execute(
+            delete(Delivery).where(Delivery.state != DeliveryState.PENDING, Delivery.finished_at < older_than)
+        )
+        await s.execute(
+            delete(Payload).where(Payload.created_at < older_than, ~exists().where(Delivery.payload_id == Payload.id))
+        )
+
+
+async def cancel_pending(s: AsyncSession, sub_ids: Sequence[int], now: float, reason: str) -> None:
+    """Cancel the pending deliveries of ended subscriptions, in ``s``'s transaction."""
+    await s.execute(
+        update(Delivery)
+        .where(Delivery.subscription_id.in_(sub_ids), Delivery.state == DeliveryState.PENDING)
+        .values(state=DeliveryState.CANCELLED, finished_at=now, last_error=f"subscription {reason}")
+    )

@@ -1,0 +1,85 @@
+"""Topic rows (fetch state, versions, publish pings) and the feed entries already distributed.
+
+A topic's row is also the lock a publish and a new subscription of that topic both take
+(:func:`lock_topic`, :func:`bump_topic`), so each always sees the other.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import and_, bindparam, insert, literal, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from hub.models import Entry, Topic
+from hub.store._sql import dialect, dialect_insert, entries_table, writing
+
+
+async def lock_topic(s: AsyncSession, url: str, now: float) -> None:
+    """Create the topic row if missing and, on PostgreSQL, lock it for this transaction.
+
+    A publish and a new subscription to the same topic take this lock first, so one of them always
+    sees the other: either the publish finds the subscription active, or the activation finds the
+    payload (READ COMMITTED would otherwise let each miss the other). SQLite has one writer."""
+    await ensure_topic(s, url, now)
+    if dialect(s) == "postgresql":
+        await s.execute(select(Topic.id).where(Topic.url == url).with_for_update())
+
+
+def _new_topic(s: AsyncSession, url: str, now: float, **values: object) -> Any:
+    """The INSERT of a topic's row (a new topic is fetched soon, for a baseline), ``values`` over
+    the defaults; the caller says what a conflict does."""
+    return dialect_insert(s, Topic).values(  # type: ignore[attr-defined]
+        **{"url": url, "poll_interval": 0.0, "next_poll_at": now, "version": 0, **values}
+    )
+
+
+async def ensure_topic(s: AsyncSession, url: str, now: float, **values: object) -> None:
+    """Create the topic row if missing."""
+    await s.execute(_new_topic(s, url, now, **values).on_conflict_do_nothing(index_elements=["url"]))
+
+
+async def bump_topic(s: AsyncSession, url: str, now: float, **values: object) -> None:
+    """Create the topic if missing and count a new version of it, in one statement.
+
+    On PostgreSQL the upsert's DO UPDATE locks the row until the transaction ends, as
+    :func:`lock_topic` does; SQLite has one writer. ``values`` go into the row either way."""
+    stmt = _new_topic(s, url, now, **{"version": 1, "updated_at": now, **values})
+    await s.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["url"], set_={"version": Topic.version + 1, "updated_at": now, **values}
+        )
+    )
+
+
+async def record_pings(sessions: async_sessionmaker[AsyncSession], urls: Iterable[str]) -> None:
+    """A publisher said these topics changed: recorded durably before the 204 (fetched later)."""
+    now = time.time()
+    async with writing(sessions) as s:
+        for url in dict.fromkeys(urls):
+            await ensure_topic(s, url, now)
+        await s.execute(update(Topic).where(Topic.url.in_(list(dict.fromkeys(urls)))).values(ping_at=now))
+
+
+async def known_entries(s: AsyncSession, topic_id: int) -> dict[str, str]:
+    """The entries of the topic already distributed: key hash -> content hash."""
+    rows = await s.execute(select(Entry.key_hash, Entry.content_hash).where(Entry.topic_id == topic_id))
+    return {k: v for k, v in rows.all()}
+
+
+async def remember_entries(s: AsyncSession, topic_id: int, entries: dict[str, str], known: dict[str, str]) -> None:
+    """Record ``entries`` (key hash -> content hash) as distributed; ``known`` is what was before."""
+    new = [{"topic_id": topic_id, "key_hash": k, "content_hash": v} for k, v in entries.items() if k not in known]
+    changed = [{"e_key": k, "e_hash": v} for k, v in entries.items() if k in known and known[k] != v]
+    if new:
+        await s.execute(insert(Entry), new)
+    if changed:
+        t = entries_table
+        await s.execute(
+            update(t)
+            .where(and_(t.c.topic_id == literal(topic_id), t.c.key_hash == bindparam("e_key")))
+            .values(content_hash=bindparam("e_hash")),
+            changed,
+        )
