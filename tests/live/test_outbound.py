@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -153,3 +154,25 @@ async def test_our_own_relay_takes_posts_first_and_the_rest_goes_to_the_network(
     assert offered == [f"{OWN}/relay/a/cb", f"{OWN}/other"]
     assert [path for _, path, *_ in peer.seen] == ["/other", "/relay/a/cb"]
     assert network == [("POST", "http://sub.test/cb"), ("GET", f"{OWN}.evil.test/cb")]
+
+
+async def test_our_own_relay_answers_a_url_that_is_not_ascii_in_process_percent_encoded() -> None:
+    peer = Peer()
+    outbound = OwnRelay(peer, same_origin(OWN), Unreachable())
+    assert (await outbound.request("GET", f"{OWN}/relay/a/café", timeout=5, limit=0)).status == 201
+    assert await outbound.post(f"{OWN}/relay/a/café", {}, b"x", 5) == 201
+    assert [path for _, path, *_ in peer.seen] == ["/relay/a/café"] * 2  # ASGI's path is decoded
+
+
+async def test_the_relays_own_entry_failing_or_too_slow_is_an_outbound_error() -> None:
+    async def raises(url: str, headers: dict[str, str], body: bytes) -> int | None:
+        raise RuntimeError(f"boom at {url}")
+
+    async def hangs(url: str, headers: dict[str, str], body: bytes) -> int | None:
+        await anyio.sleep(10)
+        return 200
+
+    for post_here, reason in [(raises, "RuntimeError"), (hangs, "timed out")]:
+        outbound = OwnRelay(Peer(), same_origin(OWN), Unreachable(), post_here)
+        with pytest.raises(OutboundError, match=f"^{reason}$"):
+            await outbound.post(f"{OWN}/relay/a/cb?token=s3cret", {}, b"x", 0.1)
