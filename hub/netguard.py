@@ -3,7 +3,8 @@
 A hub makes requests to URLs strangers give it: without this guard anyone could make it POST to
 ``http://127.0.0.1:6379`` or read ``http://169.254.169.254/`` (cloud metadata). Every address a
 host name resolves to must be global; one private address refuses the URL, so a name with both
-kinds cannot slip through. Our own public origin (relay URLs) is always allowed.
+kinds cannot slip through. Our own public origin and our relay's public URLs (host-based ones are on
+other hosts, recognized by the callable the composition root gives) are always allowed.
 
 Known limit: the HTTP client resolves the name again when it connects (DNS rebinding could still
 switch addresses in between); a resolver pinned into the transport would close that gap.

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
@@ -23,7 +23,7 @@ from starlette.types import Receive, Scope, Send
 from relay import envelope
 from relay.errors import BodyTooLarge, HeadersTooLarge, InvalidInput, NotFound, RelayError, Unavailable
 from relay.queue import Delivery, Item
-from relay.registry import _LABEL, Reg
+from relay.registry import Reg, is_label
 from relay.service import Park, Relay
 from reversehub.core.broker import BrokerClosed, BrokerUnavailable
 from reversehub.core.connection import ON_LOST, OnLost
@@ -144,7 +144,7 @@ def _unpack_reply(raw: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
 
 
 async def public(scope: Scope, receive: Receive, send: Send) -> None:
-    """Any request to ``/relay/{name}/...``: queue it for the application and relay its reply."""
+    """Any request to a public URL (relay.routes): queue it for the application and relay its reply."""
     relay = _relay(scope)
     settings = relay.settings
 
@@ -161,16 +161,13 @@ async def post_here(relay: Relay, url: str, headers: dict[str, str], body: bytes
     own relay): what :func:`public` does with it, without building an HTTP request and an ASGI call
     around it. Returns the reply's status, or None for a URL that is not a public URL (the caller
     then sends it the usual way)."""
-    parts = urlsplit(url)
-    path = unquote(parts.path)
-    if not path.startswith("/relay/"):
+    found = relay.urls.addresses(url)
+    if found is None:
         return None
-    name, _, _ = path[7:].partition("/")
-    if not name:
-        return None
+    name, target_text = found
     settings = relay.settings
-    target = parts.path.encode("latin-1") + (b"?" + parts.query.encode("latin-1") if parts.query else b"")
-    fields = [(b"host", parts.netloc.encode("latin-1")), (b"content-length", b"%d" % len(body))]
+    target = target_text.encode("latin-1")
+    fields = [(b"host", urlsplit(url).netloc.encode("latin-1")), (b"content-length", b"%d" % len(body))]
     fields += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
     async def item() -> Item:
@@ -179,7 +176,7 @@ async def post_here(relay: Relay, url: str, headers: dict[str, str], body: bytes
         )
         return Item.new(IN_PROCESS_PEER, message)
 
-    status, _, _ = await _forward(relay, name.lower(), "POST", item)
+    status, _, _ = await _forward(relay, name, "POST", item)
     return status
 
 
@@ -191,7 +188,7 @@ async def _forward(
     start = time.perf_counter()
     status, outcome = 500, "error"
     try:
-        reg = await relay.lookup(name) if _LABEL.match(name) else None
+        reg = await relay.lookup(name) if is_label(name) else None
         if reg is None:
             raise NotFound("no such registration")
         status, headers, body = _unpack_reply(await relay.relay(name, await item()))
@@ -334,7 +331,7 @@ def _link_response(relay: Relay, reg: Reg, status: int) -> Response:
 
 @_mapped
 async def gateway(request: Request) -> Response:
-    """``POST /reversehttp`` registers (201 new, 204 refreshed); ``GET`` shows the gateway's state."""
+    """The gateway: ``POST`` registers (201 new, 204 refreshed); ``GET`` shows the gateway's state."""
     relay: Relay = request.app.state.relay
     if request.method == "POST":
         form = await _form(request)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from typing import Any
 from urllib.parse import parse_qsl
@@ -50,23 +51,13 @@ def _accepted(accept: str) -> set[str]:
     return types
 
 
-# Pollers send the same few Accept values again and again: remember the choice for the first ones.
-_CHOSEN: dict[str, str] = {}
-_CHOSEN_MAX = 256
-
-
 def choose(accept: str | None) -> str:
     """The envelope type for a poll with this ``Accept`` header."""
-    if not accept:
-        return MESSAGE
-    kind = _CHOSEN.get(accept)
-    if kind is None:
-        kind = _choose(accept)
-        if len(_CHOSEN) < _CHOSEN_MAX:
-            _CHOSEN[accept] = kind
-    return kind
+    return _choose(accept) if accept else MESSAGE
 
 
+# Pollers send the same few Accept values again and again.
+@functools.lru_cache(maxsize=256)
 def _choose(accept: str) -> str:
     types = _accepted(accept)
     if PIPELINE in types:

@@ -3,8 +3,8 @@
 A registration is a row (relay.models). Everything else is derived from its ``secret`` so that no
 other state has to be stored or shared between processes:
 
-- the private URL ``/reversehttp/p/{cap}``: ``cap = b64url(HMAC(secret, "private")[:16] + name)``;
-- request URLs ``/reversehttp/r/{cap}``: ``cap = b64url(nonce[16] + HMAC(secret, nonce + name)[:16] + name)``.
+- the private URL's capability (relay.routes): ``cap = b64url(HMAC(secret, "private")[:16] + name)``;
+- request URLs' capabilities: ``cap = b64url(nonce[16] + HMAC(secret, nonce + name)[:16] + name)``.
 
 Both are unguessable (128-bit MACs), verifiable by any process that can read the row, survive a
 restart, and die with the registration (a new registration of the name gets a new secret).
@@ -12,8 +12,8 @@ restart, and die with the registration (a new registration of the name gets a ne
 Lookups by name are cached for ``CACHE_TTL`` seconds (positive and negative) so the hot path of a
 relayed request does not touch the database; processes drop entries on ``relay.changed`` messages.
 With the in-process broker there is one process and no message can be missed, so entries live for
-``SOLO_CACHE_TTL``: with a TTL of minutes, a publish to subscribers registered longer ago than that
-read every subscriber's row again, one query per delivery. An entry whose lease looks over is read
+``SOLO_CACHE_TTL``: a short TTL would make a publish to subscribers registered longer ago read every
+subscriber's row again, one query per delivery. An entry whose lease looks over is read
 again before the name is treated as gone (leases are extended in the database by whichever process
 has the pollers; this process updates its own entries when it extends them).
 """
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import functools
 import hashlib
 import hmac
 import re
@@ -30,6 +31,7 @@ import time
 from dataclasses import dataclass, replace
 
 import anyio
+from cachetools import LRUCache
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -41,6 +43,8 @@ from reversehub.core.settings import Settings
 
 # Other processes announce their changes on relay.changed; the TTL only bounds a missed message.
 CACHE_TTL = 5.0
+CACHED_NAMES = 100_000  # registrations cached per process
+ISSUED_CAPS = 100_000  # request URLs made here and not yet polled, remembered per process
 TOUCH_CHUNK = 5000  # names per UPDATE when leases are extended
 SOLO_CACHE_TTL = 24 * 3600.0
 # RFC 1034 3.5 label (with RFC 1123's leading digit): 1-63 letters, digits and inner hyphens.
@@ -72,6 +76,11 @@ class Reg:
     lease_seconds: float
     created_at: float
     expires_at: float
+
+
+def is_label(name: str) -> bool:
+    """``name`` is one lowercase DNS label (RFC 1034 3.5), the only form a relay name takes."""
+    return _LABEL.fullmatch(name) is not None
 
 
 def normalize_name(raw: str | None) -> str:
@@ -117,20 +126,15 @@ def _unb64(cap: str) -> bytes | None:
         return None
 
 
-# HMAC objects with their key already hashed in, per registration secret: copying one costs less
-# than keying a new one (OpenSSL 3 looks the digest up on every hmac.new).
-_KEYED: dict[bytes, hmac.HMAC] = {}
-_KEYED_MAX = 4096
-_ISSUED_MAX = 100_000
+@functools.lru_cache(maxsize=4096)
+def _keyed(secret: bytes) -> hmac.HMAC:
+    """An HMAC with ``secret`` already hashed in, only ever copied: copying one costs less than
+    keying a new one (OpenSSL 3 looks the digest up on every ``hmac.new``)."""
+    return hmac.new(secret, digestmod=hashlib.sha256)
 
 
 def _mac(secret: bytes, message: bytes) -> bytes:
-    keyed = _KEYED.get(secret)
-    if keyed is None:
-        if len(_KEYED) >= _KEYED_MAX:
-            _KEYED.clear()
-        keyed = _KEYED[secret] = hmac.new(secret, digestmod=hashlib.sha256)
-    mac = keyed.copy()
+    mac = _keyed(secret).copy()
     mac.update(message)
     return mac.digest()[:_MAC_SIZE]
 
@@ -181,13 +185,16 @@ class Registry:
         self.sessions = sessions
         self.settings = settings
         self.cache_ttl = cache_ttl
-        self._cache: dict[str, tuple[Reg | None, float]] = {}
+        # name -> (registration or None, fresh until): bounded, the least recently used go first.
+        self._cache: LRUCache[str, tuple[Reg | None, float]] = LRUCache(maxsize=CACHED_NAMES)
         # One database read per name at a time: concurrent misses wait for it (no thundering herd).
         self._loading: dict[str, asyncio.Future[Reg | None]] = {}
         # Request capabilities this process made and nobody has used yet, with the secret they were
         # made with: their poll needs no MAC check (most polls come back to the process that made
         # their URL). A registration made anew has a new secret, so its old URLs still fail.
-        self._issued: dict[str, tuple[str, bytes]] = {}
+        # Bounded: the URLs that go are the oldest never polled (their pollers left), and a URL no
+        # longer here is still accepted, only checked.
+        self._issued: LRUCache[str, tuple[str, bytes]] = LRUCache(maxsize=ISSUED_CAPS)
 
     def forget(self, name: str) -> None:
         self._cache.pop(name, None)
@@ -222,8 +229,6 @@ class Registry:
                 async with self.sessions() as session:
                     row = await session.get(Registration, name)
                     reg = _snapshot(row) if row is not None else None
-            if len(self._cache) > 100_000:
-                self._cache.clear()
             self._cache[name] = (reg, time.monotonic() + self.cache_ttl)
             future.set_result(reg)
             return reg
@@ -237,8 +242,6 @@ class Registry:
     def issue_request_cap(self, reg: Reg) -> str:
         """A fresh request URL capability for ``reg`` (see :func:`request_cap`)."""
         cap = request_cap(reg)
-        if len(self._issued) >= _ISSUED_MAX:
-            self._issued.clear()  # URLs never polled (their pollers left); the rest just get checked
         self._issued[cap] = (reg.name, reg.secret)
         return cap
 
@@ -344,7 +347,7 @@ class Registry:
         ordered = sorted(names)
         async with self.sessions.begin() as session:
             # In chunks: one bound parameter per name, and PostgreSQL's protocol takes at most
-            # 32,767 per statement (a process with more pollers than that failed every sweep).
+            # 32,767 per statement, fewer than the pollers one process may hold.
             for i in range(0, len(ordered), TOUCH_CHUNK):
                 await session.execute(
                     update(Registration)

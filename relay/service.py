@@ -20,6 +20,7 @@ from relay import envelope
 from relay.errors import BadReply, Gone, InvalidInput, NotFound, RelayError, Withdrawn
 from relay.queue import CHANGED_CHANNEL, Delivery, Dispatcher, Item, queue_key, seen_key
 from relay.registry import CACHE_TTL, SOLO_CACHE_TTL, Reg, Registry, cap_name, private_cap
+from relay.routes import RelayUrls
 from relay.wire import WireError, serialize_response
 from reversehub.core.services import Services
 
@@ -30,7 +31,7 @@ class Park:
     """One poll waiting here; ``end(reason)`` stops the wait from another task.
 
     Plain asyncio (task.cancel + uncancel) rather than an anyio CancelScope: thousands of polls
-    wait at once, and this keeps each one a few hundred bytes lighter (bench/idle_pollers.py).
+    wait at once, and a cancel scope per poll would make every one of them heavier.
     """
 
     __slots__ = ("reason", "task")
@@ -82,7 +83,7 @@ class Relay:
         self.registry = Registry(services.sessions, services.settings, SOLO_CACHE_TTL if solo else CACHE_TTL)
         self.dispatcher = Dispatcher(services.broker, services.settings)
         self.metrics = RelayMetrics(services)
-        self.origin = services.settings.public_origin
+        self.urls = RelayUrls(services.settings)
         self._parked: dict[str, set[Park]] = {}
         self._active: set[str] = set()
         # Names whose lease this process extended, and when (wall clock): see sweep().
@@ -91,13 +92,13 @@ class Relay:
 
     # URLs -----------------------------------------------------------------------------------------
     def public_url(self, name: str) -> str:
-        return f"{self.origin}/relay/{name}/"
+        return self.urls.public_url(name)
 
     def request_url(self, cap: str) -> str:
-        return f"{self.origin}/reversehttp/r/{cap}"
+        return self.urls.request_url(cap)
 
     def private_url(self, reg: Reg) -> str:
-        return f"{self.origin}/reversehttp/p/{private_cap(reg)}"
+        return self.urls.private_url(private_cap(reg))
 
     def links(self, reg: Reg) -> list[tuple[str, str]]:
         """The headers of a 2xx registration response (spec "Registration")."""
@@ -141,7 +142,7 @@ class Relay:
         await self.dispatcher.drain(name, Withdrawn())
 
     async def status(self) -> dict[str, object]:
-        """The gateway's state for ``GET /reversehttp``: no tokens, no private or request URLs."""
+        """The gateway's state (``GET`` on the gateway URL): no tokens, no private or request URLs."""
         count, regs = await self.registry.listing()
         now = time.time()
         return {
@@ -296,11 +297,10 @@ class Relay:
         """The names whose lease to extend now, and which of them are no longer polled.
 
         A lease counts from the name's last poll. Rewriting every polled name's row at every sweep
-        (every 2.5 s by default) held SQLite's write lock for a long time with thousands of
-        pollers, while the outbox needed it. A name still being polled is extended once a quarter
-        of its lease has gone by since this process last did it, so its row always has most of a
-        lease left; a name no longer polled gets one last extension at the sweep that finds it
-        gone, counted from then, as before.
+        would hold SQLite's write lock for long with thousands of pollers, while the outbox needs
+        it. So a name still being polled is extended once a quarter of its lease has gone by since
+        this process last did it, and its row always has most of a lease left; a name no longer
+        polled gets one last extension at the sweep that finds it gone, counted from then.
         """
         touched = self._touched
         dormant = {name for name in touched if name not in active}

@@ -128,8 +128,9 @@ CHROMIUM_ARGS = [
 
 
 @asynccontextmanager
-async def chromium() -> AsyncIterator[Any]:
-    """A headless Chromium driven by Playwright (never ``playwright install``: Debian's binary).
+async def chromium(*extra_args: str) -> AsyncIterator[Any]:
+    """A headless Chromium driven by Playwright (never ``playwright install``: Debian's binary),
+    with ``extra_args`` after :data:`CHROMIUM_ARGS`.
 
     Missing Chromium or Playwright skips locally and fails in CI (CI=true).
     """
@@ -144,7 +145,7 @@ async def chromium() -> AsyncIterator[Any]:
     if missing:
         unavailable(missing)
     async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *extra_args])
         try:
             yield browser
         finally:

@@ -245,3 +245,46 @@ def test_every_endpoint_survives_fuzzing(live_app) -> None:
         assert status < 500 or relayed, f"{request[0]} {request[1]} -> {status}"
 
     check()
+
+
+@pytest.fixture
+def live_admin(settings: Settings) -> Iterator[tuple[BlockingPortal, httpx.AsyncClient, httpx.AsyncClient, list]]:
+    """The admin side (reversehub.server.app.create_admin_app) of a started app, and its main client."""
+    from reversehub.server.app import create_admin_app
+
+    async def nobody(scope, receive, send) -> None:
+        await Response(status_code=404)(scope, receive, send)
+
+    app = create_app(
+        replace(settings, admin_token="fuzz-admin", rate_limit_window=0.0), transport=httpx.ASGITransport(app=nobody)
+    )
+    admin_app = create_admin_app(app)
+    with start_blocking_portal(backend="asyncio") as portal:
+        with portal.wrap_async_context_manager(started(app)) as client:
+            transport = httpx.ASGITransport(app=admin_app)
+            with portal.wrap_async_context_manager(
+                httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8001")
+            ) as admin:
+                # The live events stream until the server stops: their own tests cover them.
+                templates = [t for t in route_templates(admin_app.routes) if t[0] != "/dashboard/events"]
+                yield portal, client, admin, templates
+
+
+def test_every_admin_endpoint_survives_fuzzing(live_admin) -> None:
+    portal, client, admin, templates = live_admin
+    assert len(templates) >= 10
+
+    async def send(method: str, url: str, headers: dict, body: bytes) -> int:
+        with anyio.fail_after(REQUEST_DEADLINE):
+            response = await admin.request(method, url, headers=headers, content=body)
+        with anyio.fail_after(REQUEST_DEADLINE):
+            assert (await client.get("/healthz")).status_code == 200, "server unhealthy after the request"
+        return response.status_code
+
+    @hsettings(FUZZ, max_examples=200)
+    @given(request=requests(templates))
+    def check(request: tuple[str, str, dict, bytes]) -> None:
+        status = portal.call(send, *request)
+        assert status < 500, f"{request[0]} {request[1]} -> {status}"
+
+    check()

@@ -101,3 +101,32 @@ def test_import_clients_stays_light() -> None:
     code = f"import sys, clients; print(' '.join(m for m in {heavy!r} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == ""
+
+
+RELAY_URL_SPELLINGS = ("/reversehttp/r/", "/reversehttp/p/")
+
+
+def spells_relay_urls(path: Path) -> bool:
+    """``path`` has a string constant in code (not a docstring or another bare string) that spells
+    a relay URL: a request or private URL anywhere in it, or a path-based public URL at its start."""
+    tree = ast.parse(path.read_text(), str(path))
+    bare = {
+        id(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+    }
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in bare:
+            if node.value.startswith("/relay/") or any(s in node.value for s in RELAY_URL_SPELLINGS):
+                return True
+    return False
+
+
+def test_the_relay_url_layout_is_spelled_once() -> None:
+    # relay/routes.py is the one table; everything else derives its URLs from it (issue 12, item 3).
+    spelled = [
+        module
+        for path, module in modules()
+        if top(module) in ("hub", "relay", "core", "server") and spells_relay_urls(path)
+    ]
+    assert spelled == ["relay.routes"]

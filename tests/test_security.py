@@ -141,13 +141,20 @@ async def test_reserved_names_need_their_token():
 
 
 async def test_listing_of_names_needs_the_admin_token_when_one_is_set(make_app):
+    from reversehub.server.app import create_admin_app
+
     _, open_client = await make_app()
     assert (await open_client.get("/reversehttp")).status_code == 200
-    _, client = await make_app(admin_token="adm")
-    assert (await client.get("/reversehttp")).status_code == 401
-    assert (await client.get("/reversehttp", headers={"Authorization": "Bearer nope"})).status_code == 401
-    listing = await client.get("/reversehttp", headers={"Authorization": "Bearer adm", "Accept": "application/json"})
-    assert listing.status_code == 200 and listing.json()["registrations"] == 0
+    app, main = await make_app(admin_token="adm")
+    # With an admin, the list is an admin page: on the admin listener (reversehub.server.app.create_admin_app).
+    assert (await main.get("/reversehttp", headers={"Authorization": "Bearer adm"})).status_code == 404
+    transport = httpx.ASGITransport(app=create_admin_app(app))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8001") as client:
+        assert (await client.get("/reversehttp")).status_code == 401
+        assert (await client.get("/reversehttp", headers={"Authorization": "Bearer nope"})).status_code == 401
+        headers = {"Authorization": "Bearer adm", "Accept": "application/json"}
+        listing = await client.get("/reversehttp", headers=headers)
+        assert listing.status_code == 200 and listing.json()["registrations"] == 0
 
 
 # Publish -----------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ __all__ = [
     "OwnRelay",
     "PostHere",
     "Response",
+    "own_urls",
     "same_origin",
 ]
 
@@ -99,6 +100,17 @@ def same_origin(origin: str) -> Callable[[str], bool]:
 
     def is_own(url: str) -> bool:
         return url == origin or url.startswith(prefix)
+
+    return is_own
+
+
+def own_urls(origin: str, relay_urls: Callable[[str], object | None]) -> Callable[[str], bool]:
+    """Any URL on our public ``origin``, and any other that ``relay_urls`` answers (not None) for:
+    the relay's host-based public URLs are on hosts of their own (``--relay-domain``)."""
+    on_origin = same_origin(origin)
+
+    def is_own(url: str) -> bool:
+        return on_origin(url) or relay_urls(url) is not None
 
     return is_own
 

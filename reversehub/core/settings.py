@@ -23,6 +23,10 @@ class Settings:
     # The origin (scheme://host[:port], optionally a path prefix) by which the world reaches us.
     # Relay public URLs and the hub's own links are built from it. None: http://host:port.
     public_url: str | None = None
+    # Host-based relay names (--relay-domain D): a name's public URL is SCHEME://NAME.D[:PORT]/ (scheme
+    # and port from the public URL), so every relay application gets an origin of its own. None:
+    # path-based /relay/NAME/ on the public origin (local use).
+    relay_domain: str | None = None
     database_url: str = "sqlite:///./reversehub.db"
     redis_url: str | None = None
     # Migrate the schema to head at start (the embedded default; operators may prefer `db upgrade`).
@@ -98,6 +102,11 @@ class Settings:
     max_pending_per_subscription: int = 10_000
     # Dashboard: seconds between two samples of the live charts.
     dashboard_interval: float = 1.0
+    # Where the dashboard and its API listen with path-based relay names: an origin of their own,
+    # since every /relay/NAME/ page shares the main one ("127.0.0.1:0": any free port).
+    admin_listen: str = "127.0.0.1:8001"
+    # How long a dashboard session (reversehub.server.dashboard.auth) lasts, in seconds.
+    admin_session_seconds: float = 12 * 3600.0
 
     # Worker processes (`--workers N`, needs the Redis broker).
     workers: int = 1

@@ -18,17 +18,20 @@ import httpx
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hub.routes import routes as hub_routes
 from hub.service import Hub
 from relay import endpoints as relay_endpoints
-from relay.routes import hot_route
+from relay.routes import HotRoutes, RelayUrls
 from relay.routes import routes as relay_routes
 from relay.service import Relay
 from reversehub.core import db
 from reversehub.core.broker import Broker, make_broker
-from reversehub.core.outbound import HttpxOutbound, LeanOutbound, Outbound, OwnRelay, same_origin
+from reversehub.core.outbound import HttpxOutbound, LeanOutbound, Outbound, OwnRelay, own_urls
 from reversehub.core.services import Services
 from reversehub.core.settings import Settings
 from reversehub.server import dashboard, health
@@ -49,19 +52,22 @@ class ReverseHub(Starlette):
     layers, the security middleware (it guards only ``/reversehttp``, ``/hub`` and ``/publish``,
     reversehub.server.security) or the router's walk over every route: about a third of the server's
     Python time per relayed request (bench/relay_throughput.py). Any other path, or one the relay's
-    routes would not match, takes the full stack.
+    routes would not match, takes the full stack. A request to a host-based name (``--relay-domain``)
+    is always relayed from here, whatever its path: no route of the main host (the dashboard, the
+    hub) may answer on a relay application's origin.
     """
 
-    def __init__(self, *, settings: Settings, **kwargs: object) -> None:
+    def __init__(self, *, settings: Settings, urls: RelayUrls, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
+        self._hot_route = HotRoutes(urls)
         self._hot: dict[int, ASGIApp] = {}
         self._settings = settings
         self._limits = RateLimitMiddleware(self.router, settings=settings)  # only asked whether limits apply
         self._unlimited: dict[tuple[str, int], bool] = {}  # per client address (host, port), once started
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not scope.get("root_path"):
-            found = hot_route(scope["path"])
+        if scope["type"] == "http":
+            found = self._hot_route(scope)
             if found is not None:
                 endpoint, scope["path_params"] = found
                 scope["app"] = self
@@ -103,9 +109,11 @@ def create_app(
     """Build the app. Tests may inject the ``broker``, and what reaches the network: an ``outbound``
     of their own, or an httpx ``transport`` to send every such request through. Requests to our own
     relay are served in-process either way."""
-    # Whether a URL is one our own relay serves: the outbound seam answers it in-process, the SSRF
+    urls = RelayUrls(settings)
+    # Whether a URL is one our own relay serves (host-based names included), handed to the hub as a
+    # plain callable (hub never imports relay): the outbound seam answers it in-process, the SSRF
     # guard always allows it and the outbox shares no per-host limit for it.
-    is_own = same_origin(settings.public_origin)
+    is_own = own_urls(settings.public_origin, urls.addresses)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -160,7 +168,8 @@ def create_app(
 
     app = ReverseHub(
         settings=settings,
-        routes=[*health.routes(), *relay_routes(), *hub_routes(), *client_routes(), *dashboard.routes()],
+        urls=urls,
+        routes=[*health.routes(), *_admin_routes_here(settings), *relay_routes(urls), *hub_routes(), *client_routes()],
         middleware=[
             Middleware(AccessLogMiddleware),
             # Rate limits first: refused requests cost no more than a counter (reversehub.server.ratelimit).
@@ -172,3 +181,47 @@ def create_app(
     app.state.settings = settings
     app.state.services = None
     return app
+
+
+# The admin side ---------------------------------------------------------------------------------
+def admin_on_main_host(settings: Settings) -> bool:
+    """Whether the dashboard lives on the main listener: only with host-based relay names, where
+    every name has an origin of its own (``NAME.relay-domain``) and the main host is none of them.
+    With path-based names every ``/relay/NAME/`` page shares the main origin, so the dashboard gets
+    a listener of its own (:func:`create_admin_app`, ``--admin-listen``)."""
+    return bool(settings.relay_domain)
+
+
+def admin_listener_wanted(settings: Settings) -> bool:
+    """Whether ``serve`` opens ``--admin-listen``: there is an admin, and its origin is not the main one."""
+    return settings.admin_token is not None and not admin_on_main_host(settings)
+
+
+async def _elsewhere(request: Request) -> Response:
+    return PlainTextResponse("Not Found", status_code=404)
+
+
+def _admin_routes_here(settings: Settings) -> list[BaseRoute]:
+    """The admin routes the main app serves, ahead of the relay's (they shadow its ``GET /reversehttp``).
+
+    Without an admin token there is no admin side and the gateway's list of names stays open.
+    """
+    if settings.admin_token is None:
+        return []
+    if admin_on_main_host(settings):
+        return [*dashboard.listing_routes(), *dashboard.routes()]
+    return [Route("/reversehttp", _elsewhere, methods=["GET", "HEAD"])]
+
+
+def create_admin_app(main: Starlette) -> Starlette:
+    """The dashboard, its API and the relay's list of names, for an origin of their own.
+
+    It has no lifespan: it shares ``main``'s state (settings, services, relay, hub), which ``main``'s
+    lifespan fills, and serves no relay public URL, so no relayed page is ever same-origin with it.
+    """
+    admin = Starlette(
+        routes=[*dashboard.listing_routes(), *dashboard.routes()],
+        middleware=[Middleware(AccessLogMiddleware)],
+    )
+    admin.state = main.state
+    return admin

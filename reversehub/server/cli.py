@@ -40,6 +40,32 @@ def _listed(validate: Any = None) -> Any:
     return callback
 
 
+def _domain(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback for ``--relay-domain``: a DNS name, at least one dot-separated label."""
+    from relay.registry import is_label
+
+    if value is None:
+        return None
+    domain = value.strip().strip(".").lower()
+    labels = domain.split(".")
+    if not domain or len(domain) > 200 or not all(is_label(label) for label in labels):
+        raise click.BadParameter(f"{value!r} is not a DNS name (e.g. relay.example.com)")
+    return domain
+
+
+def _address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback: ``HOST:PORT`` (``[::1]:PORT`` for IPv6)."""
+    if value is None:
+        return None
+    from reversehub.server.serve import parse_address
+
+    try:
+        parse_address(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
 @click.group()
 @click.version_option(package_name="reversehub")
 def main() -> None:
@@ -63,7 +89,15 @@ def security_options(defaults: Settings) -> list[tuple[str, Any]]:
             digest_pair(item)
 
     return [
-        ("admin-token", {**secret, "help": "Token for the dashboard at / and its API (off without one)."}),
+        ("admin-token", {**secret, "help": "Token for the dashboard and its API (off without one)."}),
+        (
+            "admin-listen",
+            {
+                "default": defaults.admin_listen,
+                "callback": _address,
+                "help": "HOST:PORT of the dashboard's own listener (path-based relay names).",
+            },
+        ),
         ("registration-token", {**secret, "help": "Bearer/Basic token required on POST /reversehttp."}),
         ("publish-token", {**secret, "help": "Bearer/Basic token required to publish."}),
         ("topic-token", many("PATTERN=TOKEN: only holders publish matching topics (repeatable).", pairs)),
@@ -106,6 +140,14 @@ def serve_options(f: Any) -> Any:
             ),
             ("redis-url", {"default": None, "help": "Redis URL for the shared broker (scale-out)."}),
             ("public-url", {"default": None, "help": "How the world reaches this server [default: http://HOST:PORT]."}),
+            (
+                "relay-domain",
+                {
+                    "default": None,
+                    "callback": _domain,
+                    "help": "Host-based relay names: public URLs are NAME.D (wildcard DNS to this server).",
+                },
+            ),
             (
                 "allow-private-networks",
                 {

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from prometheus_client import CollectorRegistry, Counter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from relay.routes import Kind, RelayUrls
 from reversehub.core.contracts import IN_PROCESS_CLIENT
 from reversehub.core.services import Services
 from reversehub.core.settings import Settings
@@ -102,23 +103,30 @@ def _host(url: str | None) -> str:
         return ""
 
 
-async def classify(scope: Scope, receive: Receive, max_form: int) -> tuple[str | None, list[str], Receive]:
+async def classify(
+    scope: Scope, receive: Receive, max_form: int, urls: RelayUrls
+) -> tuple[str | None, list[str], Receive]:
     """(class, ["KEY=name", ...], receive) for a request; class None: not limited.
 
-    Bodies are read as the relay and the hub read them (reversehub.server.security.publish_request).
+    The relay's URLs are recognized by its route table (``urls``), so a host-based name counts
+    against the same budgets as a path-based one. Bodies are read as the relay and the hub read
+    them (reversehub.server.security.publish_request).
     """
     method, path = scope["method"], scope["path"]
-    if path == "/reversehttp" and method == "POST":
-        fields, receive = await peek_form(scope, receive, max_form)
-        name = form_value(fields, "name")
-        return "registration", [f"name={name.lower()}"] if name else [], receive
-    if path.startswith("/reversehttp/p/") and method in ("PUT", "DELETE"):
-        return "registration", [], receive
-    if path.startswith("/reversehttp/r/") and method == "GET":
-        return "poll", [f"registration={_hidden(path)}"], receive
-    if path.startswith("/relay/"):
-        name = path.split("/", 3)[2].lower()
-        return "relay", [f"name={name}"] if name else [], receive
+    found = urls.find(scope)
+    if found is not None:
+        kind, params = found
+        if kind is Kind.GATEWAY and method == "POST":
+            fields, receive = await peek_form(scope, receive, max_form)
+            name = form_value(fields, "name")
+            return "registration", [f"name={name.lower()}"] if name else [], receive
+        if kind is Kind.PRIVATE and method in ("PUT", "DELETE"):
+            return "registration", [], receive
+        if kind is Kind.REQUEST and method == "GET":
+            return "poll", [f"registration={_hidden(path)}"], receive
+        if kind is Kind.PUBLIC:
+            return "relay", [f"name={params['name'].lower()}"], receive
+        return None, [], receive
     if method != "POST" or path not in ("/publish", "/hub"):
         return None, [], receive
     form: Form | None = None
@@ -137,6 +145,7 @@ class RateLimitMiddleware:
         self.window = settings.rate_limit_window
         self.limits = parse_limits(settings.rate_limit)
         self.exempt = parse_networks(settings.rate_limit_exempt)
+        self.urls = RelayUrls(settings)
         self._exempt: dict[str | None, bool] = {}
 
     def is_exempt(self, host: str | None) -> bool:
@@ -161,7 +170,7 @@ class RateLimitMiddleware:
             return
         services: Services = scope["app"].state.services
         try:
-            kind, names, receive = await classify(scope, receive, self.settings.max_form_size)
+            kind, names, receive = await classify(scope, receive, self.settings.max_form_size, self.urls)
         except FormRefused as exc:
             await Denial(exc.status, str(exc))(scope, receive, send)
             return

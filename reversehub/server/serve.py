@@ -10,6 +10,11 @@ be cut off rather than answered. :class:`DrainingServer` tells the relay and the
 spreads connections), with the Redis broker between them. The parent migrates the schema once (N
 processes racing on Alembic could deadlock), restarts a worker that dies, and on SIGTERM/SIGINT
 forwards SIGTERM to every worker and waits for them to drain.
+
+With an admin (``--admin-token``) and path-based relay names, the dashboard gets a listener of its
+own (``--admin-listen``): every server serves both sockets and :class:`AdminSplit` hands what came in
+through the admin socket to the admin app, which shares the main app's services. One server, one
+lifespan, one drain.
 """
 
 from __future__ import annotations
@@ -25,13 +30,14 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import replace
 from types import FrameType
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from reversehub.core.settings import SHUTDOWN_GRACE, Settings
 
@@ -99,6 +105,7 @@ def config_for(app: Any, settings: Settings) -> uvicorn.Config:
         host=settings.host,
         port=settings.port,
         http=http_protocol(),
+        interface="asgi3",  # AdminSplit is a plain callable returning the app's coroutine
         loop="auto",  # uvloop when installed (uvicorn[standard] installs it), like the bench's bare server
         # No endpoint speaks WebSocket (the dashboard's live charts are server-sent events): "auto"
         # would load the websockets package into every server for nothing.
@@ -183,26 +190,105 @@ def serve(settings: Settings) -> None:
     setup_logging(settings)
     if settings.workers <= 1:
         limit_malloc_arenas()
-        from reversehub.server.app import create_app
+        from reversehub.server.app import admin_listener_wanted, create_app
 
-        server = DrainingServer(config_for(create_app(settings), settings))
-        server.run()
+        if not admin_listener_wanted(settings):
+            server = DrainingServer(config_for(create_app(settings), settings))
+            server.run()
+        else:
+            admin_sock = bind_admin(settings.admin_listen)
+            config = config_for(with_admin(create_app(settings), admin_sock), settings)
+            server = DrainingServer(config)
+            server.run(sockets=[config.bind_socket(), admin_sock])
         if not server.started:
             sys.exit(3)
         return
     Supervisor(settings).run()
 
 
-def _worker(settings: Settings, sock: socket.socket) -> None:
+def _worker(settings: Settings, sock: socket.socket, admin_sock: socket.socket | None = None) -> None:
     """Entry point of one worker process (spawned: it imports everything afresh)."""
     setup_logging(settings)
     limit_malloc_arenas()
     from reversehub.server.app import create_app
 
-    server = DrainingServer(config_for(create_app(settings), settings))
-    server.run(sockets=[sock])
+    main = create_app(settings)
+    app: ASGIApp = main
+    sockets = [sock]
+    if admin_sock is not None:
+        app = with_admin(main, admin_sock)
+        sockets.append(admin_sock)
+    server = DrainingServer(config_for(app, settings))
+    server.run(sockets=sockets)
     if not server.started:
         sys.exit(3)
+
+
+# The admin listener --------------------------------------------------------------------------------
+def parse_address(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) -> (host, port); ValueError when it is not one."""
+    host, sep, port = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected HOST:PORT, got {address!r}")
+    return host, int(port)
+
+
+def bind_admin(address: str) -> socket.socket:
+    """Bind the admin listener (``--admin-listen``) and log its URL; exit with status 3 if we cannot."""
+    host, port = parse_address(address)
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+    except OSError as exc:
+        logger.error("cannot listen on --admin-listen %s: %s", address, exc)
+        sys.exit(3)
+    sock.set_inheritable(True)
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    logger.info("dashboard at http://%s:%d/ (admin listener)", shown, bound_port)
+    return sock
+
+
+class AdminSplit:
+    """Two listeners, one app's services: a request that came in through the admin socket goes to the
+    admin app, every other one (and the lifespan) to the main app.
+
+    The socket a connection arrived on is its local address (``scope["server"]``, from the socket,
+    never from a header), so no request on the main listener can reach the admin app.
+    """
+
+    def __init__(self, app: ASGIApp, admin: ASGIApp, admin_sock: socket.socket) -> None:
+        self.app = app  # find_app() walks .app to the main Starlette
+        self.admin = admin
+        host, self._port = sock_address(admin_sock)
+        self._host = None if host in ("0.0.0.0", "::") else host  # a wildcard bind: any local address
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A plain function returning the app's coroutine: no frame of its own under every held poll.
+        server = scope.get("server")
+        if (
+            server is not None
+            and server[1] == self._port
+            and (self._host is None or server[0] == self._host)
+            and scope["type"] != "lifespan"
+        ):
+            return self.admin(scope, receive, send)
+        return self.app(scope, receive, send)
+
+
+def sock_address(sock: socket.socket) -> tuple[str, int]:
+    host, port = sock.getsockname()[:2]
+    return str(host), int(port)
+
+
+def with_admin(app: Starlette, admin_sock: socket.socket) -> AdminSplit:
+    """``app`` on its listener, and its admin app (reversehub.server.app.create_admin_app) on ``admin_sock``."""
+    from reversehub.server.app import create_admin_app
+
+    return AdminSplit(app, create_admin_app(app), admin_sock)
 
 
 class Supervisor:
@@ -224,9 +310,9 @@ class Supervisor:
 
         asyncio.run(run())
 
-    def _start(self, sock: socket.socket) -> Any:
+    def _start(self, sock: socket.socket, admin_sock: socket.socket | None) -> Any:
         worker_settings = replace(self.settings, migrate=False, workers=1)
-        process = self._context.Process(target=_worker, args=(worker_settings, sock), daemon=False)
+        process = self._context.Process(target=_worker, args=(worker_settings, sock, admin_sock), daemon=False)
         process.start()
         self._started[process.pid] = time.monotonic()
         logger.info("started worker process [%s]", process.pid)
@@ -240,9 +326,15 @@ class Supervisor:
         if self.settings.migrate:
             self._migrate_once()
         sock = config_for("reversehub.server.app:create_app", self.settings).bind_socket()
+        admin_sock = None
+        if self.settings.admin_token is not None:  # else the parent never imports the app
+            from reversehub.server.app import admin_listener_wanted
+
+            if admin_listener_wanted(self.settings):
+                admin_sock = bind_admin(self.settings.admin_listen)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
-        processes = [self._start(sock) for _ in range(self.settings.workers)]
+        processes = [self._start(sock, admin_sock) for _ in range(self.settings.workers)]
         quick_exits = 0
         while not self._stop.wait(0.25):
             for i, process in enumerate(processes):
@@ -257,9 +349,11 @@ class Supervisor:
                     self._stop.set()
                     break
                 logger.warning("worker [%s] exited with %s; starting another", process.pid, process.exitcode)
-                processes[i] = self._start(sock)
+                processes[i] = self._start(sock, admin_sock)
         self._shutdown(processes)
         sock.close()
+        if admin_sock is not None:
+            admin_sock.close()
         if quick_exits >= MAX_QUICK_EXITS:
             sys.exit(3)
 

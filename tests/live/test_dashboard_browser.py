@@ -1,5 +1,7 @@
 """The dashboard in a real headless Chromium (issue 6): it loads, shows a live publish, a click retries.
 
+It is served as ``reversehub serve`` serves it: on the admin listener, beside the main one.
+
 Debian's /usr/bin/chromium driven by the playwright package (never ``playwright install``). Locally
 the test is skipped when Chromium is missing; in CI (CI=true) that is a failure. With
 ``REVERSEHUB_SCREENSHOT=docs/dashboard.png`` it also writes the README's screenshot.
@@ -15,7 +17,8 @@ import httpx
 import pytest
 
 from reversehub.server.app import create_app
-from tests.support import bound_socket, chromium, serve_live, wait_for
+from tests.live.test_admin_origin import serving
+from tests.support import bound_socket, chromium, wait_for
 from tests.test_dashboard import TOKEN, Subscriber
 
 pytestmark = [pytest.mark.anyio, pytest.mark.live, pytest.mark.browser]
@@ -25,21 +28,28 @@ async def test_dashboard_loads_shows_a_live_publish_and_a_click_retries(settings
     from playwright.async_api import expect
 
     subscriber = Subscriber()
-    sock = bound_socket()
-    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock, admin_sock = bound_socket(), bound_socket()
+    main = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    base = f"http://127.0.0.1:{admin_sock.getsockname()[1]}"
     app = create_app(
         replace(
             settings,
-            public_url=base,
+            public_url=main,
             admin_token=TOKEN,
             dashboard_interval=0.2,
             delivery_retry_base=3600.0,
             outbox_scan_interval=0.05,
+            log_level="warning",
         ),
         transport=httpx.ASGITransport(app=subscriber),
     )
     topic, callback = "http://pub.test/feed", "http://sub.test/cb"
-    async with serve_live(app, sock=sock), httpx.AsyncClient(base_url=base) as http, chromium() as browser:
+    async with (
+        serving(app, sock, admin_sock),
+        httpx.AsyncClient(base_url=main) as http,
+        httpx.AsyncClient(base_url=base) as admin,
+        chromium() as browser,
+    ):
         page = await browser.new_page(viewport={"width": 1280, "height": 900})
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -57,7 +67,7 @@ async def test_dashboard_loads_shows_a_live_publish_and_a_click_retries(settings
         await http.post("/reversehttp", data={"name": "alice", "token": "t", "lease": "600"})
         form = {"hub.mode": "subscribe", "hub.topic": topic, "hub.callback": callback}
         await wait_for(lambda: _accepted(http, form))
-        await wait_for(lambda: _active(http))
+        await wait_for(lambda: _active(admin))
         r = await http.post(f"/publish?hub.topic={topic}", content=b"news", headers={"Content-Type": "text/plain"})
         assert r.status_code < 300
         await expect(page.locator("#total-publishes")).to_have_text("1")
@@ -84,6 +94,6 @@ async def _accepted(http: httpx.AsyncClient, form: dict[str, str]) -> bool:
     return (await http.post("/hub", data=form)).status_code == 202
 
 
-async def _active(http: httpx.AsyncClient) -> bool:
-    r = await http.get("/dashboard/api/state", headers={"Authorization": f"Bearer {TOKEN}"})
+async def _active(admin: httpx.AsyncClient) -> bool:
+    r = await admin.get("/dashboard/api/state", headers={"Authorization": f"Bearer {TOKEN}"})
     return any(s["state"] == "active" for s in r.json()["subscriptions"])

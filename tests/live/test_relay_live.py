@@ -165,3 +165,34 @@ async def test_the_original_python_client(live):
     assert location == url + "/relay/python/"
     assert request.startswith(b"GET /relay/python/hello HTTP/1.1\r\n")
     assert (result["r"].status_code, result["r"].text) == (200, "This is response #0\r\n")
+
+
+@pytest.mark.parametrize("protocol", ["uvicorn", "serve"])
+async def test_host_based_name_round_trip_over_a_socket(settings, protocol):
+    """--relay-domain through a real server: the Host header picks the name, the whole path and
+    query reach the application, and the main host serves no /relay/ path."""
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    app = create_app(replace(settings, public_url=f"http://127.0.0.1:{port}", port=port, relay_domain="relay.test"))
+    config = {"http": CoalescingHttpToolsProtocol} if protocol == "serve" else {}
+    async with serve_live(app, sock=sock, **config) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        r = await client.post("/reversehttp", data={"name": "shop", "token": "t"})
+        found = links(r)
+        assert found["related"] == f"http://shop.relay.test:{port}/"
+        result = {}
+
+        async def requester():
+            result["r"] = await client.get("/items/7?q=a%20b", headers={"Host": f"Shop.Relay.Test:{port}"})
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(requester)
+            while (poll := await client.get(found["first"])).status_code == 204:
+                pass
+            request = parse_request(poll.content)
+            reply = serialize_response(HttpResponse(200, [("Content-Type", "text/plain")], b"item 7", "OK"))
+            ack = await client.post(found["first"], content=reply, headers={"content-type": "message/http"})
+            assert ack.status_code == 202
+        assert poll.content.startswith(b"GET /items/7?q=a%20b HTTP/1.1\r\n")
+        assert dict((k.lower(), v) for k, v in request.headers)["host"] == f"Shop.Relay.Test:{port}"
+        assert result["r"].status_code == 200 and result["r"].text == "item 7"
+        assert (await client.get("/relay/shop/items/7")).status_code == 404

@@ -1,7 +1,7 @@
-"""The admin dashboard at ``/``: registrations, subscriptions, deliveries, live charts (SSE)."""
+"""The admin side: the dashboard at ``/``, its API, and the relay's list of names (``GET /reversehttp``)."""
 
 from __future__ import annotations
 
-from reversehub.server.dashboard.routes import routes
+from reversehub.server.dashboard.routes import listing_routes, routes
 
-__all__ = ["routes"]
+__all__ = ["listing_routes", "routes"]

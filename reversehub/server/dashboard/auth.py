@@ -1,69 +1,69 @@
-"""Who may see the dashboard: the admin token, as a Bearer header or as a login cookie.
+"""Who may use the admin side: the admin token, or a session obtained with it; never a cookie.
 
-The cookie never holds the token itself but a value derived from its digest (an HMAC), so a
-stolen cookie does not reveal the token; it is HttpOnly (no script reads it) and SameSite=Strict
-(no other site's page can make the browser send it). The token is never put in a URL. Actions
-made with the cookie also need the CSRF token the page carries, sent back in ``X-CSRF-Token``.
-Rotating ``--admin-token`` ends every session.
+A cookie would be an ambient credential, and the admin shares a host with relay content: cookies
+are not isolated by port (RFC 6265 8.5) and SameSite counts every port of a host as one site, so a
+relayed page could overwrite it with its own ``Set-Cookie`` (session fixation) and a cross-site
+form could ride on it (CSRF). Instead:
+
+- ``POST /dashboard/login`` with the admin token returns a random session id (256 bits). The page
+  keeps it in ``sessionStorage``, which is isolated by origin, ports included, and sends it as
+  ``Authorization: Bearer <session>``; nothing the browser adds by itself authenticates anything.
+- The server keeps only a digest of the id, as a short-lived broker key (so every process of a
+  scale-out knows it) whose value is bound to the current admin token: rotating ``--admin-token``
+  ends every session. ``POST /dashboard/logout`` deletes it.
+- The admin token itself as Bearer (or Basic password) keeps working, for scripts.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 
 from starlette.requests import Request
-from starlette.responses import Response
 
+from reversehub.core.broker import Broker
 from reversehub.server.security import presented_token, token_matches
 
-COOKIE = "reversehub_admin"
-CSRF_HEADER = "x-csrf-token"
+SESSION_KEY = "admin.session."
 
 
 def admin_digest(request: Request) -> str | None:
+    """The admin token's digest, or None when the admin side is off."""
     digest: str | None = request.app.state.settings.admin_token
     return digest
 
 
-def _derive(digest: str, purpose: str) -> str:
-    return hmac.new(digest.encode(), purpose.encode(), hashlib.sha256).hexdigest()
+def _key(session: str) -> str:
+    # Only a digest of the id is stored: a dump of the broker does not give a usable session.
+    return SESSION_KEY + hashlib.sha256(session.encode()).hexdigest()
 
 
-def session_value(digest: str) -> str:
-    return _derive(digest, "reversehub dashboard session")
+def _binding(digest: str) -> bytes:
+    return hmac.new(digest.encode(), b"reversehub admin session", hashlib.sha256).hexdigest().encode()
 
 
-def csrf_token(digest: str) -> str:
-    return _derive(digest, "reversehub dashboard csrf")
+async def open_session(broker: Broker, digest: str, ttl: float) -> str:
+    """A new session id, valid for ``ttl`` seconds or until logout or a new admin token."""
+    session = secrets.token_urlsafe(32)
+    await broker.set(_key(session), _binding(digest), ttl)
+    return session
 
 
-def bearer_ok(request: Request) -> bool:
-    return token_matches(presented_token(request.headers), admin_digest(request))
+async def close_session(broker: Broker, session: str) -> None:
+    await broker.delete(_key(session))
 
 
-def cookie_ok(request: Request) -> bool:
-    digest, cookie = admin_digest(request), request.cookies.get(COOKIE)
-    return digest is not None and cookie is not None and hmac.compare_digest(cookie, session_value(digest))
-
-
-def is_admin(request: Request) -> bool:
-    return bearer_ok(request) or cookie_ok(request)
-
-
-def may_act(request: Request) -> bool:
-    """An action (a POST) is allowed with the Bearer token, or with the cookie plus the CSRF token."""
-    if bearer_ok(request):
-        return True
+async def is_admin(request: Request) -> bool:
+    """The request presents the admin token or a live session as ``Authorization``."""
     digest = admin_digest(request)
-    sent = request.headers.get(CSRF_HEADER, "")
-    return cookie_ok(request) and digest is not None and hmac.compare_digest(sent, csrf_token(digest))
-
-
-def set_session(response: Response, request: Request, digest: str) -> None:
-    secure = request.app.state.settings.public_origin.startswith("https:")
-    response.set_cookie(COOKIE, session_value(digest), httponly=True, samesite="strict", secure=secure, path="/")
-
-
-def clear_session(response: Response) -> None:
-    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+    presented = presented_token(request.headers)
+    if digest is None or presented is None:
+        return False
+    if token_matches(presented, digest):
+        return True
+    services = request.app.state.services
+    if services is None:
+        return False
+    stored = await services.broker.get(_key(presented))
+    return stored is not None and hmac.compare_digest(stored, _binding(digest))

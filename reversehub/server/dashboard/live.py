@@ -92,9 +92,9 @@ def event(name: str, data: object) -> str:
 async def stream(request: Request) -> Response:
     """``GET /dashboard/events``: a ``rates`` event every ``--dashboard-interval`` seconds.
 
-    The stream ends when the app shuts down (EventSource reconnects by itself after ``retry``): at
-    once if the server sets ``app.state.stopping`` (an event) when told to stop, else at the next
-    sample after the lifespan ended.
+    The stream ends when the app shuts down (the page reads it with ``fetch``, since it must send
+    ``Authorization``, and reconnects 2 s after it ends): at once if the server sets
+    ``app.state.stopping`` (an event) when told to stop, else at the next sample after the lifespan ended.
     """
     state = request.app.state
     services = state.services

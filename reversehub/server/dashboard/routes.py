@@ -1,6 +1,11 @@
-"""The dashboard's routes: ``/`` (the page), login/logout, static files, the live events and the JSON API.
+"""The admin side's routes: ``/`` (the page), login/logout, static files, the live events, the JSON
+API and ``GET /reversehttp`` (the relay's list of names).
 
-Off unless ``--admin-token`` is set: every route then answers 404, as if it did not exist.
+Off unless ``--admin-token`` is set: every route then answers 404, as if it did not exist. These
+routes are served only on an origin no relay public URL is served on (reversehub.server.app
+``create_admin_app``); with host-based relay names they also refuse any host under the relay domain.
+The page and its assets carry no state and need no credential; everything else needs
+``Authorization`` (the admin token or a session, reversehub.server.dashboard.auth).
 """
 
 from __future__ import annotations
@@ -11,11 +16,13 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from relay import endpoints as relay_endpoints
+from reversehub.core.broker import BrokerUnavailable
 from reversehub.server.dashboard import auth, live, state
-from reversehub.server.security import token_matches
+from reversehub.server.security import presented_token, token_matches
 
 HERE = Path(__file__).parent
 STATIC = {
@@ -30,6 +37,8 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+MAX_LOGIN_BODY = 4096
+BEARER_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="reversehub"'}
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -49,93 +58,115 @@ def _not_found() -> Response:
     return PlainTextResponse("Not Found", status_code=404)
 
 
-def admin(kind: str) -> Callable[[Endpoint], Endpoint]:
-    """Guard an endpoint: 404 when the dashboard is off; else ``kind`` says what a stranger gets:
-    "page" a redirect to the login form, "api" 401, "action" 403 without the CSRF token."""
-
-    def wrap(endpoint: Endpoint) -> Endpoint:
-        async def guarded(request: Request) -> Response:
-            if auth.admin_digest(request) is None:
-                return _not_found()
-            if kind == "action" and not auth.may_act(request):
-                return PlainTextResponse("admin token and CSRF token required\n", status_code=403)
-            if not auth.is_admin(request):
-                if kind == "page":
-                    return RedirectResponse("/dashboard/login", status_code=303)
-                return PlainTextResponse(
-                    "admin token required\n", status_code=401, headers={"WWW-Authenticate": 'Bearer realm="reversehub"'}
-                )
-            if request.app.state.services is None:
-                return PlainTextResponse("starting\n", status_code=503)
-            return await endpoint(request)
-
-        return guarded
-
-    return wrap
+def _on_relay_host(request: Request) -> bool:
+    """A host under ``--relay-domain`` is a relay name's origin: the admin side is never there."""
+    domain = request.app.state.settings.relay_domain
+    host = (request.url.hostname or "").lower().rstrip(".")
+    return bool(domain) and host.endswith("." + str(domain).lower().strip("."))
 
 
-@admin("page")
+def _off(request: Request) -> bool:
+    return auth.admin_digest(request) is None or _on_relay_host(request)
+
+
+def admin(endpoint: Endpoint) -> Endpoint:
+    """Guard an endpoint: 404 when the admin side is off (or this is a relay host), else 401 without
+    the admin token or a session in ``Authorization``."""
+
+    async def guarded(request: Request) -> Response:
+        if _off(request):
+            return _not_found()
+        if request.app.state.services is None:
+            return PlainTextResponse("starting\n", status_code=503)
+        try:
+            allowed = await auth.is_admin(request)
+        except BrokerUnavailable:
+            return PlainTextResponse("session store unavailable\n", status_code=503)
+        if not allowed:
+            return PlainTextResponse("admin token required\n", status_code=401, headers=BEARER_CHALLENGE)
+        return await endpoint(request)
+
+    return guarded
+
+
 async def index(request: Request) -> Response:
-    digest = auth.admin_digest(request)
-    assert digest is not None  # admin() let us in
-    return _page(_template("index.html", csrf=auth.csrf_token(digest)))
+    """The page: a shell without data; its script signs in (or not) and fetches everything."""
+    if _off(request):
+        return _not_found()
+    return _page(_template("index.html"))
 
 
 async def login_form(request: Request) -> Response:
-    if auth.admin_digest(request) is None:
+    if _off(request):
         return _not_found()
-    return _page(_template("login.html", message=""))
+    return _page(_template("login.html"))
 
 
-async def login(request: Request) -> Response:
-    digest = auth.admin_digest(request)
-    if digest is None:
-        return _not_found()
+async def _form_token(request: Request) -> str | None:
     body = b""
     async for chunk in request.stream():  # a login form is small: read no more than that
         body += chunk
-        if len(body) > 4096:
-            break
-    token = next((v for k, v in parse_qsl(body[:4096].decode("utf-8", "replace")) if k == "token"), None)
-    if not token_matches(token, digest):
-        return _page(_template("login.html", message="That is not the admin token."), status=401)
-    response = RedirectResponse("/", status_code=303)
-    auth.set_session(response, request, digest)
-    return response
+        if len(body) > MAX_LOGIN_BODY:
+            return None
+    return next((v for k, v in parse_qsl(body.decode("utf-8", "replace")) if k == "token"), None)
 
 
-async def logout(request: Request) -> Response:
-    if auth.admin_digest(request) is None:
+async def login(request: Request) -> Response:
+    """``token=<admin token>`` (a form) -> ``{"session": ..., "expires_in": ...}``; 401 otherwise."""
+    digest = auth.admin_digest(request)
+    if digest is None or _on_relay_host(request):
         return _not_found()
-    response = RedirectResponse("/dashboard/login", status_code=303)
-    auth.clear_session(response)
-    return response
+    services = request.app.state.services
+    if services is None:
+        return PlainTextResponse("starting\n", status_code=503)
+    if not token_matches(await _form_token(request), digest):
+        return PlainTextResponse("That is not the admin token.\n", status_code=401)
+    ttl = request.app.state.settings.admin_session_seconds
+    try:
+        session = await auth.open_session(services.broker, digest, ttl)
+    except BrokerUnavailable:
+        return PlainTextResponse("session store unavailable\n", status_code=503)
+    return JSONResponse({"session": session, "expires_in": ttl}, headers={"Cache-Control": "no-store"})
+
+
+@admin
+async def logout(request: Request) -> Response:
+    """Ends the session presented (the admin token itself has no session to end)."""
+    presented = presented_token(request.headers)
+    if presented is not None:
+        await auth.close_session(request.app.state.services.broker, presented)
+    return Response(status_code=204)
 
 
 async def static(request: Request) -> Response:
     name = request.path_params["name"]
-    if auth.admin_digest(request) is None or name not in STATIC:
+    if _off(request) or name not in STATIC:
         return _not_found()
     headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
     return Response((HERE / "static" / name).read_bytes(), media_type=STATIC[name], headers=headers)
 
 
-@admin("api")
+@admin
 async def events(request: Request) -> Response:
     return await live.stream(request)
 
 
-@admin("api")
+@admin
 async def api_state(request: Request) -> Response:
     return JSONResponse(await state.snapshot(request.app.state), headers={"Cache-Control": "no-store"})
 
 
+@admin
+async def listing(request: Request) -> Response:
+    """``GET /reversehttp``: the relay gateway's own list of names, on the admin side."""
+    return await relay_endpoints.gateway(request)
+
+
 def _action(perform: Callable[..., Awaitable[bool]]) -> Endpoint:
-    @admin("action")
+    @admin
     async def endpoint(request: Request) -> Response:
         try:
-            key = int(request.path_params["id"]) if request.path_params["id"].isdigit() else request.path_params["id"]
-            done = await perform(request.app.state, key)
+            done = await perform(request.app.state, request.path_params["id"])
         except state.ActionError as exc:
             return PlainTextResponse(f"{exc}\n", status_code=409)
         if not done:
@@ -146,6 +177,7 @@ def _action(perform: Callable[..., Awaitable[bool]]) -> Endpoint:
 
 
 def routes() -> list[BaseRoute]:
+    """The dashboard and its API (``/``, ``/dashboard/...``)."""
     return [
         Route("/", index, methods=["GET"]),
         Route("/dashboard/login", login_form, methods=["GET"]),
@@ -159,3 +191,8 @@ def routes() -> list[BaseRoute]:
         Route("/dashboard/api/registrations/{id}/delete", _action(state.delete_registration), methods=["POST"]),
         Route("/dashboard/api/subscriptions/{id}/delete", _action(state.delete_subscription), methods=["POST"]),
     ]
+
+
+def listing_routes() -> list[BaseRoute]:
+    """``GET /reversehttp`` (the relay's list of names), guarded like the dashboard's API."""
+    return [Route("/reversehttp", listing, methods=["GET", "HEAD"])]

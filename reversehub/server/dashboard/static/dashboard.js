@@ -1,11 +1,29 @@
-// reversehub dashboard: live charts from server-sent events, tables from the JSON API.
+// reversehub dashboard: live charts from a server-sent event stream, tables from the JSON API.
 // No dependencies. Everything shown comes from the network, so it is written with textContent only.
+//
+// The session id lives in sessionStorage (isolated by origin, ports included) and goes out only as an
+// Authorization header: no cookie, so nothing the browser attaches by itself (to a page from another
+// origin, a relayed application's included) authenticates anything.
 "use strict";
 
+const SESSION = "reversehub.session";
 const POINTS = 120;
 const SERIES = ["publishes", "deliveries", "relay_requests", "relay_latency_ms"];
 const history = Object.fromEntries(SERIES.map((k) => [k, []]));
-const csrf = document.querySelector('meta[name="csrf-token"]').content;
+
+function session() { return window.sessionStorage.getItem(SESSION); }
+
+function signedOut() {
+  window.sessionStorage.removeItem(SESSION);
+  window.location.replace("/dashboard/login");
+}
+
+async function api(url, options = {}) {
+  const headers = { ...(options.headers || {}), Authorization: "Bearer " + session() };
+  const r = await fetch(url, { ...options, headers, credentials: "omit", cache: "no-store" });
+  if (r.status === 401) signedOut();
+  return r;
+}
 
 function draw(key) {
   const canvas = document.getElementById("chart-" + key);
@@ -38,12 +56,40 @@ function onRates(point) {
   document.getElementById("now-relay_latency_ms").textContent = String(point.relay_latency_ms || 0);
 }
 
-function connect() {
+// The live events: fetch() streaming, since EventSource cannot send an Authorization header.
+function parseEvents(buffer, onEvent) {
+  let end;
+  while ((end = buffer.indexOf("\n\n")) >= 0) {
+    let name = "message", data = "";
+    for (const line of buffer.slice(0, end).split("\n")) {
+      if (line.startsWith("event: ")) name = line.slice(7);
+      else if (line.startsWith("data: ")) data += line.slice(6);
+    }
+    if (data) onEvent(name, data);
+    buffer = buffer.slice(end + 2);
+  }
+  return buffer;
+}
+
+async function connect() {
   const status = document.getElementById("live");
-  const source = new EventSource("/dashboard/events");
-  source.addEventListener("open", () => { status.textContent = "live"; status.className = "status live"; });
-  source.addEventListener("error", () => { status.textContent = "reconnecting…"; status.className = "status"; });
-  source.addEventListener("rates", (e) => onRates(JSON.parse(e.data)));
+  for (;;) {
+    try {
+      const r = await api("/dashboard/events");
+      if (r.ok) {
+        status.textContent = "live"; status.className = "status live";
+        const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buffer = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buffer = parseEvents(buffer + value, (name, data) => { if (name === "rates") onRates(JSON.parse(data)); });
+        }
+      }
+    } catch (e) { /* the server went away: reconnect below */ }
+    status.textContent = "reconnecting…"; status.className = "status";
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+  }
 }
 
 function when(t) {
@@ -69,7 +115,7 @@ function button(row, label, url, confirmText) {
   b.addEventListener("click", async () => {
     if (confirmText && !window.confirm(confirmText)) return;
     b.disabled = true;
-    const r = await fetch(url, { method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrf } });
+    const r = await api(url, { method: "POST" });
     if (!r.ok) window.alert(label + ": " + (await r.text()));
     refresh();
   });
@@ -91,8 +137,7 @@ function fill(id, items, render) {
 }
 
 async function refresh() {
-  const r = await fetch("/dashboard/api/state", { credentials: "same-origin" });
-  if (r.status === 401) { window.location = "/dashboard/login"; return; }
+  const r = await api("/dashboard/api/state");
   if (!r.ok) return;
   const s = await r.json();
   fill("deliveries", s.deliveries, (row, d) => {
@@ -115,6 +160,29 @@ async function refresh() {
   });
 }
 
-connect();
-refresh();
-setInterval(refresh, 2000);
+function signIn() {
+  const form = document.getElementById("login");
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const message = document.getElementById("message");
+    const r = await fetch("/dashboard/login", {
+      method: "POST", body: new URLSearchParams(new FormData(form)), credentials: "omit", cache: "no-store",
+    });
+    if (!r.ok) { message.textContent = (await r.text()).trim(); return; }
+    window.sessionStorage.setItem(SESSION, (await r.json()).session);
+    window.location.replace("/");
+  });
+}
+
+function dashboard() {
+  if (!session()) { signedOut(); return; }
+  document.getElementById("logout").addEventListener("click", async () => {
+    await api("/dashboard/logout", { method: "POST" });
+    signedOut();
+  });
+  connect();
+  refresh();
+  setInterval(refresh, 2000);
+}
+
+if (document.getElementById("login")) signIn(); else dashboard();
