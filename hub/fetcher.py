@@ -26,6 +26,7 @@ from hub.errors import FetchFailed, URLRefused
 from hub.metrics import HubMetrics
 from hub.models import Subscription, SupSource, Topic
 from hub.netguard import NetGuard
+from reversehub.core.outbound import OutboundError
 from reversehub.core.services import Services
 
 logger = logging.getLogger(__name__)
@@ -104,24 +105,26 @@ class Fetcher:
             except URLRefused as exc:
                 raise FetchFailed(str(exc)) from exc
             try:
-                async with self.services.http.stream(
-                    "GET", url, headers=headers, timeout=self.settings.fetch_timeout
-                ) as r:
-                    if r.is_redirect and "location" in r.headers:
-                        url = urljoin(url, r.headers["location"])
-                        continue
-                    if r.status_code == 304:
-                        return Fetched(304, r.headers, b"")
-                    if not 200 <= r.status_code < 300:
-                        raise FetchFailed(f"topic answered {r.status_code}")
-                    body = bytearray()
-                    async for chunk in r.aiter_bytes():
-                        body += chunk
-                        if len(body) > self.settings.max_topic_size:
-                            raise FetchFailed("topic larger than max_topic_size")
-                    return Fetched(r.status_code, r.headers, bytes(body))
-            except httpx.HTTPError as exc:
-                raise FetchFailed(f"fetch failed: {type(exc).__name__}") from exc
+                # One byte past the limit tells a topic that is too large from one that just fits.
+                r = await self.services.outbound.request(
+                    "GET",
+                    url,
+                    headers=headers,
+                    timeout=self.settings.fetch_timeout,
+                    limit=self.settings.max_topic_size + 1,
+                )
+            except OutboundError as exc:
+                raise FetchFailed(f"fetch failed: {exc}") from exc
+            if r.is_redirect:
+                url = urljoin(url, r.headers["location"])
+                continue
+            if r.status == 304:
+                return Fetched(304, r.headers, b"")
+            if not 200 <= r.status < 300:
+                raise FetchFailed(f"topic answered {r.status}")
+            if len(r.body) > self.settings.max_topic_size:
+                raise FetchFailed("topic larger than max_topic_size")
+            return Fetched(r.status, r.headers, r.body)
         raise FetchFailed("too many redirects")
 
     async def _claim_topics(self) -> list[Topic]:

@@ -21,22 +21,11 @@ import anyio
 import httpx
 
 from hub.errors import URLRefused
+from reversehub.core.outbound import same_origin
 from reversehub.core.settings import Settings
 
 CACHE_SECONDS = 300.0
 URLS_CACHED = 16_384
-
-
-# Whether a URL is one of our relay's public URLs (a non-None answer): relay.routes.RelayUrls.addresses.
-OwnRelayUrl = Callable[[str], object | None]
-
-
-def is_own(url: str, settings: Settings, own_relay: OwnRelayUrl | None = None) -> bool:
-    """``url`` is on our public origin, or one of our relay's public URLs."""
-    origin = settings.public_origin
-    if url == origin or url.startswith(origin + "/"):
-        return True
-    return own_relay is not None and own_relay(url) is not None
 
 
 def _refused(address: str) -> bool:
@@ -49,17 +38,15 @@ def _refused(address: str) -> bool:
 class NetGuard:
     """Checks URLs against the policy, caching host verdicts for a few minutes."""
 
-    def __init__(self, settings: Settings, own_relay: OwnRelayUrl | None = None) -> None:
+    def __init__(self, settings: Settings, is_own: Callable[[str], bool] | None = None) -> None:
+        """``is_own``: whether a URL is one our own relay serves (always allowed); by default any URL
+        on our public origin."""
         self.settings = settings
-        self.own_relay = own_relay
+        self.is_own = is_own if is_own is not None else same_origin(settings.public_origin)
         self._cache: dict[str, tuple[bool, float]] = {}
         # URL -> its host: a fan-out checks the same callbacks at every publish, and parsing one with
         # httpx.URL costs about 25 us (measured), a dict lookup nothing. The host is still httpx's.
         self._hosts: dict[str, str] = {}
-
-    def is_own(self, url: str) -> bool:
-        """:func:`is_own` with this guard's view of our relay."""
-        return is_own(url, self.settings, self.own_relay)
 
     async def check(self, url: str) -> None:
         """Raise :class:`URLRefused` unless ``url`` may be requested."""

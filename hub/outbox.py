@@ -16,35 +16,37 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import defaultdict, deque
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 import anyio
-import httpx
+from cachetools import LRUCache
 
-from hub import local, store
+from hub import store
 from hub.errors import URLRefused
 from hub.metrics import HubMetrics
 from hub.models import Payload
 from hub.netguard import NetGuard
-from hub.sender import Sender, SendError
 from hub.signing import hub_signature, webhook_signature
+from reversehub.core.backoff import backoff
+from reversehub.core.outbound import OutboundError
 from reversehub.core.services import Services
 
 logger = logging.getLogger(__name__)
 
-MAX_RESPONSE_READ = 64 * 1024
 CLAIM_BATCH = 2000
 FLUSH_BATCH = 1000
 FLUSH_DELAY = 0.02
+# Payloads kept in memory between the claim that loads them and the attempts that send them (and for
+# the next claims of the same fan-out), by the size of their bodies: a few large fat pings must not
+# hold the process's memory.
+PAYLOAD_CACHE_BYTES = 32 * 1024 * 1024
 
 
-def backoff(attempt: int, base: float, cap: float) -> float:
-    """Seconds before retry number ``attempt`` (1-based): base * 2^(attempt-1), jittered to 50-100%."""
-    return float(min(cap, base * 2 ** min(attempt - 1, 30)) * random.uniform(0.5, 1.0))
+def _payload_size(payload: Payload) -> int:
+    return len(payload.body) + 256  # and the row's other fields, roughly
 
 
 _DEFAULT_PORTS = {"http": ":80", "https": ":443"}
@@ -52,8 +54,8 @@ _DEFAULT_PORTS = {"http": ":80", "https": ":443"}
 
 def netloc(url: str) -> str:
     """A URL's ``host[:port]``, lowercase, without userinfo or a default port: the key by which
-    sending is shared fairly between callback hosts. (httpx.URL gives the same for about 40 times
-    the CPU, and this runs for every claimed row.)"""
+    sending is shared fairly between callback hosts. (httpx.URL gives the same, but parses and
+    validates the whole URL, and this runs for every claimed row.)"""
     parts = urlsplit(url)
     loc = parts.netloc.rpartition("@")[2].lower()
     default = _DEFAULT_PORTS.get(parts.scheme)
@@ -66,9 +68,9 @@ class Slots:
     """At most ``n`` holders at a time; the others wait in arrival order.
 
     asyncio.Semaphore in Python 3.11 wakes a waiter by walking its queue past the waiters already
-    woken but not yet run, in Python, on every release: with the hundreds of deliveries a fan-out
-    queues behind the global bound, that walk was a quarter of the hub's CPU (py-spy, 10,000 relay
-    subscribers). Here a release hands its slot straight to the first waiter: O(1) either way.
+    woken but not yet run, in Python, on every release: quadratic in the hundreds of deliveries a
+    fan-out queues behind the global bound. Here a release hands its slot straight to the first
+    waiter: O(1) either way.
     """
 
     __slots__ = ("_free", "_waiters")
@@ -119,14 +121,6 @@ def interleave(rows: Iterable[tuple[str, store.Claimed]]) -> list[tuple[str, sto
     return out
 
 
-def _default_outbound(services: Services) -> bool:
-    """True when callbacks off our own origin go to the real network (no transport was injected):
-    then the lean :class:`~hub.sender.Sender` sends them. Injected transports (tests, peers behind
-    httpx.MockTransport) keep getting every request through services.http."""
-    own = local.own_transport(services.http)
-    return own is not None and isinstance(own.outbound, httpx.AsyncHTTPTransport)
-
-
 class Outbox:
     def __init__(
         self,
@@ -134,7 +128,6 @@ class Outbox:
         guard: NetGuard,
         metrics: HubMetrics,
         hub_url: str,
-        post_here: local.PostHere | None = None,
     ) -> None:
         self.services = services
         self.settings = services.settings
@@ -158,12 +151,11 @@ class Outbox:
         self._queued_total = 0
         self.max_queued = 40 * max(self.settings.delivery_concurrency, 16)
         self._stale: list[int] = []  # queued claims given back at the next write
-        self._payloads: dict[int, Payload] = {}
+        self._payloads: LRUCache[int, Payload] = LRUCache(maxsize=PAYLOAD_CACHE_BYTES, getsizeof=_payload_size)
         self._closing = False
         self.max_inflight = max(4 * self.settings.delivery_concurrency, 64)
-        self._sender = Sender(ssl_context=services.tls) if _default_outbound(services) else None
-        self._own_app = local.own_app(services.http)
-        self._post_here = post_here
+        self._outbound = services.outbound
+        self._is_own = services.is_own
         # The labelled children, looked up once: labels() costs a lock and a dict walk per delivery.
         self._counted = {k: metrics.deliveries.labels(k) for k in ("delivered", "gone", "failed", "retry")}
 
@@ -223,8 +215,8 @@ class Outbox:
     def _start(self, row: store.Claimed, host: str) -> None:
         self._host_load[host] += 1
         self._inflight.add(row.id)
-        # Plain asyncio tasks: spawning thousands into one anyio task group costs more CPU than
-        # sending them (measured); run() cancels what is left.
+        # Plain asyncio tasks: a task group's cancel scope per child costs more than a delivery to
+        # our own relay does, and a fan-out spawns thousands; run() cancels what is left.
         task = asyncio.get_running_loop().create_task(self._send(row, host))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -243,13 +235,16 @@ class Outbox:
         if queue is not None and not queue:
             del self._queued[host]
 
-    async def _load_payloads(self, ids: set[int]) -> None:
+    async def _load_payloads(self, ids: set[int]) -> dict[int, Payload]:
+        """Load the payloads of ``ids`` not in memory yet; returns those loaded."""
         missing = ids - self._payloads.keys()
         if not missing:
-            return
-        if len(self._payloads) > 256:
-            self._payloads.clear()
-        self._payloads.update(await store.payloads(self.services.sessions, missing))
+            return {}
+        loaded = await store.payloads(self.services.sessions, missing)
+        for payload_id, payload in loaded.items():
+            if _payload_size(payload) <= PAYLOAD_CACHE_BYTES:  # a larger one is sent without being kept
+                self._payloads[payload_id] = payload
+        return loaded
 
     def _defer_seconds(self) -> float:
         return min(1.0, max(0.05, self.settings.outbox_scan_interval))
@@ -257,7 +252,7 @@ class Outbox:
     def _host_key(self, callback: str) -> str:
         """The callback's host:port; empty for our own relay (served in-process, no connection
         to share fairly, so only the global bound applies)."""
-        if self.guard.is_own(callback):
+        if self._is_own(callback):
             return ""
         return netloc(callback)
 
@@ -308,33 +303,18 @@ class Outbox:
 
     async def _attempt(self, row: store.Claimed) -> store.Outcome:
         payload = self._payloads.get(row.payload_id)
-        if payload is None:
-            await self._load_payloads({row.payload_id})
-            payload = self._payloads[row.payload_id]
+        if payload is None:  # loaded at the claim and evicted since, or too large to keep
+            payload = (await self._load_payloads({row.payload_id}))[row.payload_id]
         try:
             await self.guard.check(row.callback)
         except URLRefused as exc:
             return store.Outcome(row.id, row.subscription_id, "failed", None, str(exc))
         now = time.time()
         headers = self.headers(row, payload, now)
-        own = self.guard.is_own(row.callback)
-        if own and self._own_app is not None:
-            try:
-                status = await local.post(
-                    self._own_app, row.callback, headers, payload.body, self.settings.delivery_timeout, self._post_here
-                )
-            except local.SendFailed as exc:
-                return self._failure(row, None, str(exc))
-        elif self._sender is not None and not own:
-            try:
-                status = await self._sender.post(row.callback, headers, payload.body, self.settings.delivery_timeout)
-            except SendError as exc:
-                return self._failure(row, None, str(exc))
-        else:
-            try:
-                status = await self._post_httpx(row.callback, headers, payload.body)
-            except httpx.HTTPError as exc:
-                return self._failure(row, None, type(exc).__name__)
+        try:
+            status = await self._outbound.post(row.callback, headers, payload.body, self.settings.delivery_timeout)
+        except OutboundError as exc:
+            return self._failure(row, None, str(exc))
         if 200 <= status < 300:
             self._counted["delivered"].inc()
             self.metrics.latency.observe(max(0.0, time.time() - row.created_at))
@@ -343,18 +323,6 @@ class Outbox:
             self._counted["gone"].inc()
             return store.Outcome(row.id, row.subscription_id, "gone", status, "callback answered 410 Gone")
         return self._failure(row, status, f"callback answered {status}")
-
-    async def _post_httpx(self, url: str, headers: dict[str, str], body: bytes) -> int:
-        """Through services.http: our own relay (in-process), and whatever transport tests inject."""
-        async with self.services.http.stream(
-            "POST", url, content=body, headers=headers, timeout=self.settings.delivery_timeout
-        ) as response:
-            read = 0
-            async for chunk in response.aiter_raw():
-                read += len(chunk)
-                if read > MAX_RESPONSE_READ:
-                    break
-            return response.status_code
 
     def _failure(self, row: store.Claimed, status: int | None, error: str) -> store.Outcome:
         # The callback URL is not logged: subscribers put tokens in them.
@@ -395,8 +363,6 @@ class Outbox:
     async def _drain(self) -> None:
         """On shutdown: write what is known, give back claims not sent."""
         try:
-            if self._sender is not None:
-                await self._sender.aclose()
             await self._write()
             queued = [row.id for q in self._queued.values() for _, row in q]
             await store.release(self.services.sessions, [*self._inflight, *queued, *self._stale])

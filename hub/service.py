@@ -20,12 +20,12 @@ from dataclasses import dataclass
 import anyio
 from sqlalchemy import func, select
 
-from hub import local, store, sup
+from hub import store, sup
 from hub.errors import NotFound, NotOwner
 from hub.fetcher import Fetcher
 from hub.metrics import HubMetrics
 from hub.models import Delivery, Subscription, Topic
-from hub.netguard import NetGuard, OwnRelayUrl
+from hub.netguard import NetGuard
 from hub.outbox import Outbox
 from hub.publish import FatPing, Ping
 from hub.signing import check_ownership
@@ -50,17 +50,13 @@ class Status:
 
 
 class Hub:
-    def __init__(
-        self, services: Services, post_here: local.PostHere | None = None, own_url: OwnRelayUrl | None = None
-    ) -> None:
-        """``post_here``: the relay's entry for POSTs to our own public URLs (hub.local); ``own_url``
-        says whether a URL is one of them (hub.netguard)."""
+    def __init__(self, services: Services) -> None:
         self.services = services
         self.settings = services.settings
         self.hub_url = self.settings.public_origin + "/hub"
         self.metrics = HubMetrics(services.metrics)
-        self.guard = NetGuard(self.settings, own_url)
-        self.outbox = Outbox(services, self.guard, self.metrics, self.hub_url, post_here)
+        self.guard = NetGuard(self.settings, services.is_own)
+        self.outbox = Outbox(services, self.guard, self.metrics, self.hub_url)
         self.fetcher = Fetcher(services, self.guard, self.metrics, on_enqueued=self.outbox.wake)
         self.verifier = Verifier(services, self.guard, baseline=self.fetcher.baseline, on_queued=self.outbox.wake)
         self._closing = False

@@ -40,6 +40,7 @@ from hub.errors import BadRequest, Busy, URLRefused
 from hub.grace import Grace
 from hub.netguard import NetGuard
 from reversehub.core import policy
+from reversehub.core.outbound import OutboundError
 from reversehub.core.services import Services
 
 logger = logging.getLogger(__name__)
@@ -203,9 +204,7 @@ class Verifier:
         expected = challenge.encode()
         url = with_params(req.callback, params)
         try:
-            status, body = await ask(
-                self.services.http, url, self.settings.verify_timeout, len(expected) + 1, own=self.guard.is_own(url)
-            )
+            status, body = await ask(self.services.outbound, url, self.settings.verify_timeout, len(expected) + 1)
         except Unanswered as exc:
             logger.info("verification GET failed: %s", exc)
             return False
@@ -270,8 +269,8 @@ class Verifier:
         """5.2: tell the subscriber its subscription was refused."""
         params = {"hub.mode": "denied", "hub.topic": req.topic, "hub.reason": reason}
         try:
-            await self.services.http.get(
-                httpx.URL(req.callback).copy_merge_params(params), timeout=self.settings.verify_timeout
+            await self.services.outbound.request(
+                "GET", with_params(req.callback, params), timeout=self.settings.verify_timeout, limit=0
             )
-        except httpx.HTTPError:
+        except OutboundError:
             pass

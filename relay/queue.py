@@ -35,7 +35,6 @@ import anyio
 
 from relay.errors import BadReply, NoPoller, NoReply, NotFound, RequesterError, Unavailable, Withdrawn
 from reversehub.core.broker import Broker
-from reversehub.core.broker.memory import MemoryBroker
 from reversehub.core.contracts import RELAY_ONLINE
 from reversehub.core.settings import Settings
 
@@ -170,9 +169,9 @@ class Dispatcher:
         self.settings = settings
         tick = min(settings.unavailable_timeout, settings.reply_timeout) / 20
         self._wakeups = _Wakeups(broker, min(0.25, max(0.005, tick)))
-        # The in-process broker's calls never suspend, so no cancellation can land between two of
-        # them and shielding them (an anyio CancelScope per delivery) would buy nothing.
-        self._inline = type(broker) is MemoryBroker  # exactly: a subclass may suspend
+        # When the broker's calls never suspend, no cancellation can land between two of them and
+        # shielding them (an anyio CancelScope per delivery) would buy nothing.
+        self._inline = broker.never_suspends
 
     def _shielded(self) -> AbstractContextManager[object]:
         """Run broker calls that must not be cut apart (taken items end up bound or back in the queue)."""

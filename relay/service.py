@@ -22,7 +22,6 @@ from relay.queue import CHANGED_CHANNEL, Delivery, Dispatcher, Item, queue_key, 
 from relay.registry import CACHE_TTL, SOLO_CACHE_TTL, Reg, Registry, cap_name, private_cap
 from relay.routes import RelayUrls
 from relay.wire import WireError, serialize_response
-from reversehub.core.broker.memory import MemoryBroker
 from reversehub.core.services import Services
 
 logger = logging.getLogger(__name__)
@@ -80,7 +79,7 @@ class Relay:
         self.services = services
         self.settings = services.settings
         self.broker = services.broker
-        solo = isinstance(services.broker, MemoryBroker)  # one process: no relay.changed can be missed
+        solo = not services.broker.spans_processes  # one process: no relay.changed can be missed
         self.registry = Registry(services.sessions, services.settings, SOLO_CACHE_TTL if solo else CACHE_TTL)
         self.dispatcher = Dispatcher(services.broker, services.settings)
         self.metrics = RelayMetrics(services)

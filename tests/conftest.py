@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 
 from reversehub.core import db
 from reversehub.core.broker import Broker
+from reversehub.core.outbound import Outbound
 from reversehub.core.settings import Settings
 from reversehub.server.app import create_app
 from tests.support import (  # noqa: F401  (fixtures re-exported for every test module)
@@ -97,16 +98,17 @@ MakeApp = Callable[..., Awaitable[tuple[Starlette, httpx.AsyncClient]]]
 
 @pytest.fixture
 async def make_app(settings: Settings) -> AsyncIterator[MakeApp]:
-    """``app, client = await make_app(transport=..., broker=..., **settings_overrides)``."""
+    """``app, client = await make_app(transport=... or outbound=..., broker=..., **settings_overrides)``."""
     async with AsyncExitStack() as stack:
 
         async def factory(
             *,
             transport: httpx.AsyncBaseTransport | None = None,
             broker: Broker | None = None,
+            outbound: Outbound | None = None,
             **overrides: Any,
         ) -> tuple[Starlette, httpx.AsyncClient]:
-            app = create_app(replace(settings, **overrides), broker=broker, transport=transport)
+            app = create_app(replace(settings, **overrides), broker=broker, transport=transport, outbound=outbound)
             client = await stack.enter_async_context(started(app))
             return app, client
 

@@ -72,6 +72,37 @@ async def drain(b: Broker, queue: str, timeout: float = 0.3) -> list[bytes]:
     return items
 
 
+# Abilities ------------------------------------------------------------------------------------
+def finishes_at_once(coro: object) -> bool:
+    """Run ``coro`` one step: True when it completed without handing control to the event loop."""
+    try:
+        coro.send(None)  # type: ignore[attr-defined]
+    except StopIteration:
+        return True
+    coro.close()  # type: ignore[attr-defined]
+    return False
+
+
+async def test_declared_abilities_hold(make: Make) -> None:
+    """The relay trusts these declarations (relay.service: registry caching; relay.queue: shielding)."""
+    a, b = make(), make()
+    assert a.spans_processes is (a is not b)
+    if a.never_suspends:
+        calls = [
+            a.push("q", b"1"),
+            a.push_front("q", b"0"),
+            a.pop("q", 0),
+            a.remove("q", b"1"),
+            a.length("q"),
+            a.set("k", b"v", 1.0, nx=True),
+            a.get("k"),
+            a.incr("n", 1.0),
+            a.delete("k"),
+            a.publish("ch", b"m"),
+        ]
+        assert [finishes_at_once(c) for c in calls] == [True] * len(calls)
+
+
 # Queues ---------------------------------------------------------------------------------------
 async def test_fifo_and_lengths(broker: Broker) -> None:
     assert await broker.push("q", b"a") == 1

@@ -10,7 +10,7 @@ import anyio
 import pytest
 from sqlalchemy import event, text
 
-from reversehub.core import db
+from reversehub.core import db, sqlite
 
 pytestmark = pytest.mark.anyio
 
@@ -20,15 +20,15 @@ SLOW = "with recursive n(i) as (select 1 union all select i + 1 from n where i <
 async def test_a_graceful_close_racing_a_forced_stop_ends_on_one_cancellation(tmp_path: Path) -> None:
     """What SQLAlchemy's terminate() does when a query is cancelled half-way: close() in a task,
     stop() beside it; then the loop's shutdown cancels that task once (asyncio.runners)."""
-    driver = await db._sqlite_connect(str(tmp_path / "x.db"))
+    driver = await sqlite.connect(str(tmp_path / "x.db"))
     closing = asyncio.ensure_future(driver.close())
     await asyncio.sleep(0)  # close() has queued sqlite3's close on the worker thread
     driver.stop()
     closing.cancel()
     with anyio.fail_after(5):
         await asyncio.wait([closing])
-    driver._thread.join(5)
-    assert not driver._thread.is_alive()
+    driver.thread.join(5)
+    assert not driver.thread.is_alive()
 
 
 def test_a_worker_finishing_after_its_loop_closed_exits_quietly(tmp_path: Path) -> None:
@@ -37,18 +37,18 @@ def test_a_worker_finishing_after_its_loop_closed_exits_quietly(tmp_path: Path) 
     seen: list[threading.ExceptHookArgs] = []
     previous, threading.excepthook = threading.excepthook, seen.append
     try:
-        holder: list[db._SQLiteConnection] = []
+        holder: list[sqlite.Connection] = []
 
         async def leave_a_query_running() -> None:
-            driver = await db._sqlite_connect(str(tmp_path / "x.db"))
+            driver = await sqlite.connect(str(tmp_path / "x.db"))
             holder.append(driver)
             asyncio.ensure_future(driver.execute(SLOW))
             await asyncio.sleep(0.01)
             driver.stop()  # queued behind the query, its future on a loop about to close
 
         asyncio.run(leave_a_query_running())
-        holder[0]._thread.join(30)
-        assert not holder[0]._thread.is_alive()
+        holder[0].thread.join(30)
+        assert not holder[0].thread.is_alive()
         assert seen == []
     finally:
         threading.excepthook = previous
@@ -59,7 +59,7 @@ async def test_engines_use_it_with_their_settings(tmp_path: Path) -> None:
     try:
         async with engine.begin() as conn:
             raw = await conn.get_raw_connection()
-            assert isinstance(raw.driver_connection, db._SQLiteConnection)
+            assert isinstance(raw.driver_connection, sqlite.Connection)
             assert (await conn.execute(text("pragma busy_timeout"))).scalar() == 30000
             assert (await conn.execute(text("pragma foreign_keys"))).scalar() == 1
     finally:

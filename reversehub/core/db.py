@@ -8,15 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sqlite3
 import sys
-import threading
-from collections.abc import Callable
 from pathlib import Path
-from queue import SimpleQueue
 from typing import Any
 
-import aiosqlite
 from sqlalchemy import MetaData, event, text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import DBAPIError
@@ -24,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase
 
 import migrations
+from reversehub.core import sqlite
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -66,71 +62,6 @@ def is_sqlite(engine_or_url: AsyncEngine | str | URL) -> bool:
     return url.get_backend_name() == "sqlite"
 
 
-_STOP = object()
-
-
-def _sqlite_worker(tx: SimpleQueue[tuple[asyncio.Future[Any] | None, Any]]) -> None:
-    """aiosqlite's worker loop, except that a result for a loop that is closed by now is dropped
-    (nobody can await it) instead of killing the thread with "Event loop is closed"."""
-    deliver: Callable[[asyncio.Future[Any], Any], None]
-    while True:
-        future, function = tx.get()
-        try:
-            result, deliver = function(), aiosqlite.core.set_result
-        except BaseException as exc:  # noqa: B036  (handed to the awaiting coroutine, as aiosqlite does)
-            result, deliver = exc, aiosqlite.core.set_exception
-        if future is not None:
-            try:
-                future.get_loop().call_soon_threadsafe(deliver, future, result)
-            except RuntimeError:
-                pass  # the event loop is closed
-        if result is _STOP:
-            return
-
-
-class _SQLiteConnection(aiosqlite.Connection):
-    """An aiosqlite connection whose close() cannot hang.
-
-    When a query is cancelled half-way, SQLAlchemy terminates the connection: a graceful close()
-    in a shielded task plus, as the cancellation reaches it, a forced stop(). With plain aiosqlite
-    0.22 the graceful close() then queues a second stop behind the first, which ends the worker
-    thread, and awaits a future that nothing will ever resolve: a task that ignores one
-    cancellation, so the event loop's shutdown (asyncio.run, the anyio test runner) waits for ever.
-    Here stop() is idempotent and close() after a stop returns at once: the worker thread still
-    closes the sqlite3 connection and exits.
-    """
-
-    def __init__(self, connector: Any, iter_chunk_size: int = 64) -> None:
-        super().__init__(connector, iter_chunk_size)
-        self._thread = threading.Thread(target=_sqlite_worker, args=(self._tx,), daemon=True)
-
-    def stop(self) -> asyncio.Future[Any] | None:
-        if not self._running:
-            return None  # already stopping: one sentinel, one worker exit
-        self._running = False
-
-        def close_and_stop() -> object:
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
-            return _STOP
-
-        try:
-            future: asyncio.Future[Any] | None = asyncio.get_running_loop().create_future()
-        except RuntimeError:
-            future = None  # garbage collection outside a loop
-        self._tx.put_nowait((future, close_and_stop))
-        return future
-
-    async def close(self) -> None:
-        if self._running:
-            await super().close()
-
-
-def _sqlite_connect(database: str, **kwargs: Any) -> _SQLiteConnection:
-    return _SQLiteConnection(lambda: sqlite3.connect(database, **kwargs))
-
-
 def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
     """An async engine for a plain URL. SQLite gets WAL, a busy timeout and enforced foreign keys."""
     aurl = async_url(url)
@@ -149,9 +80,11 @@ def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
             kwargs.setdefault("pool_timeout", 120)
         engine = create_async_engine(aurl, **kwargs)
 
+        # SQLAlchemy's aiosqlite dialect, over our own thread-backed connection (reversehub.core.sqlite):
+        # its close cannot hang the event loop's shutdown. SQLAlchemy's connect arguments are kept.
         @event.listens_for(engine.sync_engine, "do_connect")
         def _connect(dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]) -> Any:
-            return dialect.loaded_dbapi.connect(*cargs, async_creator_fn=_sqlite_connect, **cparams)
+            return dialect.loaded_dbapi.connect(*cargs, async_creator_fn=sqlite.connect, **cparams)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

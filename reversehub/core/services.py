@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import httpx
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from reversehub.core.broker import Broker
 from reversehub.core.limits import Limits
+from reversehub.core.outbound import Outbound
 from reversehub.core.settings import Settings
 
 
@@ -20,14 +20,12 @@ class Services:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     broker: Broker
-    # Outbound HTTP (verification, delivery, feed fetches). Requests to our own public origin are
-    # served in-process by the app itself (see reversehub.core.transport.OwnOriginTransport).
-    http: httpx.AsyncClient
+    # Every outbound request (verification, delivery, feed fetch): reversehub.core.outbound.
+    outbound: Outbound
     metrics: CollectorRegistry
-    # What outbound https trusts: the context services.http's own transport was built with, for
-    # every other client of the network (hub.sender) to share: one trust policy, one CA store in
-    # memory. None when a transport was injected; then httpx's default (httpx.create_ssl_context()).
-    tls: ssl.SSLContext | None = None
+    # Whether a URL is one our own relay serves: answered in-process by ``outbound``, always allowed
+    # by the SSRF guard, and outside the per-host fairness of deliveries.
+    is_own: Callable[[str], bool]
     # Request budgets (--rate-limit), counted in the broker: the middleware and the handlers share them.
     limits: Limits = field(init=False)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -32,9 +31,9 @@ from relay.routes import routes as relay_routes
 from relay.service import Relay
 from reversehub.core import db
 from reversehub.core.broker import Broker, make_broker
+from reversehub.core.outbound import HttpxOutbound, LeanOutbound, Outbound, OwnRelay, own_urls
 from reversehub.core.services import Services
 from reversehub.core.settings import Settings
-from reversehub.core.transport import OwnOriginTransport
 from reversehub.server import dashboard, health
 from reversehub.server.accesslog import AccessLogMiddleware
 from reversehub.server.accesslog import logger as access_logger
@@ -103,11 +102,16 @@ def create_app(
     *,
     broker: Broker | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    outbound: Outbound | None = None,
 ) -> ReverseHub:
-    """Build the app. ``broker`` and ``transport`` (outbound HTTP) may be injected by tests."""
-    # The relay's URLs, handed to the hub as a plain callable (hub never imports relay): deliveries
-    # and verifications to our own public URLs, host-based ones included, stay in-process.
+    """Build the app. Tests may inject the ``broker``, and what reaches the network: an ``outbound``
+    of their own, or an httpx ``transport`` to send every such request through. Requests to our own
+    relay are served in-process either way."""
     urls = RelayUrls(settings)
+    # Whether a URL is one our own relay serves (host-based names included), handed to the hub as a
+    # plain callable (hub never imports relay): the outbound seam answers it in-process, the SSRF
+    # guard always allows it and the outbox shares no per-host limit for it.
+    is_own = own_urls(settings.public_origin, urls.addresses)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -116,30 +120,30 @@ def create_app(
             if settings.migrate:
                 await db.migrate(engine)
             the_broker = broker if broker is not None else make_broker(settings.redis_url)
-            tls: ssl.SSLContext | None = None
-            outbound = transport
-            if outbound is None:
-                # httpx's trust (SSL_CERT_FILE, else SSL_CERT_DIR, else certifi's bundle), built once
-                # and shared with the delivery sender: a callback the hub verified is one it can
-                # deliver to. (OpenSSL's own defaults, ssl.create_default_context(), trust otherwise.)
-                tls = httpx.create_ssl_context()
-                outbound = httpx.AsyncHTTPTransport(verify=tls)
-            http = httpx.AsyncClient(
-                transport=OwnOriginTransport(app, settings.public_origin, outbound, urls.addresses),
-                timeout=httpx.Timeout(settings.delivery_timeout),
-                follow_redirects=False,
-            )
+            built: HttpxOutbound | None = None  # what is built here is closed here
+            network: Outbound
+            if outbound is not None:
+                network = outbound
+            elif transport is None:
+                network = built = LeanOutbound.default(settings.delivery_timeout)
+            else:
+                client = httpx.AsyncClient(
+                    transport=transport, timeout=httpx.Timeout(settings.delivery_timeout), follow_redirects=False
+                )
+                network = built = HttpxOutbound(client)
+            own = OwnRelay(app, is_own, network)
             services = Services(
                 settings=settings,
                 engine=engine,
                 sessions=db.sessionmaker(engine),
                 broker=the_broker,
-                http=http,
+                outbound=own,
                 metrics=CollectorRegistry(auto_describe=True),
-                tls=tls,
+                is_own=is_own,
             )
             relay = Relay(services)
-            hub = Hub(services, post_here=functools.partial(relay_endpoints.post_here, relay), own_url=urls.addresses)
+            own.post_here = functools.partial(relay_endpoints.post_here, relay)
+            hub = Hub(services)
             app.state.relay, app.state.hub = relay, hub
             async with anyio.create_task_group() as tg:
                 tg.start_soon(relay.run)
@@ -153,7 +157,8 @@ def create_app(
                     await hub.aclose()
                     await relay.aclose()
                     tg.cancel_scope.cancel()
-            await http.aclose()
+            if built is not None:
+                await built.aclose()
             if broker is None:
                 await the_broker.aclose()
         finally:

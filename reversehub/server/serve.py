@@ -20,6 +20,7 @@ lifespan, one drain.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import multiprocessing
@@ -29,7 +30,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from dataclasses import replace
 from types import FrameType
 from typing import Any
@@ -167,9 +168,21 @@ class DrainingServer(uvicorn.Server):
         if app is not None:
             await drain(app)
         await super().shutdown(sockets)
-        # uvicorn re-raises the signal that stopped it once it is done, so the process would end
-        # "killed by SIGTERM". We drained: that is a clean exit, status 0.
-        self._captured_signals.clear()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's handlers (``handle_exit``: the first signal stops, a second Ctrl-C forces), but
+        the signal is not raised again once the server is done: uvicorn's would end the process
+        "killed by SIGTERM", and we drained, which is a clean exit (status 0)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signals can only be handled on the main thread
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in uvicorn.server.HANDLED_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
 
 
 def serve(settings: Settings) -> None:

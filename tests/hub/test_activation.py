@@ -15,7 +15,7 @@ from hub.activations import Activations
 from hub.challenge import Unanswered, ask, with_params
 from hub.models import Delivery, Subscription
 from reversehub.core import db
-from reversehub.core.transport import OwnOriginTransport
+from reversehub.core.outbound import HttpxOutbound, OwnRelay, same_origin
 from tests.hub.conftest import SUB, subscribe
 from tests.support import wait_for
 
@@ -177,16 +177,16 @@ async def own_app(scope, receive, send):
 
 @pytest.mark.parametrize("own", [True, False])
 async def test_the_verification_get_keeps_no_more_than_it_needs(own):
-    outbound = httpx.ASGITransport(app=own_app)
-    async with httpx.AsyncClient(transport=OwnOriginTransport(own_app, "http://hub.test", outbound)) as http:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=own_app)) as http:
+        outbound = OwnRelay(own_app, same_origin("http://hub.test"), HttpxOutbound(http))
         origin = "http://hub.test" if own else "http://sub.test"
-        assert await ask(http, f"{origin}/cb?q=1", 5, 5, own=own) == (201, b"01234")
-        assert await ask(http, f"{origin}/cb", 5, 50, own=own) == (201, b"0123456789")
+        assert await ask(outbound, f"{origin}/cb?q=1", 5, 5) == (201, b"01234")
+        assert await ask(outbound, f"{origin}/cb", 5, 50) == (201, b"0123456789")
 
 
 async def test_our_own_app_failing_to_answer_is_no_verification():
-    transport = OwnOriginTransport(own_app, "http://hub.test", httpx.ASGITransport(app=own_app))
-    async with httpx.AsyncClient(transport=transport) as http:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=own_app)) as http:
+        outbound = OwnRelay(own_app, same_origin("http://hub.test"), HttpxOutbound(http))
         for path, timeout in [("/raises", 5.0), ("/silent", 5.0), ("/slow", 0.05)]:
             with pytest.raises(Unanswered):
-                await ask(http, f"http://hub.test{path}", timeout, 10, own=True)
+                await ask(outbound, f"http://hub.test{path}", timeout, 10)

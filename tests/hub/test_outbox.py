@@ -12,8 +12,9 @@ from sqlalchemy import select, update
 from hub import store
 from hub.models import Delivery
 from hub.netguard import NetGuard
-from hub.outbox import Slots, backoff, netloc
+from hub.outbox import Slots, netloc
 from hub.signing import ownership_proof
+from reversehub.core.backoff import backoff
 from reversehub.core.settings import Settings
 from tests.hub.conftest import SUB, subscribe
 from tests.support import wait_for

@@ -26,6 +26,7 @@ from hub.netguard import NetGuard
 from hub.subscriptions import SubscriptionRequest, Verifier
 from reversehub.core import db
 from reversehub.core.broker.memory import MemoryBroker
+from reversehub.core.outbound import HttpxOutbound, same_origin
 from reversehub.core.services import Services
 from reversehub.core.settings import Settings
 from reversehub.server.app import create_app
@@ -69,8 +70,12 @@ async def verifier_for(
     engine = db.create_engine(settings.database_url)
     try:
         async with httpx.AsyncClient(transport=httpx.MockTransport(echo)) as http:
-            services = Services(settings, engine, db.sessionmaker(engine), MemoryBroker(), http, CollectorRegistry())
-            yield Verifier(services, NetGuard(settings), baseline=baseline), asked
+            is_own = same_origin(settings.public_origin)
+            outbound = HttpxOutbound(http)
+            services = Services(
+                settings, engine, db.sessionmaker(engine), MemoryBroker(), outbound, CollectorRegistry(), is_own
+            )
+            yield Verifier(services, NetGuard(settings, is_own), baseline=baseline), asked
     finally:
         await engine.dispose()
 

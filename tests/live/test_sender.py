@@ -1,4 +1,4 @@
-"""hub.sender against a tiny scripted asyncio server: what h11 does for us (framing of chunked and
+"""reversehub.core.sender against a tiny scripted asyncio server: what h11 does for us (framing of chunked and
 read-to-close responses, whether a connection may be reused, rejecting malformed responses)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import certifi
 import httpx
 import pytest
 
-from hub.sender import MAX_DRAIN, Sender, SendError
+from reversehub.core.sender import MAX_DRAIN, Sender, SendError
 from tests.support import unavailable
 
 pytestmark = [pytest.mark.anyio, pytest.mark.live]
@@ -312,7 +312,7 @@ async def test_without_a_context_the_sender_trusts_what_httpx_trusts(
     tls_files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SSL_CERT_FILE wins over SSL_CERT_DIR for httpx; OpenSSL's defaults (ssl.create_default_context)
-    would read both, and trust a certificate that verification on services.http refuses."""
+    would read both, and trust a certificate that verification on httpx refuses."""
     cert, key = tls_files
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_context.load_cert_chain(cert, key)

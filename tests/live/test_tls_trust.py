@@ -1,5 +1,5 @@
 """One trust policy for every outbound https request: the intent verification (GET, httpx) and the
-deliveries (POST, hub.sender) trust the same CAs, so a callback the hub verified is one it can
+deliveries (POST, reversehub.core.sender) trust the same CAs, so a callback the hub verified is one it can
 deliver to, and one it could not verify gets nothing.
 
 The hub trusts what httpx trusts: ``SSL_CERT_FILE``, else ``SSL_CERT_DIR``, else certifi's bundle.
@@ -133,7 +133,7 @@ async def test_verification_and_delivery_trust_the_same_cas(
 
 @asynccontextmanager
 async def _hub(database_url: str, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """A hub on real sockets (no injected transport: verification on httpx, deliveries on hub.sender)."""
+    """A hub on real sockets (no injected transport: verification on httpx, deliveries on reversehub.core.sender)."""
     sock = bound_socket()
     settings = live_settings(database_url, sock.getsockname()[1], delivery_retry_base=0.02, **overrides)
     async with serve_live(create_app(settings), sock=sock) as url, httpx.AsyncClient(base_url=url) as client:

@@ -15,8 +15,8 @@ from hub.models import Subscription
 from hub.netguard import NetGuard
 from relay.routes import Kind, RelayUrls
 from relay.wire import HttpResponse, parse_request, serialize_response
+from reversehub.core.outbound import OwnRelay, own_urls
 from reversehub.core.settings import Settings
-from reversehub.core.transport import OwnOriginTransport
 from tests.conftest import PUBLIC
 from tests.relay.helpers import links, register, serve_one
 from tests.support import wait_for
@@ -86,21 +86,27 @@ def test_addresses_recognize_our_public_urls_only():
     assert prefixed.addresses("https://example.test/relay/bob/x") is None
 
 
+class Nowhere:
+    """An outbound network side that is never reached in these tests."""
+
+    async def request(self, method, url, **_):
+        raise AssertionError(url)
+
+    async def post(self, url, headers, body, timeout):
+        raise AssertionError(url)
+
+
 def test_the_hub_side_counts_host_based_names_as_ours():
-    """What the composition root hands the hub (hub.netguard, the outbound transport) as a callable."""
+    """What the composition root hands the hub (hub.netguard, the outbound seam) as a callable."""
     settings = Settings(public_url="http://hub.test", relay_domain=DOMAIN)
-    addresses = RelayUrls(settings).addresses
-    guard = NetGuard(settings, addresses)
+    is_own = own_urls(settings.public_origin, RelayUrls(settings).addresses)
+    guard = NetGuard(settings, is_own)
     assert guard.is_own("http://hub.test/hub") and guard.is_own("http://alice.relay.test/cb")
     assert not guard.is_own("http://hub.test.evil/") and not guard.is_own("http://a.b.relay.test/")
     assert not NetGuard(settings).is_own("http://alice.relay.test/cb")
-    transport = OwnOriginTransport(
-        Starlette(), "http://hub.test", httpx.MockTransport(lambda r: httpx.Response(200)), addresses
-    )
-    assert transport.is_own(httpx.URL("http://Alice.relay.test/cb")) and transport.is_own(
-        httpx.URL("http://hub.test/x")
-    )
-    assert not transport.is_own(httpx.URL("https://alice.relay.test/cb"))
+    outbound = OwnRelay(Starlette(), is_own, Nowhere())
+    assert outbound.is_own("http://Alice.relay.test/cb") and outbound.is_own("http://hub.test/x")
+    assert not outbound.is_own("https://alice.relay.test/cb")
 
 
 def test_find_classifies_by_host_first():

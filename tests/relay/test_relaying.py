@@ -411,8 +411,8 @@ async def test_posts_made_here_reach_the_application_as_an_in_process_request_wo
     """The hub's deliveries to callbacks on our own relay skip HTTP and ASGI (relay.endpoints.post_here):
     the application gets the same message/http bytes as from an in-process request, and the
     requester the reply's status, or the relay's own answer."""
-    from hub import inprocess
     from relay.endpoints import post_here
+    from reversehub.core import inprocess
 
     app, client = app_client
     relay = app.state.relay
@@ -425,7 +425,7 @@ async def test_posts_made_here_reach_the_application_as_an_in_process_request_wo
         status["direct"] = await post_here(relay, url, headers, b"<feed/>")
 
     async def through_asgi() -> None:
-        status["asgi"], _ = await inprocess.request(app, "POST", url, headers=headers, body=b"<feed/>", timeout=10)
+        status["asgi"], _, _ = await inprocess.request(app, "POST", url, headers=headers, body=b"<feed/>", timeout=10)
 
     nxt = urls["first"]
     for requester in (direct, through_asgi):

@@ -10,6 +10,9 @@ Three small abilities, each with the semantics both implementations must keep (t
   returns ``False`` when a consumer already has it, which settles the race in one place.
 - **Channels**: fire-and-forget fan-out to every current subscriber on every process.
 - **Keys**: small values with an optional time-to-live, atomic set-if-absent and counters.
+
+Each broker also declares what it is (:attr:`Broker.spans_processes`, :attr:`Broker.never_suspends`), so
+callers ask an ability instead of naming an implementation.
 """
 
 from __future__ import annotations
@@ -38,6 +41,16 @@ class Subscription(Protocol):
 
 
 class Broker(Protocol):
+    # Abilities --------------------------------------------------------------------------------
+    spans_processes: bool
+    """True when other processes share this broker: a channel message may come from elsewhere, and one
+    published while this process was not listening (a reconnect) is missed."""
+
+    never_suspends: bool
+    """True when no call returns control to the event loop before it has done its work: then no
+    cancellation can land between two calls, and callers need not shield a sequence of them. A
+    subclass whose calls await anything must set it to False."""
+
     # Queues -----------------------------------------------------------------------------------
     async def push(self, queue: str, item: bytes) -> int:
         """Append ``item``; return the queue's length after the push."""

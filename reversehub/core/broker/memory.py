@@ -68,6 +68,11 @@ def _expire(fut: asyncio.Future[bytes | None]) -> None:
 
 
 class MemoryBroker:
+    """The broker of one process: plain dicts and futures on this event loop."""
+
+    spans_processes = False
+    never_suspends = True
+
     def __init__(self) -> None:
         self._queues: dict[str, deque[bytes]] = {}
         self._waiters: dict[str, deque[asyncio.Future[bytes | None]]] = {}
@@ -202,9 +207,9 @@ class MemoryBroker:
     def _wrote(self) -> None:
         """Expired keys nobody reads again are dropped by a sweep over all keys once there have
         been as many writes as the last sweep kept keys: O(1) per write however many keys live,
-        and never more than twice as many keys as live ones (plus 4,096). Sweeping whenever the
-        count of keys was a multiple of 4,096 swept at every write while a fan-out held the count
-        there, binding and answering thousands of requests."""
+        and never more than twice as many keys as live ones (plus 4,096). A sweep keyed to the count
+        of keys instead (say, at every multiple of 4,096) would sweep at every write while a fan-out
+        holds the count at such a multiple."""
         self._writes += 1
         if self._writes >= max(4096, self._kept):
             self._sweep()

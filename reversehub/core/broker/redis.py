@@ -41,6 +41,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from reversehub.core.backoff import backoff
 from reversehub.core.broker.base import BrokerClosed, BrokerUnavailable
 
 logger = logging.getLogger(__name__)
@@ -187,7 +188,7 @@ class _PubSub:
                 pass  # the connection went away, and the subscription with it
 
     async def _read_loop(self) -> None:
-        backoff = 0.05
+        failures = 0
         while True:
             try:
                 if not self._connected.is_set():
@@ -195,15 +196,15 @@ class _PubSub:
                     if self._sinks:  # after a reconnect: resubscribe all, the acks wake queue waiters
                         await self._conn.send_command(b"SUBSCRIBE", *self._sinks, check_health=False)
                     self._connected.set()
-                    backoff = 0.05
+                    failures = 0
                 response = await self._conn.read_response(timeout=math.inf, push_request=True)
             except (RedisError, OSError) as exc:
                 if self._connected.is_set():
                     logger.warning("redis pub/sub connection lost (%s); reconnecting", exc)
                 self._connected.clear()
                 await self._conn.disconnect(nowait=True)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
+                failures += 1
+                await asyncio.sleep(backoff(failures, 0.1, 1.0))
                 continue
             self._dispatch(response)
 
@@ -243,6 +244,9 @@ class _PubSub:
 
 class RedisBroker:
     """The broker over Redis. ``url`` is a redis:// URL, optionally with ``?prefix=name:``."""
+
+    spans_processes = True
+    never_suspends = False
 
     def __init__(
         self,

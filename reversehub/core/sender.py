@@ -1,28 +1,28 @@
 """A lean HTTP/1.1 client for deliveries: POST a body, read the status, keep the connection.
 
-httpx costs about a millisecond of CPU per request (measured: 1,018 us per POST to a local server,
-one core); a fan-out to thousands of callbacks needs a small fraction of that. This client does
-one thing: ``POST`` with the headers it is given, over keep-alive connections pooled per origin
-(``scheme://host:port``). The protocol work (request framing, header validation, the status line,
-Content-Length / chunked / read-to-close bodies, whether a connection may be reused) is h11's;
-this module only moves bytes. Response bodies are read up to a small limit and dropped; a
+A fan-out to thousands of callbacks spends its CPU per request, and a general client's per-request
+work (httpx's models, its pool, its stream machinery) is many times what a POST needs (bench/fanout.py
+compares). This client does one thing: ``POST`` with the headers it is given, over keep-alive
+connections pooled per origin (``scheme://host:port``). The protocol work (request framing, header
+validation, the status line, Content-Length / chunked / read-to-close bodies, whether a connection
+may be reused) is h11's; this module only moves bytes. Response bodies are read up to a small limit and dropped; a
 connection is reused only when h11 says both sides finished the exchange cleanly.
 
 Each connection is an :class:`asyncio.Protocol` that feeds h11 as bytes arrive, so an exchange
 costs one future and one timer: no stream reader waking the task for every read, no timeout
-context per request. Measured with callgrind (a POST answered 204, 8 header fields): h11 is about
-410,000 instructions of the ~460,000 a request costs here; the rest was ~110,000 on asyncio streams.
+context per request, and h11's own work is nearly all a request costs.
 
 A malformed response, a timeout or a closed connection ends in :class:`SendError`, which the
-outbox treats like any failed attempt: it retries. Verification and topic fetches stay on
-``services.http``, and https callbacks are verified against the same CAs: the composition root
-gives both the one :class:`ssl.SSLContext` (``services.tls``), so the hub never verifies a callback
-it then cannot deliver to, nor delivers to one it could not verify.
+outbox treats like any failed attempt: it retries. Verification and topic fetches go through httpx,
+and https callbacks are verified against the same CAs: :class:`reversehub.core.outbound.LeanOutbound`
+gives both the one :class:`ssl.SSLContext`, so the hub never verifies a callback it then cannot
+deliver to, nor delivers to one it could not verify.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from urllib.parse import SplitResult, urlsplit
 
@@ -152,27 +152,38 @@ class _Conn(asyncio.Protocol):
             self.close()
 
 
+@functools.lru_cache(maxsize=ORIGINS_CACHED)  # a fan-out posts to the same few origins again and again
+def _origin(scheme: str, netloc: str) -> tuple[_Key, bytes]:
+    """The pool key (scheme, host, port) and the Host header of a URL's ``scheme`` and ``netloc``."""
+    parts = SplitResult(scheme, netloc, "", "", "")
+    try:
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError:
+        raise SendError("bad port") from None
+    try:
+        host = netloc.rpartition("@")[2].encode("ascii")
+    except UnicodeEncodeError:
+        raise SendError("bad request: host not in ASCII") from None
+    return (scheme, parts.hostname or "", port), host
+
+
 class Sender:
     def __init__(self, user_agent: str = "reversehub", *, ssl_context: ssl.SSLContext | None = None) -> None:
-        """``ssl_context`` for https callbacks: the one ``services.http`` uses; when None, httpx's
+        """``ssl_context`` for https callbacks: the one verification uses; when None, httpx's
         default (SSL_CERT_FILE, else SSL_CERT_DIR, else certifi's bundle), not OpenSSL's defaults."""
         self._idle: dict[_Key, list[_Conn]] = {}
-        self._origins: dict[tuple[str, str], tuple[_Key, bytes]] = {}
         self._ssl = ssl_context
         self._user_agent = user_agent.encode("ascii")
 
     async def post(self, url: str, headers: dict[str, str], body: bytes, timeout: float) -> int:
         """POST ``body`` to ``url``; returns the response status."""
         parts = urlsplit(url)
-        origin = self._origins.get((parts.scheme, parts.netloc))
-        if origin is None:
-            origin = self._origin(parts)
-        key, host = origin
+        key, host = _origin(parts.scheme, parts.netloc)
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
-        # Bytes, not str: h11 validates them all the same, and its own str-to-bytes step was a
-        # sixth of what building the request cost (callgrind).
+        # Bytes, not str: h11 validates them all the same, and skipping its own str-to-bytes step
+        # is a large part of what building the request costs.
         fields = [(b"Host", host), (b"Content-Length", b"%d" % len(body)), (b"User-Agent", self._user_agent)]
         try:
             fields += [(name.encode("ascii"), value.encode("ascii")) for name, value in headers.items()]
@@ -191,21 +202,6 @@ class Sender:
         status = await self._try(key, await self._connect(key, deadline), request, body, deadline, pooled=False)
         assert status is not None  # only a pooled connection is given up on
         return status
-
-    def _origin(self, parts: SplitResult) -> tuple[_Key, bytes]:
-        try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError:
-            raise SendError("bad port") from None
-        try:
-            host = parts.netloc.rpartition("@")[2].encode("ascii")
-        except UnicodeEncodeError:
-            raise SendError("bad request: host not in ASCII") from None
-        origin = (parts.scheme, parts.hostname or "", port), host
-        if len(self._origins) >= ORIGINS_CACHED:
-            self._origins.clear()
-        self._origins[(parts.scheme, parts.netloc)] = origin
-        return origin
 
     async def _try(
         self, key: _Key, conn: _Conn, request: h11.Request, body: bytes, deadline: float, *, pooled: bool

@@ -2,13 +2,15 @@
 
 The scope is the one a server would build, so the app cannot tell the difference; ``receive``
 keeps the connection open until the response is complete, as a live client would. The client
-address is the one :mod:`reversehub.core.transport` gives in-process requests. Plain asyncio (an
-event, ``asyncio.timeout``): this runs once per request, and anyio's equivalents cost more.
+address is :data:`~reversehub.core.contracts.IN_PROCESS_CLIENT`, by which the relay and the limits
+know a request the server makes to itself. Plain asyncio (an event, ``asyncio.timeout``): this runs
+once per request, and anyio's equivalents cost more.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from urllib.parse import unquote, urlsplit
 
 from starlette.types import ASGIApp, Message
@@ -29,8 +31,9 @@ async def request(
     body: bytes = b"",
     timeout: float,
     limit: int = 0,
-) -> tuple[int, bytes]:
-    """``method`` ``url`` on ``app``; returns the status and the first ``limit`` bytes of the body."""
+) -> tuple[int, Sequence[tuple[bytes, bytes]], bytes]:
+    """``method`` ``url`` (ASCII: percent-encoded) on ``app``; returns the status, the response's
+    header fields and the first ``limit`` bytes of its body."""
     parts = urlsplit(url)
     raw_headers = [(b"host", parts.netloc.encode("latin-1"))]
     if body or method not in ("GET", "HEAD"):
@@ -55,6 +58,7 @@ async def request(
     complete = asyncio.Event()
     requested = False
     status: int | None = None
+    response_headers: Sequence[tuple[bytes, bytes]] = ()
     kept = bytearray()
 
     async def receive() -> Message:
@@ -66,10 +70,11 @@ async def request(
         return {"type": "http.request", "body": body, "more_body": False}
 
     async def send(message: Message) -> None:
-        nonlocal status
+        nonlocal status, response_headers
         kind = message["type"]
         if kind == "http.response.start":
             status = int(message["status"])
+            response_headers = message.get("headers", ())
         elif kind == "http.response.body":
             if len(kept) < limit:
                 kept.extend(message.get("body", b"")[: limit - len(kept)])
@@ -87,4 +92,4 @@ async def request(
         complete.set()
     if status is None:
         raise NoResponse("no response")
-    return status, bytes(kept)
+    return status, response_headers, bytes(kept)
