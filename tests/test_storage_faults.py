@@ -176,3 +176,15 @@ async def test_a_read_only_postgresql_is_503_and_not_ready(pg_database, postgres
         return (await client.post(f"/publish?hub.topic={TOPIC}", **FAT)).status_code == 204
 
     await wait_for(publishes, timeout=5)
+
+
+async def test_the_relay_hot_paths_answer_503_when_the_database_cannot_be_read(disk, _template_db, make_app):
+    """Public and request URLs skip Starlette's exception layer (reversehub.server.app.ReverseHub): the
+    same mapping holds there. A database whose disk filled before its write-ahead log's index could
+    be made fails even reads ("disk I/O error")."""
+    peer = Peer()
+    _, client = await _on_disk(make_app, disk, _template_db, peer)
+    disk.fill()
+    assert _unavailable(await client.get("/relay/alice/"))
+    reply = await client.post("/reversehttp/r/" + "A" * 56, content=b"HTTP/1.1 200 OK\r\n\r\n")
+    assert reply.status_code in (404, 503), reply.text  # a made-up capability may be refused before any read
