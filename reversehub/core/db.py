@@ -88,6 +88,9 @@ def is_sqlite(engine_or_url: AsyncEngine | str | URL) -> bool:
 def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
     """An async engine for a plain URL. SQLite gets WAL, a busy timeout and enforced foreign keys."""
     aurl = async_url(url)
+    # SQLAlchemy's text of an error quotes the statement's parameters (a subscription's hub.secret,
+    # a token digest), and worker loops log errors with their traceback: leave parameters out.
+    kwargs.setdefault("hide_parameters", True)
     if aurl.get_backend_name() == "sqlite":
         database = aurl.database
         if database and database != ":memory:":
