@@ -38,6 +38,7 @@ from hub.activations import Activations
 from hub.challenge import Unanswered, ask, with_params
 from hub.errors import BadRequest, Busy, URLRefused
 from hub.grace import Grace
+from hub.models import SubscriptionState
 from hub.netguard import NetGuard
 from reversehub.core import policy
 from reversehub.core.outbound import OutboundError
@@ -248,7 +249,7 @@ class Verifier:
             if queued and self._on_queued is not None:
                 self._on_queued()
         else:
-            await store.deactivate(self.services.sessions, req.topic, req.callback, "unsubscribed")
+            await store.deactivate(self.services.sessions, req.topic, req.callback, SubscriptionState.UNSUBSCRIBED)
 
     async def _check_subscribe(self, req: SubscriptionRequest) -> tuple[str | None, bool]:
         """Why the hub refuses ``req`` (None: it does not), and whether its topic has a baseline."""

@@ -193,7 +193,9 @@ async def _activate_chunk(c: AsyncConnection, items: Sequence[Activation]) -> li
     return [(ids[p], queued[p]) for p in pairs]
 
 
-async def deactivate(sessions: async_sessionmaker[AsyncSession], topic: str, callback: str, state: str) -> bool:
+async def deactivate(
+    sessions: async_sessionmaker[AsyncSession], topic: str, callback: str, state: SubscriptionState
+) -> bool:
     """End a subscription: ``state`` is what it ends as (a :class:`SubscriptionState`, unsubscribed
     or gone), and its pending deliveries are cancelled. False if the pair had no active one."""
     now = time.time()

@@ -149,6 +149,11 @@ class OwnRelay:
     ) -> Response:
         if not self.is_own(url):
             return await self.network.request(method, url, headers=headers, body=body, timeout=timeout, limit=limit)
+        return await self._in_process(method, url, headers, body, timeout, limit)
+
+    async def _in_process(
+        self, method: str, url: str, headers: Mapping[str, str] | None, body: bytes, timeout: float, limit: int
+    ) -> Response:
         try:
             status, raw, kept = await inprocess.request(
                 self.app, method, _ascii(url), headers=dict(headers or {}), body=body, timeout=timeout, limit=limit
@@ -173,15 +178,7 @@ class OwnRelay:
                 raise OutboundError(type(exc).__name__) from exc
             if status is not None:
                 return status
-        try:
-            status, _, _ = await inprocess.request(
-                self.app, "POST", _ascii(url), headers=headers, body=body, timeout=timeout
-            )
-        except inprocess.NoResponse as exc:
-            raise OutboundError(str(exc)) from exc
-        except UnicodeError:
-            raise OutboundError("bad request: header not in Latin-1") from None
-        return status
+        return (await self._in_process("POST", url, headers, body, timeout, limit=0)).status
 
 
 class HttpxOutbound:

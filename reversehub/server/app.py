@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 import httpx
+from cachetools import LRUCache
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -61,7 +62,8 @@ class ReverseHub(Starlette):
         self._hot: dict[int, ASGIApp] = {}
         self._settings = settings
         self._limits = RateLimitMiddleware(self.router, settings=settings)  # only asked whether limits apply
-        self._unlimited: dict[tuple[str, int], bool] = {}  # per client address (host, port), once started
+        # Per client address (host, port), once started; bounded, since every connection brings one.
+        self._unlimited: LRUCache[tuple[str, int], bool] = LRUCache(maxsize=4096)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -91,8 +93,6 @@ class ReverseHub(Starlette):
         if unlimited is None:
             unlimited = self._limits.unlimited(scope)
             if self.state.services is not None:
-                if len(self._unlimited) >= 4096:
-                    self._unlimited.clear()
                 self._unlimited[client] = unlimited
         return unlimited
 
