@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import logging
 import secrets
+import string
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 import anyio
 import httpx
@@ -76,12 +78,36 @@ def check_url(value: str | None, name: str) -> str:
     return value
 
 
+_DOT_SEGMENTS = frozenset({".", ".."})
+# RFC 3986 2.2 and 2.3 (reserved, unreserved) and "%": anything else a client would re-encode.
+_URI_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-._~:/?#[]@!$&'()*+,;=%")
+
+
+def check_callback(value: str | None) -> str:
+    """:func:`check_url` for ``hub.callback``, which must also have exactly one reading.
+
+    The verification GET and the delivery POST must reach the same resource, or one party could
+    consent for another's URL (verified by ``/relay/attacker/x``, delivered to ``/relay/victim/``).
+    An HTTP client may remove dot segments (RFC 3986 5.2.4) or re-encode characters where a server
+    takes the path as written, so callbacks whose path has a dot segment (``.``/``..``, percent-
+    encoded or not), or a character that is not a URI character (a backslash, a space, non-ASCII), are
+    refused.
+    """
+    callback = check_url(value, "hub.callback")
+    if not _URI_CHARACTERS.issuperset(callback):
+        raise BadRequest("hub.callback may hold only URI characters (RFC 3986 2): percent-encode the rest")
+    path = urlsplit(callback).path
+    if any(unquote(segment) in _DOT_SEGMENTS for segment in path.split("/")):
+        raise BadRequest("hub.callback must not have dot segments (. or ..) in its path")
+    return callback
+
+
 def parse(form: FormData) -> SubscriptionRequest:
     """Validate a subscribe/unsubscribe form once, at intake. Unknown parameters are ignored (5.1)."""
     mode = form.get("hub.mode")
     if mode not in ("subscribe", "unsubscribe"):
         raise BadRequest("hub.mode must be subscribe, unsubscribe or publish")
-    callback = check_url(_str(form, "hub.callback"), "hub.callback")
+    callback = check_callback(_str(form, "hub.callback"))
     topic = check_url(_str(form, "hub.topic"), "hub.topic")
     lease: int | None = None
     raw_lease = _str(form, "hub.lease_seconds")
