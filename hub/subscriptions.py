@@ -23,11 +23,13 @@ is dropped only when the hub is finally cancelled.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import string
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -39,6 +41,7 @@ from hub import store
 from hub.activations import Activations
 from hub.challenge import Unanswered, ask, with_params
 from hub.errors import BadRequest, Busy, URLRefused
+from hub.fairness import HostSlots, Slots, netloc
 from hub.grace import Grace
 from hub.models import SubscriptionState
 from hub.netguard import NetGuard
@@ -144,7 +147,12 @@ class Verifier:
         self._baseline = baseline
         self.settings = services.settings
         self.guard = guard
-        self._limit = anyio.Semaphore(64)
+        # A callback that accepts connections and never answers holds a slot for verify_timeout:
+        # one host may hold only verify_per_host of them and queue verify_waiting_per_host, so a
+        # tarpit delays its own verifications, not everyone's.
+        self._slots = Slots(self.settings.verify_concurrency)
+        self._host_slots = HostSlots(self.settings.verify_per_host)
+        self._per_host: Counter[str] = Counter()  # verifications taken and not finished, per host
         self._waiting = 0
         self.max_waiting = 10_000
         self._tg: anyio.abc.TaskGroup | None = None
@@ -180,6 +188,8 @@ class Verifier:
         Idempotent: the server's drain calls it, then the app's lifespan again."""
         self._closing = True
         self._waiting -= len(self._early)
+        for req in self._early:
+            self._per_host[self._host(req.callback)] -= 1
         self._early.clear()
         for scope in self._unasked:
             scope.cancel()
@@ -191,20 +201,43 @@ class Verifier:
             raise Busy("the hub is shutting down; subscribe again in a moment")
         if self._waiting >= self.max_waiting:
             raise Busy("too many verifications waiting; try again later")
+        host = self._host(req.callback)
+        if host and self._per_host[host] >= self.settings.verify_waiting_per_host:
+            raise Busy("too many verifications waiting for this callback host; try again later")
+        self._per_host[host] += 1
         self._waiting += 1
         if self._tg is None:
             self._early.append(req)
         else:
             self._tg.start_soon(self._verify_bounded, req)
 
+    def _host(self, callback: str) -> str:
+        """The key a callback's verifications share: its host, or "" for our own relay (served
+        in-process: only the global bound applies)."""
+        return "" if self.services.is_own(callback) else netloc(callback)
+
     async def _verify_bounded(self, req: SubscriptionRequest) -> None:
+        host = self._host(req.callback)
         try:
-            async with self._limit:
-                await self.verify(req)
+            await self.verify(req)
         except Exception:
             logger.exception("verification of a %s request failed", req.mode)
         finally:
             self._waiting -= 1
+            self._per_host[host] -= 1
+            if not self._per_host[host]:
+                del self._per_host[host]
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, callback: str) -> AsyncIterator[None]:
+        """A slot for one verification GET: the host's own bound first, then the global one."""
+        host = self._host(callback)
+        if not host:
+            async with self._slots:
+                yield
+            return
+        async with self._host_slots.hold(host), self._slots:
+            yield
 
     async def verify(self, req: SubscriptionRequest) -> bool:
         """Verify intent and apply the request if the callback confirms; True if it did.
@@ -231,7 +264,8 @@ class Verifier:
         expected = challenge.encode()
         url = with_params(req.callback, params)
         try:
-            status, body = await ask(self.services.outbound, url, self.settings.verify_timeout, len(expected) + 1)
+            async with self._slot(req.callback):
+                status, body = await ask(self.services.outbound, url, self.settings.verify_timeout, len(expected) + 1)
         except Unanswered as exc:
             logger.info("verification GET failed: %s", exc)
             return False

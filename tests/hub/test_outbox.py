@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import select, update
 
 from hub import store
+from hub.fairness import Slots, netloc
 from hub.models import Delivery
 from hub.netguard import NetGuard
-from hub.outbox import Slots, netloc
 from hub.signing import ownership_proof
 from reversehub.core.backoff import backoff
 from reversehub.core.settings import Settings
