@@ -95,7 +95,9 @@ class Fetcher:
     # -- fetching ------------------------------------------------------------------------------
 
     async def fetch(self, url: str, etag: str | None = None, last_modified: str | None = None) -> Fetched:
-        """GET ``url`` conditionally, following redirects (each hop checked by the SSRF guard)."""
+        """GET ``url`` conditionally, following redirects: each hop is checked by the SSRF guard, and
+        its connection goes only to an address judged when the host was resolved for it
+        (:mod:`reversehub.core.egress`), so no hop reaches a private network however its name answers."""
         headers = {"Accept": ACCEPT, "User-Agent": "reversehub (WebSub hub)"}
         if etag:
             headers["If-None-Match"] = etag

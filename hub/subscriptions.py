@@ -285,7 +285,7 @@ class Verifier:
         """The checks before the GET: the callback's address, and for a subscribe the policy (a
         refusal is sent as ``denied``, 5.2) and the topic's baseline fetch."""
         try:
-            await self.guard.check(req.callback)
+            await self.guard.check_resolved(req.callback)
         except URLRefused as exc:
             logger.info("callback refused: %s", exc)
             return False
@@ -316,7 +316,7 @@ class Verifier:
         reason = policy.check_subscription(self.settings, req.topic, req.callback)
         if reason is None:
             try:
-                await self.guard.check(req.topic)
+                await self.guard.check_resolved(req.topic)
             except URLRefused as exc:
                 reason = f"topic not allowed: {exc}"
         if reason is not None:

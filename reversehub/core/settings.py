@@ -66,6 +66,9 @@ class Settings:
     verify_concurrency: int = 64
     verify_per_host: int = 4
     verify_waiting_per_host: int = 1000
+    # Seconds to resolve and connect for any outbound request (verification, fetch, delivery), within
+    # its own timeout: a callback that accepts nothing holds a verification slot this long, not 10 s.
+    connect_timeout: float = 3.0
     fetch_timeout: float = 10.0
     max_topic_size: int = 10 * MiB
     # How long the outbox keeps delivered rows for replay (seconds).

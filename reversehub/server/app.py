@@ -32,6 +32,7 @@ from relay.routes import routes as relay_routes
 from relay.service import Relay
 from reversehub.core import db
 from reversehub.core.broker import Broker, make_broker
+from reversehub.core.egress import Egress
 from reversehub.core.outbound import HttpxOutbound, LeanOutbound, Outbound, OwnRelay, own_urls
 from reversehub.core.services import Services
 from reversehub.core.settings import Settings
@@ -125,7 +126,11 @@ def create_app(
             if outbound is not None:
                 network = outbound
             elif transport is None:
-                network = built = LeanOutbound.default(settings.delivery_timeout)
+                network = built = LeanOutbound.default(
+                    settings.delivery_timeout,
+                    egress=Egress(allow_private=settings.allow_private_networks),
+                    connect_timeout=settings.connect_timeout,
+                )
             else:
                 client = httpx.AsyncClient(
                     transport=transport, timeout=httpx.Timeout(settings.delivery_timeout), follow_redirects=False

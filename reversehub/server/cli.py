@@ -176,6 +176,14 @@ def serve_options(f: Any) -> Any:
                     "help": "Delivered but unanswered within S: 504 to the requester.",
                 },
             ),
+            (
+                "connect-timeout",
+                {
+                    "default": defaults.connect_timeout,
+                    "type": float,
+                    "help": "Seconds to resolve and connect for a verification, fetch or delivery.",
+                },
+            ),
             *security_options(defaults),
             ("workers", {"default": 1, "type": int, "help": "Worker processes (needs --redis-url when > 1)."}),
             (
