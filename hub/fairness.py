@@ -8,24 +8,37 @@ by :func:`netloc`, so a tarpit fills its own slots while every other host goes o
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
-_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+from reversehub.core.egress import normalize_host
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@functools.lru_cache(maxsize=4096)
+def _one_spelling(host: str) -> str:
+    return normalize_host(host)
 
 
 def netloc(url: str) -> str:
-    """A URL's ``host[:port]``, lowercase, without userinfo or a default port: the key by which
-    sending is shared fairly between callback hosts. (httpx.URL gives the same, but parses and
-    validates the whole URL, and this runs for every claimed row.)"""
+    """A URL's host and port in one spelling (``localhost``, ``127.1`` and ``0x7f000001`` are one
+    host), without userinfo or a default port: the key by which work is shared fairly between
+    callback hosts, so that spelling one host many ways does not buy many shares."""
     parts = urlsplit(url)
-    loc = parts.netloc.rpartition("@")[2].lower()
-    default = _DEFAULT_PORTS.get(parts.scheme)
-    if default is not None and loc.endswith(default):
-        loc = loc[: -len(default)]
-    return loc
+    host = _one_spelling(parts.hostname or "")
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is None or port == _DEFAULT_PORTS.get(parts.scheme):
+        return host
+    return f"{host}:{port}"
 
 
 class Slots:
