@@ -49,6 +49,10 @@ class Settings:
     max_header_count: int = 100
     max_header_size: int = 64 * 1024
     max_pipeline: int = 32
+    # Bytes of relayed requests this process holds until they are answered, per name and in all
+    # (0: no bound). Past one, a requester gets 503 with Retry-After before its body is read.
+    max_queued_bytes_per_name: int = 64 * MiB
+    max_queued_bytes: int = 256 * MiB
 
     # Hub leases (seconds), W3C WebSub 5.1: default 10 days, never perpetual.
     hub_lease_default: int = 10 * 24 * 3600

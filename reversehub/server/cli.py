@@ -125,6 +125,22 @@ def security_options(defaults: Settings) -> list[tuple[str, Any]]:
             "max-pending-per-subscription",
             {"default": defaults.max_pending_per_subscription, "type": int, "help": "0: no cap."},
         ),
+        (
+            "max-queued-bytes-per-name",
+            {
+                "default": defaults.max_queued_bytes_per_name,
+                "type": int,
+                "help": "Bytes of relayed requests held per name until answered (503 past it); 0: no cap.",
+            },
+        ),
+        (
+            "max-queued-bytes",
+            {
+                "default": defaults.max_queued_bytes,
+                "type": int,
+                "help": "Bytes of relayed requests a process holds until answered (503 past it); 0: no cap.",
+            },
+        ),
     ]
 
 
