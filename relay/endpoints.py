@@ -25,6 +25,7 @@ from relay import envelope
 from relay.authz import authorize_name, authorize_registrar
 from relay.errors import (
     BodyTooLarge,
+    Busy,
     HeadersTooLarge,
     InvalidInput,
     NotFound,
@@ -33,8 +34,9 @@ from relay.errors import (
     Unauthorized,
     Unavailable,
 )
-from relay.queue import Delivery, Item
-from relay.registry import Reg, is_label
+from relay.held import Hold
+from relay.queue import Delivery, Item, new_item_id
+from relay.registry import Reg, cap_name, is_label
 from relay.service import Park, Relay
 from reversehub.core import limits
 from reversehub.core.broker import BrokerClosed, BrokerUnavailable
@@ -81,7 +83,7 @@ def error_response(
     headers = [(b"content-type", b"text/plain; charset=utf-8")]
     if isinstance(error, Unauthorized):
         headers.append((b"www-authenticate", error.challenge.encode("latin-1")))
-    elif isinstance(error, RateLimited):
+    elif isinstance(error, (RateLimited, Busy)):
         headers.append((b"retry-after", b"%d" % error.retry_after))
     return error.status, headers, error.reason.encode() + b"\n"
 
@@ -90,7 +92,24 @@ async def _send_error(send: Send, error: RelayError | BrokerUnavailable | Broker
     await _send(send, *error_response(error))
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes:
+def _declared_length(scope: Scope) -> int | None:
+    """The request's ``Content-Length``; None when it has none (chunked) or none we can read, and then
+    the read loop bounds the body as it arrives. A number too long to be real counts as huge."""
+    raw = _header(scope, b"content-length")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if not raw.isascii() or not raw.isdigit():  # "²".isdigit() is True
+        return None
+    return int(raw) if len(raw) <= 18 else 1 << 62
+
+
+async def _read_chunks(
+    receive: Receive, limit: int, hold: Hold | None = None, base: int = 0
+) -> tuple[list[bytes], int]:
+    """The body's chunks and their total size; over ``limit``, BodyTooLarge. ``hold`` grows to
+    ``base`` + what has arrived where that is more than it holds (a chunked body), so a bound on held
+    bytes refuses it (Busy) as soon as it is passed, not once the whole body is in memory."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -98,12 +117,20 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
         if message["type"] == "http.disconnect":
             raise InvalidInput("client disconnected")
         chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"body larger than {limit} bytes")
-        chunks.append(chunk)
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(f"body larger than {limit} bytes")
+            if hold is not None and base + size > hold.size:
+                hold.grow_to(base + size)
+            chunks.append(chunk)
         if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            return chunks, size
+
+
+async def _read_body(receive: Receive, limit: int, hold: Hold | None = None) -> bytes:
+    chunks, _ = await _read_chunks(receive, limit, hold)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _client(scope: Scope) -> str:
@@ -122,21 +149,22 @@ IN_PROCESS_PEER = _peer(IN_PROCESS_CLIENT)  # the requesting client of requests 
 
 
 # Public URLs ------------------------------------------------------------------------------------
-def _embed(scope: Scope, body: bytes, max_count: int, max_size: int) -> bytes:
-    """The requester's request as message/http: method, request-URI, version, headers as received."""
+def _request_line(scope: Scope) -> bytes:
+    """The requester's request line: method, request-URI and version as received."""
     target = scope.get("raw_path") or scope["path"].encode("utf-8")
     if scope["query_string"]:
         target += b"?" + scope["query_string"]
-    request_line = b"%s %s HTTP/%s" % (scope["method"].encode("ascii"), target, scope["http_version"].encode("ascii"))
-    return _message(request_line, scope["headers"], body, max_count, max_size)
+    return b"%s %s HTTP/%s" % (scope["method"].encode("ascii"), target, scope["http_version"].encode("ascii"))
 
 
-def _message(
-    request_line: bytes, headers: list[tuple[bytes, bytes]], body: bytes, max_count: int, max_size: int
-) -> bytes:
+def _head(
+    first: bytes, headers: list[tuple[bytes, bytes]], max_count: int, max_size: int
+) -> tuple[list[bytes], bool, int]:
+    """The lines of a message/http head (``first`` then the headers as received), whether it has a
+    Content-Length, and its size in bytes; HeadersTooLarge past the limits."""
     if len(headers) > max_count:
         raise HeadersTooLarge(f"more than {max_count} request headers")
-    lines = [request_line]
+    lines = [first]
     has_length = False
     size = 0
     for key, value in headers:
@@ -148,11 +176,16 @@ def _message(
         lines.append(key + b": " + value)
     if size > max_size:
         raise HeadersTooLarge(f"request headers larger than {max_size} bytes")
-    if body and not has_length:
-        lines.append(b"content-length: %d" % len(body))
-    lines.append(b"")
-    lines.append(body)
-    return b"\r\n".join(lines)
+    return lines, has_length, size + len(first) + 4
+
+
+def _packed(lines: list[bytes], has_length: bool, chunks: list[bytes], size: int) -> bytes:
+    """The packed item (queue.Item): the head's lines and the body's chunks joined once, so the
+    body is never held twice while its requester waits."""
+    if size and not has_length:
+        lines.append(b"content-length: %d" % size)
+    lines += [b"", b""]
+    return b"".join([b"\r\n".join(lines), *chunks])
 
 
 def _unpack_reply(raw: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
@@ -169,16 +202,35 @@ def _unpack_reply(raw: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
 
 
 async def public(scope: Scope, receive: Receive, send: Send) -> None:
-    """Any request to a public URL (relay.routes): queue it for the application and relay its reply."""
+    """Any request to a public URL (relay.routes): queue it for the application and relay its reply.
+
+    Its bytes are held (:mod:`relay.held`) from before its body is read until its requester stops
+    waiting: a body over the limit is 413 and one past a bound on held bytes 503, both unread.
+    """
     relay = _relay(scope)
     settings = relay.settings
+    name = scope["path_params"]["name"].lower()
+    hold = relay.held.hold(name)
 
-    async def item() -> Item:
-        body = await _read_body(receive, settings.max_body_size)
-        return Item.new(_client(scope), _embed(scope, body, settings.max_header_count, settings.max_header_size))
+    async def item() -> tuple[str, bytes]:
+        item_id = new_item_id()
+        first = Item.packed_head(item_id, _client(scope)) + _request_line(scope)
+        lines, has_length, head_size = _head(
+            first, scope["headers"], settings.max_header_count, settings.max_header_size
+        )
+        declared = _declared_length(scope)
+        if declared is not None and declared > relay.body_limit:
+            raise BodyTooLarge(f"body larger than {relay.body_limit} bytes")
+        hold.grow_to(head_size + (declared or 0))
+        chunks, size = await _read_chunks(receive, relay.body_limit, hold, head_size)
+        return item_id, _packed(lines, has_length, chunks, size)
 
-    status, headers, body = await _forward(relay, scope["path_params"]["name"].lower(), scope["method"], item)
-    await _send(send, status, headers, body)
+    try:
+        status, headers, body = await _forward(relay, name, scope["method"], item, scope.get(ON_LOST))
+    finally:
+        hold.release()
+    if status != REQUESTER_GONE:
+        await _send(send, status, headers, body)
 
 
 async def post_here(relay: Relay, url: str, headers: dict[str, str], body: bytes) -> int | None:
@@ -194,31 +246,85 @@ async def post_here(relay: Relay, url: str, headers: dict[str, str], body: bytes
     target = target_text.encode("latin-1")
     fields = [(b"host", urlsplit(url).netloc.encode("latin-1")), (b"content-length", b"%d" % len(body))]
     fields += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    hold = relay.held.hold(name)
 
-    async def item() -> Item:
-        message = _message(
-            b"POST %s HTTP/1.1" % target, fields, body, settings.max_header_count, settings.max_header_size
-        )
-        return Item.new(IN_PROCESS_PEER, message)
+    async def item() -> tuple[str, bytes]:
+        item_id = new_item_id()
+        first = Item.packed_head(item_id, IN_PROCESS_PEER) + b"POST %s HTTP/1.1" % target
+        lines, has_length, head_size = _head(first, fields, settings.max_header_count, settings.max_header_size)
+        if len(body) > relay.body_limit:
+            raise BodyTooLarge(f"body larger than {relay.body_limit} bytes")
+        hold.grow_to(head_size + len(body))
+        return item_id, _packed(lines, has_length, [body], len(body))
 
-    status, _, _ = await _forward(relay, name, "POST", item)
+    try:
+        status, _, _ = await _forward(relay, name, "POST", item)
+    finally:
+        hold.release()
     return status
 
 
+REQUESTER_GONE = 499  # nginx's "client closed request", for the log: nobody is left to send it to
+
+
+class _RequesterGone(Exception):
+    """The requester's connection was lost while it waited: nobody is left to answer."""
+
+
+async def _relay_while_connected(relay: Relay, name: str, item_id: str, raw: bytes, on_lost: OnLost) -> bytes:
+    """:meth:`Relay.relay`, ended at once when the requester's connection is lost: its request
+    leaves the queue and its bytes are given back then, not after the reply timeout."""
+    task = asyncio.current_task()
+    lost = False
+
+    def cancel() -> None:
+        nonlocal lost
+        lost = True
+        if task is not None:
+            task.cancel()
+
+    on_lost.watch(cancel)
+    try:
+        return await relay.relay(name, item_id, raw)
+    except asyncio.CancelledError:
+        if not lost or task is None:
+            raise  # not ours: the server is cancelling this request
+        task.uncancel()
+        raise _RequesterGone() from None
+    finally:
+        on_lost.callback = None  # the only request waiting on this connection was this one
+
+
 async def _forward(
-    relay: Relay, name: str, method: str, item: Callable[[], Awaitable[Item]]
+    relay: Relay,
+    name: str,
+    method: str,
+    item: Callable[[], Awaitable[tuple[str, bytes]]],
+    on_lost: OnLost | None = None,
 ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Relay one request to ``name``'s application: the reply's status, headers and body, or the
-    relay's own answer (404 no such name, 504 no poller, ...). Counted, timed and logged here."""
+    relay's own answer (404 no such name, 504 no poller, ...). Counted, timed and logged here.
+
+    ``item()`` reads the request and packs it (:class:`relay.queue.Item`); it is called only once
+    the name is known to exist, so a request to no name costs no read of its body.
+    """
     start = time.perf_counter()
     status, outcome = 500, "error"
     try:
         reg = await relay.lookup(name) if is_label(name) else None
         if reg is None:
             raise NotFound("no such registration")
-        status, headers, body = _unpack_reply(await relay.relay(name, await item()))
+        item_id, raw = await item()
+        if on_lost is None:
+            reply = await relay.relay(name, item_id, raw)
+        else:
+            reply = await _relay_while_connected(relay, name, item_id, raw, on_lost)
+        status, headers, body = _unpack_reply(reply)
         outcome = "replied"
         return status, headers, body
+    except _RequesterGone:
+        status, outcome = REQUESTER_GONE, "RequesterGone"
+        return status, [], b""
     except RelayError as exc:
         status, outcome = exc.status, type(exc).__name__
         return error_response(exc)
@@ -250,8 +356,7 @@ async def request_url(scope: Scope, receive: Receive, send: Send) -> None:
     method = scope["method"]
     try:
         if method == "POST":
-            body = await _read_body(receive, relay.settings.max_body_size * relay.settings.max_pipeline)
-            await relay.reply(cap, body, _header(scope, b"content-type"))
+            await _reply(relay, cap, scope, receive)
             await _send(send, 202, [(b"content-type", b"text/plain")], b"accepted\n")
         elif method == "GET":
             await _poll(relay, cap, scope, receive, send)
@@ -259,6 +364,32 @@ async def request_url(scope: Scope, receive: Receive, send: Send) -> None:
             await _send(send, 405, [(b"allow", b"GET, POST"), (b"content-type", b"text/plain")], b"use GET or POST\n")
     except (RelayError, BrokerUnavailable, BrokerClosed) as exc:
         await _send_error(send, exc)
+
+
+async def _reply(relay: Relay, cap: str, scope: Scope, receive: Receive) -> None:
+    """A reply POSTed to a request URL. The delivery it answers is claimed before its body is read:
+    a made-up or already answered URL is 404 and a body over the limit 413, both unread (and the
+    requesters of a too large reply get 502). The reply's bytes are held under its name while it is
+    read and relayed; a reply that cannot be held now (503) or whose poller went away mid-body leaves
+    the delivery bound, so it may be posted again."""
+    delivery = await relay.claim(cap)
+    hold = relay.held.hold(cap_name(cap, private=False) or "")
+    try:
+        try:
+            declared = _declared_length(scope)
+            if declared is not None and declared > relay.reply_limit:
+                raise BodyTooLarge(f"reply larger than {relay.reply_limit} bytes")
+            hold.grow_to(declared or 0)
+            body = await _read_body(receive, relay.reply_limit, hold)
+        except BodyTooLarge:
+            await relay.refuse(delivery)
+            raise
+        except RelayError:
+            await relay.unclaim(cap, delivery)
+            raise
+        await relay.reply(cap, delivery, body, _header(scope, b"content-type"))
+    finally:
+        hold.release()
 
 
 async def _poll_watching(relay: Relay, cap: str, kind: str, park: Park, receive: Receive) -> Delivery | None:

@@ -21,6 +21,7 @@ import base64
 import binascii
 import functools
 import json
+import re
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -39,6 +40,7 @@ MESSAGE = "message/http"
 PIPELINE = "application/http"
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _accepted(accept: str) -> set[str]:
@@ -141,4 +143,9 @@ def parse_reply(body: bytes, content_type: str | None, count: int) -> list[HttpR
     for response in responses:
         if response.status < 200:
             raise InvalidInput("a reply must be a final (2xx-5xx) response")
+        for name, value in response.headers:
+            # RFC 9110 5.5: no control character but HTAB in a field value. The requester's server
+            # refuses to send one (uvicorn drops the connection), so the reply is refused here.
+            if _CONTROL.search(value):
+                raise InvalidInput(f"invalid reply: control character in header {name!r}")
     return responses

@@ -17,7 +17,8 @@
         ├── NoPoller            504  nobody polled within ``unavailable_timeout``
         ├── NoReply             504  delivered, not answered within ``reply_timeout``
         ├── BadReply            502  the application's reply was not a valid HTTP response
-        ├── Unavailable         503  relay error or queue full
+        ├── Unavailable         503  relay error
+        │   └── Busy            503  a name's queue or the bytes held are at their bound, with Retry-After
         └── Withdrawn           404  the registration was deleted while the request was queued
 
 Endpoints map these to responses in one place (:func:`relay.endpoints.error_response`).
@@ -120,6 +121,16 @@ class BadReply(RequesterError):
 class Unavailable(RequesterError):
     status = 503
     reason = "relay unavailable"
+
+
+class Busy(Unavailable):
+    """The request cannot be held now (a bound on queued requests); try again after ``retry_after`` s."""
+
+    reason = "relay busy"
+
+    def __init__(self, reason: str, retry_after: int) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
 
 
 class Withdrawn(RequesterError):

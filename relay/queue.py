@@ -23,9 +23,11 @@ one FIFO per name never reorders the requests of one connection, whatever poller
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
+import math
 import secrets
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -33,7 +35,7 @@ from typing import NamedTuple
 
 import anyio
 
-from relay.errors import BadReply, NoPoller, NoReply, NotFound, RequesterError, Unavailable, Withdrawn
+from relay.errors import BadReply, Busy, NoPoller, NoReply, NotFound, RequesterError, Unavailable, Withdrawn
 from reversehub.core.broker import Broker
 from reversehub.core.contracts import RELAY_ONLINE
 from reversehub.core.settings import Settings
@@ -80,10 +82,16 @@ class Item(NamedTuple):
         item_id, _, client = head.partition(b" ")
         return cls(item_id.decode("ascii"), client.decode("latin-1"), message)
 
-    @classmethod
-    def new(cls, client: str, message: bytes) -> Item:
-        # Unique across processes (random prefix) and cheap (a counter); ids never leave the broker.
-        return cls(f"{_ID_PREFIX}{next(_ids):x}", client, message)
+    @staticmethod
+    def packed_head(item_id: str, client: str) -> bytes:
+        """What :meth:`pack` writes before the message: a requester builds the packed item in one
+        piece with it, so the message is never held twice (the bytes are the relay's memory bound)."""
+        return b"%s %s\n" % (item_id.encode("ascii"), client.encode("latin-1"))
+
+
+def new_item_id() -> str:
+    """An item id: unique across processes (random prefix) and cheap (a counter); ids never leave the broker."""
+    return f"{_ID_PREFIX}{next(_ids):x}"
 
 
 class Delivery(NamedTuple):
@@ -178,8 +186,9 @@ class Dispatcher:
         return _UNSHIELDED if self._inline else anyio.CancelScope(shield=True)
 
     # Requesters ---------------------------------------------------------------------------------
-    async def relay(self, name: str, item: Item) -> bytes:
-        """Queue ``item`` for the pollers of ``name`` and wait for its reply (serialized response).
+    async def relay(self, name: str, item_id: str, raw: bytes) -> bytes:
+        """Queue item ``raw`` (packed, see :class:`Item`) for the pollers of ``name`` and wait for its
+        reply (serialized response).
 
         Busy versus absent (spec: "distinguish between unavailability of the registered Application
         and a busy Application that is working through a backlog"): every ``unavailable_timeout``
@@ -189,14 +198,16 @@ class Dispatcher:
         reply timeout + unavailable timeout: the application is working on them), and refreshed by
         replies, and cut to ``unavailable_timeout`` when a poller disconnects. A request some
         poller took is never withdrawn; it gets 504 "no reply" after ``reply_timeout``.
+
+        A requester that stops waiting (cancelled: it disconnected, or the server stops) takes its
+        request out of the queue if no poller has it yet, so nothing is held for nobody.
         """
         queue = queue_key(name)
-        raw = item.pack()
         settings = self.settings
-        async with self.broker.subscribe(reply_channel(item.id)) as sub:
+        async with self.broker.subscribe(reply_channel(item_id)) as sub:
             length = await self.broker.push(queue, raw)
             if length > settings.max_queued_per_name and await self.broker.remove(queue, raw):
-                raise Unavailable("too many queued requests for this name")
+                raise Busy("too many queued requests for this name", max(1, math.ceil(settings.unavailable_timeout)))
             deadline = time.monotonic() + settings.reply_timeout
             taken = False
             try:
@@ -208,7 +219,7 @@ class Dispatcher:
                             raise NoPoller()
                         raise NoReply()
                     wait = remaining if taken else min(settings.unavailable_timeout, remaining)
-                    self._wakeups.at(now + wait, item.id)
+                    self._wakeups.at(now + wait, item_id)
                     message = await sub.get()
                     if message != WAKE:
                         return _reply_or_raise(message)
@@ -216,8 +227,13 @@ class Dispatcher:
                         if await self.broker.remove(queue, raw):
                             raise NoPoller()
                         taken = True  # a poller has it: wait for the reply until the deadline
+            except asyncio.CancelledError:
+                if not taken:
+                    with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                        await self.broker.remove(queue, raw)
+                raise
             finally:
-                self._wakeups.done(item.id)
+                self._wakeups.done(item_id)
 
     async def run(self) -> None:
         """Wake requesters whose check is due (:class:`_Wakeups`); runs as long as the relay does."""
@@ -293,6 +309,12 @@ class Dispatcher:
         if raw is None or not await self.broker.delete(bound_key(cap)):
             raise NotFound("no request is waiting for a reply at this URL")
         return Delivery.unpack(raw)
+
+    async def restore(self, cap: str, delivery: Delivery) -> None:
+        """Bind a claimed delivery to ``cap`` again: its reply never came in whole (the poller went
+        away mid-body, or the relay was too full to read it), so it may be posted again."""
+        ttl = self.settings.reply_timeout + self.settings.unavailable_timeout
+        await self.broker.set(bound_key(cap), delivery.pack(), ttl, nx=True)
 
     async def answer(self, item: Item, response: bytes) -> None:
         await self.broker.publish(reply_channel(item.id), b"R" + response)

@@ -118,12 +118,19 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(cap: str) -> bytes | None:
+    """The bytes of a capability in its one canonical spelling, else None.
+
+    binascii skips characters outside the alphabet and ignores the unused low bits of the last
+    character, so without the round trip one capability would have many spellings, each a key of
+    its own for the per-URL budgets (and a URL the owner never handed out).
+    """
     if not cap or len(cap) > 200 or not cap.isascii():
         return None
     try:
-        return binascii.a2b_base64(cap.encode("ascii").translate(_FROM_URLSAFE) + b"=" * (-len(cap) % 4))
+        raw = binascii.a2b_base64(cap.encode("ascii").translate(_FROM_URLSAFE) + b"=" * (-len(cap) % 4))
     except binascii.Error:
         return None
+    return raw if _b64(raw) == cap else None
 
 
 @functools.lru_cache(maxsize=4096)

@@ -18,6 +18,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from relay import envelope
 from relay.errors import BadReply, Gone, InvalidInput, NotFound, RelayError, Withdrawn
+from relay.held import HeldBytes
 from relay.queue import CHANGED_CHANNEL, Delivery, Dispatcher, Item, queue_key, seen_key
 from relay.registry import CACHE_TTL, SOLO_CACHE_TTL, Reg, Registry, cap_name, private_cap
 from relay.routes import RelayUrls
@@ -58,6 +59,9 @@ class RelayMetrics:
         # A plain count read at scrape time: Gauge.inc/dec take a lock on every held poll.
         self.waiting = 0
         self.pollers.set_function(lambda: self.waiting)
+        self.held = Gauge(
+            "relay_held_bytes", "Bytes of relayed requests and replies held by this process", registry=registry
+        )
         self.requests = Counter("relay_requests", "Requests to public URLs by outcome", ["outcome"], registry=registry)
         self.latency = Histogram(
             "relay_latency_seconds",
@@ -84,6 +88,15 @@ class Relay:
         self.dispatcher = Dispatcher(services.broker, services.settings)
         self.metrics = RelayMetrics(services)
         self.urls = RelayUrls(services.settings)
+        settings = services.settings
+        self.held = HeldBytes(
+            settings.max_queued_bytes_per_name, settings.max_queued_bytes, settings.unavailable_timeout
+        )
+        self.metrics.held.set_function(lambda: self.held.held)
+        # A body (or a reply) that could never be held is refused as too large (413), not as busy.
+        bound = min(self.held.per_name, self.held.total)
+        self.body_limit = int(min(settings.max_body_size, bound))
+        self.reply_limit = int(min(settings.max_body_size * settings.max_pipeline, bound))
         self._parked: dict[str, set[Park]] = {}
         self._active: set[str] = set()
         # Names whose lease this process extended, and when (wall clock): see sweep().
@@ -237,9 +250,26 @@ class Relay:
             await self.dispatcher.unbind(name, cap, [item.pack() for item in delivery.items])
 
     # Replies --------------------------------------------------------------------------------------
-    async def reply(self, cap: str, body: bytes, content_type: str | None) -> None:
-        """POST on a request URL: relay the response(s) to the requester(s) (spec "Replying")."""
-        delivery = await self.dispatcher.claim(cap)
+    async def claim(self, cap: str) -> Delivery:
+        """The delivery a reply POSTed to ``cap`` answers, taken for it; NotFound when none waits.
+
+        Called before the reply's body is read: a POST to a made-up request URL is answered 404
+        without its body costing any memory.
+        """
+        return await self.dispatcher.claim(cap)
+
+    async def unclaim(self, cap: str, delivery: Delivery) -> None:
+        """The reply to a claimed delivery did not arrive whole: it may be posted again."""
+        await self.dispatcher.restore(cap, delivery)
+
+    async def refuse(self, delivery: Delivery) -> None:
+        """The reply to a claimed delivery is too large to be relayed: its requesters get 502."""
+        for item in delivery.items:
+            await self.dispatcher.fail(item, BadReply("the application's reply was too large"))
+
+    async def reply(self, cap: str, delivery: Delivery, body: bytes, content_type: str | None) -> None:
+        """POST on a request URL: relay the response(s) to the requester(s) of the claimed
+        ``delivery`` (spec "Replying")."""
         try:
             responses = envelope.parse_reply(body, content_type, len(delivery.items))
             # Written out before any is relayed: a header value parsing lets through (a lone CR)
@@ -261,8 +291,9 @@ class Relay:
     async def lookup(self, name: str) -> Reg | None:
         return await self.registry.lookup(name)
 
-    async def relay(self, name: str, item: Item) -> bytes:
-        return await self.dispatcher.relay(name, item)
+    async def relay(self, name: str, item_id: str, raw: bytes) -> bytes:
+        """Queue the packed request ``raw`` for ``name``'s pollers and wait for its reply."""
+        return await self.dispatcher.relay(name, item_id, raw)
 
     # Lifecycle ------------------------------------------------------------------------------------
     @property

@@ -43,6 +43,7 @@ DEFAULT_LIMITS: Mapping[str, int] = {
     "registration:name": 60,
     "poll": 20_000,
     "poll:registration": 10_000,
+    "reply": 20_000,
     "publish": 2_000,
     "publish:topic": 600,
     "subscribe": 2_000,

@@ -145,6 +145,15 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self.scope[ON_LOST] = self.on_lost  # type: ignore[literal-required]
 
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        # The whole body is in: read on. A lost connection shows only as EOF, which a transport
+        # paused by a large body never reads, so a request that waits once its body is in (a
+        # relayed request waiting for its reply) would not hear that its requester is gone. A
+        # pipelined request pauses reading again.
+        if not self.parser.should_upgrade():
+            self.flow.resume_reading()
+
     def connection_lost(self, exc: Exception | None) -> None:
         transport = self.transport
         if isinstance(transport, CoalescingTransport):

@@ -1,6 +1,6 @@
 """Per-client rate limits by class, decided from method, host and path alone (no body is read).
 
-Each request is put in one class (registration, poll, publish, relay) and counted against that
+Each request is put in one class (registration, poll, reply, publish, relay) and counted against that
 class's budget for its client address and, where the path shows one, for the name it concerns: the
 relay name of a public URL, the registration behind a request URL. Budgets that need the body (the
 name a registration claims, the topics of a publish, the callback host of a subscription, and the
@@ -43,6 +43,9 @@ def classify(scope: Scope, urls: RelayUrls) -> tuple[str | None, list[str]]:
             return "registration", []
         if kind is Kind.REQUEST and method == "GET":
             return "poll", [f"registration={hidden(scope['path'])}"]
+        if kind is Kind.REQUEST:
+            # Replies: a POST to a made-up request URL is refused unread, but still costs a lookup.
+            return "reply", []
         if kind is Kind.PUBLIC:
             return "relay", [f"name={params['name'].lower()}"]
         return None, []
