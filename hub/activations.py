@@ -12,23 +12,54 @@ the item would leave it subscribed in its own eyes only. So cancelling the write
 what it holds: the batch being written is finished, and the items still waiting are written
 before the writer returns, all inside the :class:`~hub.grace.Grace` the verifier shares with us.
 Only what is still unwritten when that grace runs out is given up, and logged.
+
+A database that cannot take the write (a full disk, a read-only file, a server down:
+:func:`reversehub.core.db.unavailable`) does not lose an item either, for the same reason: the
+transaction is tried again, with backoff, until it commits. The items wait in memory meanwhile,
+bounded by the verifier's cap on verifications in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
+import anyio
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from hub import store
 from hub.grace import Grace
+from reversehub.core import db
+from reversehub.core.backoff import backoff
 
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 500
+RETRY_BASE = 0.2  # seconds before the first retry of a write the database could not take
+RETRY_MAX = 30.0
 
+T = TypeVar("T")
 Waiting = tuple[store.Activation, "asyncio.Future[tuple[int, int]]"]
+
+
+async def until_stored(write: Callable[[], Awaitable[T]], what: str) -> T:
+    """``await write()``, tried again with backoff while the database cannot take it (see the module
+    docstring); any other error is raised. ``what`` names the write in the log."""
+    attempt = 0
+    while True:
+        try:
+            return await write()
+        except Exception as exc:
+            if not db.unavailable(exc):
+                raise
+            attempt += 1
+            delay = backoff(attempt, RETRY_BASE, RETRY_MAX)
+            # The driver's message, not SQLAlchemy's text of the error: that quotes the parameters.
+            reason = getattr(exc, "orig", None) or exc
+            logger.warning("storing %s failed (%s); trying again in %.1f s", what, reason, delay)
+        await anyio.sleep(delay)
 
 
 class Activations:
@@ -42,7 +73,7 @@ class Activations:
     async def activate(self, item: store.Activation) -> tuple[int, int]:
         """Store one verified subscription; returns (subscription id, deliveries queued)."""
         if not self._running:  # no writer (run() not started, or stopped): write it here
-            (result,) = await store.activate_many(self._sessions, [item])
+            (result,) = await self._stored([item])
             return result
         future: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
@@ -81,9 +112,14 @@ class Activations:
                 for future in lost:
                     future.set_exception(TimeoutError("not stored within the shutdown grace"))
 
+    async def _stored(self, items: list[store.Activation]) -> list[tuple[int, int]]:
+        return await until_stored(
+            lambda: store.activate_many(self._sessions, items), f"{len(items)} verified subscriptions"
+        )
+
     async def _commit(self, batch: list[Waiting]) -> None:
         try:
-            results = await store.activate_many(self._sessions, [item for item, _ in batch])
+            results = await self._stored([item for item, _ in batch])
         except Exception as exc:
             if len(batch) == 1:
                 if not batch[0][1].done():

@@ -6,7 +6,9 @@
   state and a replay of its retained deliveries, for the owner of its secret (:mod:`hub.signing`).
 
 Each request is parsed once, here; who may publish is decided on that parse (:mod:`hub.authz`), and
-the budgets per topic and per callback host (``--rate-limit``) are counted on it too.
+the budgets per topic and per callback host (``--rate-limit``) are counted on it too. Numbers are
+ASCII digits, at most :data:`MAX_DIGITS` of them, or 400: ``str.isdigit`` also accepts ``²`` and
+other digits ``int`` refuses, and ``int`` refuses more than 4,300 digits.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from reversehub.core import limits
 from reversehub.core.tokens import BEARER_CHALLENGE, presented_token
 
 logger = logging.getLogger(__name__)
+
+MAX_DIGITS = 18
 
 STATUS: dict[type[HubError], int] = {
     BadRequest: 400,
@@ -70,10 +74,20 @@ def error_response(exc: HubError) -> Response:
     return PlainTextResponse("hub error\n", status_code=503)
 
 
+def whole(value: str | None, name: str) -> int | None:
+    """``value`` as a whole number (None if absent or empty), or :class:`BadRequest` naming ``name``."""
+    if not value:
+        return None
+    if not (value.isascii() and value.isdigit()) or len(value) > MAX_DIGITS:
+        raise BadRequest(f"{name} must be a whole number")
+    return int(value)
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise TooLarge(f"body larger than {limit} bytes")
+    if declared is not None and declared.isascii() and declared.isdigit():
+        if len(declared) > MAX_DIGITS or int(declared) > limit:
+            raise TooLarge(f"body larger than {limit} bytes")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
@@ -142,8 +156,8 @@ async def publish_endpoint(request: Request) -> Response:
 
 async def sup_endpoint(request: Request) -> Response:
     try:
-        seconds = request.query_params.get("seconds")
-        doc = await _hub(request).sup_document(int(seconds) if seconds and seconds.isdigit() else None)
+        seconds = whole(request.query_params.get("seconds"), "seconds")
+        doc = await _hub(request).sup_document(seconds)
         return Response(doc, media_type="application/json")
     except HubError as exc:
         return error_response(exc)
@@ -152,11 +166,11 @@ async def sup_endpoint(request: Request) -> Response:
 def _proof(params: Any) -> tuple[str, str, int, str]:
     callback = subscriptions.check_callback(params.get("hub.callback"))
     topic = subscriptions.check_url(params.get("hub.topic"), "hub.topic")
-    timestamp = params.get("hub.timestamp", "")
+    timestamp = whole(params.get("hub.timestamp"), "hub.timestamp")
     proof = params.get("hub.signature", "")
-    if not timestamp.isdigit() or not proof:
+    if timestamp is None or not proof:
         raise BadRequest("hub.timestamp and hub.signature are required (see README: subscription status)")
-    return callback, topic, int(timestamp), proof
+    return callback, topic, timestamp, proof
 
 
 async def status_endpoint(request: Request) -> Response:
@@ -187,12 +201,17 @@ async def status_endpoint(request: Request) -> Response:
 async def replay_endpoint(request: Request) -> Response:
     try:
         hub = _hub(request)
+        # A replay sends deliveries again: outbound work, so it has budgets, per client before
+        # anything is read and per subscription once it is named.
+        await _count(hub, request, "replay", [_client(request)])
         form = publish.form_of(await read_body(request, hub.settings.max_form_size))
         params = {**dict(request.query_params), **{k: v for k, v in form.items() if isinstance(v, str)}}
-        since = params.get("hub.since", "")
-        if not since.isdigit():
+        since = whole(params.get("hub.since"), "hub.since")
+        if since is None:
             raise BadRequest("hub.since must be a sequence number")
-        queued = await hub.replay(*_proof(params), since=int(since))
+        callback, topic, timestamp, proof = _proof(params)
+        await _count(hub, request, "replay:subscription", [f"subscription={callback} {topic}"])
+        queued = await hub.replay(callback, topic, timestamp, proof, since=since)
     except HubError as exc:
         return error_response(exc)
     return JSONResponse({"queued": queued}, status_code=202)

@@ -5,7 +5,7 @@ HubError
 │   └── URLRefused      400: a callback or topic on a loopback/private network (SSRF guard)
 ├── Unauthorized        401: publishing needs a token this request did not present (hub.authz)
 ├── Forbidden           403: refused whatever the token (hub.authz: a fat ping from an untrusted network)
-│   └── NotOwner        403: status/replay without a valid proof of ownership
+│   └── NotOwner        403: status/replay without a valid, unused proof (no such subscription too)
 ├── NotFound            404: no such subscription
 ├── TooLarge            413: a body over its limit (max_form_size, max_topic_size)
 ├── RateLimited         429: a topic's or callback host's budget is spent (with Retry-After)

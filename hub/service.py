@@ -12,6 +12,7 @@ deliveries are due now).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -21,14 +22,14 @@ import anyio
 from sqlalchemy import func, select
 
 from hub import store, sup
-from hub.errors import NotFound, NotOwner
+from hub.errors import NotOwner
 from hub.fetcher import Fetcher
 from hub.metrics import HubMetrics
 from hub.models import Delivery, DeliveryState, Subscription, Topic
 from hub.netguard import NetGuard
 from hub.outbox import Outbox
 from hub.publish import FatPing, Ping
-from hub.signing import check_ownership
+from hub.signing import PROOF_WINDOW, check_ownership
 from hub.subscriptions import SubscriptionRequest, Verifier
 from reversehub.core.contracts import RELAY_ONLINE
 from reversehub.core.services import Services
@@ -40,6 +41,9 @@ FETCH = "hub.fetch"
 SUP_PERIODS = (60, 300, 600)
 PRUNE_EVERY = 300.0
 MAINTAIN_EVERY = 1.0
+# One answer for every proof that does not hold, so that /hub/status tells nobody whether a
+# (callback, topic) pair exists or has a secret.
+NOT_PROVED = "not proved: no such subscription, no hub.secret, or a wrong or expired hub.signature"
 
 
 @dataclass(frozen=True)
@@ -191,19 +195,28 @@ class Hub:
         except Exception:
             logger.exception("announcing on %s failed (other processes find the work on their next scan)", channel)
 
-    async def owned(self, callback: str, topic: str, timestamp: int, proof: str) -> Subscription:
-        """The subscription, if the caller proved it knows the subscription's secret."""
+    async def owned(
+        self, action: str, callback: str, topic: str, timestamp: int, proof: str, *params: str
+    ) -> Subscription:
+        """The subscription, if the caller proved it knows the subscription's secret
+        (:func:`hub.signing.check_ownership`) with a proof not used before.
+
+        Every failure is the same :class:`NotOwner`, and a missing subscription costs the same HMAC
+        as a present one. A proof is remembered in the broker (hashed) for as long as its timestamp
+        could pass, so one copied from a log is worth nothing."""
         sub = await store.find(self.services.sessions, topic, callback)
-        if sub is None:
-            raise NotFound("no such subscription")
-        if not sub.secret:
-            raise NotOwner("this subscription has no hub.secret, so ownership cannot be proved")
-        if not check_ownership(sub.secret, callback, topic, timestamp, proof, time.time()):
-            raise NotOwner("hub.signature does not match (or hub.timestamp is too far off)")
+        secret = sub.secret if sub is not None else None
+        proved = check_ownership(secret or "-", action, callback, topic, timestamp, proof, time.time(), *params)
+        if sub is None or not secret or not proved:
+            raise NotOwner(NOT_PROVED)
+        used = "hub:proof:" + hashlib.sha256(proof.encode()).hexdigest()[:32]
+        if not await self.services.broker.set(used, b"", ttl=2 * PROOF_WINDOW + 1, nx=True):
+            raise NotOwner("this hub.signature was used already: sign a new hub.timestamp")
         return sub
 
     async def status(self, callback: str, topic: str, timestamp: int, proof: str) -> Status:
-        sub = await self.owned(callback, topic, timestamp, proof)
+        """A subscription's state, for the owner of its secret (``/hub/status``)."""
+        sub = await self.owned("status", callback, topic, timestamp, proof)
         async with self.services.sessions() as s:
             pending = (
                 await s.execute(
@@ -216,7 +229,8 @@ class Hub:
         return Status(sub, int(pending), oldest)
 
     async def replay(self, callback: str, topic: str, timestamp: int, proof: str, since: int) -> int:
-        sub = await self.owned(callback, topic, timestamp, proof)
+        """Queue again the retained deliveries after ``since``, for the owner of the secret (``/hub/replay``)."""
+        sub = await self.owned("replay", callback, topic, timestamp, proof, str(since))
         queued = await store.replay(self.services.sessions, sub.id, since)
         if queued:
             self.outbox.wake()

@@ -8,7 +8,10 @@
   ``hub.secret`` as UTF-8 bytes. Without a secret there is nothing to key a MAC with, so
   ``webhook-signature`` is left out (id and timestamp still let a subscriber drop duplicates).
 - Ownership proof for ``/hub/status`` and ``/hub/replay``: hex HMAC-SHA256(secret,
-  "{callback}\\n{topic}\\n{timestamp}"), accepted within :data:`PROOF_WINDOW` seconds.
+  "{action}\\n{callback}\\n{topic}\\n{timestamp}", then "\\n{param}" for each of the action's
+  parameters: ``hub.since`` for a replay), accepted within :data:`PROOF_WINDOW` seconds of the
+  server's clock, once (:meth:`hub.service.Hub.owned`). The action and its parameters are signed so
+  that a status proof, which travels in a URL and so lands in logs, cannot order a replay.
 """
 
 from __future__ import annotations
@@ -32,11 +35,18 @@ def webhook_signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> 
     return "v1," + base64.b64encode(mac).decode()
 
 
-def ownership_proof(secret: str, callback: str, topic: str, timestamp: int) -> str:
-    return hmac.new(secret.encode(), f"{callback}\n{topic}\n{timestamp}".encode(), hashlib.sha256).hexdigest()
+def ownership_proof(secret: str, action: str, callback: str, topic: str, timestamp: int, *params: str) -> str:
+    """The proof a subscriber sends to ``/hub/{action}`` (``status`` or ``replay``; a replay's one
+    parameter is its ``hub.since``)."""
+    message = "\n".join([action, callback, topic, str(timestamp), *params])
+    return hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
 
 
-def check_ownership(secret: str, callback: str, topic: str, timestamp: int, proof: str, now: float) -> bool:
-    if abs(now - timestamp) > PROOF_WINDOW:
-        return False
-    return hmac.compare_digest(ownership_proof(secret, callback, topic, timestamp), proof)
+def check_ownership(
+    secret: str, action: str, callback: str, topic: str, timestamp: int, proof: str, now: float, *params: str
+) -> bool:
+    """Whether ``proof`` is :func:`ownership_proof` of these values and ``timestamp`` is recent."""
+    expected = ownership_proof(secret, action, callback, topic, timestamp, *params)
+    # compare_digest refuses str with characters outside ASCII: compare bytes, which it always takes.
+    matches = hmac.compare_digest(expected.encode(), proof.encode("utf-8", "replace"))
+    return matches and abs(now - timestamp) <= PROOF_WINDOW

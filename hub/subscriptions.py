@@ -19,6 +19,9 @@ and which the subscriber sees as a verification that never came: requests that a
 closes get 503; verifications whose GET has not gone out are dropped at once; a GET in flight keeps
 going while the server finishes its requests (an echo can still arrive through our own relay) and
 is dropped only when the hub is finally cancelled.
+
+A database that cannot take the write after an echo (full, read-only, down) only delays it, for
+the same reason: the write is tried again until it commits (:func:`hub.activations.until_stored`).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import httpx
 from starlette.datastructures import FormData
 
 from hub import store
-from hub.activations import Activations
+from hub.activations import Activations, until_stored
 from hub.challenge import Unanswered, ask, with_params
 from hub.errors import BadRequest, Busy, URLRefused
 from hub.fairness import HostSlots, Slots, netloc
@@ -309,7 +312,12 @@ class Verifier:
             if queued and self._on_queued is not None:
                 self._on_queued()
         else:
-            await store.deactivate(self.services.sessions, req.topic, req.callback, SubscriptionState.UNSUBSCRIBED)
+            await until_stored(
+                lambda: store.deactivate(
+                    self.services.sessions, req.topic, req.callback, SubscriptionState.UNSUBSCRIBED
+                ),
+                "a verified unsubscribe",
+            )
 
     async def _check_subscribe(self, req: SubscriptionRequest) -> tuple[str | None, bool]:
         """Why the hub refuses ``req`` (None: it does not), and whether its topic has a baseline."""

@@ -98,7 +98,7 @@ def parse_lease(raw: str | None, settings: Settings) -> float | None:
     if raw is None:
         return None
     raw = raw.strip()
-    if not raw.isdigit() or len(raw) > 12:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:  # isdigit alone takes "²", which int refuses
         raise InvalidInput("lease must be a number of seconds")
     return min(max(float(int(raw)), settings.lease_min), settings.lease_max)
 

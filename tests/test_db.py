@@ -86,3 +86,15 @@ async def test_a_busy_sqlite_engine_keeps_its_connections(tmp_path: Path) -> Non
         assert 1 < len(opened) <= db.SQLITE_POOL_SIZE
     finally:
         await engine.dispose()
+
+
+async def test_an_error_does_not_quote_the_statements_parameters(tmp_path: Path) -> None:
+    """Worker loops log database errors with their text: a secret bound to a statement must not be in it."""
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'p.db'}")
+    try:
+        async with engine.connect() as conn:
+            with pytest.raises(Exception) as caught:
+                await conn.execute(text("insert into nowhere values (:secret)"), {"secret": "hub-secret-3f9a"})
+        assert "hub-secret-3f9a" not in str(caught.value)
+    finally:
+        await engine.dispose()

@@ -1,14 +1,20 @@
-"""Fuzzing (issue 6): every endpoint's input and ``message/http`` parsing. No 500, no hang, still healthy.
+"""Fuzzing (issues 6 and 13): every endpoint's input and ``message/http`` parsing. No 5xx, no hang, still healthy.
 
 The endpoint fuzz takes its paths from the app's own routing table, so a route added later is
 fuzzed too. The app runs once per test on a blocking portal (hypothesis drives sync tests); its
 outbound HTTP is an in-process app, so random callbacks and topics reach nobody real. Every request has
 a deadline, and /healthz must still answer 200 after each one.
+
+Values are malformed on purpose (issue 13, L1): digits that ``str.isdigit`` takes and ``int``
+refuses (``²``), 5,000-digit numbers, non-ASCII signatures, header values with bytes outside ASCII
+and control characters, replies whose headers hold control characters. The app has a subscription
+with a secret, so that proofs of ownership are checked against a real secret, not refused early.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from urllib.parse import quote, urlencode
@@ -24,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from hub.signing import ownership_proof
 from relay import wire
 from reversehub.core.settings import Settings
 from reversehub.server.app import create_app
@@ -164,7 +171,26 @@ def live_app(settings: Settings) -> Iterator[tuple[BlockingPortal, httpx.AsyncCl
     app = create_app(fuzz_settings, transport=httpx.ASGITransport(app=outbound))
     with start_blocking_portal(backend="asyncio") as portal:
         with portal.wrap_async_context_manager(started(app)) as client:
+            portal.call(subscribed, client)
             yield portal, client, route_templates(app.routes) + portal.call(relay_urls, client)
+
+
+OWNED = {"hub.callback": "http://cb.test/x", "hub.topic": "https://t.test/feed"}
+SECRET = "fuzz-secret"
+
+
+async def subscribed(client: httpx.AsyncClient) -> None:
+    """Subscribe :data:`OWNED` with :data:`SECRET` and wait until it is stored (a valid proof answers 200)."""
+    r = await client.post("/hub", data={"hub.mode": "subscribe", **OWNED, "hub.secret": SECRET})
+    assert r.status_code == 202
+    with anyio.fail_after(REQUEST_DEADLINE):
+        while True:
+            ts = int(time.time())
+            proof = ownership_proof(SECRET, "status", OWNED["hub.callback"], OWNED["hub.topic"], ts)
+            params = {**OWNED, "hub.timestamp": str(ts), "hub.signature": proof}
+            if (await client.get("/hub/status", params=params)).status_code == 200:
+                return
+            await anyio.sleep(0.02)
 
 
 async def relay_urls(client: httpx.AsyncClient) -> list[tuple[str, frozenset[str]]]:
@@ -183,13 +209,22 @@ FORM_KEYS = [
     "hub.url",
     "hub.secret",
     "hub.lease_seconds",
+    "hub.timestamp",
+    "hub.signature",
+    "hub.since",
+    "seconds",
     "name",
     "token",
     "lease",
 ]
+# Numbers as they should not be written: digits int() refuses (superscripts), digits of other
+# scripts, more digits than int() parses (4,300), signs, spaces, fractions.
+ODD_NUMBERS = ["²", "³", "٣", "１２", "1" * 5000, "9" * 19, "+1", " 1", "1_000", "1e3", "0x10", "-0", "1.5"]
 FORM_VALUES = st.one_of(
     st.sampled_from(["subscribe", "unsubscribe", "publish", "http://cb.test/x", "https://t.test/feed", "-1", "0",
-                     "99999999999999999999", "a" * 300, "alice", "ALICE", "xn--", "a..b", ""]),
+                     "99999999999999999999", "a" * 300, "alice", "ALICE", "xn--", "a..b", "", "é", "\x00",
+                     "a\r\nb", "\x7f", *ODD_NUMBERS]),
+    st.integers(min_value=0, max_value=2**40).map(str),
     st.text(max_size=30),
 )  # fmt: skip
 forms = st.lists(st.tuples(st.sampled_from(FORM_KEYS), FORM_VALUES), max_size=8).map(lambda f: urlencode(f).encode())
@@ -199,10 +234,23 @@ header_names = st.sampled_from(
 )  # fmt: skip
 header_values = st.one_of(
     st.sampled_from(["application/x-www-form-urlencoded", "message/http", "application/http", "text/plain",
-                     "multipart/form-data; boundary=x", "Bearer fuzz-admin", "Basic Og==", "Basic !!", "chunked"]),
+                     "multipart/form-data; boundary=x", "Bearer fuzz-admin", "Basic Og==", "Basic !!", "chunked",
+                     "1" * 5000]),
+    # Latin-1 bytes as a client sends them: \xe9 is "é" to a server that decodes headers as Latin-1.
+    st.sampled_from([b"Bearer \xe9", b"sha256=\xe9", b"reversehub_admin=\xe9", b"\xe9", "²".encode()]),
     st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=30),
+    # Any byte but CR and LF (a server's HTTP parser splits on those): what a client may send.
+    st.binary(max_size=30).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),
 )  # fmt: skip
-segment = st.one_of(st.sampled_from(["alice", "x", "", "..", "%2F", "a" * 70, "ü"]), st.text(max_size=12))
+segment = st.one_of(
+    st.sampled_from(["alice", "x", "", "..", "%2F", "a" * 70, "ü", "²", "1" * 5000]), st.text(max_size=12)
+)
+# Replies (POSTed to request URLs) whose header values hold control characters (issue 13, L2).
+control_replies = st.builds(
+    lambda ctl, value: b"HTTP/1.1 200 OK\r\nX-Fuzz: a%sb\r\nContent-Length: 2\r\n\r\n%s" % (ctl, value),
+    st.sampled_from([b"\x00", b"\x01", b"\x1b", b"\x7f", b"\r", b"\n", b"\x0b", b"\x0c"]),
+    st.sampled_from([b"ok", b"\x00\x00"]),
+)
 
 
 @st.composite
@@ -220,7 +268,7 @@ def requests(draw: st.DrawFn, templates: list[tuple[str, frozenset[str]]]) -> tu
         headers["content-type"] = "application/x-www-form-urlencoded"
         body = draw(forms)
     else:
-        body = draw(st.one_of(st.binary(max_size=200), http_messages()))
+        body = draw(st.one_of(st.binary(max_size=200), http_messages(), control_replies))
     return method, path + ("?" + query if query else ""), headers, body
 
 
@@ -243,6 +291,40 @@ def test_every_endpoint_survives_fuzzing(live_app) -> None:
         # A public relay URL answers 502/504 by design (no poller, no valid reply: DESIGN.md); nothing 500s.
         relayed = request[1].startswith("/relay/") and status in (502, 504)
         assert status < 500 or relayed, f"{request[0]} {request[1]} -> {status}"
+
+    check()
+
+
+odd_numbers = st.one_of(st.sampled_from(ODD_NUMBERS), st.integers(0, 2**70).map(str), st.text(max_size=20))
+signatures = st.one_of(
+    st.text(max_size=70),
+    st.text(alphabet="0123456789abcdefABCDEF", min_size=64, max_size=64),
+    st.sampled_from(["é", "é" * 64, "\x00" * 64, "sha256=" + "0" * 64]),
+)
+
+
+def test_proofs_and_numbers_never_answer_5xx(live_app) -> None:
+    """/hub/status, /hub/replay and /sup with malformed numbers and signatures, against a real
+    subscription with a secret and a current timestamp, so that a signature is compared, not refused early."""
+    portal, client, _ = live_app
+
+    async def send(timestamp: str, signature: str, since: str, seconds: str) -> list[int]:
+        params = {**OWNED, "hub.timestamp": timestamp, "hub.signature": signature}
+        with anyio.fail_after(REQUEST_DEADLINE):
+            return [
+                (await client.get("/hub/status", params=params)).status_code,
+                (await client.post("/hub/replay", data={**params, "hub.since": since})).status_code,
+                (await client.get("/sup", params={"seconds": seconds})).status_code,
+            ]
+
+    @hsettings(FUZZ, max_examples=200)
+    @given(
+        timestamp=st.one_of(st.just("now"), odd_numbers), signature=signatures, since=odd_numbers, seconds=odd_numbers
+    )
+    def check(timestamp: str, signature: str, since: str, seconds: str) -> None:
+        timestamp = str(int(time.time())) if timestamp == "now" else timestamp
+        codes = portal.call(send, timestamp, signature, since, seconds)
+        assert all(code < 500 for code in codes), f"{timestamp[:20]!r} {signature[:20]!r} {since[:20]!r} -> {codes}"
 
     check()
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from sqlalchemy import MetaData, event, text
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 
@@ -46,6 +47,28 @@ class MigrationError(RuntimeError):
     """The schema could not be brought to head."""
 
 
+# SQLSTATE classes (PostgreSQL appendix A) that say the database cannot take the work now, not that
+# the work is wrong: 08 connection, 25 read-only transaction, 40 serialization/deadlock, 53 disk full
+# or out of memory, 57 operator intervention (shutdown), 58 I/O error. asyncpg's read-only and
+# disk-full errors reach SQLAlchemy as plain DBAPIErrors, so the class is what tells them apart.
+_UNAVAILABLE_SQLSTATES = ("08", "25", "40", "53", "57", "58")
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database cannot serve right now (full, read-only, down, locked,
+    pool exhausted): worth a 503 with ``Retry-After`` and a retry, unlike an error in the statement.
+
+    SQLite reports a full disk, a read-only file and a lock as ``OperationalError``."""
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeout):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+        return isinstance(sqlstate, str) and sqlstate[:2] in _UNAVAILABLE_SQLSTATES
+    return False
+
+
 def async_url(url: str | URL) -> URL:
     """``sqlite:///x.db`` -> ``sqlite+aiosqlite:///x.db``; ``postgresql://`` -> ``postgresql+asyncpg://``."""
     parsed = make_url(url)
@@ -65,6 +88,9 @@ def is_sqlite(engine_or_url: AsyncEngine | str | URL) -> bool:
 def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
     """An async engine for a plain URL. SQLite gets WAL, a busy timeout and enforced foreign keys."""
     aurl = async_url(url)
+    # SQLAlchemy's text of an error quotes the statement's parameters (a subscription's hub.secret,
+    # a token digest), and worker loops log errors with their traceback: leave parameters out.
+    kwargs.setdefault("hide_parameters", True)
     if aurl.get_backend_name() == "sqlite":
         database = aurl.database
         if database and database != ":memory:":

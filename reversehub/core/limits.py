@@ -50,6 +50,9 @@ DEFAULT_LIMITS: Mapping[str, int] = {
     "subscribe:callback-host": 500,
     "relay": 20_000,
     "relay:name": 10_000,
+    # /hub/replay queues deliveries again (outbound work): a handful per client and per subscription.
+    "replay": 20,
+    "replay:subscription": 5,
 }
 
 # Names counted per request: a ping may name many topics (hub.url is repeatable), and each counter

@@ -4,6 +4,11 @@
 head), the broker and the outbound HTTP client, builds the relay and hub services on ``app.state``
 and runs their background work in one task group. Routes find their service on ``request.app.state``
 (httpx's ASGITransport never delivers lifespan-yielded state, so we do not use it).
+
+A database that cannot serve (full, read-only, down: :func:`reversehub.core.db.unavailable`) or a
+broker that cannot be reached is answered here, for every route of both halves, with 503, a
+``Retry-After`` and a one-line reason (:func:`unavailable_response`), never a 500, and ``/readyz``
+says so for a while (:func:`reversehub.server.health.storage_failed`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import anyio
 import httpx
 from cachetools import LRUCache
 from prometheus_client import CollectorRegistry
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -31,7 +38,7 @@ from relay.routes import HotRoutes, RelayUrls
 from relay.routes import routes as relay_routes
 from relay.service import Relay
 from reversehub.core import db
-from reversehub.core.broker import Broker, make_broker
+from reversehub.core.broker import Broker, BrokerClosed, BrokerUnavailable, make_broker
 from reversehub.core.egress import Egress
 from reversehub.core.outbound import HttpxOutbound, LeanOutbound, Outbound, OwnRelay, own_urls
 from reversehub.core.services import Services
@@ -43,6 +50,44 @@ from reversehub.server.ratelimit import RateLimitMiddleware
 from reversehub.server.web import routes as client_routes
 
 logger = logging.getLogger(__name__)
+
+# Seconds a client is asked to wait when the database or the broker cannot serve.
+UNAVAILABLE_RETRY_AFTER = 5
+
+
+def unavailable_response(exc: BaseException) -> Response | None:
+    """503 with ``Retry-After`` for a storage or broker failure; None for any other error (a bug,
+    which stays a 500). Only the driver's own message is logged: SQLAlchemy's text of the error
+    carries the statement's parameters, which may hold secrets."""
+    if isinstance(exc, BrokerUnavailable | BrokerClosed):
+        reason = "broker unavailable"
+    elif db.unavailable(exc):
+        reason = "storage unavailable"
+    else:
+        return None
+    logger.error("%s (%s: %s); answered 503", reason, type(exc).__name__, getattr(exc, "orig", None) or exc)
+    return PlainTextResponse(
+        f"{reason}; try again shortly\n", status_code=503, headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER)}
+    )
+
+
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    """Starlette's exception handler for the errors :func:`unavailable_response` may map."""
+    response = unavailable_response(exc)
+    if response is None:
+        raise exc
+    health.storage_failed(request.app.state)
+    return response
+
+
+# Starlette looks a handler up along the exception's MRO: these cover every driver error and the
+# broker's two; the handler gives back what is not a storage or broker failure.
+EXCEPTION_HANDLERS = {
+    DBAPIError: _unavailable,
+    PoolTimeout: _unavailable,
+    BrokerUnavailable: _unavailable,
+    BrokerClosed: _unavailable,
+}
 
 
 class ReverseHub(Starlette):
@@ -72,17 +117,31 @@ class ReverseHub(Starlette):
             if found is not None:
                 endpoint, scope["path_params"] = found
                 scope["app"] = self
-                if self._is_unlimited(scope) and not access_logger.isEnabledFor(logging.INFO):
-                    await endpoint(scope, receive, send)  # what the two middlewares would do, minus their frames
-                    return
-                stack = self._hot.get(id(endpoint))
-                if stack is None:
-                    stack = self._hot[id(endpoint)] = AccessLogMiddleware(
-                        RateLimitMiddleware(endpoint, settings=self._settings)
-                    )
-                await stack(scope, receive, send)
+                try:
+                    if self._is_unlimited(scope) and not access_logger.isEnabledFor(logging.INFO):
+                        await endpoint(scope, receive, send)  # what the two middlewares would do, minus their frames
+                        return
+                    stack = self._hot.get(id(endpoint))
+                    if stack is None:
+                        stack = self._hot[id(endpoint)] = AccessLogMiddleware(
+                            RateLimitMiddleware(endpoint, settings=self._settings)
+                        )
+                    await stack(scope, receive, send)
+                except Exception as exc:
+                    # Starlette's exception layer is skipped here: map a storage failure the same way.
+                    await self._answer_unavailable(exc, scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
+
+    async def _answer_unavailable(self, exc: Exception, scope: Scope, receive: Receive, send: Send) -> None:
+        response = unavailable_response(exc)
+        if response is None:
+            raise exc
+        health.storage_failed(self.state)
+        try:
+            await response(scope, receive, send)
+        except Exception:
+            raise exc from None  # the response had begun: there is nothing left to answer with
 
     def _is_unlimited(self, scope: Scope) -> bool:
         """``RateLimitMiddleware.unlimited``, remembered per connection's client address: three
@@ -179,6 +238,7 @@ def create_app(
             # Who may publish or register is decided by the handlers (hub.authz, relay.authz).
             Middleware(RateLimitMiddleware, settings=settings),
         ],
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -225,6 +285,7 @@ def create_admin_app(main: Starlette) -> Starlette:
     admin = Starlette(
         routes=[*dashboard.listing_routes(), *dashboard.routes()],
         middleware=[Middleware(AccessLogMiddleware)],
+        exception_handlers=EXCEPTION_HANDLERS,
     )
     admin.state = main.state
     return admin

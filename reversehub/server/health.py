@@ -1,17 +1,84 @@
-"""``GET /healthz`` and ``GET /metrics`` (Prometheus text)."""
+"""``GET /healthz`` (liveness), ``GET /readyz`` (readiness) and ``GET /metrics`` (Prometheus text).
+
+- ``/healthz`` answers 200 once the process serves, whatever its database and broker do: a
+  supervisor that restarts on it must not restart every server because their shared database is
+  down.
+- ``/readyz`` answers 200 only while the database answers a query of its schema (on PostgreSQL:
+  and is not read-only), the broker answers a round trip, and no request failed for want of either
+  in the last :data:`READY_HOLD` seconds (:func:`storage_failed`); 503 with the reason otherwise.
+  The last clause is there because a full disk lets every read through: only a write tells.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+from typing import Any
+
+import anyio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
+
+from reversehub.core.services import Services
+
+logger = logging.getLogger(__name__)
+
+READY_TIMEOUT = 2.0  # seconds each probe of /readyz may take
+READY_HOLD = 10.0  # seconds /readyz stays 503 after a request failed for want of the database or broker
+
+
+def storage_failed(state: Any) -> None:
+    """Note on the app's state that the database or the broker just failed a request (``/readyz``)."""
+    state.storage_failed_at = time.monotonic()
 
 
 async def healthz(request: Request) -> Response:
     if getattr(request.app.state, "services", None) is None:
         return PlainTextResponse("starting\n", status_code=503)
     return PlainTextResponse("ok\n")
+
+
+async def _database(services: Services) -> str | None:
+    async with services.engine.connect() as conn:
+        await conn.execute(text("SELECT version_num FROM alembic_version"))
+        if conn.dialect.name == "postgresql":
+            if (await conn.execute(text("SHOW transaction_read_only"))).scalar() == "on":
+                return "database is read-only"
+    return None
+
+
+async def _broker(services: Services) -> str | None:
+    await services.broker.get("readyz")
+    return None
+
+
+async def readyz(request: Request) -> Response:
+    services: Services | None = getattr(request.app.state, "services", None)
+    if services is None:
+        return _not_ready("starting")
+    failed_at: float | None = getattr(request.app.state, "storage_failed_at", None)
+    if failed_at is not None and time.monotonic() - failed_at < READY_HOLD:
+        return _not_ready("the database or the broker failed a request moments ago")
+    for name, probe in (("database", _database), ("broker", _broker)):
+        try:
+            with anyio.fail_after(READY_TIMEOUT):
+                reason = await probe(services)
+        except Exception as exc:
+            # Its type only: a driver's message may quote a statement's parameters.
+            logger.warning("readiness: %s not answering (%s)", name, type(exc).__name__)
+            reason = f"{name} not answering"
+        if reason is not None:
+            return _not_ready(reason)
+    return PlainTextResponse("ready\n", headers={"Cache-Control": "no-store"})
+
+
+def _not_ready(reason: str) -> Response:
+    return PlainTextResponse(
+        f"not ready: {reason}\n", status_code=503, headers={"Retry-After": "5", "Cache-Control": "no-store"}
+    )
 
 
 async def metrics(request: Request) -> Response:
@@ -22,4 +89,8 @@ async def metrics(request: Request) -> Response:
 
 
 def routes() -> list[BaseRoute]:
-    return [Route("/healthz", healthz, methods=["GET", "HEAD"]), Route("/metrics", metrics, methods=["GET"])]
+    return [
+        Route("/healthz", healthz, methods=["GET", "HEAD"]),
+        Route("/readyz", readyz, methods=["GET", "HEAD"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]

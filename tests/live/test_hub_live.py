@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import time
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qs, urlsplit
 
@@ -19,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from hub.signing import ownership_proof
 from reversehub.server.app import create_app
+from tests.hub.proofs import status_params
 from tests.support import bound_socket, live_settings, serve_live, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.live]
@@ -88,10 +87,7 @@ async def test_subscribe_verify_deliver_sign_and_retry_over_real_sockets(hub_url
 
 
 async def _active(client, callback, topic, secret) -> bool:
-    ts = int(time.time())
-    proof = ownership_proof(secret, callback, topic, ts)
-    params = {"hub.callback": callback, "hub.topic": topic, "hub.timestamp": ts, "hub.signature": proof}
-    r = await client.get("/hub/status", params=params)
+    r = await client.get("/hub/status", params=status_params(secret, callback, topic))
     return r.status_code == 200 and r.json()["state"] == "active"
 
 

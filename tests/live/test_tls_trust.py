@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -29,8 +28,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from hub.signing import ownership_proof
 from reversehub.server.app import create_app
+from tests.hub.proofs import status_params
 from tests.support import bound_socket, live_settings, serve_live, unavailable, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.live]
@@ -122,7 +121,8 @@ async def test_verification_and_delivery_trust_the_same_cas(
             await wait_for(
                 lambda: _logged(caplog, "verification GET failed: ConnectError: certificate not verified ("), timeout=10
             )
-            assert (await _status_response(client, f"{cb_url}/b")).status_code == 404  # never activated
+            # Never activated: the same 403 as a wrong proof (the endpoint tells nobody what exists).
+            assert (await _status_response(client, f"{cb_url}/b")).status_code == 403
             assert (await _publish(client, b"two")).status_code == 204
             await wait_for(lambda: len(cb.deliveries) > 1 or _status(client, f"{cb_url}/a", failed=True), timeout=10)
             assert cb.deliveries == [("/a", b"one")]  # not delivered to a callback verification cannot reach
@@ -150,10 +150,7 @@ async def _publish(client: httpx.AsyncClient, body: bytes) -> httpx.Response:
 
 
 async def _status_response(client: httpx.AsyncClient, callback: str) -> httpx.Response:
-    ts = int(time.time())
-    proof = ownership_proof("s", callback, TOPIC, ts)
-    params = {"hub.callback": callback, "hub.topic": TOPIC, "hub.timestamp": ts, "hub.signature": proof}
-    return await client.get("/hub/status", params=params)
+    return await client.get("/hub/status", params=status_params("s", callback, TOPIC))
 
 
 async def _state(client: httpx.AsyncClient, callback: str, state: str) -> bool:

@@ -28,7 +28,7 @@ async def snapshot(app_state: Any) -> dict[str, Any]:
 
 def _row_id(key: str) -> int | None:
     # Row ids are 64-bit integers: a longer run of digits names no row (and would overflow the driver).
-    return int(key) if key.isdigit() and len(key) <= 18 else None
+    return int(key) if key.isascii() and key.isdigit() and len(key) <= 18 else None  # isdigit alone takes "²"
 
 
 async def retry_delivery(app_state: Any, key: str) -> bool:
