@@ -489,4 +489,4 @@ async def test_workers_of_a_killed_supervisor_drain_and_exit(
         except FileNotFoundError:
             return True
 
-    await wait_for(lambda: all(gone(pid) for pid in workers), timeout=20, interval=0.1)
+    await wait_for(lambda: all(gone(pid) for pid in workers), timeout=45, interval=0.1)
