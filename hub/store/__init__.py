@@ -43,7 +43,15 @@ from hub.store.subscriptions import (
     host_of,
     outlook,
 )
-from hub.store.topics import bump_topic, ensure_topic, known_entries, lock_topic, record_pings, remember_entries
+from hub.store.topics import (
+    bump_topic,
+    ensure_topic,
+    known_entries,
+    lock_topic,
+    prune_topics,
+    record_pings,
+    remember_entries,
+)
 
 __all__ = [
     "ACTIVE",
@@ -73,6 +81,7 @@ __all__ = [
     "payloads",
     "pending_count",
     "prune",
+    "prune_topics",
     "record",
     "record_pings",
     "release",
