@@ -15,12 +15,11 @@ import logging
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
-from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from hub import publish, subscriptions
+from hub import publish, store, subscriptions
 from hub.authz import authorize_publish
 from hub.errors import (
     BadRequest,
@@ -104,7 +103,7 @@ def _callback_host(hub: Hub, callback: str) -> str:
     name = hub.services.own_name(callback)
     if name is not None:
         return f"callback-host=relay/{name}"
-    return f"callback-host={limits.host_key(urlsplit(callback).hostname)}"
+    return f"callback-host={store.host_of(callback)}"
 
 
 def _share_holder(hub: Hub, request: Request) -> str | None:
@@ -170,7 +169,7 @@ async def sup_endpoint(request: Request) -> Response:
 
 
 def _proof(params: Any) -> tuple[str, str, int, str]:
-    callback = subscriptions.check_url(params.get("hub.callback"), "hub.callback")
+    callback = subscriptions.check_callback(params.get("hub.callback"))
     topic = subscriptions.check_url(params.get("hub.topic"), "hub.topic")
     timestamp = params.get("hub.timestamp", "")
     proof = params.get("hub.signature", "")

@@ -28,7 +28,6 @@ import hashlib
 import ipaddress
 import logging
 import math
-import socket
 import time
 import weakref
 from collections.abc import Iterable, Mapping
@@ -47,7 +46,6 @@ __all__ = [
     "Limits",
     "client_key",
     "hidden",
-    "host_key",
     "parse_limits",
     "reason",
 ]
@@ -120,25 +118,6 @@ def client_key(host: str | None) -> str:
             return str(address.ipv4_mapped)
         return str(ipaddress.IPv6Network((address, IPV6_CLIENT_PREFIX), strict=False))
     return str(address)
-
-
-@functools.lru_cache(maxsize=4096)
-def host_key(host: str | None) -> str:
-    """A URL's host as budgets compare it, so one host spelled many ways has one budget: lowercase,
-    no trailing dot, an IPv6 address compressed, and a host that ends in a number read as an IPv4
-    address as the WHATWG URL parser reads it (``127.1``, ``2130706433``, ``0x7f000001``: 127.0.0.1)."""
-    host = (host or "").lower().rstrip(".")
-    try:
-        return str(ipaddress.ip_address(host.strip("[]")))
-    except ValueError:
-        pass
-    last = host.rpartition(".")[2]
-    if last.isascii() and (last.isdigit() or last.startswith("0x")):
-        try:
-            return socket.inet_ntoa(socket.inet_aton(host))
-        except OSError:
-            pass
-    return host
 
 
 def hidden(secret: str) -> str:
