@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
-from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from hub import publish, subscriptions
+from hub import publish, store, subscriptions
 from hub.authz import authorize_publish
 from hub.errors import (
     BadRequest,
@@ -96,18 +96,36 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def _count(hub: Hub, request: Request, limit: str, names: Iterable[str]) -> None:
-    """Count this request against ``limit`` for each of ``names``; :class:`RateLimited` when over."""
+async def _count(hub: Hub, request: Request, limit: str, names: Iterable[str] = (), cost: int = 1) -> None:
+    """Count this request against the client's ``limit``: for each of ``names`` (``CLASS:KEY``), or at
+    ``cost`` for the client itself (``CLASS``); :class:`RateLimited` when over."""
     budgets = hub.services.limits
     if not budgets.applies(request.scope.get("client")):
         return
-    retry_after = await budgets.hit_names(limit, names)
+    client = budgets.client(request.scope.get("client"))
+    if ":" in limit:
+        retry_after = await budgets.hit_names(limit, names, client)
+    else:
+        retry_after = await budgets.hit(limit, client, cost)
     if retry_after is not None:
         raise RateLimited(limits.reason(limit), retry_after)
 
 
-def _client(request: Request) -> str:
-    return f"client={request.client.host if request.client else '-'}"
+def _callback_host(hub: Hub, callback: str) -> str:
+    """The budget a subscription's callback counts against: its host, or its name on our own relay,
+    whose callbacks all share one host."""
+    name = hub.services.own_name(callback)
+    if name is not None:
+        return f"callback-host=relay/{name}"
+    return f"callback-host={store.host_of(callback)}"
+
+
+def _share_holder(hub: Hub, request: Request) -> str | None:
+    """Whose share of a cap a subscription counts against; None for a client exempt from limits."""
+    client = request.scope.get("client")
+    if hub.services.limits.exempt(client):
+        return None
+    return limits.client_key(str(client[0]) if client else None)[:64]
 
 
 async def _publish(hub: Hub, request: Request, ping: publish.Ping | publish.FatPing) -> Response:
@@ -119,6 +137,8 @@ async def _publish(hub: Hub, request: Request, ping: publish.Ping | publish.FatP
     )
     # After authorization: a publisher refused for want of a token must not spend a topic's budget.
     topics = (ping.topic,) if isinstance(ping, publish.FatPing) else ping.urls
+    # A ping costs what it makes the hub do, a fetch per topic: the request itself was counted once.
+    await _count(hub, request, "publish", cost=len(topics) - 1)
     await _count(hub, request, "publish:topic", (f"topic={t}" for t in topics))
     await hub.publish(ping)
     return Response(status_code=204)
@@ -132,13 +152,12 @@ async def hub_endpoint(request: Request) -> Response:
         form = publish.form_of(await read_body(request, hub.settings.max_form_size))
         if form.get("hub.mode") == "publish":
             # The client's publish budget is counted here, since only the body says this publishes.
-            await _count(hub, request, "publish", [_client(request)])
+            await _count(hub, request, "publish")
             return await _publish(hub, request, publish.Ping(publish.ping_urls(form)))
-        await _count(hub, request, "subscribe", [_client(request)])
+        await _count(hub, request, "subscribe")
         req = subscriptions.parse(form)
-        host = (urlsplit(req.callback).hostname or "").lower()
-        await _count(hub, request, "subscribe:callback-host", [f"callback-host={host}"])
-        hub.request(req)
+        await _count(hub, request, "subscribe:callback-host", [_callback_host(hub, req.callback)])
+        hub.request(replace(req, client=_share_holder(hub, request)))
         return PlainTextResponse("Accepted: verification follows\n", status_code=202)
     except HubError as exc:
         return error_response(exc)
@@ -203,7 +222,7 @@ async def replay_endpoint(request: Request) -> Response:
         hub = _hub(request)
         # A replay sends deliveries again: outbound work, so it has budgets, per client before
         # anything is read and per subscription once it is named.
-        await _count(hub, request, "replay", [_client(request)])
+        await _count(hub, request, "replay")
         form = publish.form_of(await read_body(request, hub.settings.max_form_size))
         params = {**dict(request.query_params), **{k: v for k, v in form.items() if isinstance(v, str)}}
         since = whole(params.get("hub.since"), "hub.since")

@@ -44,6 +44,7 @@ class Subscription(Base):
         UniqueConstraint("topic", "callback"),
         Index("ix_hub_subscriptions_topic_state", "topic", "state"),
         Index("ix_hub_subscriptions_state_callback_host", "state", "callback_host"),
+        Index("ix_hub_subscriptions_state_callback_host_client", "state", "callback_host", "client"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -51,6 +52,9 @@ class Subscription(Base):
     callback: Mapped[str] = mapped_column(String(URL_LENGTH))
     # The callback URL's host name, lowercased (hub.store.subscriptions.host_of): the per-host cap counts by it.
     callback_host: Mapped[str] = mapped_column(String(255), default="")
+    # Who asked for it (reversehub.core.limits.client_key), for the per-client share of the per-host
+    # cap; None for a client exempt from limits.
+    client: Mapped[str | None] = mapped_column(String(64), nullable=True)
     secret: Mapped[str | None] = mapped_column(String(200), nullable=True)
     state: Mapped[str] = mapped_column(String(16))  # a SubscriptionState
     lease_seconds: Mapped[int] = mapped_column(Integer)

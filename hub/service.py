@@ -40,6 +40,9 @@ WORK = "hub.work"
 FETCH = "hub.fetch"
 SUP_PERIODS = (60, 300, 600)
 PRUNE_EVERY = 300.0
+# A topic nobody subscribes to is deleted after this long without a fetch, publish or poll: longer
+# than any verification of its first subscriber takes.
+TOPIC_IDLE = 3600.0
 MAINTAIN_EVERY = 1.0
 # One answer for every proof that does not hold, so that /hub/status tells nobody whether a
 # (callback, topic) pair exists or has a secret.
@@ -149,6 +152,7 @@ class Hub:
                 self.metrics.pending.set(await store.pending_count(self.services.sessions))
                 if now - last_prune > PRUNE_EVERY:
                     await store.prune(self.services.sessions, now - self.settings.delivery_retention)
+                    await store.prune_topics(self.services.sessions, now - TOPIC_IDLE)
                     last_prune = now
             except Exception:
                 logger.exception("hub maintenance failed")
@@ -163,10 +167,11 @@ class Hub:
     async def publish(self, ping: Ping | FatPing) -> int:
         """Record a publish durably; returns the deliveries queued (0 for a ping, fetched later)."""
         if isinstance(ping, Ping):
-            await store.record_pings(self.services.sessions, ping.urls)
+            recorded = await store.record_pings(self.services.sessions, ping.urls)
             self.metrics.publishes.labels("ping").inc()
-            self.fetcher.wake()
-            await self._announce(FETCH)
+            if recorded:  # a ping of topics nobody subscribes to wakes no fetcher anywhere
+                self.fetcher.wake()
+                await self._announce(FETCH)
             return 0
         now = time.time()
         async with store.writing(self.services.sessions) as s:

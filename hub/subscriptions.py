@@ -65,6 +65,8 @@ class SubscriptionRequest:
     callback: str
     lease_seconds: int | None = None
     secret: str | None = None
+    # Who asked (reversehub.core.limits.client_key), for the per-client share of the per-host cap.
+    client: str | None = None
 
 
 def check_url(value: str | None, name: str) -> str:
@@ -307,7 +309,16 @@ class Verifier:
     async def _apply(self, req: SubscriptionRequest, lease: int, asked_at: float) -> None:
         if req.mode == "subscribe":
             _, queued = await self._activations.activate(
-                store.Activation(req.topic, req.callback, req.secret, lease, time.time(), since=asked_at)
+                store.Activation(
+                    req.topic,
+                    req.callback,
+                    req.secret,
+                    lease,
+                    time.time(),
+                    since=asked_at,
+                    callback_host=self._cap_host(req.callback),
+                    client=req.client,
+                )
             )
             if queued and self._on_queued is not None:
                 self._on_queued()
@@ -331,8 +342,26 @@ class Verifier:
             return reason, False
         # --max-subscriptions-per-callback-host: one host cannot make the hub fan out without bound.
         capped = bool(getattr(self.settings, "max_subscriptions_per_callback_host", 0))
-        count, fetched = await store.outlook(self.services.sessions, req.topic, req.callback if capped else None)
-        return (policy.check_callback_host_cap(self.settings, count) if capped else None), fetched
+        count, fetched = await store.outlook(
+            self.services.sessions,
+            req.topic,
+            req.callback if capped else None,
+            host=self._cap_host(req.callback),
+        )
+        reason = policy.check_callback_host_cap(self.settings, count) if capped else None
+        if reason is None and req.client is not None and self.settings.max_subscriptions_per_callback_host_per_client:
+            # A share of that cap per client: one client must not fill a shared host's cap for the lease.
+            mine = await store.client_share(
+                self.services.sessions, req.callback, req.client, host=self._cap_host(req.callback)
+            )
+            reason = policy.check_callback_host_share(self.settings, mine)
+        return reason, fetched
+
+    def _cap_host(self, callback: str) -> str | None:
+        """What the per-host cap counts a callback under, when not its host: callbacks on our own
+        relay all share its host, so they count per relay name (one name cannot fill the cap of all)."""
+        name = self.services.own_name(callback)
+        return None if name is None else f"relay/{name}"
 
     async def deny(self, req: SubscriptionRequest, reason: str) -> None:
         """5.2: tell the subscriber its subscription was refused."""

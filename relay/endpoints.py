@@ -484,9 +484,18 @@ async def _count_name(relay: Relay, request: Request, name: str | None) -> None:
     budgets = relay.services.limits
     if not name or not budgets.applies(request.scope.get("client")):
         return
-    retry_after = await budgets.hit("registration:name", f"name={name.lower()}")
+    client = budgets.client(request.scope.get("client"))
+    retry_after = await budgets.hit_names("registration:name", [f"name={name.lower()}"], client)
     if retry_after is not None:
         raise RateLimited(limits.reason("registration:name"), retry_after)
+
+
+def _share_holder(relay: Relay, request: Request) -> str | None:
+    """Who a new registration counts against (``--max-registrations-per-client``); None when exempt."""
+    client = request.scope.get("client")
+    if relay.services.limits.exempt(client):
+        return None
+    return limits.client_key(str(client[0]) if client else None)[:64]
 
 
 def _link_response(relay: Relay, reg: Reg, status: int) -> Response:
@@ -512,7 +521,7 @@ async def gateway(request: Request) -> Response:
         name, token = form.get("name"), form.get("token")
         authorize_name(settings, name, token)
         await _count_name(relay, request, name)
-        reg, created = await relay.register(name, token, form.get("lease"))
+        reg, created = await relay.register(name, token, form.get("lease"), _share_holder(relay, request))
         return _link_response(relay, reg, 201 if created else 204)
     state = await relay.status()
     if "json" in request.headers.get("accept", ""):

@@ -9,6 +9,7 @@
     ├── Unauthorized            401  the registration token is required (--registration-token), with a challenge
     ├── TokenMismatch           403  registration token does not match
     ├── NameReserved            403  the name is reserved for another token (--reserve-name)
+    ├── ClientShareSpent        403  this client holds its share of the relay's names
     ├── RateLimited             429  a name's registration budget is spent, with Retry-After
     ├── RelayFull               503  the relay holds as many registrations as it may
     ├── NotFound                404  unknown name, private URL or request URL
@@ -71,6 +72,13 @@ class Unauthorized(RelayError):
 class NameReserved(RelayError):
     status = 403
     reason = "name reserved"
+
+
+class ClientShareSpent(RelayError):
+    """The client holds ``--max-registrations-per-client`` names: one client cannot fill the relay."""
+
+    status = 403
+    reason = "too many registrations from this client"
 
 
 class RateLimited(RelayError):

@@ -27,5 +27,11 @@ class Registration(Base):
     created_at: Mapped[float] = mapped_column(Float)
     # Unix time after which a dormant registration is deleted; pushed forward while pollers come.
     expires_at: Mapped[float] = mapped_column(Float)
+    # Who created it (reversehub.core.limits.client_key: an address, an IPv6 /64), for the per-client
+    # share of --max-registrations; None for a client exempt from limits.
+    client: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
-    __table_args__ = (Index("ix_relay_registrations_expires_at", "expires_at"),)
+    __table_args__ = (
+        Index("ix_relay_registrations_expires_at", "expires_at"),
+        Index("ix_relay_registrations_client", "client"),
+    )

@@ -36,9 +36,9 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from relay.errors import InvalidInput, NotFound, RelayFull, TokenMismatch
+from relay.errors import ClientShareSpent, InvalidInput, NotFound, RelayFull, TokenMismatch
 from relay.models import Registration
-from reversehub.core.policy import check_registration_cap
+from reversehub.core.policy import check_registration_cap, check_registration_share
 from reversehub.core.settings import Settings
 
 # Other processes announce their changes on relay.changed; the TTL only bounds a missed message.
@@ -274,20 +274,25 @@ class Registry:
             raise NotFound("no such registration")
         return reg
 
-    async def register(self, raw_name: str | None, token: str | None, raw_lease: str | None) -> tuple[Reg, bool]:
-        """Create or refresh; returns (registration, created). Spec: "Registration"."""
+    async def register(
+        self, raw_name: str | None, token: str | None, raw_lease: str | None, client: str | None = None
+    ) -> tuple[Reg, bool]:
+        """Create or refresh; returns (registration, created). Spec: "Registration".
+
+        ``client`` (:func:`reversehub.core.limits.client_key`) is who creates it, for the per-client
+        share of ``--max-registrations``; None for a client exempt from limits."""
         name = normalize_name(raw_name)
         lease = parse_lease(raw_lease, self.settings)
         # No token: act as if a fresh random one was given (first come, first served).
         token_hash = hash_token(token if token is not None else secrets.token_urlsafe(32))
         try:
-            return await self._register(name, token_hash, lease)
+            return await self._register(name, token_hash, lease, client)
         except IntegrityError:
             # Two first registrations of one name raced (SQLite has no row lock to wait on):
             # the loser now finds the row and refreshes it or gets 403, like any later comer.
-            return await self._register(name, token_hash, lease)
+            return await self._register(name, token_hash, lease, client)
 
-    async def _register(self, name: str, token_hash: str, lease: float | None) -> tuple[Reg, bool]:
+    async def _register(self, name: str, token_hash: str, lease: float | None, client: str | None) -> tuple[Reg, bool]:
         now = time.time()
         async with self.sessions.begin() as session:
             row = await session.get(Registration, name, with_for_update=True)
@@ -300,6 +305,15 @@ class Registry:
                 count = await session.scalar(select(func.count()).select_from(Registration))
                 if reason := check_registration_cap(self.settings, count or 0):
                     raise RelayFull(reason)
+                # A share of the cap per client: one client must not fill it and hold it for the lease.
+                if client is not None and self.settings.max_registrations_per_client:
+                    mine = await session.scalar(
+                        select(func.count())
+                        .select_from(Registration)
+                        .where(Registration.client == client, Registration.expires_at >= now)
+                    )
+                    if reason := check_registration_share(self.settings, mine or 0):
+                        raise ClientShareSpent(reason)
                 lease_s = lease if lease is not None else self.settings.lease_default
                 row = Registration(
                     name=name,
@@ -308,6 +322,7 @@ class Registry:
                     lease_seconds=lease_s,
                     created_at=now,
                     expires_at=now + lease_s,
+                    client=client,
                 )
                 session.add(row)
                 created = True

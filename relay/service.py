@@ -122,8 +122,11 @@ class Relay:
         ]
 
     # Registrations --------------------------------------------------------------------------------
-    async def register(self, name: str | None, token: str | None, lease: str | None) -> tuple[Reg, bool]:
-        reg, created = await self.registry.register(name, token, lease)
+    async def register(
+        self, name: str | None, token: str | None, lease: str | None, client: str | None = None
+    ) -> tuple[Reg, bool]:
+        """Create or refresh a registration; ``client`` is who creates it (None: exempt from limits)."""
+        reg, created = await self.registry.register(name, token, lease, client)
         if created:
             await self.broker.publish(CHANGED_CHANNEL, b"changed " + reg.name.encode())
         logger.info("relay registration %s %s", reg.name, "created" if created else "refreshed")

@@ -325,6 +325,15 @@ async def test_incr_counts_and_ttl_applies_on_creation(make: Make) -> None:
     assert await a.get("forever") == b"1"
 
 
+async def test_incr_by_an_amount_applies_the_ttl_on_creation(make: Make) -> None:
+    """A request may cost more than one (a ping naming many topics): one round trip, whatever the cost."""
+    a, b = make(), make()
+    assert await a.incr("c", ttl=0.2, amount=5) == 5
+    assert await b.incr("c", ttl=60, amount=3) == 8  # the ttl of an existing counter is left alone
+    await wait_for(lambda: _is_none(a.get("c")), timeout=2)
+    assert await b.incr("c", amount=2) == 2
+
+
 # Closing --------------------------------------------------------------------------------------
 async def test_closed_broker_raises(make: Make) -> None:
     b = make()

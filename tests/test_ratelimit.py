@@ -1,4 +1,4 @@
-"""Rate limits (issue 6): per client address and per name, 429 with Retry-After, counted in the broker.
+"""Rate limits (issue 6): per client and per client and name, 429 with Retry-After, counted in the broker.
 
 The server's middleware counts per client from method and path; the hub's and the relay's handlers
 count the names they parsed (topics, callback hosts, registered names). Both run in the real app here.
@@ -81,16 +81,19 @@ async def test_registration_per_client_with_retry_after(make_app):
     assert fine.status_code == 201
 
 
-async def test_registration_per_name_across_clients(make_app):
+async def test_registration_per_name_per_client(make_app):
+    """A name's budget is each client's own (issue 13, H4): b is not locked out by what a spent."""
     app, a = await limited(make_app, "registration:name=2")
     claim = {"name": "Alice", "token": "t"}
     async with client_for(app, OTHER) as b:
-        first = [(await x.post("/reversehttp", data=claim)).status_code for x in (a, b)]
-        third = await b.post("/reversehttp", data={**claim, "name": "alice"})  # names are case-insensitive
-        other_name = await b.post("/reversehttp", data={"name": "bob"})
+        first = [(await x.post("/reversehttp", data=claim)).status_code for x in (a, a)]
+        third = await a.post("/reversehttp", data={**claim, "name": "alice"})  # names are case-insensitive
+        other_name = await a.post("/reversehttp", data={"name": "bob"})
+        other_client = await b.post("/reversehttp", data=claim)
     assert first == [201, 204]
     assert third.status_code == 429 and "per name" in third.text and int(third.headers["retry-after"]) >= 1
     assert other_name.status_code == 201
+    assert other_client.status_code == 204
 
 
 async def test_a_refused_registration_does_not_spend_the_names_budget(make_app):
@@ -109,15 +112,17 @@ async def test_polls_limited_by_rate_per_registration(make_app):
 
 
 async def test_publish_per_client_and_per_topic(make_app):
-    app, c = await limited(make_app, "publish=3", "publish:topic=2")
+    app, c = await limited(make_app, "publish=4", "publish:topic=2")
     ping = {"hub.mode": "publish", "hub.url": "https://t/a"}
     async with client_for(app, OTHER) as other:
         a = [(await c.post("/publish", data=ping)).status_code for _ in range(2)]
-        over_topic = await other.post("/hub", data=ping)  # same topic from elsewhere: the topic's budget is spent
+        over_topic = await c.post("/hub", data=ping)  # the same client again: its budget for the topic is spent
+        elsewhere = await other.post("/hub", data=ping)  # another client's budget for the topic is its own
         fat = await c.post("/publish?hub.topic=https://t/b", content=b"x", headers={"Content-Type": "text/plain"})
         over_client = await c.post("/publish?hub.topic=https://t/c", content=b"x")
     assert a == [204, 204]
     assert over_topic.status_code == 429 and "per topic" in over_topic.text
+    assert elsewhere.status_code == 204
     assert fat.status_code == 403  # counted, then refused by the fat-ping rule (untrusted network)
     assert over_client.status_code == 429 and "per client" in over_client.text
 
@@ -137,11 +142,14 @@ async def test_subscribe_per_callback_host(make_app):
 
     async with client_for(app, OTHER) as d:
         ok = [(await x.post("/hub", data=sub(f"https://Victim.example/{i}"))).status_code for i, x in enumerate((c, d))]
-        third = await c.post("/hub", data=sub("https://victim.example:8443/other"))
+        second = await c.post("/hub", data=sub("https://victim.example:8443/other"))
+        third = await c.post("/hub", data=sub("https://victim.example./third"))  # one host, however spelled
         elsewhere = await c.post("/hub", data=sub("https://me.example/cb"))
-    assert ok == [202, 202]
+        other_client = await d.post("/hub", data=sub("https://victim.example/d2"))  # d's budget is its own
+    assert ok == [202, 202] and second.status_code == 202
     assert third.status_code == 429 and "callback-host" in third.text
     assert elsewhere.status_code == 202
+    assert other_client.status_code == 202
 
 
 async def test_relay_public_urls_per_name(make_app):
@@ -218,7 +226,7 @@ async def test_refusals_are_counted_in_metrics(make_app):
 
 async def test_a_failing_broker_lets_requests_pass(make_app):
     class Down(MemoryBroker):
-        async def incr(self, key: str, ttl: float | None = None) -> int:
+        async def incr(self, key: str, ttl: float | None = None, amount: int = 1) -> int:
             raise ConnectionError("redis is down")
 
     _, c = await limited(make_app, "registration=1", "registration:name=1", broker=Down())
@@ -314,15 +322,15 @@ async def test_a_ping_naming_many_topics_costs_a_bounded_number_of_counters(make
     class Counting(MemoryBroker):
         calls = 0
 
-        async def incr(self, key: str, ttl: float | None = None) -> int:
+        async def incr(self, key: str, ttl: float | None = None, amount: int = 1) -> int:
             if key.startswith("rl:"):
                 self.calls += 1
                 assert len(key) < 200
-            return await super().incr(key, ttl)
+            return await super().incr(key, ttl, amount)
 
     broker = Counting()
     _, c = await limited(make_app, broker=broker)
     urls = [f"https://t.example/{'x' * 150}/{i}" for i in range(100)]  # as many as a ping may name
     r = await c.post("/publish", data={"hub.mode": "publish", "hub.url": urls})
     assert r.status_code == 204
-    assert broker.calls == 1 + MAX_NAMES
+    assert broker.calls == 2 + MAX_NAMES  # the client's budget (once, then the other 99 topics at once) and 20 topics

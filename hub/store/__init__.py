@@ -37,13 +37,22 @@ from hub.store.subscriptions import (
     Activation,
     activate,
     activate_many,
+    client_share,
     deactivate,
     expire_leases,
     find,
     host_of,
     outlook,
 )
-from hub.store.topics import bump_topic, ensure_topic, known_entries, lock_topic, record_pings, remember_entries
+from hub.store.topics import (
+    bump_topic,
+    ensure_topic,
+    known_entries,
+    lock_topic,
+    prune_topics,
+    record_pings,
+    remember_entries,
+)
 
 __all__ = [
     "ACTIVE",
@@ -56,6 +65,7 @@ __all__ = [
     "activate_many",
     "bump_topic",
     "cancel_pending",
+    "client_share",
     "claim",
     "deactivate",
     "defer",
@@ -73,6 +83,7 @@ __all__ = [
     "payloads",
     "pending_count",
     "prune",
+    "prune_topics",
     "record",
     "record_pings",
     "release",

@@ -58,6 +58,12 @@ _HOST_COUNT = (
     )
     .scalar_subquery()
 )
+_CLIENT_HOST_COUNT = select(func.count()).where(
+    _subs.c.state == ACTIVE,
+    _subs.c.callback_host == bindparam("host"),
+    _subs.c.client == bindparam("client"),
+    _subs.c.callback != bindparam("callback"),
+)
 _FETCHED = select(_topics.c.fetched_at).where(_topics.c.url == bindparam("topic")).scalar_subquery()
 _OUTLOOK = select(_HOST_COUNT, _FETCHED)
 _OUTLOOK_NO_COUNT = select(literal(0), _FETCHED)
@@ -73,6 +79,10 @@ class Activation:
     lease_seconds: int
     now: float
     since: float | None = None
+    # What the per-host cap counts it under, when not its host (:func:`host_of`).
+    callback_host: str | None = None
+    # Who asked for it, for the per-client share of that cap (None: nobody's share).
+    client: str | None = None
 
 
 async def activate(
@@ -150,7 +160,8 @@ async def _activate_chunk(c: AsyncConnection, items: Sequence[Activation]) -> li
                 {
                     "topic": a.topic,
                     "callback": a.callback,
-                    "callback_host": host_of(a.callback),
+                    "callback_host": a.callback_host or host_of(a.callback),
+                    "client": a.client,
                     "secret": a.secret,
                     "state": ACTIVE,
                     "lease_seconds": a.lease_seconds,
@@ -230,18 +241,29 @@ def host_of(callback: str) -> str:
 
 
 async def outlook(
-    sessions: async_sessionmaker[AsyncSession], topic: str, callback: str | None = None
+    sessions: async_sessionmaker[AsyncSession], topic: str, callback: str | None = None, host: str | None = None
 ) -> tuple[int, bool]:
     """What a subscribe's checks need to know, in one read (one index lookup each): how many active
-    subscriptions have their callback on ``callback``'s host, not counting ``callback`` itself (a
-    renewal adds nothing; 0 without a callback), and whether ``topic`` has been fetched (so it has
-    its baseline)."""
+    subscriptions have their callback on ``callback``'s host (or are counted under ``host``), not
+    counting ``callback`` itself (a renewal adds nothing; 0 without a callback), and whether
+    ``topic`` has been fetched (so it has its baseline)."""
     async with engine_of(sessions).connect() as c:
         if callback is not None:
-            row = (await c.execute(_OUTLOOK, {"host": host_of(callback), "callback": callback, "topic": topic})).one()
+            params = {"host": host or host_of(callback), "callback": callback, "topic": topic}
+            row = (await c.execute(_OUTLOOK, params)).one()
         else:
             row = (await c.execute(_OUTLOOK_NO_COUNT, {"topic": topic})).one()
     return int(row[0]), row[1] is not None
+
+
+async def client_share(
+    sessions: async_sessionmaker[AsyncSession], callback: str, client: str, host: str | None = None
+) -> int:
+    """How many active subscriptions ``client`` asked for with their callback on ``callback``'s host
+    (or counted under ``host``), not counting ``callback`` itself: one index lookup."""
+    params = {"host": host or host_of(callback), "client": client, "callback": callback}
+    async with engine_of(sessions).connect() as c:
+        return int((await c.execute(_CLIENT_HOST_COUNT, params)).scalar_one())
 
 
 async def expire_leases(sessions: async_sessionmaker[AsyncSession], now: float) -> int:

@@ -2,18 +2,24 @@
 
 A topic's row is also the lock a publish and a new subscription of that topic both take
 (:func:`lock_topic`, :func:`bump_topic`), so each always sees the other.
+
+A row exists for a topic someone subscribes to (or is being verified for): a ping of any other
+topic writes nothing (:func:`record_pings`), and a topic nobody subscribes to any more is deleted
+once idle (:func:`prune_topics`). Pings are unauthenticated: were every pinged URL a row, anyone
+could grow the table by gigabytes an hour.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, bindparam, insert, literal, select, update
+from sqlalchemy import and_, bindparam, delete, exists, func, insert, literal, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from hub.models import Entry, Topic
+from hub.models import Entry, Subscription, SubscriptionState, Topic
 from hub.store._sql import dialect, dialect_insert, entries_table, writing
 
 
@@ -54,13 +60,46 @@ async def bump_topic(s: AsyncSession, url: str, now: float, **values: object) ->
     )
 
 
-async def record_pings(sessions: async_sessionmaker[AsyncSession], urls: Iterable[str]) -> None:
-    """A publisher said these topics changed: recorded durably before the 204 (fetched later)."""
+async def record_pings(sessions: async_sessionmaker[AsyncSession], urls: Iterable[str]) -> int:
+    """A publisher said these topics changed: recorded durably before the 204 (fetched later).
+    Returns how many topics were recorded.
+
+    Only topics that have a row: a topic nobody subscribes to has nobody to deliver to, and its
+    first subscriber's verification fetches it anyway (a baseline), so its ping creates nothing."""
     now = time.time()
     async with writing(sessions) as s:
-        for url in dict.fromkeys(urls):
-            await ensure_topic(s, url, now)
-        await s.execute(update(Topic).where(Topic.url.in_(list(dict.fromkeys(urls)))).values(ping_at=now))
+        result = await s.execute(update(Topic).where(Topic.url.in_(list(dict.fromkeys(urls)))).values(ping_at=now))
+    return cast("CursorResult[Any]", result).rowcount
+
+
+# Topics deleted per pass of prune_topics: one transaction stays short however many are idle.
+PRUNE_BATCH = 1000
+
+
+async def prune_topics(sessions: async_sessionmaker[AsyncSession], idle_since: float) -> int:
+    """Delete topics without an active subscription that nothing happened to since ``idle_since``
+    (no fetch, publish or poll), with their remembered entries; returns how many.
+
+    The idle time spares a topic whose first subscription is being verified (its baseline fetch
+    just touched it). A topic subscribed again later starts from a fresh baseline."""
+    idle = (
+        select(Topic.id)
+        .where(
+            ~exists().where(Subscription.topic == Topic.url, Subscription.state == SubscriptionState.ACTIVE),
+            func.coalesce(Topic.fetched_at, 0.0) < idle_since,
+            func.coalesce(Topic.updated_at, 0.0) < idle_since,
+            func.coalesce(Topic.next_poll_at, 0.0) < idle_since,
+            func.coalesce(Topic.fetch_claimed_until, 0.0) < idle_since,
+        )
+        .limit(PRUNE_BATCH)
+    )
+    async with writing(sessions) as s:
+        ids = list((await s.execute(idle)).scalars())
+        if ids:
+            # Entries first: SQLite enforces no ON DELETE CASCADE unless foreign keys are switched on.
+            await s.execute(delete(Entry).where(Entry.topic_id.in_(ids)))
+            await s.execute(delete(Topic).where(Topic.id.in_(ids)))
+    return len(ids)
 
 
 async def known_entries(s: AsyncSession, topic_id: int) -> dict[str, str]:

@@ -64,8 +64,23 @@ def check_registration_cap(settings: Settings, registrations: int) -> str | None
     return None
 
 
+def check_registration_share(settings: Settings, registrations: int) -> str | None:
+    """Before creating a relay registration, given how many live ones its client created."""
+    if settings.max_registrations_per_client and registrations >= settings.max_registrations_per_client:
+        return "too many registrations from this client"
+    return None
+
+
 def check_callback_host_cap(settings: Settings, subscriptions: int) -> str | None:
     """Before adding a subscription, given how many active ones its callback's host already has."""
     if settings.max_subscriptions_per_callback_host and subscriptions >= settings.max_subscriptions_per_callback_host:
         return "too many subscriptions for this callback host"
+    return None
+
+
+def check_callback_host_share(settings: Settings, subscriptions: int) -> str | None:
+    """Before adding a subscription, given how many active ones on its callback's host its client asked for."""
+    share = settings.max_subscriptions_per_callback_host_per_client
+    if share and subscriptions >= share:
+        return "too many subscriptions for this callback host from this client"
     return None

@@ -26,6 +26,9 @@ class Services:
     # Whether a URL is one our own relay serves: answered in-process by ``outbound``, always allowed
     # by the SSRF guard, and outside the per-host fairness of deliveries.
     is_own: Callable[[str], bool]
+    # The relay name a public URL of our own relay addresses, None for any other URL: callbacks on our
+    # relay all share its host, so budgets and caps per callback host count them per name instead.
+    own_name: Callable[[str], str | None] = field(default=lambda _url: None)
     # Request budgets (--rate-limit), counted in the broker: the middleware and the handlers share them.
     limits: Limits = field(init=False)
 

@@ -110,7 +110,12 @@ class Settings:
     rate_limit_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     # Caps (0: none).
     max_registrations: int = 100_000
+    # The share of max_registrations one client (an address, an IPv6 /64) may hold; clients in
+    # rate_limit_exempt have none.
+    max_registrations_per_client: int = 1_000
     max_subscriptions_per_callback_host: int = 100_000
+    # The share of one callback host's subscriptions that one client (as above) may have asked for.
+    max_subscriptions_per_callback_host_per_client: int = 10_000
     max_pending_per_subscription: int = 10_000
     # Dashboard: seconds between two samples of the live charts.
     dashboard_interval: float = 1.0

@@ -204,6 +204,7 @@ def create_app(
                 outbound=own,
                 metrics=CollectorRegistry(auto_describe=True),
                 is_own=is_own,
+                own_name=lambda url: found[0] if (found := urls.addresses(url)) is not None else None,
             )
             relay = Relay(services)
             own.post_here = functools.partial(relay_endpoints.post_here, relay)

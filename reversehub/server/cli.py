@@ -111,15 +111,31 @@ def security_options(defaults: Settings) -> list[tuple[str, Any]]:
         ("allow-callback", many("Callback patterns allowed.", validate_patterns)),
         ("deny-callback", many("Callback patterns refused.", validate_patterns)),
         ("rate-limit-window", {"default": defaults.rate_limit_window, "type": float, "help": "Seconds; 0: no limits."}),
-        ("rate-limit", many("CLASS[:KEY]=N requests per window per client (or per KEY); 0: none.", parse_limits)),
+        ("rate-limit", many("CLASS[:KEY]=N requests per window per client (and per KEY); 0: none.", parse_limits)),
         (
             "rate-limit-exempt",
             many("CIDRs never rate limited.", parse_networks, defaults.rate_limit_exempt),
         ),
         ("max-registrations", {"default": defaults.max_registrations, "type": int, "help": "0: no cap."}),
         (
+            "max-registrations-per-client",
+            {
+                "default": defaults.max_registrations_per_client,
+                "type": int,
+                "help": "Live names one client (address, IPv6 /64) may hold; 0: no cap.",
+            },
+        ),
+        (
             "max-subscriptions-per-callback-host",
             {"default": defaults.max_subscriptions_per_callback_host, "type": int, "help": "0: no cap."},
+        ),
+        (
+            "max-subscriptions-per-callback-host-per-client",
+            {
+                "default": defaults.max_subscriptions_per_callback_host_per_client,
+                "type": int,
+                "help": "Of those, how many one client (address, IPv6 /64) may ask for; 0: no cap.",
+            },
         ),
         (
             "max-pending-per-subscription",

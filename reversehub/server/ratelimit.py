@@ -1,8 +1,10 @@
 """Per-client rate limits by class, decided from method, host and path alone (no body is read).
 
 Each request is put in one class (registration, poll, reply, publish, relay) and counted against that
-class's budget for its client address and, where the path shows one, for the name it concerns: the
-relay name of a public URL, the registration behind a request URL. Budgets that need the body (the
+class's budget for its client (an address, an IPv6 /64: :func:`reversehub.core.limits.client_key`)
+and, where the path shows one, against the client's budget for the name it concerns: the relay name
+of a public URL, the registration behind a request URL. A name's budget is never shared between
+clients, so no client can spend it for the others. Budgets that need the body (the
 name a registration claims, the topics of a publish, the callback host of a subscription, and the
 class of ``POST /hub``, whose ``hub.mode`` says whether it publishes or subscribes) are counted by
 the handler that parsed it (``relay.endpoints``, ``hub.endpoints``), on the same counters
@@ -77,9 +79,9 @@ class RateLimitMiddleware:
         kind, names = classify(scope, self.urls)
         if kind is not None:
             limits = scope["app"].state.services.limits
-            client = scope.get("client")
-            checks = [(kind, f"client={client[0] if client else '-'}")]
-            checks += [(f"{kind}:{n.split('=', 1)[0]}", n) for n in names]
+            client = limits.client(scope.get("client"))
+            checks = [(kind, client)]
+            checks += [(f"{kind}:{n.split('=', 1)[0]}", f"{n},{client}") for n in names]
             for limit, who in checks:
                 retry_after = await limits.hit(limit, who)
                 if retry_after is not None:

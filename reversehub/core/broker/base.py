@@ -89,8 +89,8 @@ class Broker(Protocol):
 
     async def delete(self, key: str) -> bool: ...
 
-    async def incr(self, key: str, ttl: float | None = None) -> int:
-        """Add one and return the new value; ``ttl`` is applied when the key is created."""
+    async def incr(self, key: str, ttl: float | None = None, amount: int = 1) -> int:
+        """Add ``amount`` (one) and return the new value; ``ttl`` is applied when the key is created."""
         ...
 
     async def aclose(self) -> None: ...

@@ -226,14 +226,14 @@ class MemoryBroker:
     async def delete(self, key: str) -> bool:
         return self._live(key) is not None and self._keys.pop(key, None) is not None
 
-    async def incr(self, key: str, ttl: float | None = None) -> int:
+    async def incr(self, key: str, ttl: float | None = None, amount: int = 1) -> int:
         self._check()
         current = self._live(key)
         if current is None:
-            self._keys[key] = (b"1", time.monotonic() + ttl if ttl is not None else None)
+            self._keys[key] = (str(amount).encode(), time.monotonic() + ttl if ttl is not None else None)
             self._wrote()  # rate-limit counters are many short-lived keys made only here
-            return 1
-        value = int(current) + 1
+            return amount
+        value = int(current) + amount
         self._keys[key] = (str(value).encode(), self._keys[key][1])
         return value
 

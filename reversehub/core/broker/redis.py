@@ -52,8 +52,8 @@ DEFAULT_PREFIX = "reversehub:"
 # INCR, and on creation PEXPIRE, in one atomic step (a crash between the two would leave a counter
 # that never expires).
 _INCR = """
-local v = redis.call('INCR', KEYS[1])
-if v == 1 and tonumber(ARGV[1]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+local v = redis.call('INCRBY', KEYS[1], ARGV[2])
+if v == tonumber(ARGV[2]) and tonumber(ARGV[1]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return v
 """
 
@@ -477,10 +477,10 @@ class RedisBroker:
         self._check()
         return int(await self._run(self._redis.delete(self._k(key)))) > 0
 
-    async def incr(self, key: str, ttl: float | None = None) -> int:
+    async def incr(self, key: str, ttl: float | None = None, amount: int = 1) -> int:
         self._check()
         px = max(1, math.ceil(ttl * 1000)) if ttl is not None else 0
-        return int(await self._run(self._incr(keys=[self._k(key)], args=[px])))
+        return int(await self._run(self._incr(keys=[self._k(key)], args=[px, amount])))
 
     async def aclose(self) -> None:
         if self._closed:

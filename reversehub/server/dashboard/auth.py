@@ -12,6 +12,9 @@ form could ride on it (CSRF). Instead:
   scale-out knows it) whose value is bound to the current admin token: rotating ``--admin-token``
   ends every session. ``POST /dashboard/logout`` deletes it.
 - The admin token itself as Bearer (or Basic password) keeps working, for scripts.
+- Guessing is throttled per client (the ``login`` budget of reversehub.core.limits, 10 a minute by
+  default): every login attempt and every wrong credential presented to the admin side spends it,
+  and a client that spent it gets 429 with ``Retry-After`` before its credential is even looked at.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ import secrets
 from starlette.requests import Request
 
 from reversehub.core.broker import Broker
+from reversehub.core.limits import Limits
 from reversehub.core.tokens import presented_token, token_matches
 
 SESSION_KEY = "admin.session."
+LOGIN = "login"
 
 
 def admin_digest(request: Request) -> str | None:
@@ -67,3 +72,25 @@ async def is_admin(request: Request) -> bool:
         return False
     stored = await services.broker.get(_key(presented))
     return stored is not None and hmac.compare_digest(stored, _binding(digest))
+
+
+def _limits(request: Request) -> tuple[Limits, str] | None:
+    services = request.app.state.services
+    client = request.scope.get("client")
+    if services is None or not services.limits.applies(client):
+        return None
+    return services.limits, services.limits.client(client)
+
+
+async def attempt(request: Request) -> int | None:
+    """Count an attempt at the admin token against the client's ``login`` budget: None while within
+    it, else the seconds until the client may try again (``Retry-After``)."""
+    counted = _limits(request)
+    return None if counted is None else await counted[0].hit(LOGIN, counted[1])
+
+
+async def throttled(request: Request) -> int | None:
+    """The seconds until the client may present a credential again, if it spent its ``login`` budget
+    (counted by :func:`attempt`); None otherwise. Counts nothing: a right credential costs nothing."""
+    counted = _limits(request)
+    return None if counted is None else await counted[0].spent(LOGIN, counted[1])

@@ -65,6 +65,12 @@ def _on_relay_host(request: Request) -> bool:
     return bool(domain) and host.endswith("." + str(domain).lower().strip("."))
 
 
+def _too_many(retry_after: int) -> Response:
+    return PlainTextResponse(
+        "too many attempts at the admin token\n", status_code=429, headers={"Retry-After": str(retry_after)}
+    )
+
+
 def _off(request: Request) -> bool:
     return auth.admin_digest(request) is None or _on_relay_host(request)
 
@@ -79,10 +85,15 @@ def admin(endpoint: Endpoint) -> Endpoint:
         if request.app.state.services is None:
             return PlainTextResponse("starting\n", status_code=503)
         try:
+            if (retry_after := await auth.throttled(request)) is not None:
+                return _too_many(retry_after)
             allowed = await auth.is_admin(request)
         except BrokerUnavailable:
             return PlainTextResponse("session store unavailable\n", status_code=503)
         if not allowed:
+            # A wrong credential is a guess at the admin token: it spends the client's login budget.
+            if presented_token(request.headers) is not None:
+                await auth.attempt(request)
             return PlainTextResponse("admin token required\n", status_code=401, headers=BEARER_CHALLENGE)
         return await endpoint(request)
 
@@ -119,6 +130,10 @@ async def login(request: Request) -> Response:
     services = request.app.state.services
     if services is None:
         return PlainTextResponse("starting\n", status_code=503)
+    # Every attempt counts, right or wrong, before the token is compared: guesses sent at once
+    # cannot all slip in before the first failure is counted.
+    if (retry_after := await auth.attempt(request)) is not None:
+        return _too_many(retry_after)
     if not token_matches(await _form_token(request), digest):
         return PlainTextResponse("That is not the admin token.\n", status_code=401)
     ttl = request.app.state.settings.admin_session_seconds
