@@ -150,7 +150,7 @@ async def sup_endpoint(request: Request) -> Response:
 
 
 def _proof(params: Any) -> tuple[str, str, int, str]:
-    callback = subscriptions.check_url(params.get("hub.callback"), "hub.callback")
+    callback = subscriptions.check_callback(params.get("hub.callback"))
     topic = subscriptions.check_url(params.get("hub.topic"), "hub.topic")
     timestamp = params.get("hub.timestamp", "")
     proof = params.get("hub.signature", "")

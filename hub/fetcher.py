@@ -18,6 +18,7 @@ from urllib.parse import urljoin
 
 import anyio
 import httpx
+from cachetools import TTLCache
 from sqlalchemy import exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -58,7 +59,8 @@ class Fetcher:
         self._limit = anyio.Semaphore(16)
         self._closing = False
         self._baselines: dict[str, anyio.Lock] = {}
-        self._baseline_failed: dict[str, float] = {}  # url -> monotonic time of a failed baseline
+        # Topics whose baseline fetch failed within BASELINE_RETRY: bounded, since anyone may subscribe.
+        self._baseline_failed: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=BASELINE_RETRY, timer=time.monotonic)
 
     def wake(self) -> None:
         self._wake.set()
@@ -93,7 +95,9 @@ class Fetcher:
     # -- fetching ------------------------------------------------------------------------------
 
     async def fetch(self, url: str, etag: str | None = None, last_modified: str | None = None) -> Fetched:
-        """GET ``url`` conditionally, following redirects (each hop checked by the SSRF guard)."""
+        """GET ``url`` conditionally, following redirects: each hop is checked by the SSRF guard, and
+        its connection goes only to an address judged when the host was resolved for it
+        (:mod:`reversehub.core.egress`), so no hop reaches a private network however its name answers."""
         headers = {"Accept": ACCEPT, "User-Agent": "reversehub (WebSub hub)"}
         if etag:
             headers["If-None-Match"] = etag
@@ -191,17 +195,14 @@ class Fetcher:
                         topic = (await s.execute(select(Topic).where(Topic.url == url))).scalar_one()
                 await self.process(topic, baseline=True)
                 if not await self._fetched(url):
-                    if len(self._baseline_failed) > 10_000:
-                        self._baseline_failed.clear()
-                    self._baseline_failed[url] = time.monotonic()
+                    self._baseline_failed[url] = True
         finally:
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._baselines.pop(url, None)
 
     def _failed_lately(self, url: str) -> bool:
         """An unreachable topic must not hold up every subscription to it (nor cost each one a read)."""
-        failed = self._baseline_failed.get(url)
-        return failed is not None and time.monotonic() - failed < BASELINE_RETRY
+        return url in self._baseline_failed
 
     async def _fetched(self, url: str) -> bool:
         _, fetched = await store.outlook(self.services.sessions, url)

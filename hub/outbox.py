@@ -19,13 +19,13 @@ import logging
 import time
 from collections import defaultdict, deque
 from collections.abc import Iterable
-from urllib.parse import urlsplit
 
 import anyio
 from cachetools import LRUCache
 
 from hub import store
 from hub.errors import URLRefused
+from hub.fairness import Slots, netloc
 from hub.metrics import HubMetrics
 from hub.models import Payload
 from hub.netguard import NetGuard
@@ -47,64 +47,6 @@ PAYLOAD_CACHE_BYTES = 32 * 1024 * 1024
 
 def _payload_size(payload: Payload) -> int:
     return len(payload.body) + 256  # and the row's other fields, roughly
-
-
-_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
-
-
-def netloc(url: str) -> str:
-    """A URL's ``host[:port]``, lowercase, without userinfo or a default port: the key by which
-    sending is shared fairly between callback hosts. (httpx.URL gives the same, but parses and
-    validates the whole URL, and this runs for every claimed row.)"""
-    parts = urlsplit(url)
-    loc = parts.netloc.rpartition("@")[2].lower()
-    default = _DEFAULT_PORTS.get(parts.scheme)
-    if default is not None and loc.endswith(default):
-        loc = loc[: -len(default)]
-    return loc
-
-
-class Slots:
-    """At most ``n`` holders at a time; the others wait in arrival order.
-
-    asyncio.Semaphore in Python 3.11 wakes a waiter by walking its queue past the waiters already
-    woken but not yet run, in Python, on every release: quadratic in the hundreds of deliveries a
-    fan-out queues behind the global bound. Here a release hands its slot straight to the first
-    waiter: O(1) either way.
-    """
-
-    __slots__ = ("_free", "_waiters")
-
-    def __init__(self, n: int) -> None:
-        self._free = n
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    async def __aenter__(self) -> None:
-        if self._free > 0:
-            self._free -= 1
-            return
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self._release()  # the slot came with the cancellation: pass it on
-            else:
-                self._waiters.remove(fut)
-            raise
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._release()
-
-    def _release(self) -> None:
-        waiters = self._waiters
-        while waiters:
-            fut = waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)  # the slot goes to this waiter, never back to the pool
-                return
-        self._free += 1
 
 
 def interleave(rows: Iterable[tuple[str, store.Claimed]]) -> list[tuple[str, store.Claimed]]:

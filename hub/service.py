@@ -24,7 +24,7 @@ from hub import store, sup
 from hub.errors import NotFound, NotOwner
 from hub.fetcher import Fetcher
 from hub.metrics import HubMetrics
-from hub.models import Delivery, Subscription, Topic
+from hub.models import Delivery, DeliveryState, Subscription, Topic
 from hub.netguard import NetGuard
 from hub.outbox import Outbox
 from hub.publish import FatPing, Ping
@@ -207,7 +207,9 @@ class Hub:
         async with self.services.sessions() as s:
             pending = (
                 await s.execute(
-                    select(func.count()).where(Delivery.subscription_id == sub.id, Delivery.state == "pending")
+                    select(func.count()).where(
+                        Delivery.subscription_id == sub.id, Delivery.state == DeliveryState.PENDING
+                    )
                 )
             ).scalar_one()
         oldest = await store.oldest_retained(self.services.sessions, sub.id)

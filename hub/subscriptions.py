@@ -23,11 +23,15 @@ is dropped only when the hub is finally cancelled.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
+import string
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 import anyio
 import httpx
@@ -37,7 +41,9 @@ from hub import store
 from hub.activations import Activations
 from hub.challenge import Unanswered, ask, with_params
 from hub.errors import BadRequest, Busy, URLRefused
+from hub.fairness import HostSlots, Slots, netloc
 from hub.grace import Grace
+from hub.models import SubscriptionState
 from hub.netguard import NetGuard
 from reversehub.core import policy
 from reversehub.core.outbound import OutboundError
@@ -75,12 +81,36 @@ def check_url(value: str | None, name: str) -> str:
     return value
 
 
+_DOT_SEGMENTS = frozenset({".", ".."})
+# RFC 3986 2.2 and 2.3 (reserved, unreserved) and "%": anything else a client would re-encode.
+_URI_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-._~:/?#[]@!$&'()*+,;=%")
+
+
+def check_callback(value: str | None) -> str:
+    """:func:`check_url` for ``hub.callback``, which must also have exactly one reading.
+
+    The verification GET and the delivery POST must reach the same resource, or one party could
+    consent for another's URL (verified by ``/relay/attacker/x``, delivered to ``/relay/victim/``).
+    An HTTP client may remove dot segments (RFC 3986 5.2.4) or re-encode characters where a server
+    takes the path as written, so callbacks whose path has a dot segment (``.``/``..``, percent-
+    encoded or not), or a character that is not a URI character (a backslash, a space, non-ASCII), are
+    refused.
+    """
+    callback = check_url(value, "hub.callback")
+    if not _URI_CHARACTERS.issuperset(callback):
+        raise BadRequest("hub.callback may hold only URI characters (RFC 3986 2): percent-encode the rest")
+    path = urlsplit(callback).path
+    if any(unquote(segment) in _DOT_SEGMENTS for segment in path.split("/")):
+        raise BadRequest("hub.callback must not have dot segments (. or ..) in its path")
+    return callback
+
+
 def parse(form: FormData) -> SubscriptionRequest:
     """Validate a subscribe/unsubscribe form once, at intake. Unknown parameters are ignored (5.1)."""
     mode = form.get("hub.mode")
     if mode not in ("subscribe", "unsubscribe"):
         raise BadRequest("hub.mode must be subscribe, unsubscribe or publish")
-    callback = check_url(_str(form, "hub.callback"), "hub.callback")
+    callback = check_callback(_str(form, "hub.callback"))
     topic = check_url(_str(form, "hub.topic"), "hub.topic")
     lease: int | None = None
     raw_lease = _str(form, "hub.lease_seconds")
@@ -117,7 +147,12 @@ class Verifier:
         self._baseline = baseline
         self.settings = services.settings
         self.guard = guard
-        self._limit = anyio.Semaphore(64)
+        # A callback that accepts connections and never answers holds a slot for verify_timeout:
+        # one host may hold only verify_per_host of them and queue verify_waiting_per_host, so a
+        # tarpit delays its own verifications, not everyone's.
+        self._slots = Slots(self.settings.verify_concurrency)
+        self._host_slots = HostSlots(self.settings.verify_per_host)
+        self._per_host: Counter[str] = Counter()  # verifications taken and not finished, per host
         self._waiting = 0
         self.max_waiting = 10_000
         self._tg: anyio.abc.TaskGroup | None = None
@@ -153,6 +188,8 @@ class Verifier:
         Idempotent: the server's drain calls it, then the app's lifespan again."""
         self._closing = True
         self._waiting -= len(self._early)
+        for req in self._early:
+            self._per_host[self._host(req.callback)] -= 1
         self._early.clear()
         for scope in self._unasked:
             scope.cancel()
@@ -164,20 +201,43 @@ class Verifier:
             raise Busy("the hub is shutting down; subscribe again in a moment")
         if self._waiting >= self.max_waiting:
             raise Busy("too many verifications waiting; try again later")
+        host = self._host(req.callback)
+        if host and self._per_host[host] >= self.settings.verify_waiting_per_host:
+            raise Busy("too many verifications waiting for this callback host; try again later")
+        self._per_host[host] += 1
         self._waiting += 1
         if self._tg is None:
             self._early.append(req)
         else:
             self._tg.start_soon(self._verify_bounded, req)
 
+    def _host(self, callback: str) -> str:
+        """The key a callback's verifications share: its host, or "" for our own relay (served
+        in-process: only the global bound applies)."""
+        return "" if self.services.is_own(callback) else netloc(callback)
+
     async def _verify_bounded(self, req: SubscriptionRequest) -> None:
+        host = self._host(req.callback)
         try:
-            async with self._limit:
-                await self.verify(req)
+            await self.verify(req)
         except Exception:
             logger.exception("verification of a %s request failed", req.mode)
         finally:
             self._waiting -= 1
+            self._per_host[host] -= 1
+            if not self._per_host[host]:
+                del self._per_host[host]
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, callback: str) -> AsyncIterator[None]:
+        """A slot for one verification GET: the host's own bound first, then the global one."""
+        host = self._host(callback)
+        if not host:
+            async with self._slots:
+                yield
+            return
+        async with self._host_slots.hold(host), self._slots:
+            yield
 
     async def verify(self, req: SubscriptionRequest) -> bool:
         """Verify intent and apply the request if the callback confirms; True if it did.
@@ -204,7 +264,8 @@ class Verifier:
         expected = challenge.encode()
         url = with_params(req.callback, params)
         try:
-            status, body = await ask(self.services.outbound, url, self.settings.verify_timeout, len(expected) + 1)
+            async with self._slot(req.callback):
+                status, body = await ask(self.services.outbound, url, self.settings.verify_timeout, len(expected) + 1)
         except Unanswered as exc:
             logger.info("verification GET failed: %s", exc)
             return False
@@ -224,7 +285,7 @@ class Verifier:
         """The checks before the GET: the callback's address, and for a subscribe the policy (a
         refusal is sent as ``denied``, 5.2) and the topic's baseline fetch."""
         try:
-            await self.guard.check(req.callback)
+            await self.guard.check_resolved(req.callback)
         except URLRefused as exc:
             logger.info("callback refused: %s", exc)
             return False
@@ -248,14 +309,14 @@ class Verifier:
             if queued and self._on_queued is not None:
                 self._on_queued()
         else:
-            await store.deactivate(self.services.sessions, req.topic, req.callback, "unsubscribed")
+            await store.deactivate(self.services.sessions, req.topic, req.callback, SubscriptionState.UNSUBSCRIBED)
 
     async def _check_subscribe(self, req: SubscriptionRequest) -> tuple[str | None, bool]:
         """Why the hub refuses ``req`` (None: it does not), and whether its topic has a baseline."""
         reason = policy.check_subscription(self.settings, req.topic, req.callback)
         if reason is None:
             try:
-                await self.guard.check(req.topic)
+                await self.guard.check_resolved(req.topic)
             except URLRefused as exc:
                 reason = f"topic not allowed: {exc}"
         if reason is not None:

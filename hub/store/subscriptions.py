@@ -19,6 +19,7 @@ from hub.models import DeliveryState, Subscription, SubscriptionState
 from hub.store._sql import deliveries_table, engine_of, payloads_table, subscriptions_table, topics_table, writing
 from hub.store.deliveries import cancel_pending
 from hub.store.topics import lock_topic
+from reversehub.core.egress import normalize_host
 
 ACTIVE = SubscriptionState.ACTIVE
 _subs, _payloads, _deliveries, _topics = subscriptions_table, payloads_table, deliveries_table, topics_table
@@ -193,7 +194,9 @@ async def _activate_chunk(c: AsyncConnection, items: Sequence[Activation]) -> li
     return [(ids[p], queued[p]) for p in pairs]
 
 
-async def deactivate(sessions: async_sessionmaker[AsyncSession], topic: str, callback: str, state: str) -> bool:
+async def deactivate(
+    sessions: async_sessionmaker[AsyncSession], topic: str, callback: str, state: SubscriptionState
+) -> bool:
     """End a subscription: ``state`` is what it ends as (a :class:`SubscriptionState`, unsubscribed
     or gone), and its pending deliveries are cancelled. False if the pair had no active one."""
     now = time.time()
@@ -221,8 +224,9 @@ async def find(sessions: async_sessionmaker[AsyncSession], topic: str, callback:
 
 
 def host_of(callback: str) -> str:
-    """The host a callback URL names, as the per-host cap counts it: ASCII (IDNA) and lowercase."""
-    return httpx.URL(callback).raw_host.decode("ascii").lower()[:255]
+    """The host a callback URL names, as the per-host cap counts it: ASCII (IDNA), in one spelling
+    (``localhost``, ``127.1`` and ``0x7f000001`` are one host, not three budgets)."""
+    return normalize_host(httpx.URL(callback).raw_host.decode("ascii"))[:255]
 
 
 async def outlook(

@@ -142,8 +142,9 @@ async def migrate(engine: AsyncEngine) -> None:
     """Bring the schema to Alembic head (idempotent).
 
     At head (every start but the first after an upgrade) this is one SELECT. Otherwise Alembic runs
-    in a child process (``reversehub db upgrade``), so that its modules, about 10 MB, never stay in a
-    long-running server; only an in-memory SQLite database, which a child cannot see, migrates here.
+    in a child process (``reversehub db upgrade``), so that its modules never stay in a long-running
+    server (they are of no use once the schema is at head); only an in-memory SQLite database, which a
+    child cannot see, migrates here.
     """
     if await schema_revision(engine) == migrations.HEAD:
         return

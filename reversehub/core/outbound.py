@@ -8,7 +8,8 @@ Everything the server sends goes through an :class:`Outbound`, chosen once by th
   (:func:`same_origin` by default), the same one the SSRF guard and the outbox's fairness ask.
 - :class:`LeanOutbound` is the network side of a real server: deliveries (POSTs whose response
   matters only by its status) go through the lean h11 client (:mod:`reversehub.core.sender`),
-  everything else through httpx.
+  everything else through httpx. Both connect only where :class:`reversehub.core.egress.Egress`
+  allows, to the address it judged (the SSRF guard that holds against DNS rebinding).
 - :class:`HttpxOutbound` sends everything through an ``httpx.AsyncClient``, whatever its transport:
   tests give it an ``httpx.MockTransport`` or an ``ASGITransport`` over a fake peer.
 
@@ -31,6 +32,7 @@ import httpx
 from starlette.types import ASGIApp
 
 from reversehub.core import inprocess
+from reversehub.core.egress import Egress, EgressTransport, Refused
 from reversehub.core.sender import Sender, SendError
 
 __all__ = [
@@ -149,6 +151,11 @@ class OwnRelay:
     ) -> Response:
         if not self.is_own(url):
             return await self.network.request(method, url, headers=headers, body=body, timeout=timeout, limit=limit)
+        return await self._in_process(method, url, headers, body, timeout, limit)
+
+    async def _in_process(
+        self, method: str, url: str, headers: Mapping[str, str] | None, body: bytes, timeout: float, limit: int
+    ) -> Response:
         try:
             status, raw, kept = await inprocess.request(
                 self.app, method, _ascii(url), headers=dict(headers or {}), body=body, timeout=timeout, limit=limit
@@ -173,22 +180,20 @@ class OwnRelay:
                 raise OutboundError(type(exc).__name__) from exc
             if status is not None:
                 return status
-        try:
-            status, _, _ = await inprocess.request(
-                self.app, "POST", _ascii(url), headers=headers, body=body, timeout=timeout
-            )
-        except inprocess.NoResponse as exc:
-            raise OutboundError(str(exc)) from exc
-        except UnicodeError:
-            raise OutboundError("bad request: header not in Latin-1") from None
-        return status
+        return (await self._in_process("POST", url, headers, body, timeout, limit=0)).status
 
 
 class HttpxOutbound:
-    """Every request through ``client`` (which must not follow redirects)."""
+    """Every request through ``client`` (which must not follow redirects). ``connect_timeout``: at most
+    this long to connect, within each request's timeout."""
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    def __init__(self, client: httpx.AsyncClient, *, connect_timeout: float | None = None) -> None:
         self.client = client
+        self.connect_timeout = connect_timeout
+
+    def _timeout(self, timeout: float) -> httpx.Timeout:
+        connect = timeout if self.connect_timeout is None else min(timeout, self.connect_timeout)
+        return httpx.Timeout(timeout, connect=connect)
 
     async def request(
         self,
@@ -202,7 +207,7 @@ class HttpxOutbound:
     ) -> Response:
         try:
             async with self.client.stream(
-                method, url, headers=headers, content=body or None, timeout=timeout
+                method, url, headers=headers, content=body or None, timeout=self._timeout(timeout)
             ) as response:
                 kept = bytearray()
                 if limit > 0:
@@ -216,7 +221,9 @@ class HttpxOutbound:
 
     async def post(self, url: str, headers: dict[str, str], body: bytes, timeout: float) -> int:
         try:
-            async with self.client.stream("POST", url, content=body, headers=headers, timeout=timeout) as response:
+            async with self.client.stream(
+                "POST", url, content=body, headers=headers, timeout=self._timeout(timeout)
+            ) as response:
                 read = 0
                 async for chunk in response.aiter_raw():
                     read += len(chunk)
@@ -235,19 +242,25 @@ class LeanOutbound(HttpxOutbound):
     Give both the same :class:`ssl.SSLContext`, so that the hub never verifies a callback it then
     cannot deliver to, nor delivers to one it could not verify."""
 
-    def __init__(self, client: httpx.AsyncClient, sender: Sender) -> None:
-        super().__init__(client)
+    def __init__(self, client: httpx.AsyncClient, sender: Sender, *, connect_timeout: float | None = None) -> None:
+        super().__init__(client, connect_timeout=connect_timeout)
         self.sender = sender
 
     @classmethod
-    def default(cls, timeout: float) -> LeanOutbound:
+    def default(
+        cls, timeout: float, *, egress: Egress | None = None, connect_timeout: float | None = None
+    ) -> LeanOutbound:
         """The real network, trusting what httpx trusts (SSL_CERT_FILE, else SSL_CERT_DIR, else certifi's
-        bundle; OpenSSL's own defaults, ``ssl.create_default_context()``, trust otherwise)."""
+        bundle; OpenSSL's own defaults, ``ssl.create_default_context()``, trust otherwise). Every
+        connection, httpx's and the sender's, goes only where ``egress`` allows (by default, private
+        networks refused), to the address it judged."""
         tls: ssl.SSLContext = httpx.create_ssl_context()
+        egress = egress if egress is not None else Egress()
         client = httpx.AsyncClient(
-            transport=httpx.AsyncHTTPTransport(verify=tls), timeout=httpx.Timeout(timeout), follow_redirects=False
+            transport=EgressTransport(egress, tls), timeout=httpx.Timeout(timeout), follow_redirects=False
         )
-        return cls(client, Sender(ssl_context=tls))
+        sender = Sender(ssl_context=tls, egress=egress, connect_timeout=connect_timeout)
+        return cls(client, sender, connect_timeout=connect_timeout)
 
     async def post(self, url: str, headers: dict[str, str], body: bytes, timeout: float) -> int:
         try:
@@ -261,11 +274,13 @@ class LeanOutbound(HttpxOutbound):
 
 
 def reason(exc: httpx.HTTPError) -> str:
-    """What went wrong, for the log: the error's class, and the certificate check's own words when
-    that is what failed (as the lean sender reports it). Never the message of any other error, which
-    may carry the URL."""
+    """What went wrong, for the log: the error's class, the certificate check's own words when that is
+    what failed, and why a destination was refused (as the lean sender reports them). Never the
+    message of any other error, which may carry the URL."""
     cause: BaseException | None = exc
     while cause is not None:
+        if isinstance(cause, Refused):
+            return f"refused: {cause}"
         if isinstance(cause, ssl.SSLCertVerificationError):
             return f"{type(exc).__name__}: certificate not verified ({cause.verify_message})"
         cause = cause.__cause__ or cause.__context__

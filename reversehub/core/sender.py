@@ -12,6 +12,10 @@ Each connection is an :class:`asyncio.Protocol` that feeds h11 as bytes arrive, 
 costs one future and one timer: no stream reader waking the task for every read, no timeout
 context per request, and h11's own work is nearly all a request costs.
 
+Each new connection resolves its host once through :class:`reversehub.core.egress.Egress` and
+connects to an address it judged (TLS still checks the certificate against the host name): the SSRF
+verdict and the connection cannot disagree, and a kept-alive connection costs no lookup.
+
 A malformed response, a timeout or a closed connection ends in :class:`SendError`, which the
 outbox treats like any failed attempt: it retries. Verification and topic fetches go through httpx,
 and https callbacks are verified against the same CAs: :class:`reversehub.core.outbound.LeanOutbound`
@@ -28,6 +32,8 @@ from urllib.parse import SplitResult, urlsplit
 
 import h11
 import httpx
+
+from reversehub.core.egress import Egress, Refused
 
 MAX_HEAD = 64 * 1024
 MAX_DRAIN = 64 * 1024
@@ -168,12 +174,23 @@ def _origin(scheme: str, netloc: str) -> tuple[_Key, bytes]:
 
 
 class Sender:
-    def __init__(self, user_agent: str = "reversehub", *, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        user_agent: str = "reversehub",
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        egress: Egress | None = None,
+        connect_timeout: float | None = None,
+    ) -> None:
         """``ssl_context`` for https callbacks: the one verification uses; when None, httpx's
-        default (SSL_CERT_FILE, else SSL_CERT_DIR, else certifi's bundle), not OpenSSL's defaults."""
+        default (SSL_CERT_FILE, else SSL_CERT_DIR, else certifi's bundle), not OpenSSL's defaults.
+        ``egress``: where connections may go (by default anywhere, still resolved once per connection).
+        ``connect_timeout``: at most this long to resolve and connect, within the request's timeout."""
         self._idle: dict[_Key, list[_Conn]] = {}
         self._ssl = ssl_context
         self._user_agent = user_agent.encode("ascii")
+        self._egress = egress if egress is not None else Egress(allow_private=True)
+        self._connect_timeout = connect_timeout
 
     async def post(self, url: str, headers: dict[str, str], body: bytes, timeout: float) -> int:
         """POST ``body`` to ``url``; returns the response status."""
@@ -239,11 +256,31 @@ class Sender:
             if self._ssl is None:
                 self._ssl = httpx.create_ssl_context()
             context = self._ssl
+        loop = asyncio.get_running_loop()
+        if self._connect_timeout is not None:
+            deadline = min(deadline, loop.time() + self._connect_timeout)
         try:
             async with asyncio.timeout_at(deadline):
-                transport, conn = await asyncio.get_running_loop().create_connection(_Conn, host, port, ssl=context)
+                # Resolved once, here: the connection goes to an address that was judged, never to
+                # whatever a second lookup of the name would answer.
+                addresses = await self._egress.addresses(host, port)
+                failure: OSError = ConnectionRefusedError()
+                for address in addresses:
+                    try:
+                        transport, conn = await loop.create_connection(
+                            _Conn, address, port, ssl=context, server_hostname=host if context else None
+                        )
+                        break
+                    except ssl.SSLCertVerificationError:
+                        raise
+                    except OSError as exc:
+                        failure = exc  # the next address, as a client trying each resolved address would
+                else:
+                    raise failure
         except TimeoutError:
             raise SendError("timed out") from None
+        except Refused as exc:
+            raise SendError(f"refused: {exc}") from None
         except ssl.SSLCertVerificationError as exc:
             raise SendError(f"connect failed: certificate not verified ({exc.verify_message})") from None
         except OSError as exc:

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 import httpx
+from cachetools import LRUCache
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -31,6 +32,7 @@ from relay.routes import routes as relay_routes
 from relay.service import Relay
 from reversehub.core import db
 from reversehub.core.broker import Broker, make_broker
+from reversehub.core.egress import Egress
 from reversehub.core.outbound import HttpxOutbound, LeanOutbound, Outbound, OwnRelay, own_urls
 from reversehub.core.services import Services
 from reversehub.core.settings import Settings
@@ -61,7 +63,8 @@ class ReverseHub(Starlette):
         self._hot: dict[int, ASGIApp] = {}
         self._settings = settings
         self._limits = RateLimitMiddleware(self.router, settings=settings)  # only asked whether limits apply
-        self._unlimited: dict[tuple[str, int], bool] = {}  # per client address (host, port), once started
+        # Per client address (host, port), once started; bounded, since every connection brings one.
+        self._unlimited: LRUCache[tuple[str, int], bool] = LRUCache(maxsize=4096)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -91,8 +94,6 @@ class ReverseHub(Starlette):
         if unlimited is None:
             unlimited = self._limits.unlimited(scope)
             if self.state.services is not None:
-                if len(self._unlimited) >= 4096:
-                    self._unlimited.clear()
                 self._unlimited[client] = unlimited
         return unlimited
 
@@ -125,7 +126,11 @@ def create_app(
             if outbound is not None:
                 network = outbound
             elif transport is None:
-                network = built = LeanOutbound.default(settings.delivery_timeout)
+                network = built = LeanOutbound.default(
+                    settings.delivery_timeout,
+                    egress=Egress(allow_private=settings.allow_private_networks),
+                    connect_timeout=settings.connect_timeout,
+                )
             else:
                 client = httpx.AsyncClient(
                     transport=transport, timeout=httpx.Timeout(settings.delivery_timeout), follow_redirects=False

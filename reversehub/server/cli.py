@@ -73,7 +73,7 @@ def main() -> None:
 
 
 def security_options(defaults: Settings) -> list[tuple[str, Any]]:
-    """Issue 6 flags: tokens, trusted networks, subscriber policy, rate limits, caps (README "Securing")."""
+    """Who may do what: tokens, trusted networks, subscriber policy, rate limits, caps (README "Securing")."""
     from reversehub.core.addresses import parse_networks
     from reversehub.core.limits import parse_limits
     from reversehub.core.policy import validate_patterns
@@ -174,6 +174,14 @@ def serve_options(f: Any) -> Any:
                     "default": defaults.reply_timeout,
                     "type": float,
                     "help": "Delivered but unanswered within S: 504 to the requester.",
+                },
+            ),
+            (
+                "connect-timeout",
+                {
+                    "default": defaults.connect_timeout,
+                    "type": float,
+                    "help": "Seconds to resolve and connect for a verification, fetch or delivery.",
                 },
             ),
             *security_options(defaults),

@@ -81,9 +81,9 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
 
     glibc gives each thread that allocates its own arena (up to 8 per core), and an arena keeps
     what it once held. Our threads are aiosqlite's, one per pooled SQLite connection, and libuv's
-    resolver pool; a 1,000 callback fan-out grows the SQLite pool to its ten connections, and their
-    arenas held ~1 MB more than two shared ones (bench/memory.py). SQLite runs one writer at a time,
-    so they hardly contend for the shared arenas. Elsewhere (musl, macOS) there is no mallopt: no-op.
+    resolver pool; a fan-out grows the SQLite pool to its ten connections, each of whose arenas
+    would keep its high-water mark (bench/memory.py shows the difference). SQLite runs one writer at
+    a time, so they hardly contend for the shared arenas. Elsewhere (musl, macOS) there is no mallopt: no-op.
     """
     try:
         import ctypes
@@ -209,9 +209,9 @@ class DrainingServer(uvicorn.Server):
         # A request's objects live across a few hundred allocations (a relayed request, a delivery
         # in flight), so at CPython's default of 700 the young generation promotes nearly all of
         # them and full collections follow, each walking every request in flight: in a 10,000
-        # callback fan-out ~40 % of the hub's CPU went to the collector. At 50,000 they die young
-        # (a 2,000 callback fan-out: 2.47 -> 1.49 CPU s, peak RSS +4 MB). Cycles wait a little
-        # longer to be freed; everything else is freed by reference counting as before.
+        # callback fan-out much of the hub's CPU goes to the collector. At 50,000 they die young
+        # (bench/fanout.py shows the difference). Cycles wait a little longer to be freed;
+        # everything else is freed by reference counting, which the thresholds do not touch.
         gc.set_threshold(*GC_THRESHOLDS)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -274,7 +274,18 @@ def _worker(settings: Settings, sock: socket.socket, admin_sock: socket.socket |
     if admin_sock is not None:
         app = with_admin(main, admin_sock)
         sockets.append(admin_sock)
-    server = DrainingServer(config_for(app, settings))
+    config = config_for(app, settings)
+    server = DrainingServer(config)
+    parent = os.getppid()
+
+    async def orphaned() -> None:
+        # A supervisor that was killed (SIGKILL, OOM) cannot drain its workers, and a worker left
+        # behind would keep serving the shared socket with nobody to stop or restart it.
+        if os.getppid() != parent and not server.should_exit:
+            logger.warning("supervisor [%s] is gone: draining", parent)
+            server.should_exit = True
+
+    config.callback_notify, config.timeout_notify = orphaned, 1
     server.run(sockets=sockets)
     if not server.started:
         sys.exit(3)

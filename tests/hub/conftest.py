@@ -19,7 +19,7 @@ def peer() -> Peer:
 
 
 # Hub tests are about the hub: publishing from the test client's address is trusted, and request
-# rate limits (reversehub.server.ratelimit, when present) are off.
+# rate limits (the middleware and the handlers' budgets, reversehub.core.limits) are off.
 OPEN = {"trusted_networks": ("0.0.0.0/0", "::/0"), "rate_limit_window": 0.0}
 
 

@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import select, update
 
 from hub import store
+from hub.fairness import Slots, netloc
 from hub.models import Delivery
 from hub.netguard import NetGuard
-from hub.outbox import Slots, netloc
 from hub.signing import ownership_proof
 from reversehub.core.backoff import backoff
 from reversehub.core.settings import Settings
@@ -283,6 +283,12 @@ async def _all_deferred(app, count):
 )
 def test_the_fairness_key_is_the_callback_hosts_netloc(url):
     assert netloc(url) == httpx.URL(url).netloc.decode()
+
+
+def test_one_host_spelled_many_ways_is_one_fairness_key():
+    spellings = ["http://localhost:8080/a", "http://127.1:8080/b", "http://2130706433:8080/", "http://0x7f000001:8080"]
+    assert {netloc(url) for url in spellings} == {"127.0.0.1:8080"}
+    assert netloc("http://[::ffff:127.0.0.1]/x") == "127.0.0.1"
 
 
 async def test_a_dead_process_claims_are_taken_over(make_hub, peer):

@@ -270,3 +270,35 @@ def test_the_host_cap_counts_one_host_however_its_url_spells_it():
 
     assert host_of("http://Sub.Example:8080/cb?x=1") == host_of("https://sub.example/other") == "sub.example"
     assert host_of("http://bücher.example/") == host_of("http://xn--bcher-kva.example/") == "xn--bcher-kva.example"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/relay/victim/../attacker/x?hub.mode=1",  # verified at attacker's name, delivered to victim's
+        "/relay/victim/%2e%2e/attacker/x",
+        "/relay/victim/%2E%2e/attacker/x",
+        "/relay/victim/./x",
+        "/relay/victim/.%2e/x",
+        "/relay/victim/x/..",
+        "/relay/victim/x/.",
+        "/relay/victim\\..\\attacker/x",
+        "/relay/victim/caf\u00e9/x",
+        "/relay/victim/a b",
+    ],
+)
+async def test_a_callback_with_more_than_one_reading_is_refused(hub, peer, path):
+    """A callback the verification GET and the delivery POST could read differently (dot segments,
+    which an HTTP client may remove and a server may not; characters a client re-encodes) would let
+    one party consent for another's URL: refused with 400, before any request is made."""
+    app, client = hub
+    r = await client.post("/hub", data=form(mode="subscribe", topic=TOPIC, callback="http://hub.test" + path))
+    assert r.status_code == 400, (path, r.status_code)
+    assert "hub.callback" in r.text
+    assert peer.verifications == []
+
+
+async def test_a_plain_callback_with_dots_inside_segments_is_fine(hub, peer):
+    app, client = hub
+    await subscribe(client, peer, TOPIC, SUB + "/v1.2/..cb.")
+    assert peer.verified("/v1.2/..cb.")

@@ -100,7 +100,12 @@ def launch(tmp_path: Path, database: str) -> Iterator[Callable[..., Proc]]:
     yield start
     for proc in procs:
         if proc.alive():
-            proc.popen.kill()
+            # SIGTERM: a supervisor drains its workers (SIGKILL would leave them to notice alone).
+            proc.popen.terminate()
+            try:
+                proc.popen.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
         proc.popen.wait(10)
         print(f"--- {proc.base} exited {proc.popen.returncode}:\n{proc.output()}")  # shown when a test fails
 
@@ -461,3 +466,27 @@ async def test_outbox_work_overflowing_one_process_goes_to_the_other(database: s
     assert max(hits.values()) == 1, [k for k, v in hits.items() if v > 1]
     assert all(s > 0 for s in per_process), per_process
     print(f"\noutbox overflow: {subscribers * updates} deliveries, sent per process {per_process}")
+
+
+async def test_workers_of_a_killed_supervisor_drain_and_exit(
+    launch: Callable[..., Proc], database: str, broker_url: str
+) -> None:
+    """``--workers 2`` whose supervisor is SIGKILLed: nobody is left to stop or restart its workers,
+    so they notice the supervisor is gone, drain and exit instead of serving on for ever."""
+    proc = launch("--database-url", database, "--redis-url", broker_url, "--workers", "2")
+    async with httpx.AsyncClient(timeout=10) as client:
+        await started(client, proc)
+    children = Path(f"/proc/{proc.popen.pid}/task/{proc.popen.pid}/children").read_text().split()
+    # multiprocessing's resource tracker is a child too; the workers are the spawned ones.
+    workers = [int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(workers) == 2
+    proc.popen.send_signal(signal.SIGKILL)
+    proc.popen.wait(10)
+
+    def gone(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+        except FileNotFoundError:
+            return True
+
+    await wait_for(lambda: all(gone(pid) for pid in workers), timeout=20, interval=0.1)

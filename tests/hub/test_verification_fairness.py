@@ -1,0 +1,74 @@
+"""Intent verification shared fairly between callback hosts: a host that takes the GET and never
+answers holds only its own slots, and only its own queue fills up (issue 13 M2)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from hub.fairness import HostSlots
+from reversehub.core.outbound import Response
+from tests.hub.conftest import hub_settings
+from tests.hub.peers import form
+from tests.support import wait_for
+
+pytestmark = pytest.mark.anyio
+
+TOPIC = "http://pub.test/t"
+
+
+class Tarpit:
+    """Verification GETs to ``tarpit.test`` hang until released; every other one echoes at once."""
+
+    def __init__(self) -> None:
+        self.release = anyio.Event()
+        self.hanging = 0
+        self.echoed: list[str] = []
+
+    async def request(self, method: str, url: str, *, headers: Mapping[str, str] | None = None, **_: Any) -> Response:
+        parsed = httpx.URL(url)
+        challenge = parsed.params.get("hub.challenge")
+        if challenge is None:
+            return Response(200, [(b"content-type", b"text/plain")], b"")
+        if parsed.host == "tarpit.test":
+            self.hanging += 1
+            await self.release.wait()
+        else:
+            self.echoed.append(parsed.path)
+        return Response(200, [], challenge.encode())
+
+    async def post(self, url: str, headers: dict[str, str], body: bytes, timeout: float) -> int:
+        return 204
+
+
+async def test_a_tarpit_host_does_not_hold_up_other_hosts(make_app):
+    fake = Tarpit()
+    app, client = await make_app(
+        outbound=fake, **hub_settings(verify_concurrency=8, verify_per_host=2, verify_waiting_per_host=50)
+    )
+    for i in range(50):
+        r = await client.post("/hub", data=form(mode="subscribe", topic=TOPIC, callback=f"http://tarpit.test/{i}"))
+        assert r.status_code == 202
+    # The tarpit's queue is full: its next subscribe is refused, nobody else's is.
+    r = await client.post("/hub", data=form(mode="subscribe", topic=TOPIC, callback="http://tarpit.test/late"))
+    assert r.status_code == 503 and "callback host" in r.text
+    await wait_for(lambda: fake.hanging == 2)  # its own two slots, not the eight global ones
+
+    for i in range(10):
+        r = await client.post("/hub", data=form(mode="subscribe", topic=TOPIC, callback=f"http://fine{i}.test/cb"))
+        assert r.status_code == 202
+    await wait_for(lambda: len(fake.echoed) == 10, timeout=5)
+    assert fake.hanging == 2
+    fake.release.set()
+    await wait_for(lambda: fake.hanging == 50, timeout=5)
+
+
+async def test_host_slots_are_dropped_when_idle():
+    slots = HostSlots(1)
+    async with slots.hold("a"):
+        assert slots.load("a") == 1
+    assert slots.load("a") == 0 and not slots._hosts
