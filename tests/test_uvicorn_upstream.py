@@ -18,13 +18,17 @@ import uvicorn
 import uvicorn.server
 from uvicorn.protocols.http import flow_control, httptools_impl
 
-from reversehub.server.protocol import CoalescingHttpToolsProtocol
+from reversehub.server.protocol import CoalescingHttpToolsProtocol, ListenerConfig, ListenerLimits
 from reversehub.server.serve import DrainingServer
 
 RELIED_ON: list[tuple[type, str, list[str]]] = [
     (httptools_impl.HttpToolsProtocol, "connection_made", ["self", "transport"]),
     (httptools_impl.HttpToolsProtocol, "connection_lost", ["self", "exc"]),
     (httptools_impl.HttpToolsProtocol, "on_message_begin", ["self"]),
+    (httptools_impl.HttpToolsProtocol, "data_received", ["self", "data"]),
+    (httptools_impl.HttpToolsProtocol, "on_headers_complete", ["self"]),
+    (httptools_impl.HttpToolsProtocol, "on_body", ["self", "body"]),
+    (httptools_impl.HttpToolsProtocol, "on_message_complete", ["self"]),
     (uvicorn.Server, "startup", ["self", "sockets"]),
     (uvicorn.Server, "shutdown", ["self", "sockets"]),
     (uvicorn.Server, "capture_signals", ["self"]),
@@ -52,17 +56,31 @@ def test_the_names_we_import_are_still_there() -> None:
 @pytest.mark.anyio
 async def test_the_protocol_keeps_the_attributes_it_uses() -> None:
     """``loop`` and ``transport`` after construction and ``connection_made``; ``scope`` from
-    ``on_message_begin``, into which the subclass puts the connection's OnLost."""
-    config = uvicorn.Config(app=_app, http=CoalescingHttpToolsProtocol, ws="none", lifespan="off", log_level="error")
+    ``on_message_begin``, into which the subclass puts the connection's OnLost; and what the
+    listener's limits read: ``config.timeout_keep_alive``, ``connections`` (the server's set, which
+    ``connection_made`` joins), ``flow.read_paused``, ``cycle.response_complete``,
+    ``parser.should_upgrade()`` and ``server_state.default_headers``."""
+    config = ListenerConfig(
+        _app, limits=ListenerLimits(), http=CoalescingHttpToolsProtocol, ws="none", lifespan="off", log_level="error"
+    )
+    assert config.h11_max_incomplete_event_size == ListenerLimits().max_head_size, "uvicorn.Config keywords"
+    assert isinstance(config.timeout_keep_alive, int | float), "uvicorn.Config.timeout_keep_alive"
     config.load()
-    protocol = CoalescingHttpToolsProtocol(config=config, server_state=uvicorn.server.ServerState(), app_state={})
+    state = uvicorn.server.ServerState()
+    protocol = CoalescingHttpToolsProtocol(config=config, server_state=state, app_state={})
     where = "uvicorn.protocols.http.httptools_impl.HttpToolsProtocol"
     assert protocol.loop is asyncio.get_running_loop(), f"{where}.loop"
+    assert protocol.connections is state.connections, f"{where}.connections"
     transport = _Transport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
     assert protocol.transport is not transport and protocol.transport.get_extra_info("peername"), f"{where}.transport"
+    assert protocol in state.connections, f"{where}.connection_made adds to server_state.connections"
+    assert protocol.flow.read_paused is False, f"{where}.flow.read_paused"
+    assert isinstance(protocol.server_state.default_headers, list), f"{where}.server_state.default_headers"
     protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert isinstance(protocol.scope, dict) and protocol.scope["path"] == "/", f"{where}.scope"
+    assert protocol.cycle.response_complete is False, f"{where}.cycle.response_complete"
+    assert protocol.parser.should_upgrade() is False, f"{where}.parser"
     protocol.connection_lost(None)
 
 

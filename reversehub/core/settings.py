@@ -20,6 +20,12 @@ class Settings:
     # Where and how we serve.
     host: str = "127.0.0.1"
     port: int = 8000
+    # The listener (reversehub.server.protocol): seconds from the first byte of a request head to its
+    # end (408 after), bytes of a request head (431 above), and open connections per process (503
+    # past it; 0: no cap). `serve` lowers the cap to what its file-descriptor limit leaves room for.
+    request_head_timeout: float = 10.0
+    max_request_head_size: int = 64 * 1024
+    max_connections: int = 16_384
     # The origin (scheme://host[:port], optionally a path prefix) by which the world reaches us.
     # Relay public URLs and the hub's own links are built from it. None: http://host:port.
     public_url: str | None = None

@@ -219,6 +219,31 @@ def serve_options(f: Any) -> Any:
             *security_options(defaults),
             ("workers", {"default": 1, "type": int, "help": "Worker processes (needs --redis-url when > 1)."}),
             (
+                "request-head-timeout",
+                {
+                    "default": defaults.request_head_timeout,
+                    "type": click.FloatRange(min=0, min_open=True),
+                    "help": "A request head not received within S after its first byte: 408.",
+                },
+            ),
+            (
+                "max-request-head-size",
+                {
+                    "default": defaults.max_request_head_size,
+                    "type": click.IntRange(min=1024),
+                    "help": "Bytes of a request head (request line and header fields); larger: 431.",
+                },
+            ),
+            (
+                "max-connections",
+                {
+                    "default": defaults.max_connections,
+                    "type": click.IntRange(min=0),
+                    "help": "Open connections per process (lowered to fit the file-descriptor limit); "
+                    "past it 503. 0: no cap.",
+                },
+            ),
+            (
                 "delivery-claim-seconds",
                 {
                     "default": defaults.delivery_claim_seconds,

@@ -22,17 +22,73 @@ ASGI says so only through ``receive()``, so a held poll would need a task of its
 for ``http.disconnect``: with thousands of polls held, that task and its chain of coroutines were
 a fifth of each poll's objects, which the cyclic collector walks again and again. Every request's
 scope carries the connection's :class:`~reversehub.core.connection.OnLost`.
+
+And it bounds what a connection may cost before its request reaches the app (:class:`ListenerLimits`,
+README "Securing a public deployment"). httptools has no limit of its own: it keeps a header field
+that has not ended in memory however long it grows, and uvicorn waits for a request head however
+slowly it trickles in, so one client could hold a gigabyte with one header, or every connection the
+process can open with a byte every few seconds on each (slowloris). Here:
+
+- a request head (request line and header fields) larger than ``max_head_size`` bytes is answered
+  431; the bytes that are not body between chunks (chunk sizes, trailers) are bounded the same way;
+- a request head that has not ended ``head_timeout`` seconds after its first byte is answered 408,
+  and a new connection that sends nothing is closed after uvicorn's ``timeout_keep_alive``, as an
+  idle keep-alive connection already is;
+- past ``max_connections`` open connections a new one is answered 503 with ``Retry-After`` at once.
+
+Each refusal closes the connection. It first sends its answer and shuts down writing, then reads and
+drops what the client still sends for :data:`LINGER` seconds: closing a socket with unread bytes
+makes the kernel reset the connection, and the client would lose the answer (RFC 9112 9.6).
 """
 
 from __future__ import annotations
 
 import asyncio
+import http
+import logging
+import math
+from dataclasses import dataclass
 from typing import Any
 
+import uvicorn
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from reversehub.core.connection import ON_LOST, OnLost
+
+logger = logging.getLogger(__name__)
+
+# Seconds a refused connection is still read (and what arrives dropped) after its answer.
+LINGER = 1.0
+# At most one warning this often (seconds) that connections are refused for the cap.
+CAP_WARNING_INTERVAL = 60.0
+
+
+@dataclass(frozen=True)
+class ListenerLimits:
+    """What one connection may cost before its request reaches the app."""
+
+    head_timeout: float = 10.0  # seconds from the first byte of a request head to its end (408)
+    max_head_size: int = 64 * 1024  # bytes of a request head (431)
+    max_connections: int = 0  # open connections of this server; 0: no cap (503 past it)
+
+
+class ListenerConfig(uvicorn.Config):
+    """uvicorn's ``Config`` with the :class:`ListenerLimits` that :class:`CoalescingHttpToolsProtocol`
+    applies (under a plain ``Config`` it applies the defaults, with no connection cap).
+
+    uvicorn's h11 protocol, which serves when httptools is missing, bounds a head by its
+    ``h11_max_incomplete_event_size`` (answering 400): it is set to ``max_head_size`` too.
+    """
+
+    def __init__(self, app: Any, *, limits: ListenerLimits, **kwargs: Any) -> None:
+        kwargs.setdefault("h11_max_incomplete_event_size", limits.max_head_size)
+        super().__init__(app, **kwargs)
+        self.limits = limits
+        self.cap_warned_at = -math.inf
+
+
+DEFAULT_LIMITS = ListenerLimits()
 
 
 class CoalescingTransport(asyncio.Transport):
@@ -135,17 +191,102 @@ class CoalescingTransport(asyncio.Transport):
 
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's ``HttpToolsProtocol`` over a :class:`CoalescingTransport` (``Config(http=...)``),
-    with an :class:`OnLost` in every request's scope."""
+    with an :class:`OnLost` in every request's scope and the :class:`ListenerLimits` of a
+    :class:`ListenerConfig`."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.on_lost = OnLost()
+        config = self.config
+        self._limits = config.limits if isinstance(config, ListenerConfig) else DEFAULT_LIMITS
+        # A request head is awaited from the connection's start and after each request's end.
+        self._awaiting_head = True
+        self._head_started: float | None = None  # loop time of the pending head's first byte
+        self._head_timer: asyncio.TimerHandle | None = None
+        # Bytes fed to the parser that are not body since the last point at which the parser keeps
+        # nothing of what came before (a head's or a chunk's end, a message's end): what it holds.
+        self._unframed = 0
+        self._body_fed = 0  # body bytes in the piece being fed
+        self._restarted = False  # one of those points fell inside the piece being fed
+        self._refused = False
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
+        cap = self._limits.max_connections
+        over_cap = cap > 0 and len(self.connections) >= cap
         super().connection_made(CoalescingTransport(transport, self.loop))
+        if over_cap:
+            self._refuse_for_cap()
+            return
+        # A connection that never sends a byte costs what an idle keep-alive one does: it gets as long.
+        self._idle_timer = self.loop.call_later(config.timeout_keep_alive, self._idle_timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # lingering after a refusal: read, and drop
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if self._awaiting_head and self._head_started is None:
+            self._head_started = self.loop.time()
+        max_head = self._limits.max_head_size
+        view: bytes | memoryview = data
+        while True:
+            # Fed in pieces of at most what the limit leaves, so that a head is refused at its first
+            # byte past the limit, not after one whole read (up to 256 KiB) more has gone into the
+            # parser. A head that has not ended when it reaches the limit can only pass it.
+            room = max_head - self._unframed
+            piece = view if len(view) <= room else memoryview(view)[:room]
+            self._body_fed = 0
+            self._restarted = False
+            super().data_received(piece)  # type: ignore[arg-type]
+            if self.transport.is_closing():
+                return
+            if self._restarted:
+                # Where in the piece the parser restarted is not known: what follows it is counted
+                # from the next piece on, so a head may pass the limit by at most one piece.
+                self._unframed = 0
+            else:
+                self._unframed += len(piece) - self._body_fed
+                if self._unframed >= max_head:
+                    self._refuse(431, f"Request head larger than {max_head} bytes")
+                    return
+            if len(piece) == len(view):
+                break
+            view = memoryview(view)[len(piece) :]
+            if self.parser.should_upgrade():
+                break  # uvicorn drops the rest of a read that held an upgrade request
+        if self._head_started is not None and self._head_timer is None:
+            self._head_timer = self.loop.call_at(self._head_started + self._limits.head_timeout, self._head_timed_out)
 
     def on_message_begin(self) -> None:
+        if self._head_started is None:  # a pipelined request began in the read that ended the one before
+            self._head_started = self.loop.time()
         super().on_message_begin()
         self.scope[ON_LOST] = self.on_lost  # type: ignore[literal-required]
 
+    def on_headers_complete(self) -> None:
+        self._awaiting_head = False
+        self._head_started = None
+        self._restarted = True
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_fed += len(body)
+        super().on_body(body)
+
+    def on_chunk_header(self) -> None:
+        """Parser callback: a chunk's size line has ended (or the trailers begin, after the last)."""
+        self._restarted = True
+
+    def on_chunk_complete(self) -> None:
+        """Parser callback: a chunk (or the trailer section) has ended."""
+        self._restarted = True
+
     def on_message_complete(self) -> None:
+        self._awaiting_head = True
+        self._restarted = True
         super().on_message_complete()
         # The whole body is in: read on. A lost connection shows only as EOF, which a transport
         # paused by a large body never reads, so a request that waits once its body is in (a
@@ -158,5 +299,67 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         transport = self.transport
         if isinstance(transport, CoalescingTransport):
             transport.drop()
+        self._cancel_timers()
         super().connection_lost(exc)
         self.on_lost.fire()
+
+    # Timeouts and refusals ---------------------------------------------------------------------------
+    def _idle_timed_out(self) -> None:
+        self._idle_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._head_started is None or self.transport.is_closing():
+            return
+        if self.flow.read_paused:
+            # We stopped reading (a pipelined request waits for the one before it): the delay is
+            # ours, not the client's. Give it the whole time again.
+            self._head_timer = self.loop.call_later(self._limits.head_timeout, self._head_timed_out)
+            return
+        self._refuse(408, f"Request head not received within {self._limits.head_timeout:g} s")
+
+    def _refuse_for_cap(self) -> None:
+        config = self.config
+        now = self.loop.time()
+        if isinstance(config, ListenerConfig) and now - config.cap_warned_at >= CAP_WARNING_INTERVAL:
+            config.cap_warned_at = now
+            logger.warning(
+                "%d connections open (--max-connections): new connections are answered 503",
+                self._limits.max_connections,
+            )
+        self._refuse(503, "Too many open connections", retry_after=1)
+
+    def _refuse(self, status: int, reason: str, retry_after: int | None = None) -> None:
+        """Answer ``status`` with ``reason`` and close the connection (after :data:`LINGER`).
+
+        A response already under way (to a request before the one refused) cannot be followed by
+        another: the connection is closed without one.
+        """
+        self._refused = True
+        self._cancel_timers()
+        logger.debug("%s: %d %s", self.client, status, reason)
+        transport = self.transport
+        if self.cycle is not None and not self.cycle.response_complete:
+            transport.close()
+            return
+        body = reason.encode("ascii") + b"\n"
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, http.HTTPStatus(status).phrase.encode("ascii"))]
+        head += [b"%s: %s\r\n" % (name, value) for name, value in self.server_state.default_headers]
+        if retry_after is not None:
+            head.append(b"retry-after: %d\r\n" % retry_after)
+        head.append(b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n" % len(body))
+        head.append(b"connection: close\r\n\r\n")
+        transport.write(b"".join([*head, body]))
+        if not transport.can_write_eof():  # TLS: no half-close
+            transport.close()
+            return
+        transport.write_eof()
+        self._linger_timer = self.loop.call_later(LINGER, transport.close)
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._idle_timer, self._head_timer, self._linger_timer):
+            if timer is not None:
+                timer.cancel()
+        self._idle_timer = self._head_timer = self._linger_timer = None

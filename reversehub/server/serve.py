@@ -49,6 +49,10 @@ QUICK_EXIT_SECONDS = 10.0
 MAX_QUICK_EXITS = 5
 M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
 MALLOC_ARENAS = 2
+# Open files kept for what a serving process opens itself (database and broker connections, outbound
+# deliveries, verifications and fetches, logs): clients that fill every connection the cap allows must
+# not make the hub's own writes and deliveries fail for want of a file descriptor (EMFILE).
+FD_RESERVE = 1024
 
 
 def setup_logging(settings: Settings) -> None:
@@ -99,8 +103,59 @@ def http_protocol() -> type[asyncio.Protocol] | str:
     return CoalescingHttpToolsProtocol
 
 
+def raise_fd_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit, and return the soft limit.
+
+    Every connection is a file descriptor, a held poll too, and the soft limit is often 1,024 while
+    the hard one is far higher (systemd: 524,288): the process is allowed to raise it itself, as Go
+    programs do at start. Worker processes inherit it. 0 when there is no such limit (not POSIX).
+    """
+    try:
+        import resource
+    except ImportError:
+        return 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):  # macOS refuses RLIM_INFINITY: keep what we have
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return 0 if soft == resource.RLIM_INFINITY else soft
+
+
+def connection_cap(requested: int, fd_limit: int) -> int:
+    """The connection cap a process with ``fd_limit`` open files can keep: ``requested`` (0: none), but
+    at most the limit less :data:`FD_RESERVE` (a quarter of a small limit)."""
+    if requested == 0 or fd_limit <= 0:
+        return requested
+    return max(1, min(requested, fd_limit - min(FD_RESERVE, fd_limit // 4)))
+
+
 def config_for(app: Any, settings: Settings) -> uvicorn.Config:
-    config = uvicorn.Config(
+    options: dict[str, Any] = {}
+    try:
+        from reversehub.server.protocol import ListenerConfig, ListenerLimits
+    except ImportError:
+        # httptools is missing, and uvicorn's h11 protocol serves: it bounds a request head (400
+        # above the size) but has no head timeout and no connection cap.
+        make: type[uvicorn.Config] = uvicorn.Config
+        options["h11_max_incomplete_event_size"] = settings.max_request_head_size
+    else:
+        make = ListenerConfig
+        fd_limit = raise_fd_limit()
+        cap = connection_cap(settings.max_connections, fd_limit)
+        if cap != settings.max_connections:
+            logger.warning(
+                "--max-connections %d lowered to %d: the open-file limit is %d (ulimit -n)",
+                settings.max_connections,
+                cap,
+                fd_limit,
+            )
+        options["limits"] = ListenerLimits(
+            head_timeout=settings.request_head_timeout,
+            max_head_size=settings.max_request_head_size,
+            max_connections=cap,
+        )
+    config = make(
         app,
         host=settings.host,
         port=settings.port,
@@ -114,6 +169,7 @@ def config_for(app: Any, settings: Settings) -> uvicorn.Config:
         access_log=False,  # ours (reversehub.server.accesslog) leaves capability URLs out
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(SHUTDOWN_GRACE),
+        **options,
     )
     logging.getLogger("uvicorn.error").addFilter(WITHOUT_WEBSOCKET_HINT)  # once: the same filter object
     return config
