@@ -158,6 +158,10 @@ class Verifier:
         self._slots = Slots(self.settings.verify_concurrency)
         self._host_slots = HostSlots(self.settings.verify_per_host)
         self._per_host: Counter[str] = Counter()  # verifications taken and not finished, per host
+        # The same per client that asked (exempt clients have none): one client's tarpits on many
+        # hosts take at most its own share of the global slots.
+        self._client_slots = HostSlots(self.settings.verify_per_client)
+        self._per_client: Counter[str] = Counter()
         self._waiting = 0
         self.max_waiting = 10_000
         self._tg: anyio.abc.TaskGroup | None = None
@@ -194,7 +198,7 @@ class Verifier:
         self._closing = True
         self._waiting -= len(self._early)
         for req in self._early:
-            self._per_host[self._host(req.callback)] -= 1
+            self._forget(req, self._host(req.callback))
         self._early.clear()
         for scope in self._unasked:
             scope.cancel()
@@ -209,7 +213,11 @@ class Verifier:
         host = self._host(req.callback)
         if host and self._per_host[host] >= self.settings.verify_waiting_per_host:
             raise Busy("too many verifications waiting for this callback host; try again later")
+        if req.client and self._per_client[req.client] >= self.settings.verify_waiting_per_client:
+            raise Busy("too many verifications waiting from this client; try again later")
         self._per_host[host] += 1
+        if req.client:
+            self._per_client[req.client] += 1
         self._waiting += 1
         if self._tg is None:
             self._early.append(req)
@@ -229,19 +237,26 @@ class Verifier:
             logger.exception("verification of a %s request failed", req.mode)
         finally:
             self._waiting -= 1
-            self._per_host[host] -= 1
-            if not self._per_host[host]:
-                del self._per_host[host]
+            self._forget(req, host)
+
+    def _forget(self, req: SubscriptionRequest, host: str) -> None:
+        for counter, key in ((self._per_host, host), (self._per_client, req.client)):
+            if key is not None and key in counter:
+                counter[key] -= 1
+                if not counter[key]:
+                    del counter[key]
 
     @contextlib.asynccontextmanager
-    async def _slot(self, callback: str) -> AsyncIterator[None]:
-        """A slot for one verification GET: the host's own bound first, then the global one."""
-        host = self._host(callback)
-        if not host:
-            async with self._slots:
-                yield
-            return
-        async with self._host_slots.hold(host), self._slots:
+    async def _slot(self, req: SubscriptionRequest) -> AsyncIterator[None]:
+        """A slot for one verification GET: the client's and the host's own bounds first, then the
+        global one, so that nobody holds a global slot while waiting for a share."""
+        host = self._host(req.callback)
+        async with contextlib.AsyncExitStack() as stack:
+            if req.client:
+                await stack.enter_async_context(self._client_slots.hold(req.client))
+            if host:
+                await stack.enter_async_context(self._host_slots.hold(host))
+            await stack.enter_async_context(self._slots)
             yield
 
     async def verify(self, req: SubscriptionRequest) -> bool:
@@ -269,7 +284,7 @@ class Verifier:
         expected = challenge.encode()
         url = with_params(req.callback, params)
         try:
-            async with self._slot(req.callback):
+            async with self._slot(req):
                 status, body = await ask(self.services.outbound, url, self.settings.verify_timeout, len(expected) + 1)
         except Unanswered as exc:
             logger.info("verification GET failed: %s", exc)

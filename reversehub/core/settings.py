@@ -71,11 +71,14 @@ class Settings:
     delivery_timeout: float = 10.0
     delivery_max_age: float = 24 * 3600.0
     verify_timeout: float = 10.0
-    # Intent verification GETs at once, in all and per callback host, and how many may wait per
-    # host (past it, 503): a host that never answers holds only its own share (hub.fairness).
+    # Intent verification GETs at once, in all, per callback host and per client (not for exempt
+    # clients), and how many may wait per host and per client (past it, 503): a host that never
+    # answers, or a client with many of them, holds only its own share (hub.fairness).
     verify_concurrency: int = 64
     verify_per_host: int = 4
     verify_waiting_per_host: int = 1000
+    verify_per_client: int = 16
+    verify_waiting_per_client: int = 2000
     # Seconds to resolve and connect for any outbound request (verification, fetch, delivery), within
     # its own timeout: a callback that accepts nothing holds a verification slot this long, not 10 s.
     connect_timeout: float = 3.0

@@ -1,5 +1,6 @@
-"""Intent verification shared fairly between callback hosts: a host that takes the GET and never
-answers holds only its own slots, and only its own queue fills up (issue 13 M2)."""
+"""Intent verification shared fairly between callback hosts and clients: a host that takes the GET
+and never answers holds only its own slots, a client with many such hosts only its own share, and
+only their own queues fill up (issue 13 M2)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from reversehub.core.outbound import Response
 from tests.hub.conftest import hub_settings
 from tests.hub.peers import form
 from tests.support import wait_for
+from tests.test_security import client_for
 
 pytestmark = pytest.mark.anyio
 
@@ -22,7 +24,7 @@ TOPIC = "http://pub.test/t"
 
 
 class Tarpit:
-    """Verification GETs to ``tarpit.test`` hang until released; every other one echoes at once."""
+    """Verification GETs to ``tarpit*`` hosts hang until released; every other one echoes at once."""
 
     def __init__(self) -> None:
         self.release = anyio.Event()
@@ -34,7 +36,7 @@ class Tarpit:
         challenge = parsed.params.get("hub.challenge")
         if challenge is None:
             return Response(200, [(b"content-type", b"text/plain")], b"")
-        if parsed.host == "tarpit.test":
+        if parsed.host.startswith("tarpit"):
             self.hanging += 1
             await self.release.wait()
         else:
@@ -65,6 +67,30 @@ async def test_a_tarpit_host_does_not_hold_up_other_hosts(make_app):
     assert fake.hanging == 2
     fake.release.set()
     await wait_for(lambda: fake.hanging == 50, timeout=5)
+
+
+async def test_one_client_with_many_tarpits_holds_only_its_share(make_app):
+    fake = Tarpit()
+    app, client = await make_app(
+        outbound=fake,
+        **hub_settings(verify_concurrency=8, verify_per_host=2, verify_per_client=3, verify_waiting_per_client=20),
+    )
+    async with client_for(app, ("198.51.100.66", 4000)) as attacker:
+        for i in range(20):
+            callback = f"http://tarpit{i % 5}.test/{i}"
+            r = await attacker.post("/hub", data=form(mode="subscribe", topic=TOPIC, callback=callback))
+            assert r.status_code == 202
+        r = await attacker.post("/hub", data=form(mode="subscribe", topic=TOPIC, callback="http://tarpit9.test/"))
+        assert r.status_code == 503 and "client" in r.text
+    await wait_for(lambda: fake.hanging == 3)  # its share, though five hosts would give it ten
+    async with client_for(app, ("203.0.113.7", 4000)) as other:
+        for i in range(5):
+            r = await other.post("/hub", data=form(mode="subscribe", topic=TOPIC, callback=f"http://ok{i}.test/cb"))
+            assert r.status_code == 202
+    await wait_for(lambda: len(fake.echoed) == 5, timeout=5)
+    assert fake.hanging == 3
+    fake.release.set()
+    await wait_for(lambda: fake.hanging == 20, timeout=5)
 
 
 async def test_host_slots_are_dropped_when_idle():
