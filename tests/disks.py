@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
+from tests.support import unavailable
 
 
 class SmallDisk:
@@ -38,11 +38,11 @@ class SmallDisk:
 def small_disk(where: Path, size: str = "4m") -> Iterator[SmallDisk]:
     """A tmpfs of ``size`` mounted on ``where`` (created), unmounted afterwards; skips without root."""
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
+        unavailable("mounting a tmpfs needs root")
     where.mkdir(exist_ok=True)
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode(errors='replace').strip()}")
+        unavailable(f"cannot mount a tmpfs: {done.stderr.decode(errors='replace').strip()}")
     try:
         yield SmallDisk(where)
     finally:

@@ -31,7 +31,7 @@ from reversehub.server.app import create_app
 from reversehub.server.protocol import LINGER, CoalescingHttpToolsProtocol, ListenerConfig, ListenerLimits
 from reversehub.server.serve import FD_RESERVE, config_for, connection_cap
 from tests.live.test_protocol import hello, read_response
-from tests.support import bound_socket, free_port, wait_for
+from tests.support import bound_socket, free_port, unavailable, wait_for
 from tests.test_security import parse_serve
 
 pytestmark = [pytest.mark.anyio, pytest.mark.live]
@@ -472,5 +472,5 @@ def test_serve_raises_its_open_file_limit_and_the_default_cap_holds_10000_polls(
     )
     assert config.h11_max_incomplete_event_size == Settings().max_request_head_size
     if hard < 10_000 + 2 * FD_RESERVE:
-        pytest.skip(f"the hard open-file limit here ({hard}) is below what 10,000 polls need")
+        unavailable(f"the hard open-file limit here ({hard}) is below what 10,000 polls need")
     assert config.limits.max_connections >= 10_000 + FD_RESERVE
