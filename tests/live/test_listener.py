@@ -282,7 +282,7 @@ async def test_a_connection_past_the_cap_is_answered_503_at_once():
                 data, ended = await until_eof(fourth, MARGIN)  # before it sends anything
             assert data.startswith(b"HTTP/1.1 503 Service Unavailable\r\n") and ended, data
             assert b"\r\nretry-after: 1\r\n" in data and b"\r\nconnection: close\r\n" in data
-            # The connections within the cap are served as before.
+            # The connections within the cap are still served.
             for stream in open_streams:
                 await stream.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
                 assert (await read_response(stream, bytearray()))[0].startswith(b"HTTP/1.1 200 ")
