@@ -35,6 +35,7 @@ from cachetools import LRUCache
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
 
 from relay.errors import ClientShareSpent, InvalidInput, NotFound, RelayFull, TokenMismatch
 from relay.models import Registration
@@ -287,9 +288,11 @@ class Registry:
         token_hash = hash_token(token if token is not None else secrets.token_urlsafe(32))
         try:
             return await self._register(name, token_hash, lease, client)
-        except IntegrityError:
-            # Two first registrations of one name raced (SQLite has no row lock to wait on):
-            # the loser now finds the row and refreshes it or gets 403, like any later comer.
+        except (IntegrityError, StaleDataError):
+            # A race SQLite has no row lock to serialize: two first registrations of one name (the
+            # loser now finds the row and refreshes it or gets 403, like any later comer), or a
+            # refresh whose row was deleted under it (the retry registers the name anew, as if the
+            # delete had come first).
             return await self._register(name, token_hash, lease, client)
 
     async def _register(self, name: str, token_hash: str, lease: float | None, client: str | None) -> tuple[Reg, bool]:

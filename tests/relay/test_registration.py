@@ -256,3 +256,26 @@ async def test_registration_cap_refuses_new_names_but_refreshes_existing(make_ap
     assert full.status_code == 503
     assert "too many registrations" in full.text
     assert (await post("one")).status_code == 204
+
+
+async def _refresh(client, name: str, answers: dict[str, int]) -> None:
+    answers["refresh"] = (await client.post("/reversehttp", data={"name": name, "token": "t"})).status_code
+
+
+async def _delete(client, private: str, answers: dict[str, int]) -> None:
+    answers["delete"] = (await client.delete(private)).status_code
+
+
+async def test_a_refresh_racing_the_delete_of_its_name_is_never_a_500(client):
+    """A poller re-registers its name (a refresh) while its owner deletes it: whichever lands first,
+    each request gets its own answer (201/204 for the registration, 204/404 for the delete), never
+    a 500 from a row that vanished under the refresh. Run a hundred times: the race is timing."""
+    for i in range(100):
+        name = f"race{i}"
+        r = await client.post("/reversehttp", data={"name": name, "token": "t"})
+        assert r.status_code == 201
+        answers: dict[str, int] = {}
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_refresh, client, name, answers)
+            tg.start_soon(_delete, client, r.headers["location"], answers)
+        assert answers["refresh"] in (201, 204) and answers["delete"] in (204, 404), answers
