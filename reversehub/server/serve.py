@@ -274,21 +274,23 @@ def _worker(settings: Settings, sock: socket.socket, admin_sock: socket.socket |
     if admin_sock is not None:
         app = with_admin(main, admin_sock)
         sockets.append(admin_sock)
-    config = config_for(app, settings)
-    server = DrainingServer(config)
-    parent = os.getppid()
-
-    async def orphaned() -> None:
-        # A supervisor that was killed (SIGKILL, OOM) cannot drain its workers, and a worker left
-        # behind would keep serving the shared socket with nobody to stop or restart it.
-        if os.getppid() != parent and not server.should_exit:
-            logger.warning("supervisor [%s] is gone: draining", parent)
-            server.should_exit = True
-
-    config.callback_notify, config.timeout_notify = orphaned, 1
+    server = DrainingServer(config_for(app, settings))
+    threading.Thread(target=_leave_with, args=(os.getppid(), server), name="parent-watch", daemon=True).start()
     server.run(sockets=sockets)
     if not server.started:
         sys.exit(3)
+
+
+def _leave_with(parent: int, server: DrainingServer) -> None:
+    """A worker's watch on its supervisor. One that was killed (SIGKILL, the OOM killer) cannot stop
+    its workers, and a worker left behind would serve the shared socket with nobody to stop or
+    restart it: drain, and if that cannot end (a worker still starting up), leave all the same."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    logger.warning("supervisor [%s] is gone: draining", parent)
+    server.should_exit = True  # read by the server's loop on its next tick
+    time.sleep(SHUTDOWN_GRACE + 5)
+    os._exit(1)
 
 
 # The admin listener --------------------------------------------------------------------------------
