@@ -7,7 +7,12 @@ holds. Every database call of the outbox backs off and retries: none ends the ap
 
 from __future__ import annotations
 
+import logging
+import subprocess
+import sys
+
 import pytest
+from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from hub import store
@@ -53,3 +58,139 @@ async def test_a_database_error_in_the_outbox_is_retried_and_ends_nothing(make_h
     await publish(client, b"2")
     await wait_for(lambda: [d.body for d in peer.to("/cb")][-2:] == [b"1", b"2"], timeout=20)
     assert (await client.get("/healthz")).status_code == 200
+
+
+async def _rows(sessions, sql: str) -> list[tuple]:
+    async with sessions() as s:
+        return [tuple(r) for r in await s.execute(text(sql))]
+
+
+async def _silence(sessions, worker: str, seconds: float) -> None:
+    """Set ``worker``'s last heartbeat ``seconds`` back, as if it had stopped beating then."""
+    async with store.writing(sessions) as s:
+        await s.execute(
+            text("UPDATE hub_workers SET heartbeat_at = heartbeat_at - :s WHERE id = :w"), {"s": seconds, "w": worker}
+        )
+
+
+async def _queued(make_hub, peer, callbacks: int, **settings):
+    """A hub whose own outbox is stopped (claims are made by hand) and one publish pending per callback."""
+    app, client = await make_hub(**settings)
+    for i in range(callbacks):
+        await subscribe(client, peer, TOPIC, f"{SUB}/cb{i}")
+    app.state.hub.outbox.close()
+    await wait_for(lambda: _no_workers(app.state.hub.services.sessions))
+    await publish(client)
+    return app, client, app.state.hub.services.sessions
+
+
+async def _no_workers(sessions) -> bool:
+    return not await _rows(sessions, "SELECT id FROM hub_workers")
+
+
+async def test_a_dead_workers_claims_are_taken_over_at_once_and_its_outcomes_are_not_written(make_hub, peer):
+    app, client, sessions = await _queued(make_hub, peer, 3)
+    node = store.workers.node()
+    for worker in ("a", "b"):
+        await store.beat(sessions, worker, node, 1)
+    held = await store.claim(sessions, 10, 60, "a", 5.0)
+    assert len(held) == 3
+    assert await store.claim(sessions, 10, 60, "b", 5.0) == []  # a lives: its claims hold
+    await _silence(sessions, "a", 6.0)
+    taken = await store.claim(sessions, 10, 60, "b", 5.0)
+    assert [c.id for c in taken] == [c.id for c in held] and {c.token for c in taken}.isdisjoint(c.token for c in held)
+    # a comes back and reports what it sent: the rows are b's now, nothing of a's is written.
+    await store.record(
+        sessions, [store.Outcome(c.id, c.subscription_id, c.token, "delivered", 204, None) for c in held]
+    )
+    await store.release(sessions, [(c.id, c.token) for c in held])
+    rows = await _rows(sessions, "SELECT state, claim_worker, attempts FROM hub_deliveries")
+    assert rows == [("pending", "b", 0)] * 3
+    await store.record(
+        sessions, [store.Outcome(c.id, c.subscription_id, c.token, "delivered", 204, None) for c in taken]
+    )
+    assert (
+        await _rows(sessions, "SELECT state, claim_worker, attempts FROM hub_deliveries")
+        == [("delivered", None, 1)] * 3
+    )
+    # a's row goes once it holds no claim; b's stays.
+    assert await store.dead(sessions, 5.0) == []
+    assert await _rows(sessions, "SELECT id FROM hub_workers") == [("b",)]
+
+
+def _delivered(c: store.Claimed) -> store.Outcome:
+    return store.Outcome(c.id, c.subscription_id, c.token, "delivered", 204, None)
+
+
+async def test_a_claim_nobody_renews_lapses_after_its_lease_a_renewed_one_holds(make_hub, peer):
+    app, client, sessions = await _queued(make_hub, peer, 2)
+    await store.beat(sessions, "a", store.workers.node(), 1)
+    held = await store.claim(sessions, 10, 0.3, "a", 5.0)
+    assert len(held) == 2
+    await store.renew(sessions, [(held[0].id, held[0].token)], 60)
+    await wait_for(lambda: _claimable(sessions, "b", [held[1].id]), timeout=10)
+
+
+async def _claimable(sessions, worker, ids) -> bool:
+    return [c.id for c in await store.claim(sessions, 10, 60, worker, 5.0)] == ids
+
+
+async def test_a_restarted_process_takes_its_dead_predecessors_claims_at_start(make_hub, peer):
+    """The predecessor's heartbeat is still fresh (stale only after 50 s here), but its process is
+    gone: the new worker on the same node judges it dead at once."""
+    app, client, sessions = await _queued(make_hub, peer, 2, outbox_heartbeat=10.0)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    await store.beat(sessions, "killed", store.workers.node(), int(dead.stdout))
+    assert len(await store.claim(sessions, 10, 600, "killed", 50.0)) == 2
+    await make_hub(outbox_heartbeat=10.0)
+    await wait_for(lambda: len(peer.deliveries) == 2, timeout=20)
+    assert sorted(d.path for d in peer.deliveries) == ["/cb0", "/cb1"]
+
+
+async def test_survivors_log_a_dead_worker_once_and_deliver_its_claims(make_hub, peer, caplog):
+    app, client, sessions = await _queued(make_hub, peer, 2)
+    await store.beat(sessions, "gone-worker", "elsewhere", 4242)
+    assert len(await store.claim(sessions, 10, 600, "gone-worker", 5.0)) == 2
+    await _silence(sessions, "gone-worker", 60.0)
+    caplog.set_level(logging.INFO, logger="hub.outbox")
+    await make_hub(outbox_heartbeat=0.1)
+    await wait_for(lambda: len(peer.deliveries) == 2, timeout=20)
+    await wait_for(lambda: _no_such_worker(sessions, "gone-worker"), timeout=20)
+    said = [r.getMessage() for r in caplog.records if "gone-worker" in r.getMessage()]
+    assert len(said) == 1 and "taking over its 2 claimed deliveries" in said[0] and "http" not in said[0]
+
+
+async def _no_such_worker(sessions, worker) -> bool:
+    return not await _rows(sessions, f"SELECT id FROM hub_workers WHERE id = '{worker}'")
+
+
+async def test_a_clean_shutdown_gives_claims_back_and_removes_its_worker(make_hub, peer):
+    app, client = await make_hub()
+    sessions = app.state.hub.services.sessions
+    await wait_for(lambda: _rows_exist(sessions, "SELECT id FROM hub_workers"))
+    ((worker,),) = await _rows(sessions, "SELECT id FROM hub_workers")
+    assert worker == app.state.hub.outbox.worker
+    app.state.hub.outbox.close()
+    await wait_for(lambda: _no_workers(sessions))
+
+
+async def _rows_exist(sessions, sql) -> bool:
+    return bool(await _rows(sessions, sql))
+
+
+async def test_outcomes_past_the_bound_lapse_and_are_sent_again(make_hub, peer, monkeypatch, caplog):
+    app, client = await make_hub(delivery_claim_seconds=1.0)
+    for i in range(4):
+        await subscribe(client, peer, TOPIC, f"{SUB}/cb{i}")
+    app.state.hub.outbox.max_unrecorded = 2
+    calls = flaky(monkeypatch, "record", 6)
+    await publish(client)
+    await wait_for(lambda: calls[0] > 6, timeout=30)
+    # Nothing is lost: those whose outcome was forgotten lapse and go again.
+    await wait_for(lambda: _all_delivered(app.state.hub.services.sessions, 4), timeout=30)
+    assert {d.path for d in peer.deliveries} == {f"/cb{i}" for i in range(4)}
+    assert any("could not be recorded and are forgotten" in r.getMessage() for r in caplog.records)
+
+
+async def _all_delivered(sessions, n) -> bool:
+    return await _rows(sessions, "SELECT state FROM hub_deliveries") == [("delivered",)] * n
