@@ -239,8 +239,9 @@ class Outbox:
                     # A restart on the same node: the predecessor's process is gone, so its claims
                     # need not wait for its heartbeat to go stale.
                     gone = await store.judge_node(sessions, self._node, self.worker)
-                    if gone:
-                        logger.info("outbox workers %s of this node are gone; taking their claims over", gone)
+                    for worker in gone:
+                        self._reported.add(worker)
+                        logger.warning("outbox worker %s of this node is gone; taking its claims over", worker)
                     judged = True
                 await store.beat(sessions, self.worker, self._node, os.getpid())
                 self._beat_at = time.monotonic()
