@@ -48,7 +48,7 @@ def flaky(monkeypatch, name: str, failures: int) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize("name", ["payloads", "claim", "record"])
+@pytest.mark.parametrize("name", ["payloads", "claim", "record", "beat"])
 async def test_a_database_error_in_the_outbox_is_retried_and_ends_nothing(make_hub, peer, monkeypatch, name):
     app, client = await make_hub()
     await subscribe(client, peer, TOPIC, SUB + "/cb")
