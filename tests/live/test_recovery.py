@@ -68,7 +68,8 @@ def launch(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
         log = Path(tempfile.mkstemp(dir=tmp_path, suffix=".log")[1])
         with log.open("wb") as out:
             popen = subprocess.Popen(
-                [REVERSEHUB, "serve", "--port", str(port), "--log-level", "warning", "--allow-private-networks", *flags],
+                [REVERSEHUB, "serve", "--port", str(port), "--log-level", "warning", "--allow-private-networks"]
+                + list(flags),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
