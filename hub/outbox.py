@@ -178,7 +178,7 @@ class Outbox:
                 except Exception:
                     failures += 1
                     self._failed("claiming deliveries", failures)
-                    await anyio.sleep(backoff(failures, RETRY_BASE, RETRY_MAX))
+                    await self._pause(backoff(failures, RETRY_BASE, RETRY_MAX))
                     continue
                 if failures:
                     logger.info("claiming deliveries works again")
@@ -202,7 +202,7 @@ class Outbox:
             logger.warning("loading payloads failed; giving %d claims back", len(rows), exc_info=True)
             self._giveback.extend((r.id, r.token) for r in rows)
             self._flush.set()
-            await anyio.sleep(backoff(1, RETRY_BASE, RETRY_MAX))
+            await self._pause(backoff(1, RETRY_BASE, RETRY_MAX))
             return
         for host, row in interleave((self._host_key(r.callback), r) for r in rows):
             if not host or self._host_load[host] < self.host_backlog:
@@ -216,6 +216,11 @@ class Outbox:
                 self._deferred.append((row.id, row.token))
         if self._deferred:
             self._flush.set()
+
+    async def _pause(self, seconds: float) -> None:
+        """Back off, but not past a wake-up: close() must not wait out a backoff."""
+        with anyio.move_on_after(seconds):
+            await self._wake.wait()
 
     def _failed(self, what: str, failures: int) -> None:
         """Log a failed database call: in full the first time, quietly while it keeps failing."""
