@@ -10,6 +10,7 @@ servers; each reports what it received, so the test counts lost deliveries (must
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -164,16 +165,16 @@ async def fan_out(
     return {(f"/cb/{i}", f"u{u}".encode()) for i in range(n) for u in range(updates)}
 
 
-def report(name: str, subs: Subscribers, expected: set[tuple[str, bytes]], at_kill: int, seconds: float) -> None:
+def report(name: str, subs: Subscribers, expected: set[tuple[str, bytes]], at_fault: int, seconds: float) -> None:
     got = {(path, body) for path, body, _ in subs.got}
     lost = len(expected - got)
     duplicates = len(subs.got) - len(got)
     print(
-        f"\n{name}: {len(expected)} deliveries, SIGKILL after {at_kill}; lost {lost}, duplicates {duplicates}, "
-        f"everything delivered {seconds:.1f} s after the restart/kill"
+        f"\n{name}: {len(expected)} deliveries, fault after {at_fault}; lost {lost}, duplicates {duplicates}, "
+        f"everything delivered {seconds:.1f} s after the restart/kill/database's return"
     )
     assert lost == 0
-    assert at_kill < len(expected), "the fan-out finished before the kill"
+    assert at_fault < len(expected), "the fan-out finished before the fault"
     # A duplicate carries the webhook-id of the first copy: subscribers can drop it.
     ids: dict[tuple[str, bytes], set[str]] = {}
     for path, body, msg_id in subs.got:
@@ -251,3 +252,114 @@ async def test_postgres_three_processes_one_sigkilled_the_survivors_deliver_ever
     report("PostgreSQL + Redis, 3 processes", subs, expected, at_kill, seconds)
     assert in_order(subs)
     assert seconds <= SURVIVORS_BOUND
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@dataclass
+class OwnPostgres:
+    """A PostgreSQL server of this test's own (never the shared one): it may be stopped."""
+
+    data: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-w", *args],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+    def start(self) -> None:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.data} -c fsync=off"
+        self._ctl("-o", options, "-l", str(self.data / "log"), "start")
+
+    def stop(self) -> None:
+        self._ctl("-m", "fast", "stop")
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[OwnPostgres]:
+    if not (PG_BIN / "initdb").exists():
+        from tests.support import unavailable
+
+        unavailable(f"PostgreSQL binaries not found in {PG_BIN}")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "pg"
+        data.mkdir()
+        shutil.chown(tmp, "postgres")
+        shutil.chown(data, "postgres")
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(PG_BIN / "initdb"),
+                "-D",
+                str(data),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        server = OwnPostgres(data, free_port())
+        server.start()
+        try:
+            yield server
+        finally:
+            try:
+                server.stop()
+            except subprocess.CalledProcessError:
+                pass  # already stopped
+
+
+@pytest.mark.postgres
+async def test_postgres_away_for_10s_mid_fan_out_the_outbox_resumes_and_loses_nothing(
+    launch: Callable[..., Proc], subscribers: tuple[Subscribers, list[str]], own_postgres: OwnPostgres
+) -> None:
+    subs, bases = subscribers
+    n, updates = 100, 10
+    async with pgdb.scratch_database(own_postgres.url, migrate=True) as database:
+        proc = launch("--database-url", database)
+        try:
+            async with httpx.AsyncClient(timeout=30) as client:
+                await wait_for(lambda: healthy(client, proc), timeout=60)
+                expected = await fan_out(client, [proc], subs, bases, n, updates)
+                await wait_for(lambda: subs.unique() >= len(expected) // 10, timeout=60)
+                own_postgres.stop()
+                at_stop = subs.unique()
+                await anyio.sleep(10)
+                assert proc.alive(), proc.output()
+                own_postgres.start()
+                back_at = time.monotonic()
+                await wait_for(lambda: subs.unique() == len(expected), timeout=60, interval=0.05)
+                seconds = time.monotonic() - back_at
+                assert proc.alive(), proc.output()
+                # And it goes on: a publish after the outage reaches everyone.
+                r = await client.post(
+                    proc.base + "/publish",
+                    params={"hub.topic": TOPIC},
+                    content=f"u{updates}".encode(),  # the next in order
+                    headers={"Content-Type": "text/plain"},
+                )
+                assert r.status_code == 204, r.text
+                await wait_for(
+                    lambda: sum(1 for _, body, _ in subs.got if body == f"u{updates}".encode()) >= n, timeout=30
+                )
+        finally:
+            if proc.alive():
+                proc.popen.terminate()
+                proc.popen.wait(20)
+    report("PostgreSQL away for 10 s", subs, expected, at_stop, seconds)
+    assert in_order(subs)
