@@ -264,11 +264,13 @@ class Outbox:
             await anyio.sleep(period)
 
     async def _renew(self) -> None:
-        """Extend the lease of claims held for half of it (a send queued behind a slow host, an
-        outcome the database did not take): a live worker's claim never lapses under it."""
+        """Extend the lease of claims held for half of it, or that would lapse before three more
+        heartbeats (a send queued behind a slow host, a slow callback, an outcome the database did
+        not take yet): a live worker's claim never lapses under it."""
         lease = self.settings.delivery_claim_seconds
+        due = min(lease / 2, lease - 3 * self.settings.outbox_heartbeat)
         now = time.monotonic()
-        old = [(i, token) for i, (token, since) in self._held.items() if now - since > lease / 2]
+        old = [(i, token) for i, (token, since) in self._held.items() if now - since > due]
         if old:
             await store.renew(self.services.sessions, old, lease)
             for i, token in old:
@@ -463,14 +465,18 @@ class Outbox:
         if self._write_failures:
             logger.info("delivery outcomes recorded again after %d failures", self._write_failures)
         self._write_failures = 0
-        for o in batch:
-            self._held.pop(o.id, None)
-        for i, _ in giveback:
-            self._held.pop(i, None)
-        for i, _ in deferred:
-            self._held.pop(i, None)
+        self._forget([(o.id, o.token) for o in batch])
+        self._forget(giveback)
+        self._forget(deferred)
         self._wake.set()
         return True
+
+    def _forget(self, claims: Iterable[tuple[int, str]]) -> None:
+        """These claims are settled or given up: no longer held, never renewed. A row claimed again
+        since (a retry that fell due) is held under its new token and stays."""
+        for i, token in claims:
+            if self._held.get(i, (None,))[0] == token:
+                del self._held[i]
 
     def _bound_unrecorded(self) -> None:
         """Past the bound, forget the oldest unwritten outcomes: their claims lapse after the lease
@@ -483,10 +489,8 @@ class Outbox:
         rest = over - len(dropped)
         released = self._giveback[:rest]
         del self._giveback[:rest]
-        for o in dropped:
-            self._held.pop(o.id, None)
-        for i, _ in released:
-            self._held.pop(i, None)
+        self._forget([(o.id, o.token) for o in dropped])
+        self._forget(released)
         logger.warning(
             "%d delivery outcomes could not be recorded and are forgotten; their claims lapse in %.0f s "
             "and those deliveries are sent again",

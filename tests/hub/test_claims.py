@@ -10,13 +10,21 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import time
 
+import anyio
+import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
 
 from hub import store
-from tests.hub.conftest import SUB, subscribe
+from tests.hub.conftest import SUB, hub_settings, subscribe
+from tests.hub.peers import form
 from tests.support import wait_for
 
 pytestmark = pytest.mark.anyio
@@ -194,3 +202,27 @@ async def test_outcomes_past_the_bound_lapse_and_are_sent_again(make_hub, peer, 
 
 async def _all_delivered(sessions, n) -> bool:
     return await _rows(sessions, "SELECT state FROM hub_deliveries") == [("delivered",)] * n
+
+
+async def test_a_send_that_outlasts_the_lease_keeps_its_claim_while_its_worker_lives(make_app):
+    """Two workers on one database; a callback slower than the lease: the worker sending it renews
+    the lease, so the other never takes the row over (without renewal it would send it again)."""
+    posts: list[float] = []
+
+    async def slow_callback(request: Request) -> Response:
+        if request.method == "GET":  # intent verification, or the topic's baseline fetch
+            return PlainTextResponse(request.query_params.get("hub.challenge", ""))
+        posts.append(time.monotonic())
+        await anyio.sleep(3.0)
+        return Response(status_code=204)
+
+    transport = httpx.ASGITransport(app=Starlette(routes=[Route("/{p:path}", slow_callback, methods=["GET", "POST"])]))
+    fast = {"delivery_claim_seconds": 1.5, "outbox_heartbeat": 0.2, "delivery_timeout": 10.0}
+    app, client = await make_app(transport=transport, **hub_settings(**fast))
+    await make_app(transport=transport, **hub_settings(**fast))
+    r = await client.post("/hub", data=form(mode="subscribe", topic=TOPIC, callback=SUB + "/slow"))
+    assert r.status_code == 202
+    await wait_for(lambda: _rows_exist(app.state.hub.services.sessions, "SELECT id FROM hub_subscriptions"))
+    await publish(client)
+    await wait_for(lambda: _all_delivered(app.state.hub.services.sessions, 1), timeout=20)
+    assert len(posts) == 1
