@@ -236,18 +236,16 @@ class Outbox:
         are written only while their claims still hold, :func:`hub.store.record`)."""
         sessions = self.services.sessions
         period = self.settings.outbox_heartbeat
-        judged = False
         failures = 0
         while True:
             try:
-                if not judged:
-                    # A restart on the same node: the predecessor's process is gone, so its claims
-                    # need not wait for its heartbeat to go stale.
-                    gone = await store.judge_node(sessions, self._node, self.worker)
-                    for worker in gone:
+                # A restart on the same node (or a sibling of --workers killed): the process is
+                # gone, so its claims need not wait for its heartbeat to go stale. First, before
+                # this worker's first claim.
+                for worker in await store.judge_node(sessions, self._node, self.worker):
+                    if worker not in self._reported:
                         self._reported.add(worker)
                         logger.warning("outbox worker %s of this node is gone; taking its claims over", worker)
-                    judged = True
                 await store.beat(sessions, self.worker, self._node, os.getpid())
                 self._beat_at = time.monotonic()
                 self._wake.set()  # the first beat lets the dispatcher claim

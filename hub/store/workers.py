@@ -2,9 +2,10 @@
 
 A worker renews ``heartbeat_at`` every ``outbox_heartbeat`` seconds while it runs. Once its
 heartbeat is older than the staleness bound, anyone's claim query takes its claims over
-(:func:`hub.store.deliveries.claim`); a worker restarted on the same node judges its predecessors
-at once by their process ids (:func:`judge_node`). Heartbeats are written and judged with the
-database's clock: processes on several hosts must agree on what "stale" means.
+(:func:`hub.store.deliveries.claim`); workers on the same node judge each other at once by their
+process ids (:func:`judge_node`): a restart after a kill takes its predecessor's claims at start.
+Heartbeats are written and judged with the database's clock: processes on several hosts must agree
+on what "stale" means.
 """
 
 from __future__ import annotations
@@ -82,12 +83,18 @@ async def judge_node(
     me: str,
     alive: Callable[[int], bool] = pid_alive,
 ) -> list[str]:
-    """Mark dead, at once, the workers of this node whose process is gone (a restart after a kill):
-    their claims need not wait out the staleness bound. Returns their ids."""
-    async with writing(sessions) as s:
-        rows = (await s.execute(select(Worker.id, Worker.pid).where(Worker.node == node_name, Worker.id != me))).all()
-        gone = [worker for worker, pid in rows if not alive(pid)]
-        if gone:
+    """Mark dead, at once, the workers of this node whose process is gone (a restart after a kill,
+    a sibling of ``--workers`` killed): their claims need not wait out the staleness bound. Returns
+    their ids. Reads only, unless one is gone: it runs at every heartbeat."""
+    async with sessions() as s:
+        rows = (
+            await s.execute(
+                select(Worker.id, Worker.pid).where(Worker.node == node_name, Worker.id != me, Worker.heartbeat_at > 0)
+            )
+        ).all()
+    gone = [worker for worker, pid in rows if not alive(pid)]
+    if gone:
+        async with writing(sessions) as s:
             await s.execute(update(Worker).where(Worker.id.in_(gone)).values(heartbeat_at=literal(0.0)))
     return gone
 
@@ -105,7 +112,7 @@ class DeadWorker:
 
 async def dead(sessions: async_sessionmaker[AsyncSession], stale_seconds: float) -> list[DeadWorker]:
     """The dead workers that still hold claims; dead ones that hold none are removed."""
-    async with writing(sessions) as s:
+    async with sessions() as s:
         now = db_now(s)
         held = (
             select(func.count())
@@ -123,8 +130,9 @@ async def dead(sessions: async_sessionmaker[AsyncSession], stale_seconds: float)
                 )
             )
         ).all()
-        empty = [row[0] for row in rows if not row[4]]
-        if empty:
+    empty = [row[0] for row in rows if not row[4]]
+    if empty:
+        async with writing(sessions) as s:
             # Again in the statement: a claim recorded meanwhile keeps its worker's row.
             await s.execute(
                 delete(Worker).where(

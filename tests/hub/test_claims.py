@@ -226,3 +226,23 @@ async def test_a_send_that_outlasts_the_lease_keeps_its_claim_while_its_worker_l
     await publish(client)
     await wait_for(lambda: _all_delivered(app.state.hub.services.sessions, 1), timeout=20)
     assert len(posts) == 1
+
+
+async def test_a_killed_sibling_on_the_same_node_is_judged_at_once_without_a_restart(make_hub, peer):
+    """A worker of this node holds claims; its process is killed while its heartbeat is still fresh
+    (stale only after 15 s here): the running worker takes them over at its next heartbeat."""
+    app, client, sessions = await _queued(make_hub, peer, 2, outbox_heartbeat=3.0)
+    sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        await store.beat(sessions, "sibling", store.workers.node(), sibling.pid)
+        assert len(await store.claim(sessions, 10, 600, "sibling", 15.0)) == 2
+        app2, _ = await make_hub(outbox_heartbeat=3.0)
+        worker = app2.state.hub.outbox.worker
+        await wait_for(lambda: _rows_exist(sessions, f"SELECT id FROM hub_workers WHERE id = '{worker}'"))
+        assert peer.deliveries == []  # the sibling lives: its claims hold
+        sibling.kill()
+        sibling.wait()
+        await wait_for(lambda: len(peer.deliveries) == 2, timeout=10)
+    finally:
+        sibling.kill()
+        sibling.wait()
