@@ -11,6 +11,7 @@ on what "stale" means.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,14 +27,22 @@ from hub.store._sql import dialect, writing
 
 
 def node() -> str:
-    """This process's node: the host name, and the PID namespace where there is one (two containers
-    may share a host name, never a PID namespace), so that a process id means one process."""
-    name = socket.gethostname()
+    """This process's node: where a process id names one process. The host name, the boot id (two
+    hosts may share a host name, never a boot) and the PID namespace (containers of one host share
+    its boot, never a PID namespace)."""
+    parts = [socket.gethostname()]
     try:
-        name += f"/{os.stat('/proc/self/ns/pid').st_ino}"
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            parts.append(f.read().strip())
+    except OSError:
+        # Without a boot id a process id may name a process of another host: a node of its own,
+        # so that no one judges this worker by its pid (its heartbeat alone tells).
+        parts.append(secrets.token_hex(8))
+    try:
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
     except OSError:
         pass
-    return name[:255]
+    return "/".join(parts)[:255]
 
 
 def pid_alive(pid: int) -> bool:
