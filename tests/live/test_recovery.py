@@ -42,6 +42,17 @@ SERVERS = 4  # callback servers: the hub's per-host bound applies to each
 # or of the kill (three processes on PostgreSQL + Redis).
 RESTART_BOUND = 10.0
 SURVIVORS_BOUND = 15.0
+# `reversehub serve` as if on a host of its own: processes of one node judge each other's deaths by
+# their pids at once, processes on other hosts only by a stale heartbeat. This is the command line
+# of the `reversehub` script, with a node name of its own.
+AS_OWN_HOST = """
+import os, sys
+import hub.store.workers
+hub.store.workers.node = lambda: f"host-of-pid-{os.getpid()}"
+from reversehub.server.cli import main
+sys.argv[0] = "reversehub"
+main(prog_name="reversehub")
+"""
 
 
 @dataclass
@@ -61,15 +72,17 @@ class Proc:
 
 @pytest.fixture
 def launch(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
-    """``launch(*flags)`` starts ``reversehub serve`` on a free port; every process is gone after the test."""
+    """``launch(*flags, own_host=False)`` starts ``reversehub serve`` on a free port; every process is
+    gone after the test. ``own_host``: as if on a host of its own (see :data:`AS_OWN_HOST`)."""
     procs: list[Proc] = []
 
-    def start(*flags: str) -> Proc:
+    def start(*flags: str, own_host: bool = False) -> Proc:
         port = free_port()
         log = Path(tempfile.mkstemp(dir=tmp_path, suffix=".log")[1])
+        command = [sys.executable, "-c", AS_OWN_HOST] if own_host else [REVERSEHUB]
         with log.open("wb") as out:
             popen = subprocess.Popen(
-                [REVERSEHUB, "serve", "--port", str(port), "--log-level", "warning", "--allow-private-networks"]
+                [*command, "serve", "--port", str(port), "--log-level", "warning", "--allow-private-networks"]
                 + list(flags),
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -220,15 +233,23 @@ async def test_sqlite_sigkill_mid_fan_out_then_restart_delivers_everything_withi
 
 @pytest.mark.postgres
 @pytest.mark.redis
+@pytest.mark.parametrize("hosts", ["one host", "three hosts"])
 async def test_postgres_three_processes_one_sigkilled_the_survivors_deliver_everything_within_15s(
-    launch: Callable[..., Proc], subscribers: tuple[Subscribers, list[str]], postgres_url: str, redis_url: str
+    launch: Callable[..., Proc],
+    subscribers: tuple[Subscribers, list[str]],
+    postgres_url: str,
+    redis_url: str,
+    hosts: str,
 ) -> None:
+    """On one host the survivors see at once that the victim's process is gone; on three hosts
+    (emulated) they wait for its heartbeat to go stale (5 s)."""
     subs, bases = subscribers
     n, updates = 200, 20
     sep = "&" if "?" in redis_url else "?"
     broker = f"{redis_url}{sep}prefix=reversehub-recovery-{uuid.uuid4().hex[:12]}:"
     async with pgdb.scratch_database(postgres_url, migrate=True) as database:
-        procs = [launch("--database-url", database, "--redis-url", broker) for _ in range(3)]
+        own_host = hosts == "three hosts"
+        procs = [launch("--database-url", database, "--redis-url", broker, own_host=own_host) for _ in range(3)]
         try:
             async with httpx.AsyncClient(timeout=30) as client:
                 for proc in procs:
@@ -249,7 +270,7 @@ async def test_postgres_three_processes_one_sigkilled_the_survivors_deliver_ever
                 if proc.alive():
                     proc.popen.terminate()
                     proc.popen.wait(20)
-    report("PostgreSQL + Redis, 3 processes", subs, expected, at_kill, seconds)
+    report(f"PostgreSQL + Redis, 3 processes on {hosts}", subs, expected, at_kill, seconds)
     assert in_order(subs)
     assert seconds <= SURVIVORS_BOUND
 
