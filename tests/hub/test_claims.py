@@ -246,3 +246,24 @@ async def test_a_killed_sibling_on_the_same_node_is_judged_at_once_without_a_res
     finally:
         sibling.kill()
         sibling.wait()
+
+
+async def test_claims_a_saturated_host_cannot_take_are_given_back_and_sent_later(make_hub, peer, monkeypatch):
+    app, client = await make_hub()
+    outbox = app.state.hub.outbox
+    deferred: list[int] = []
+    release = store.release
+
+    async def counted(sessions, held, until=None):
+        if until is not None:
+            deferred.extend(i for i, _ in held)
+        await release(sessions, held, until)
+
+    monkeypatch.setattr(store, "release", counted)
+    for i in range(5):
+        await subscribe(client, peer, TOPIC, f"{SUB}/cb{i}")
+    outbox.host_backlog, outbox.max_queued = 1, 0  # one delivery to the host at a time, none waits here
+    await publish(client)
+    await wait_for(lambda: _all_delivered(app.state.hub.services.sessions, 5), timeout=20)
+    assert sorted(d.path for d in peer.deliveries) == [f"/cb{i}" for i in range(5)]
+    assert deferred and not outbox._held
