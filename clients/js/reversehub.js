@@ -349,9 +349,11 @@ class SavedState {
     if (!storage) throw new Error("reversehub: a durable subscription needs localStorage (or the storage option)");
     this.storage = storage;
     this.key = key;
+    this.kept = {};
   }
 
   load() {
+    this.kept = {};
     const raw = this.storage.getItem(this.key);
     if (raw === null) return null;
     let value = null;
@@ -360,12 +362,13 @@ class SavedState {
     if (!value || value.version !== STATE_VERSION) {
       throw new Error(`reversehub: storage key "${this.key}" holds something other than a subscription's state`);
     }
+    this.kept = value; // fields a newer writer added stay as they are
     return value;
   }
 
   save(value) {
     try {
-      this.storage.setItem(this.key, JSON.stringify({ version: STATE_VERSION, ...value }));
+      this.storage.setItem(this.key, JSON.stringify({ ...this.kept, version: STATE_VERSION, ...value }));
     } catch (e) {
       console.error(`reversehub: could not save the subscription state "${this.key}"`, e);
     }
@@ -395,7 +398,7 @@ async function exclusive(name, timeoutMs) {
 // ---- Subscription ------------------------------------------------------------------------------
 
 const MAX_HELD = 1000; // updates held ahead of a gap; past it, the hub is told to retry later
-const GAP_WAIT = 2000; // ms a replay has to make progress before it is asked for again (doubling)
+const GAP_WAIT_MAX = 30000; // ms: the longest wait between two questions to the hub about a gap
 
 function sequenceOf(headers) {
   const value = headers.get("x-hub-sequence");
@@ -408,7 +411,7 @@ function sequenceOf(headers) {
  * Options: hub (else discovered), relay (else the hub's server), secret, leaseSeconds,
  * onState(state), verifyTimeout (ms, 30000), renewFraction (0.8), pollers, backoff;
  * durable subscriptions (docs/browser.md): state (a storage key), storage (localStorage),
- * onGap(first, last), lockTimeout (ms, 10000).
+ * onGap(first, last), gapWait (ms, 2000), lockTimeout (ms, 10000).
  */
 export class Subscription {
   constructor(topic, callback, options = {}) {
@@ -431,6 +434,7 @@ export class Subscription {
     this.verifyTimeout = options.verifyTimeout || 30000;
     this.renewFraction = options.renewFraction || 0.8;
     this.lockTimeout = options.lockTimeout || 10000;
+    this.gapWait = options.gapWait || 2000;
     this.options = options;
     this.state = "new";
     this.callbackUrl = null;
@@ -442,10 +446,12 @@ export class Subscription {
     this._queue = Promise.resolve();
     this._renewTimer = null;
     this._closed = false;
-    this._known = 0; // the highest sequence number the hub is known to have queued for us
+    this._known = 0; // the highest sequence number the hub is known to have given out to us
     this._held = new Map(); // seq -> update: acknowledged ahead of a gap, passed on once it is filled
-    this._progress = []; // resolvers woken when lastSeq moves
+    this._arrivals = []; // resolvers woken by every delivery
     this._filling = null;
+    this._replayTop = null; // this gap's replay covered up to here (the hub's last_seq when asked)
+    this._leaseExpiresAt = null;
     this._clockOffset = 0; // s the hub's clock is ahead of ours (its Date header): proofs use its time
     this._lastProof = 0;
     this._unlock = () => {};
@@ -464,7 +470,7 @@ export class Subscription {
     this._saved.save({
       hub: this.hub, topic: this.topic, requested_topic: this._requested, relay: this._relayUrl,
       name: this.endpoint.name, token: this.endpoint.token, secret: this.secret, callback: this.callbackUrl,
-      last_seq: this.lastSeq,
+      last_seq: this.lastSeq, lease_seconds: this.grantedLease, lease_expires_at: this._leaseExpiresAt,
     });
   }
 
@@ -521,7 +527,7 @@ export class Subscription {
     }
     if (this.durable) this._save();
     this._setState("subscribed");
-    if (this._known > this.lastSeq) this._fillGap();
+    this._fillGap();
     return this;
   }
 
@@ -538,6 +544,12 @@ export class Subscription {
       if (saved && saved.topic !== this.topic && saved.requested_topic !== this.topic) {
         throw new Error(`reversehub: state "${this.stateKey}" is a subscription to ${saved.topic}, not ${this.topic}`);
       }
+      if (saved && this.hub && saved.hub !== this.hub) {
+        throw new Error(`reversehub: state "${this.stateKey}" is a subscription at ${saved.hub}, not ${this.hub}`);
+      }
+      if (saved && this.options.secret && saved.secret !== this.options.secret) {
+        throw new Error(`reversehub: state "${this.stateKey}" holds another hub.secret than the one given`);
+      }
     } catch (e) {
       this._unlock();
       throw e;
@@ -548,12 +560,16 @@ export class Subscription {
     this.secret = saved.secret;
     this.callbackUrl = saved.callback || null;
     this.lastSeq = saved.last_seq || 0;
+    this.grantedLease = saved.lease_seconds ?? null;
+    this._leaseExpiresAt = saved.lease_expires_at ?? null;
     return saved;
   }
 
   /**
-   * Where the hub stands for a resumed subscription: what it gave up or no longer holds is
-   * reported (onGap), and what it kept but will not send by itself is replayed after subscribing.
+   * Where the hub stands for a resumed subscription, asked before its name is polled again so
+   * that no delivery is judged against a numbering that is no longer the hub's. What the hub cannot
+   * account for is reported (onGap); what it kept but will not send by itself is replayed once
+   * subscribed.
    */
   async _resumeCheck() {
     if (!this.callbackUrl) return; // closed before its first verification: nothing to resume
@@ -561,21 +577,29 @@ export class Subscription {
     try {
       status = await this._status();
     } catch (e) {
-      if (e.status === 403) {
-        // No subscription of ours at the hub (it was removed): the one made now numbers its
-        // updates from 1 again, which must not pass for duplicates.
-        if (this.lastSeq) console.warn("reversehub: the hub no longer knew this subscription; subscribing anew");
-        this.lastSeq = 0;
-      } else {
-        console.warn(`reversehub: could not ask the hub what it holds (${e.message}); gaps are filled as they show`);
+      if (e.status !== 403) {
+        console.warn(`reversehub: the hub cannot tell what was published meanwhile (${e.message}); resuming`);
+        return;
       }
+      // The hub no longer knows the subscription (removed): the one made now numbers its
+      // updates from 1 again, which must not pass for duplicates, and how many were published
+      // in between nobody can say.
+      await this._reportGap(this.lastSeq + 1, null, "the hub no longer knows this subscription");
+      this.lastSeq = 0;
       return;
     }
     if (status.last_seq < this.lastSeq) {
-      console.warn("reversehub: the hub's sequence for this subscription started again");
-      this.lastSeq = 0;
+      // Numbered anew (the subscription was removed and made again): what is pending is new to us.
+      console.warn("reversehub: the hub numbers this subscription below the saved last_seq; following it");
+      this.lastSeq = Math.max(0, status.last_seq - status.pending);
     }
-    await this._account(status);
+    if (status.state !== "active" || (status.expires_at && status.expires_at <= Date.now() / 1000)) {
+      // The hub queues nothing for an ended subscription, so it cannot say how many were missed.
+      await this._reportGap(this.lastSeq + 1, null, "the subscription's lease ran out while the page was away");
+    }
+    // Known to exist even when none of them is on its way (the tail of a gap): asked for once subscribed.
+    this._known = Math.max(this._known, status.last_seq);
+    await this._account(status, false);
   }
 
   async _subscribe(mode) {
@@ -604,6 +628,7 @@ export class Subscription {
 
   _scheduleRenewal(lease) {
     this.grantedLease = lease;
+    this._leaseExpiresAt = lease ? Date.now() / 1000 + lease : null;
     clearTimeout(this._renewTimer);
     if (lease && !this._closed) {
       this._renewTimer = setTimeout(() => this._resubscribe(), lease * 1000 * this.renewFraction);
@@ -713,6 +738,7 @@ export class Subscription {
   async _inOrder(update) {
     const seq = update.seq;
     this._known = Math.max(this._known, seq);
+    this._arrived();
     // Already handled, or already held: acknowledged, not passed on again.
     if (seq <= this.lastSeq || this._held.has(seq)) return text(204);
     if (seq > this.lastSeq + 1) {
@@ -740,8 +766,12 @@ export class Subscription {
     this.lastSeq = seq;
     this._remember(id);
     this._save();
-    const waiting = this._progress;
-    this._progress = [];
+    this._arrived();
+  }
+
+  _arrived() {
+    const waiting = this._arrivals;
+    this._arrivals = [];
     for (const wake of waiting) wake(true);
   }
 
@@ -755,6 +785,7 @@ export class Subscription {
       } catch (e) {
         // The hub counts it delivered: only a replay brings it back.
         console.error("reversehub: callback failed on a held update; asking the hub to send it again", e);
+        this._replayTop = null;
         this._fillGap();
         return;
       }
@@ -763,63 +794,87 @@ export class Subscription {
   }
 
   /**
-   * Apply what /hub/status says, in delivery order (through _serially): what the hub no longer
-   * holds after lastSeq is reported to onGap and skipped, and what it gave up sending is known to
-   * exist, for a replay to bring.
+   * Apply what /hub/status says, in delivery order (through _serially). Lost, reported to onGap
+   * and skipped: what lies below the oldest delivery the hub still holds (pruned), and, once a
+   * replay was asked for this gap and the hub has nothing pending, what that replay covered and
+   * still did not bring (skipped or pruned: everything it kept has reached us).
    */
-  async _account(status) {
+  async _account(status, replayed) {
     if (status.pending === 0) this._known = Math.max(this._known, status.last_seq);
     const oldest = status.oldest_retained_seq;
     // Pending deliveries are always retained: nothing retained means everything sent is gone.
     let lost = oldest === null || oldest === undefined ? status.last_seq : oldest - 1;
+    if (replayed && status.pending === 0 && this._replayTop !== null) lost = Math.max(lost, this._replayTop);
     if (this._held.size) lost = Math.min(lost, Math.min(...this._held.keys()) - 1);
     if (lost <= this.lastSeq) return;
     const first = this.lastSeq + 1;
     this._advance(lost);
-    if (this.onGap) {
-      try { await this.onGap(first, lost); } catch (e) { console.error("reversehub: onGap failed", e); }
-    } else {
-      console.warn(`reversehub: updates ${first}..${lost} are no longer held by the hub and were lost`);
-    }
+    await this._reportGap(first, lost);
     await this._drainHeld();
   }
 
+  /** Tell the application of updates it will never get: onGap(first, last), or a warning. */
+  async _reportGap(first, last, reason = "the hub no longer holds them") {
+    const range = last === null ? `${first} and after (how many is unknown)` : `${first}..${last}`;
+    if (!this.onGap) {
+      console.warn(`reversehub: updates ${range} of ${this.topic} are lost: ${reason}`);
+      return;
+    }
+    try { await this.onGap(first, last); } catch (e) { console.error("reversehub: onGap failed", e); }
+  }
+
+  _gapOpen() {
+    return this._held.size > 0 || this._known > this.lastSeq;
+  }
+
   /**
-   * Fill the gap between lastSeq and the highest sequence number known: report what the hub no
-   * longer holds, replay the rest, and ask again (backing off) while a replay makes no progress.
+   * Fill the gap after lastSeq: one replay after lastSeq per gap, then ask the hub until it has
+   * nothing pending; what is then still missing is reported (_account). The hub sends a
+   * subscription's deliveries one at a time in order, so a number that jumps means the ones in
+   * between are not on their way by themselves.
    */
   _fillGap() {
-    if (this._filling || this._closed) return;
+    if (this._filling || this._closed || !this._gapOpen()) return;
     this._filling = (async () => {
-      let wait = GAP_WAIT;
-      while (!this._closed && this._known > this.lastSeq) {
-        const before = this.lastSeq;
+      let wait = this.gapWait;
+      while (!this._closed && this._gapOpen()) {
         try {
           const status = await this._status();
-          await this._serially(() => this._account(status));
-          if (this._known > this.lastSeq) await this._replay(this.lastSeq);
+          await this._serially(() => this._account(status, true));
+          if (!this._gapOpen()) break;
+          if (this._replayTop === null || this.lastSeq >= this._replayTop) {
+            this._replayTop = status.last_seq;
+            await this._replay(this.lastSeq);
+            await this._quiet(this.gapWait);
+          } else {
+            // Replayed, and the hub still has some pending (or in its backoff): not lost, ask later.
+            await this._quiet(wait);
+            wait = Math.min(wait * 2, GAP_WAIT_MAX);
+          }
         } catch (e) {
           if (this._closed) break;
-          console.warn(`reversehub: could not fill a gap in the updates (${e.message}); trying again`);
-          if (e.retryAfter) wait = Math.max(wait, e.retryAfter * 1000);
+          console.warn(`reversehub: could not ask the hub about missing updates (${e.message}); trying again`);
+          await this._quiet(Math.max(wait, (e.retryAfter || 0) * 1000));
+          wait = Math.min(wait * 2, GAP_WAIT_MAX);
         }
-        while (this._known > this.lastSeq && (await this._progressWithin(wait)));
-        wait = this.lastSeq === before ? Math.min(wait * 2, 30000) : GAP_WAIT;
       }
+      this._replayTop = null;
     })().finally(() => { this._filling = null; });
   }
 
-  /** True when lastSeq moves within `ms`, false when it does not (or the subscription stops). */
-  _progressWithin(ms) {
-    if (this._closed) return Promise.resolve(false);
-    return new Promise((resolve) => {
-      const wake = (moved) => { clearTimeout(timer); resolve(moved); };
-      const timer = setTimeout(() => {
-        this._progress = this._progress.filter((w) => w !== wake);
-        resolve(false);
-      }, ms);
-      this._progress.push(wake);
-    });
+  /** Wait until no delivery arrived for `ms` (or the gap closed, or the subscription stopped). */
+  async _quiet(ms) {
+    while (!this._closed && this._gapOpen()) {
+      const arrived = await new Promise((resolve) => {
+        const wake = (value) => { clearTimeout(timer); resolve(value); };
+        const timer = setTimeout(() => {
+          this._arrivals = this._arrivals.filter((w) => w !== wake);
+          resolve(false);
+        }, ms);
+        this._arrivals.push(wake);
+      });
+      if (!arrived) return;
+    }
   }
 
   /**

@@ -249,3 +249,25 @@ async def test_a_gap_beyond_what_the_hub_holds_is_reported(browser: Any, databas
         assert (await saved_state(page) or {})["last_seq"] == 4
         await page.evaluate("() => window.sub.unsubscribe()")
     await context.close()
+
+
+async def test_updates_the_hub_skipped_are_reported_in_their_place(browser: Any, database_url: str) -> None:
+    context = await browser.new_context()
+    # Two pending deliveries at most: the hub numbers the rest and skips them (its status says so).
+    async with serving(database_url, max_pending_per_subscription=2) as url:
+        topic = f"{url}/topics/browser-skipped"
+        page = await open_subscribed(context, url, topic)
+        await publish(url, topic, "kept")
+        assert await got(page, 1) == ["kept"]
+        await page.close()
+        await publish(url, topic, "p2", "p3", "p4", "p5", "p6")  # 2 and 3 queued, 4 to 6 skipped
+
+        page = await open_subscribed(context, url, topic)
+        assert await got(page, 2) == ["p2", "p3"]
+        await page.wait_for_function("() => window.gaps.length > 0", timeout=20000)
+        assert await page.evaluate("() => window.gaps") == [[4, 6]]
+        await publish(url, topic, "later")
+        assert await got(page, 3) == ["p2", "p3", "later"]
+        assert (await saved_state(page) or {})["last_seq"] == 7
+        await page.evaluate("() => window.sub.unsubscribe()")
+    await context.close()
