@@ -416,6 +416,7 @@ function sequenceOf(headers) {
 export class Subscription {
   constructor(topic, callback, options = {}) {
     this.topic = topic;
+    this._requested = topic; // as the application names it; discovery may find another (rel="self")
     this.callback = callback;
     this.hub = options.hub ? new URL(options.hub, globalThis.location?.href).href : null;
     this.relay = options.relay || null;
@@ -476,12 +477,16 @@ export class Subscription {
 
   async start() {
     const resumed = this.durable ? await this._restore() : null;
-    this._requested = this.topic;
     if (!this.hub) {
       this._setState("discovering");
-      const found = await discover(this.topic);
-      this.hub = found.hub;
-      this.topic = found.topic;
+      try {
+        const found = await discover(this.topic);
+        this.hub = found.hub;
+        this.topic = found.topic;
+      } catch (e) {
+        this._unlock();
+        throw e;
+      }
     }
     this._relayUrl = this.relay || resumed?.relay || new URL("reversehttp", this.hub).href;
     this.endpoint = new Endpoint(this._relayUrl, (req) => this._onRequest(req), {
@@ -557,6 +562,7 @@ export class Subscription {
     if (!saved) return null;
     this.hub = saved.hub;
     this.topic = saved.topic;
+    this._requested = saved.requested_topic || this._requested;
     this.secret = saved.secret;
     this.callbackUrl = saved.callback || null;
     this.lastSeq = saved.last_seq || 0;
@@ -905,7 +911,6 @@ export class Subscription {
   /** The hub's `/hub/status` for this subscription: {last_seq, pending, oldest_retained_seq, ...}. */
   async _status() {
     for (let attempt = 0; ; attempt++) {
-      const offset = this._clockOffset;
       const { timestamp, proof } = await this._proved("status");
       const url = hubAction(this.hub, "status");
       url.search = new URLSearchParams({
@@ -914,8 +919,10 @@ export class Subscription {
       try {
         return await (await this._hubFetch(url)).json();
       } catch (e) {
-        // A 403 from a hub whose clock is far from ours: once more, on its time.
-        if (e.status === 403 && attempt === 0 && Math.abs(this._clockOffset - offset) > 60) continue;
+        // A 403 may be a proof made on a clock far from the hub's (now corrected from its Date
+        // header) or one already used (a page reloaded within the second signs the same values):
+        // only a second 403, on a fresh timestamp, says the hub does not know the subscription.
+        if (e.status === 403 && attempt === 0) continue;
         throw e;
       }
     }

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from hub.models import Delivery, DeliveryState, Subscription
 from reversehub.core import db
@@ -269,5 +269,32 @@ async def test_updates_the_hub_skipped_are_reported_in_their_place(browser: Any,
         await publish(url, topic, "later")
         assert await got(page, 3) == ["p2", "p3", "later"]
         assert (await saved_state(page) or {})["last_seq"] == 7
+        await page.evaluate("() => window.sub.unsubscribe()")
+    await context.close()
+
+
+async def test_a_subscription_the_hub_forgot_is_made_anew_and_reported(browser: Any, database_url: str) -> None:
+    context = await browser.new_context()
+    async with serving(database_url) as url:
+        topic = f"{url}/topics/browser-forgotten"
+        page = await open_subscribed(context, url, topic)
+        await publish(url, topic, "one", "two")
+        assert await got(page, 2) == ["one", "two"]
+        await page.close()
+        # Removed at the hub (as the dashboard does): its numbering is gone with it.
+        engine = db.create_engine(database_url)
+        try:
+            async with db.sessionmaker(engine)() as s, s.begin():
+                ids = select(Subscription.id).where(Subscription.topic == topic).scalar_subquery()
+                await s.execute(delete(Delivery).where(Delivery.subscription_id.in_(ids)))
+                await s.execute(delete(Subscription).where(Subscription.topic == topic))
+        finally:
+            await engine.dispose()
+
+        page = await open_subscribed(context, url, topic)
+        assert await page.evaluate("() => window.gaps") == [[3, None]]  # how many were missed: unknown
+        await publish(url, topic, "anew")  # number 1 of the new subscription: not a duplicate of "one"
+        assert await got(page, 1) == ["anew"]
+        assert len(await subscriptions_to(database_url, topic)) == 1
         await page.evaluate("() => window.sub.unsubscribe()")
     await context.close()
