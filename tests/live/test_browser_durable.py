@@ -39,9 +39,14 @@ SUBSCRIBE = """async ({ topic, key, lockTimeout }) => {
 
 
 @pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    async with chromium() as b:
-        yield b
+async def context() -> AsyncIterator[Any]:
+    """A browser context: its pages share one localStorage, as a browser's tabs on one origin do."""
+    async with chromium() as browser:
+        context = await browser.new_context()
+        try:
+            yield context
+        finally:
+            await context.close()
 
 
 @asynccontextmanager
@@ -67,6 +72,20 @@ async def open_subscribed(context: Any, url: str, topic: str) -> Any:
     callback = await page.evaluate(SUBSCRIBE, {"topic": topic, "key": KEY, "lockTimeout": 10000})
     assert callback.startswith(f"{url}/relay/js-") and errors == []
     return page
+
+
+@asynccontextmanager
+async def subscribed(
+    context: Any, database_url: str, name: str, *bodies: str, **overrides: Any
+) -> AsyncIterator[tuple[str, str, Any]]:
+    """A server (with ``overrides``), and a page of ``context`` subscribed with the state :data:`KEY`
+    to its topic ``name`` that received ``bodies``: yields (server URL, topic, page)."""
+    async with serving(database_url, **overrides) as url:
+        topic = f"{url}/topics/{name}"
+        page = await open_subscribed(context, url, topic)
+        await publish(url, topic, *bodies)
+        assert await got(page, len(bodies)) == list(bodies)
+        yield url, topic, page
 
 
 async def publish(url: str, topic: str, *bodies: str) -> None:
@@ -126,15 +145,10 @@ async def deliveries(database_url: str, topic: str, state: str | None = None) ->
 
 
 async def test_a_page_opened_again_receives_what_was_published_while_it_was_closed(
-    browser: Any, database_url: str
+    context: Any, database_url: str
 ) -> None:
-    context = await browser.new_context()
-    async with serving(database_url) as url:
-        topic = f"{url}/topics/browser-durable"
-        page = await open_subscribed(context, url, topic)
+    async with subscribed(context, database_url, "browser-durable", "first") as (url, topic, page):
         callback = await page.evaluate("() => window.sub.callbackUrl")
-        await publish(url, topic, "first")
-        assert await got(page, 1) == ["first"]
         await page.close()  # no stop(), no unsubscribe: the tab is just gone
 
         published = [f"while closed {i}" for i in range(10)]
@@ -165,16 +179,10 @@ async def test_a_page_opened_again_receives_what_was_published_while_it_was_clos
         async with httpx.AsyncClient() as http:  # the name was relinquished too
             assert (await http.get(callback)).status_code == 404
         assert await got(page, 11) == [*published, "later"]
-    await context.close()
 
 
-async def test_a_gap_is_filled_from_replay_in_order(browser: Any, database_url: str) -> None:
-    context = await browser.new_context()
-    async with serving(database_url) as url:
-        topic = f"{url}/topics/browser-replay"
-        page = await open_subscribed(context, url, topic)
-        await publish(url, topic, "a", "b")
-        assert await got(page, 2) == ["a", "b"]
+async def test_a_gap_is_filled_from_replay_in_order(context: Any, database_url: str) -> None:
+    async with subscribed(context, database_url, "browser-replay", "a", "b") as (url, topic, page):
         # stop() detaches: the hub keeps queueing for the name while nobody polls it.
         await page.evaluate("() => window.sub.stop()")
         await publish(url, topic, "c")
@@ -192,21 +200,17 @@ async def test_a_gap_is_filled_from_replay_in_order(browser: Any, database_url: 
         assert await got(page, 3) == ["b", "c", "d"]
         assert await page.evaluate("() => window.gaps") == []
         assert (await saved_state(page) or {})["last_seq"] == 4
-    await context.close()
 
 
-async def test_updates_the_hub_gave_up_are_replayed_before_later_ones(browser: Any, database_url: str) -> None:
-    context = await browser.new_context()
+async def test_updates_the_hub_gave_up_are_replayed_before_later_ones(context: Any, database_url: str) -> None:
     # The hub gives a delivery up after a second of failures, and the next one then goes out first.
-    async with serving(database_url, delivery_max_age=1.0) as url:
-        topic = f"{url}/topics/browser-given-up"
-        page = await open_subscribed(context, url, topic)
+    async with subscribed(context, database_url, "browser-given-up", "a", delivery_max_age=1.0) as (url, topic, page):
         await page.evaluate(
             "() => { const s = window.sub; const cb = s.callback; window.refuse = true;"
             " s.callback = (u) => { if (window.refuse && u.text() === 'refused') throw new Error('not now');"
             " return cb(u); }; }"
         )
-        await publish(url, topic, "a", "refused")
+        await publish(url, topic, "refused")
 
         async def given_up() -> bool:
             return await deliveries(database_url, topic, DeliveryState.FAILED) == 1
@@ -217,17 +221,11 @@ async def test_updates_the_hub_gave_up_are_replayed_before_later_ones(browser: A
         assert await got(page, 3) == ["a", "refused", "b"]
         assert await page.evaluate("() => window.gaps") == []
         await page.evaluate("() => window.sub.unsubscribe()")
-    await context.close()
 
 
-async def test_a_gap_beyond_what_the_hub_holds_is_reported(browser: Any, database_url: str) -> None:
-    context = await browser.new_context()
-    async with serving(database_url, delivery_max_age=1.0) as url:
+async def test_a_gap_beyond_what_the_hub_holds_is_reported(context: Any, database_url: str) -> None:
+    async with subscribed(context, database_url, "browser-lost", "kept", delivery_max_age=1.0) as (url, topic, page):
         port = int(url.rsplit(":", 1)[1])
-        topic = f"{url}/topics/browser-lost"
-        page = await open_subscribed(context, url, topic)
-        await publish(url, topic, "kept")
-        assert await got(page, 1) == ["kept"]
         await page.close()
         await publish(url, topic, "lost 2", "lost 3")  # given up while nobody polls the name
 
@@ -248,17 +246,15 @@ async def test_a_gap_beyond_what_the_hub_holds_is_reported(browser: Any, databas
         assert await page.evaluate("() => window.gaps") == [[2, 3]]
         assert (await saved_state(page) or {})["last_seq"] == 4
         await page.evaluate("() => window.sub.unsubscribe()")
-    await context.close()
 
 
-async def test_updates_the_hub_skipped_are_reported_in_their_place(browser: Any, database_url: str) -> None:
-    context = await browser.new_context()
+async def test_updates_the_hub_skipped_are_reported_in_their_place(context: Any, database_url: str) -> None:
     # Two pending deliveries at most: the hub numbers the rest and skips them (its status says so).
-    async with serving(database_url, max_pending_per_subscription=2) as url:
-        topic = f"{url}/topics/browser-skipped"
-        page = await open_subscribed(context, url, topic)
-        await publish(url, topic, "kept")
-        assert await got(page, 1) == ["kept"]
+    async with subscribed(context, database_url, "browser-skipped", "kept", max_pending_per_subscription=2) as (
+        url,
+        topic,
+        page,
+    ):
         await page.close()
         await publish(url, topic, "p2", "p3", "p4", "p5", "p6")  # 2 and 3 queued, 4 to 6 skipped
 
@@ -270,16 +266,10 @@ async def test_updates_the_hub_skipped_are_reported_in_their_place(browser: Any,
         assert await got(page, 3) == ["p2", "p3", "later"]
         assert (await saved_state(page) or {})["last_seq"] == 7
         await page.evaluate("() => window.sub.unsubscribe()")
-    await context.close()
 
 
-async def test_a_subscription_the_hub_forgot_is_made_anew_and_reported(browser: Any, database_url: str) -> None:
-    context = await browser.new_context()
-    async with serving(database_url) as url:
-        topic = f"{url}/topics/browser-forgotten"
-        page = await open_subscribed(context, url, topic)
-        await publish(url, topic, "one", "two")
-        assert await got(page, 2) == ["one", "two"]
+async def test_a_subscription_the_hub_forgot_is_made_anew_and_reported(context: Any, database_url: str) -> None:
+    async with subscribed(context, database_url, "browser-forgotten", "one", "two") as (url, topic, page):
         await page.close()
         # Removed at the hub (as the dashboard does): its numbering is gone with it.
         engine = db.create_engine(database_url)
@@ -297,4 +287,3 @@ async def test_a_subscription_the_hub_forgot_is_made_anew_and_reported(browser: 
         assert await got(page, 1) == ["anew"]
         assert len(await subscriptions_to(database_url, topic)) == 1
         await page.evaluate("() => window.sub.unsubscribe()")
-    await context.close()
