@@ -63,9 +63,10 @@ async def serving(database_url: str, port: int | None = None, **overrides: Any) 
         yield url
 
 
-async def open_subscribed(context: Any, url: str, topic: str) -> Any:
-    """A page of ``context`` on the server's origin, subscribed to ``topic`` with the state :data:`KEY`."""
-    page = await context.new_page()
+async def open_subscribed(context: Any, url: str, topic: str, page: Any = None) -> Any:
+    """A page of ``context`` (a new one, or ``page`` navigated back) on the server's origin,
+    subscribed to ``topic`` with the state :data:`KEY`."""
+    page = page or await context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     await page.goto(f"{url}/healthz")
@@ -255,10 +256,10 @@ async def test_updates_the_hub_skipped_are_reported_in_their_place(context: Any,
         topic,
         page,
     ):
-        await page.close()
+        await page.goto("about:blank")  # navigated away
         await publish(url, topic, "p2", "p3", "p4", "p5", "p6")  # 2 and 3 queued, 4 to 6 skipped
 
-        page = await open_subscribed(context, url, topic)
+        page = await open_subscribed(context, url, topic, page)  # and back
         assert await got(page, 2) == ["p2", "p3"]
         await page.wait_for_function("() => window.gaps.length > 0", timeout=20000)
         assert await page.evaluate("() => window.gaps") == [[4, 6]]
