@@ -605,7 +605,7 @@ export class Subscription {
     }
     // Known to exist even when none of them is on its way (the tail of a gap): asked for once subscribed.
     this._known = Math.max(this._known, status.last_seq);
-    await this._account(status, false);
+    await this._account(status);
   }
 
   async _subscribe(mode) {
@@ -805,12 +805,12 @@ export class Subscription {
    * replay was asked for this gap and the hub has nothing pending, what that replay covered and
    * still did not bring (skipped or pruned: everything it kept has reached us).
    */
-  async _account(status, replayed) {
+  async _account(status) {
     if (status.pending === 0) this._known = Math.max(this._known, status.last_seq);
     const oldest = status.oldest_retained_seq;
     // Pending deliveries are always retained: nothing retained means everything sent is gone.
     let lost = oldest === null || oldest === undefined ? status.last_seq : oldest - 1;
-    if (replayed && status.pending === 0 && this._replayTop !== null) lost = Math.max(lost, this._replayTop);
+    if (status.pending === 0 && this._replayTop !== null) lost = Math.max(lost, this._replayTop);
     if (this._held.size) lost = Math.min(lost, Math.min(...this._held.keys()) - 1);
     if (lost <= this.lastSeq) return;
     const first = this.lastSeq + 1;
@@ -846,7 +846,7 @@ export class Subscription {
       while (!this._closed && this._gapOpen()) {
         try {
           const status = await this._status();
-          await this._serially(() => this._account(status, true));
+          await this._serially(() => this._account(status));
           if (!this._gapOpen()) break;
           if (this._replayTop === null || this.lastSeq >= this._replayTop) {
             this._replayTop = status.last_seq;
