@@ -1,10 +1,10 @@
 """The request inspector: every name's last requests and their answers, for the name's owner only.
 
 Each relayed request (live, stored in a mailbox, or answered by the relay itself) becomes a
-:class:`relay.models.Exchange` row: the request as ``message/http`` and the response, each cut at
-``--inspector-max-body`` bytes, the last ``--inspector-requests`` kept per name. They are shown only
-through the private URL (``GET {private_url}/requests``), a capability only the owner holds, and a
-request kept whole can be sent again (``POST {private_url}/requests/{id}/replay``).
+:class:`relay.models.Exchange` row: the request as ``message/http`` and the response, their
+bodies cut at ``--inspector-max-body`` bytes, the last ``--inspector-requests`` kept per name. They
+are shown only through the private URL (``GET {private_url}/requests``), a capability only the owner
+holds, and a request kept whole can be sent again (``POST {private_url}/requests/{id}/replay``).
 
 Rows are written in batches by :meth:`Inspector.run`, not one per relayed request: the relay's hot
 path only appends to a bounded list, so a fan-out of thousands of deliveries costs a few
@@ -37,8 +37,12 @@ FLUSH_INTERVAL = 0.5  # seconds between two batches
 MAX_BUFFERED_BYTES = 32 * 1024 * 1024
 
 
-def _cut(data: bytes, limit: int) -> tuple[bytes, bool]:
-    return (data, False) if len(data) <= limit else (data[:limit], True)
+def _cut(data: bytes, limit: int, start: int = 0) -> tuple[bytes, bool]:
+    """The message at ``data[start:]`` with its body cut at ``limit`` bytes (the head, bounded by
+    the relay's header limits, is kept whole), and whether anything was cut."""
+    end = data.find(b"\r\n\r\n", start)
+    keep = (len(data) if end < 0 else end + 4) + limit
+    return (data[start:keep], True) if len(data) > keep else (data[start:] if start else data, False)
 
 
 def _body(data: bytes) -> dict[str, str]:
@@ -77,8 +81,7 @@ class Inspector:
             return
         newline = raw.index(b"\n")
         client = raw[:newline].partition(b" ")[2].decode("latin-1")
-        cut = len(raw) - newline - 1 > self.max_body
-        request = raw[newline + 1 : newline + 1 + self.max_body]
+        request, cut = _cut(raw, self.max_body, newline + 1)
         reply, reply_cut = _cut(response, self.max_body) if response is not None else (None, False)
         size = len(request) + (len(reply) if reply is not None else 0)
         self._buffered += size

@@ -83,7 +83,7 @@ class Exchange(Base):
     registered_at: Mapped[float] = mapped_column(Float)
     at: Mapped[float] = mapped_column(Float)
     client: Mapped[str] = mapped_column(String(64))
-    # The request as message/http, cut at --inspector-max-body bytes (then it cannot be replayed).
+    # The request as message/http, its body cut at --inspector-max-body bytes (then no replay).
     request: Mapped[bytes] = mapped_column(LargeBinary)
     request_truncated: Mapped[bool] = mapped_column(Boolean)
     status: Mapped[int] = mapped_column(Integer)

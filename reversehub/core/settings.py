@@ -65,8 +65,8 @@ class Settings:
     mailbox_max_bytes_per_name: int = 64 * MiB
     mailbox_max_bytes: int = 1024 * MiB
     mailbox_retention: float = 7 * 24 * 3600.0
-    # The request inspector (relay.inspector): the last N exchanges kept per name, each request and
-    # response cut at this many bytes.
+    # The request inspector (relay.inspector): the last N exchanges kept per name, the body of each
+    # request and response cut at this many bytes.
     inspector_requests: int = 50
     inspector_max_body: int = 64 * 1024
 
