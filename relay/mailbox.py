@@ -30,7 +30,7 @@ import secrets
 import time
 
 import anyio
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, case, delete, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
@@ -90,6 +90,8 @@ class Mailbox:
     async def store(self, reg: Reg, item: Item) -> str:
         """Store ``item`` for ``reg``, committed before returning its Location capability.
 
+        Bounds: the requests of the name still waiting for their application (count), the bytes of
+        all its rows (requests waiting, responses kept for their Location), the bytes of all rows.
         :class:`MailboxFull` (507) past the name's count or bytes, :class:`MailboxesFull` (503) past
         the total; :class:`Unavailable` (503) when the database cannot take it.
         """
@@ -100,13 +102,14 @@ class Mailbox:
             # Shielded: the row is committed or not, never left half-written by a requester who left.
             with anyio.CancelScope(shield=True):
                 async with self.sessions.begin() as session:
+                    waiting = func.count(case((Mail.state != ANSWERED, 1)))
                     count, held = (
                         await session.execute(
-                            select(func.count(), func.coalesce(func.sum(Mail.size), 0)).where(self._mine(reg))
+                            select(waiting, func.coalesce(func.sum(Mail.size), 0)).where(self._mine(reg))
                         )
                     ).one()
                     if count >= settings.mailbox_max_per_name:
-                        raise MailboxFull(f"this name's mailbox holds {count} requests, its bound")
+                        raise MailboxFull(f"this name's mailbox holds {count} waiting requests, its bound")
                     if held + size > settings.mailbox_max_bytes_per_name:
                         raise MailboxFull("this name's mailbox is at its bound of bytes")
                     total = await session.scalar(select(func.coalesce(func.sum(Mail.size), 0)))
