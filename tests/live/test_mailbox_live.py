@@ -9,11 +9,13 @@ Redis, a request stored by one process is delivered to a poller on another.
 from __future__ import annotations
 
 import os
+import pty
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
@@ -150,3 +152,45 @@ async def test_stored_by_one_process_delivered_on_another(launch, broker_url: st
         assert ack.status_code == 202
         assert (await client.get(a.base + path_of(location))).content == b"from b"
         assert (await client.get(b.base + path_of(location))).content == b"from b"
+
+
+def test_expose_mailbox_needs_a_token() -> None:
+    done = subprocess.run(
+        [REVERSEHUB, "expose", "shop", "--to", "http://127.0.0.1:9", "--mailbox"], capture_output=True, timeout=60
+    )
+    assert done.returncode == 2 and b"--mailbox needs --token" in done.stderr
+
+
+async def test_expose_prints_the_inspector_link_only_on_a_terminal(server: Server) -> None:
+    server.start()
+    controller, terminal = pty.openpty()
+    command = [REVERSEHUB, "expose", "--to", "http://127.0.0.1:9", "--relay", server.base + "/reversehttp"]
+    async with httpx.AsyncClient(timeout=30) as client:
+        await server.ready(client)
+        expose = subprocess.Popen(
+            [*command, "cli", "--token", "t", "--mailbox"], stdout=subprocess.PIPE, stderr=terminal
+        )
+        os.close(terminal)
+        try:
+            seen = b""
+            with anyio.fail_after(30):
+                while b"inspect requests: http" not in seen or not seen.endswith(b"\n"):
+                    seen += await anyio.to_thread.run_sync(os.read, controller, 4096)
+            link = seen.split(b"inspect requests: ")[1].split()[0].decode()
+            assert "/reversehttp/p/" in link and link.endswith("/requests")
+            assert (await client.get(link)).json()["name"] == "cli"
+        finally:
+            expose.terminate()
+            expose.wait(20)
+            os.close(controller)
+        piped = subprocess.Popen([*command, "piped", "--token", "u"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            line = b""
+            with anyio.fail_after(30):
+                while b"inspect requests" not in line:
+                    line = await anyio.to_thread.run_sync(piped.stderr.readline)  # type: ignore[union-attr]
+                    assert line, "expose ended before printing the inspector line"
+            assert b"only on a terminal" in line and b"/reversehttp/p/" not in line
+        finally:
+            piped.terminate()
+            piped.wait(20)
