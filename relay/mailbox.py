@@ -48,6 +48,7 @@ MAIL_PREFIX = "mbox-"  # ids of items that are mail rows: their reply is stored,
 NUDGE_ID = MAIL_PREFIX + "nudge"
 NUDGE = Item(NUDGE_ID, "-", b"").pack()
 PENDING, TAKEN, ANSWERED = "pending", "taken", "answered"
+CLAIM_ROUNDS = 10  # tries of a poll at rows other pollers keep winning before it waits instead
 
 
 def location_hash(cap: str) -> str:
@@ -142,31 +143,40 @@ class Mailbox:
     async def claim(self, reg: Reg, limit: int) -> list[bytes]:
         """Take up to ``limit`` of ``reg``'s oldest ready rows for a poller, as packed items."""
         taken: list[bytes] = []
-        now = time.time()
         with anyio.CancelScope(shield=True):
-            async with self.sessions.begin() as session:
-                rows = (
-                    await session.execute(
-                        select(Mail.id, Mail.client, Mail.message, Mail.state, Mail.due_at)
-                        .where(self._mine(reg), self._ready(now))
-                        .order_by(Mail.id)
-                        .limit(limit)
-                    )
-                ).all()
-                for row_id, client, message, state, due_at in rows:
-                    # Conditional: with several processes only one poller wins each row.
-                    result = await session.execute(
-                        update(Mail)
-                        .where(
-                            Mail.id == row_id,
-                            Mail.state == state,
-                            Mail.due_at.is_(None) if due_at is None else Mail.due_at == due_at,
-                        )
-                        .values(state=TAKEN, due_at=now + self.hold_seconds)
-                    )
-                    if result.rowcount:  # type: ignore[attr-defined]
-                        taken.append(Item(f"{MAIL_PREFIX}{row_id}", client, message).pack())
+            for _ in range(CLAIM_ROUNDS):
+                lost = await self._claim_round(reg, limit - len(taken), taken)
+                if not lost or len(taken) >= limit:
+                    break
         return taken
+
+    async def _claim_round(self, reg: Reg, limit: int, taken: list[bytes]) -> bool:
+        """One try at the oldest ready rows; True when another poller won some of them (then more
+        ready rows may be left, and the caller tries again)."""
+        now = time.time()
+        lost = False
+        async with self.sessions.begin() as session:
+            rows = (
+                await session.execute(
+                    select(Mail.id, Mail.client, Mail.message, Mail.state, Mail.due_at)
+                    .where(self._mine(reg), self._ready(now))
+                    .order_by(Mail.id)
+                    .limit(limit)
+                )
+            ).all()
+            for row_id, client, message, state, due_at in rows:
+                # Conditional: with several pollers (and processes) only one wins each row.
+                same = Mail.due_at.is_(None) if due_at is None else Mail.due_at == due_at
+                result = await session.execute(
+                    update(Mail)
+                    .where(Mail.id == row_id, Mail.state == state, same)
+                    .values(state=TAKEN, due_at=now + self.hold_seconds)
+                )
+                if result.rowcount:  # type: ignore[attr-defined]
+                    taken.append(Item(f"{MAIL_PREFIX}{row_id}", client, message).pack())
+                else:
+                    lost = True
+        return lost
 
     async def answer(self, row_id: int, response: bytes) -> None:
         """The application's response to mail ``row_id``: kept for its Location until retention."""

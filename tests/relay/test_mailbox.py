@@ -220,3 +220,31 @@ async def test_the_mailbox_flag(client):
     await register(client, "flag")
     described = await client.get(urls["location"], headers={"accept": "application/json"})
     assert described.json()["mailbox"] == 1
+
+
+async def test_concurrent_pollers_share_stored_requests_each_once(make_app):
+    _, client = await make_app(poll_timeout=20.0)
+    await register(client, "shared", mailbox="1")
+    for i in range(9):
+        await store(client, "shared", b"%d" % i)
+    got: list[bytes] = []
+    started_at = time.monotonic()
+    done = anyio.Event()
+
+    async def poller():
+        url = (await register(client, "shared"))["first"]  # a refresh: a request URL of its own
+        while True:
+            body, url = await answer(client, url, b"ok")
+            got.append(body)
+            if len(got) == 9:
+                done.set()
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(poller)
+        with anyio.fail_after(15):
+            await done.wait()
+        tg.cancel_scope.cancel()
+    # Nobody waits out a poll (20 s) while stored requests are left.
+    assert time.monotonic() - started_at < 10
+    assert sorted(got) == sorted(b"%d" % i for i in range(9))
