@@ -195,6 +195,8 @@ def expose(name: str, to: str, relay: str, token: str | None, pollers: int, mail
         finally:
             await endpoint.aclose()
             await forwarder.http.aclose()
+            if mailbox:
+                click.echo(f"{name} kept: requests are stored until it is exposed again (same --token)", err=True)
 
     try:
         asyncio.run(run())

@@ -7,12 +7,15 @@ import time
 import anyio
 import httpx
 import pytest
+from sqlalchemy.engine import make_url
 
 from relay.errors import NoPoller
 from relay.wire import HttpResponse, parse_request, serialize_response
 from reversehub.server.app import create_app
 from tests.conftest import started
 from tests.relay.helpers import links, register, serve_one
+from tests.support import wait_for
+from tests.test_storage_faults import _read_only, pg_database  # noqa: F401
 
 pytestmark = pytest.mark.anyio
 
@@ -248,3 +251,22 @@ async def test_concurrent_pollers_share_stored_requests_each_once(make_app):
     # Nobody waits out a poll (20 s) while stored requests are left.
     assert time.monotonic() - started_at < 10
     assert sorted(got) == sorted(b"%d" % i for i in range(9))
+
+
+@pytest.mark.postgres
+async def test_storage_that_cannot_write_is_503_and_never_202(pg_database, postgres_url, make_app):  # noqa: F811
+    _, client = await make_app(database_url=pg_database)
+    await register(client, "ro", mailbox="1")
+    await store(client, "ro", b"before")
+    name = make_url(pg_database).database
+    await _read_only(postgres_url, name, True)
+    try:
+        r = await client.post("/relay/ro/hook", content=b"while read-only")
+        assert r.status_code == 503 and "storage" in r.text
+    finally:
+        await _read_only(postgres_url, name, False)
+
+    async def stores() -> bool:
+        return (await client.post("/relay/ro/hook", content=b"after")).status_code == 202
+
+    await wait_for(stores, timeout=10)
