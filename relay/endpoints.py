@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from starlette.requests import Request
@@ -644,10 +645,45 @@ async def inspect(request: Request) -> Response:
     rows = await relay.inspector.listing(reg)
     base = relay.inspector_url(reg)
     doc = {"name": reg.name, "requests": [describe(row, f"{base}/{row.id}/replay") for row in rows]}
+    if "text/html" in request.headers.get("accept", ""):
+        return _inspector_page(reg.name, doc["requests"])  # type: ignore[arg-type]
     return Response(
         json.dumps(doc),
         media_type="application/json",
         headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+def _inspector_page(name: str, entries: list[dict[str, Any]]) -> HTMLResponse:
+    """The inspector as a page for a browser: every value escaped, no script, forms only to here."""
+
+    def message(doc: dict[str, Any] | None) -> str:
+        if doc is None:
+            return "<i>answered by the relay</i>"
+        head = "\n".join([doc["line"], *(f"{k}: {v}" for k, v in doc["headers"])])
+        body = doc.get("body", "(binary, base64) " + doc.get("body_base64", ""))
+        return f"<pre>{html.escape(head)}\n\n{html.escape(body)}</pre>"
+
+    rows = "".join(
+        f"<tr><td>{e['id']}</td><td>{html.escape(e['client'])}</td><td>{e['status']} {html.escape(e['outcome'])}</td>"
+        f"<td>{message(e['request'])}</td><td>{message(e['response'])}</td><td>"
+        + (
+            f"<form method=post action='{html.escape(e['replay'])}'><button>replay</button></form>"
+            if e["replay"]
+            else "cut short"
+        )
+        + "</td></tr>"
+        for e in entries
+    )
+    return HTMLResponse(
+        f"<!doctype html><title>{html.escape(name)}: requests</title><h1>Last requests to {html.escape(name)}</h1>"
+        "<table border=1><tr><th>id</th><th>client</th><th>answer</th><th>request</th><th>response</th><th></th></tr>"
+        f"{rows}</table>",
+        headers={
+            "Cache-Control": "no-store",
+            "Content-Security-Policy": "default-src 'none'; form-action 'self'",
+            "Referrer-Policy": "no-referrer",
+        },
     )
 
 

@@ -117,3 +117,14 @@ async def test_a_replay_of_another_names_request_is_404(client):
     await client.get("/relay/alpha/x")
     entry = (await client.get(a["location"] + "/requests")).json()["requests"][0]
     assert (await client.post(f"{b['location']}/requests/{entry['id']}/replay")).status_code == 404
+
+
+async def test_the_html_page_escapes_what_senders_sent(client):
+    urls = await register(client, "page")
+    await client.post("/relay/page/x", content=b"<script>alert(1)</script>")
+    r = await client.get(urls["location"] + "/requests", headers={"accept": "text/html"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "<script>" not in r.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in r.text
+    assert "default-src 'none'" in r.headers["content-security-policy"]
+    assert r.headers["referrer-policy"] == "no-referrer"
+    assert "/requests/" in r.text and "replay" in r.text
