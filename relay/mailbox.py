@@ -64,7 +64,7 @@ def mail_id(item_id: str) -> int | None:
 
 def accepted(location: str) -> bytes:
     """The serialized 202 a requester gets for a stored request."""
-    body = b"stored: the application is away; GET the Location for its response\n"
+    body = b"stored for the application; GET the Location for its response\n"
     headers = [("Location", location), ("Content-Type", "text/plain; charset=utf-8"), ("Retry-After", "5")]
     return serialize_response(HttpResponse(202, headers, body, "Accepted"))
 
