@@ -18,7 +18,17 @@ from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy.exc import SQLAlchemyError
 
 from relay import envelope
-from relay.errors import BadReply, Gone, InvalidInput, NoPoller, NotFound, RelayError, RequesterError, Withdrawn
+from relay.errors import (
+    BadReply,
+    Gone,
+    InvalidInput,
+    NoPoller,
+    NoReply,
+    NotFound,
+    RelayError,
+    RequesterError,
+    Withdrawn,
+)
 from relay.held import HeldBytes
 from relay.inspector import Inspector
 from relay.mailbox import NUDGE, Mailbox, accepted, mail_id
@@ -375,6 +385,11 @@ class Relay:
                 return await live(), False
             except NoPoller:
                 pass  # withdrawn from the queue, so no poller has it: store it instead
+            except NoReply:
+                # A poller took it and never answered: most often one that was going away (its
+                # connection closed as the request was handed over). Stored, it reaches the
+                # application when it is back, perhaps a second time (at least once).
+                pass
         cap = await self.mailbox.store(reg, Item.unpack(raw))
         # After the commit: a poll that began before it may be waiting on the queue already.
         if await self._seen(name):

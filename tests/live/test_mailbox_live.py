@@ -71,7 +71,8 @@ class Server:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    srv = Server(tmp_path, "--unavailable-timeout", "1", "--poll-timeout", "2", "--mailbox-max-per-name", "5")
+    flags = ["--unavailable-timeout", "1", "--poll-timeout", "2", "--reply-timeout", "3", "--mailbox-max-per-name", "5"]
+    srv = Server(tmp_path, *flags)
     try:
         yield srv
     finally:

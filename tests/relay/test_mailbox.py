@@ -270,3 +270,26 @@ async def test_storage_that_cannot_write_is_503_and_never_202(pg_database, postg
         return (await client.post("/relay/ro/hook", content=b"after")).status_code == 202
 
     await wait_for(stores, timeout=10)
+
+
+async def test_a_request_a_poller_took_and_never_answered_is_stored_not_504(make_app):
+    app, client = await make_app(reply_timeout=0.5, unavailable_timeout=0.2)
+    urls = await register(client, "vanished", mailbox="1")
+    result = {}
+
+    async def poller():
+        result["poll"] = await client.get(urls["first"])
+
+    async def requester():
+        result["r"] = await client.post("/relay/vanished/hook", content=b"handed over")
+
+    async with anyio.create_task_group() as tg:
+        # A poller takes the request live and is gone before answering (shut down mid-delivery).
+        tg.start_soon(poller)
+        await wait_for(lambda: app.state.relay.broker.get("relay.seen.vanished"), timeout=5)
+        tg.start_soon(requester)
+    assert parse_request(result["poll"].content).body == b"handed over"
+    assert result["r"].status_code == 202  # not 504 "no reply": stored for the application's return
+    body, _ = await answer(client, links(result["poll"])["next"], b"later")
+    assert body == b"handed over"
+    assert (await client.get(result["r"].headers["location"])).content == b"later"
