@@ -1,9 +1,9 @@
 """Mailbox names with real ``reversehub serve`` processes and the real client (docs/mailbox.md).
 
 An ``Endpoint(..., mailbox=True)`` application goes away; requests sent meanwhile get 202 with a
-Location; the server restarts between storing and polling; the application comes back and gets
-them in arrival order, and their responses are fetchable at their Locations. With PostgreSQL and
-Redis, a request stored by one process is delivered to a poller on another.
+Location; the server is SIGKILLed and started again between storing and polling; the application
+comes back and gets them in arrival order, and their responses are fetchable at their Locations.
+With PostgreSQL and Redis, a request stored by one process is delivered to a poller on another.
 """
 
 from __future__ import annotations
@@ -49,6 +49,11 @@ class Server:
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
 
+    def kill(self) -> None:
+        assert self.popen is not None
+        self.popen.kill()
+        self.popen.wait(10)
+
     def stop(self) -> None:
         if self.popen is not None and self.popen.poll() is None:
             self.popen.terminate()
@@ -80,7 +85,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
         print(srv.log.read_text(errors="replace")[-4000:])  # shown when a test fails
 
 
-async def test_requests_stored_while_away_survive_a_restart_and_arrive_in_order(server: Server) -> None:
+async def test_requests_stored_while_away_survive_a_crash_and_arrive_in_order(server: Server) -> None:
     received: list[bytes] = []
 
     async def handler(request: HttpRequest) -> HttpResponse:
@@ -110,7 +115,7 @@ async def test_requests_stored_while_away_survive_a_restart_and_arrive_in_order(
             assert pending.status_code == 202
         full = await client.post(public + "hook", content=b"one too many")
         assert full.status_code == 507 and "mailbox" in full.text
-        server.stop()
+        server.kill()  # a crash, not a drain: what was answered 202 was committed before
         server.start()
         await server.ready(client)
         async with Endpoint(gateway, handler, name="shop", token="secret", mailbox=True, pollers=2):
