@@ -169,7 +169,7 @@ def mailbox_options(defaults: Settings) -> list[tuple[str, Any]]:
             {
                 "default": defaults.mailbox_max_per_name,
                 "type": click.IntRange(min=1),
-                "help": "Stored requests per name (507 past it).",
+                "help": "Stored requests waiting for their application, per name (507 past it).",
             },
         ),
         (
@@ -209,7 +209,7 @@ def mailbox_options(defaults: Settings) -> list[tuple[str, Any]]:
             {
                 "default": defaults.inspector_max_body,
                 "type": click.IntRange(min=0),
-                "help": "Bytes kept of each inspected request and response.",
+                "help": "Bytes kept of the body of each inspected request and response.",
             },
         ),
     ]
