@@ -48,6 +48,7 @@ MAIL_PREFIX = "mbox-"  # ids of items that are mail rows: their reply is stored,
 NUDGE_ID = MAIL_PREFIX + "nudge"
 NUDGE = Item(NUDGE_ID, "-", b"").pack()
 PENDING, TAKEN, ANSWERED = "pending", "taken", "answered"
+TOTAL_TTL = 1.0  # seconds a sum of all mailboxes' bytes is used for (see Mailbox._total)
 CLAIM_ROUNDS = 10  # tries of a poll at rows other pollers keep winning before it waits instead
 
 
@@ -81,6 +82,18 @@ class Mailbox:
         self.settings = settings
         # A row handed to a poller is its until the requester would have had 504 "no reply".
         self.hold_seconds = settings.reply_timeout + settings.unavailable_timeout
+        self._total_bytes = 0
+        self._total_until = 0.0  # monotonic time until which _total_bytes is trusted
+
+    async def _total(self, session: AsyncSession) -> int:
+        """Bytes of all mailboxes: summed at most every :data:`TOTAL_TTL` seconds (a sum reads every
+        row), counting what this process stored since. Other processes' stores in between may pass
+        the bound by what they stored in that second."""
+        now = time.monotonic()
+        if now >= self._total_until:
+            self._total_bytes = int(await session.scalar(select(func.coalesce(func.sum(Mail.size), 0))) or 0)
+            self._total_until = now + TOTAL_TTL
+        return self._total_bytes
 
     def _mine(self, reg: Reg) -> ColumnElement[bool]:
         return and_(Mail.name == reg.name, Mail.registered_at == reg.created_at)
@@ -113,9 +126,9 @@ class Mailbox:
                         raise MailboxFull(f"this name's mailbox holds {count} waiting requests, its bound")
                     if held + size > settings.mailbox_max_bytes_per_name:
                         raise MailboxFull("this name's mailbox is at its bound of bytes")
-                    total = await session.scalar(select(func.coalesce(func.sum(Mail.size), 0)))
-                    if (total or 0) + size > settings.mailbox_max_bytes:
+                    if await self._total(session) + size > settings.mailbox_max_bytes:
                         raise MailboxesFull()
+                    self._total_bytes += size
                     session.add(
                         Mail(
                             name=reg.name,
