@@ -614,6 +614,14 @@ async def private(request: Request) -> Response:
 _CONTAINED = [(b"content-security-policy", b"sandbox"), (b"x-content-type-options", b"nosniff")]
 
 
+def _contained(status: int, headers: list[tuple[bytes, bytes]], body: bytes, *extra: tuple[bytes, bytes]) -> Response:
+    """An application's response served on the main host: contained as above, and without its
+    cookies (they would be the main origin's)."""
+    response = Response(body, status_code=status)
+    response.raw_headers.extend([*(h for h in headers if h[0] != b"set-cookie"), *_CONTAINED, *extra])
+    return response
+
+
 @_mapped
 async def mail(request: Request) -> Response:
     """``GET`` on a mailbox Location (relay.mailbox): 202 while the application has not answered,
@@ -630,9 +638,7 @@ async def mail(request: Request) -> Response:
             headers={"Retry-After": "5", "Cache-Control": "no-store"},
         )
     status, headers, body = _unpack_reply(found)
-    response = Response(body, status_code=status)
-    response.raw_headers.extend([*headers, *_CONTAINED, (b"cache-control", b"no-store")])
-    return response
+    return _contained(status, headers, body, (b"cache-control", b"no-store"))
 
 
 @_mapped
@@ -711,6 +717,4 @@ async def replay(request: Request) -> Response:
         status, headers, body = await _forward(relay, reg.name, method, item)
     finally:
         hold.release()
-    response = Response(body, status_code=status)
-    response.raw_headers.extend([*headers, *_CONTAINED, (b"x-replay-of", str(row.id).encode())])
-    return response
+    return _contained(status, headers, body, (b"x-replay-of", str(row.id).encode()))

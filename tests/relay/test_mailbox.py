@@ -25,7 +25,7 @@ async def answer(client: httpx.AsyncClient, url: str, body: bytes, status: int =
     r = await client.get(url)
     assert r.status_code == 200, r.status_code
     request = parse_request(r.content)
-    reply = serialize_response(HttpResponse(status, [("X-Mail", "yes")], body, "OK"))
+    reply = serialize_response(HttpResponse(status, [("X-Mail", "yes"), ("Set-Cookie", "a=b")], body, "OK"))
     ack = await client.post(url, content=reply, headers={"content-type": "message/http"})
     assert ack.status_code == 202, ack.text
     return request.body, links(r)["next"]
@@ -54,6 +54,7 @@ async def test_requests_to_an_absent_application_are_stored_and_delivered_in_ord
         r = await client.get(location)
         assert (r.status_code, r.content, r.headers["x-mail"]) == (201, b"done %d" % i, "yes")
         assert r.headers["content-security-policy"] == "sandbox"
+        assert "set-cookie" not in r.headers  # it would be the relay's main origin's cookie
     assert (await client.get(locations[0] + "x")).status_code == 404
 
 
