@@ -12,10 +12,11 @@ deliveries are due now).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
@@ -33,6 +34,7 @@ from hub.signing import PROOF_WINDOW, check_ownership
 from hub.subscriptions import SubscriptionRequest, Verifier
 from reversehub.core.contracts import RELAY_ONLINE
 from reversehub.core.services import Services
+from reversehub.core.supervise import supervised
 
 logger = logging.getLogger(__name__)
 
@@ -73,15 +75,21 @@ class Hub:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Every background loop, each supervised: one that fails is logged and started again
+        (:func:`reversehub.core.supervise.supervised`), never the end of the others."""
+        loops: dict[str, Callable[[], Awaitable[object]]] = {
+            "the hub's outbox": self.outbox.run,
+            "the hub's fetcher": self.fetcher.run,
+            "the hub's verifier": self.verifier.run,
+            f"the hub's {WORK} listener": functools.partial(self._listen, WORK, self._on_work),
+            f"the hub's {FETCH} listener": functools.partial(self._listen, FETCH, self._on_fetch),
+            f"the hub's {RELAY_ONLINE} listener": functools.partial(self._listen, RELAY_ONLINE, self._on_relay_online),
+            "the hub's relay.online pass": self._hurry,
+            "the hub's maintenance": self._maintain,
+        }
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self.outbox.run)
-            tg.start_soon(self.fetcher.run)
-            tg.start_soon(self.verifier.run)
-            tg.start_soon(self._listen, WORK, self._on_work)
-            tg.start_soon(self._listen, FETCH, self._on_fetch)
-            tg.start_soon(self._listen, RELAY_ONLINE, self._on_relay_online)
-            tg.start_soon(self._hurry)
-            tg.start_soon(self._maintain)
+            for name, loop in loops.items():
+                tg.start_soon(supervised, name, loop)
 
     @property
     def closing(self) -> bool:

@@ -182,13 +182,18 @@ class Verifier:
         return max(s.hub_lease_min, min(s.hub_lease_max, lease))
 
     async def run(self) -> None:
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            tg.start_soon(self._activations.run)
-            for req in self._early:
-                tg.start_soon(self._verify_bounded, req)
-            self._early.clear()
-            await anyio.sleep_forever()
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._activations.run)
+                for req in self._early:
+                    tg.start_soon(self._verify_bounded, req)
+                self._early.clear()
+                await anyio.sleep_forever()
+        finally:
+            # Ended (a failure its supervisor restarts us after): requests wait in _early meanwhile
+            # instead of going to a task group that is gone.
+            self._tg = None
 
     async def aclose(self) -> None:
         """Graceful shutdown (see the module docstring): take no more requests, abandon the

@@ -24,6 +24,7 @@ from relay.registry import CACHE_TTL, SOLO_CACHE_TTL, Reg, Registry, cap_name, p
 from relay.routes import RelayUrls
 from relay.wire import WireError, serialize_response
 from reversehub.core.services import Services
+from reversehub.core.supervise import supervised
 
 logger = logging.getLogger(__name__)
 
@@ -373,10 +374,17 @@ class Relay:
                 await anyio.sleep(1)
 
     async def run(self) -> None:
+        """The relay's background loops, each supervised: one that fails is logged and started
+        again (:func:`reversehub.core.supervise.supervised`), never the end of the others."""
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._sweeper)
-            tg.start_soon(self._listen)
-            tg.start_soon(self.dispatcher.run)
+            tg.start_soon(supervised, "the relay's lease sweeper", self._sweeper)
+            tg.start_soon(supervised, "the relay's change listener", self._listen)
+            tg.start_soon(supervised, "the relay's requester clock", self.dispatcher.run)
+
+    @property
+    def closing(self) -> bool:
+        """True once :meth:`aclose` began."""
+        return self._closing
 
     async def aclose(self) -> None:
         """Stop taking polls and end the held ones with 204 at once (graceful shutdown drains)."""

@@ -36,6 +36,9 @@ def storage_failed(state: Any) -> None:
 
 
 async def healthz(request: Request) -> Response:
+    failed = getattr(request.app, "failed", None)
+    if failed is not None:  # the process is on its way out (reversehub.core.supervise.essential)
+        return PlainTextResponse(f"failing: {failed}\n", status_code=503)
     if getattr(request.app.state, "services", None) is None:
         return PlainTextResponse("starting\n", status_code=503)
     return PlainTextResponse("ok\n")
