@@ -32,6 +32,7 @@ from hub.outbox import Outbox
 from hub.publish import FatPing, Ping
 from hub.signing import PROOF_WINDOW, check_ownership
 from hub.subscriptions import SubscriptionRequest, Verifier
+from reversehub.core.broker import BrokerUnavailable
 from reversehub.core.contracts import RELAY_ONLINE
 from reversehub.core.services import Services
 from reversehub.core.supervise import supervised
@@ -117,10 +118,13 @@ class Hub:
                             await result
             except anyio.get_cancelled_exc_class():
                 raise
-            except Exception:
+            except Exception as exc:
                 if self._closing:
                     return
-                logger.exception("listening on %s failed; resubscribing", channel)
+                if isinstance(exc, BrokerUnavailable):  # a restart or a blip: say so, without a traceback
+                    logger.warning("listening on %s: %s; resubscribing", channel, exc)
+                else:
+                    logger.exception("listening on %s failed; resubscribing", channel)
                 await anyio.sleep(1.0)
 
     def _on_work(self, _message: bytes) -> None:
