@@ -7,13 +7,9 @@ ports in temp dirs: the shared PostgreSQL and Redis are never stopped.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -21,67 +17,21 @@ import httpx
 import pytest
 
 from tests.instances import OwnRedis, own_redis
+from tests.live import test_scaleout
+from tests.live.test_scaleout import started
 from tests.relay.helpers import links
-from tests.support import free_port, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.live]
 
 REVERSEHUB = str(Path(sys.executable).with_name("reversehub"))
-
-
-@dataclass
-class Proc:
-    popen: subprocess.Popen[bytes]
-    base: str
-    log: Path
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-6000:]
+launch = test_scaleout.launch  # the fixture: ``launch(*flags)`` starts ``reversehub serve``
 
 
 @pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
-    """``launch(*flags, argv=None)`` starts ``reversehub serve`` on a free port; stopped at the end."""
-    procs: list[Proc] = []
-
-    def start(*flags: str, argv: list[str] | None = None) -> Proc:
-        port = free_port()
-        log = Path(tempfile.mkstemp(dir=tmp_path, suffix=".log")[1])
-        command = argv if argv is not None else [REVERSEHUB, "serve"]
-        with log.open("wb") as out:
-            popen = subprocess.Popen(
-                [*command, "--port", str(port), "--log-level", "warning", *flags],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        procs.append(Proc(popen, f"http://127.0.0.1:{port}", log))
-        return procs[-1]
-
-    yield start
-    for proc in procs:
-        if proc.alive():
-            proc.popen.terminate()
-            try:
-                proc.popen.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.popen.kill()
-        proc.popen.wait(10)
-        print(f"--- {proc.base} exited {proc.popen.returncode}:\n{proc.output()}")  # shown when a test fails
-
-
-async def healthy(client: httpx.AsyncClient, proc: Proc, timeout: float = 30) -> None:
-    async def ready() -> bool:
-        assert proc.alive(), proc.output()
-        try:
-            return (await client.get(proc.base + "/healthz")).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    await wait_for(ready, timeout=timeout, interval=0.05)
+def database(tmp_path: Path) -> str:
+    """The database ``launch`` (tests.live.test_scaleout) outlives: a SQLite file, unless a test
+    brings its own PostgreSQL."""
+    return f"sqlite:///{tmp_path / 'hub.db'}"
 
 
 @pytest.fixture
@@ -94,12 +44,12 @@ REPLY_TIMEOUT = 4.0
 MARGIN = 6.0  # a loaded two-core machine: the restart, reconnects and the answer's way back
 
 
-async def test_requesters_waiting_through_a_redis_restart_are_all_answered(launch, redis, tmp_path):
+async def test_requesters_waiting_through_a_redis_restart_are_all_answered(launch, redis, database):
     """On main they were held until the server stopped (110-199 s): their only deadline was a
     wake-up published through Redis, lost while the pub/sub connection came back."""
     proc = launch(
         "--database-url",
-        f"sqlite:///{tmp_path / 'hub.db'}",
+        database,
         "--redis-url",
         redis.url,
         "--reply-timeout",
@@ -111,7 +61,7 @@ async def test_requesters_waiting_through_a_redis_restart_are_all_answered(launc
         "--allow-private-networks",
     )
     async with httpx.AsyncClient(timeout=60) as client:
-        await healthy(client, proc)
+        await started(client, proc)
         r = await client.post(proc.base + "/reversehttp", data={"name": "app", "token": "t"})
         assert r.status_code == 201, r.text
         found = links(r)
