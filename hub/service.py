@@ -32,6 +32,7 @@ from hub.outbox import Outbox
 from hub.publish import FatPing, Ping
 from hub.signing import PROOF_WINDOW, check_ownership
 from hub.subscriptions import SubscriptionRequest, Verifier
+from reversehub.core import db
 from reversehub.core.broker import BrokerUnavailable
 from reversehub.core.contracts import RELAY_ONLINE
 from reversehub.core.services import Services
@@ -166,8 +167,11 @@ class Hub:
                     await store.prune(self.services.sessions, now - self.settings.delivery_retention)
                     await store.prune_topics(self.services.sessions, now - TOPIC_IDLE)
                     last_prune = now
-            except Exception:
-                logger.exception("hub maintenance failed")
+            except Exception as exc:
+                if db.unavailable(exc):  # an outage, not a bug: one line per pass while it lasts
+                    logger.warning("hub maintenance waits for the database (%s)", getattr(exc, "orig", None) or exc)
+                else:
+                    logger.exception("hub maintenance failed")
             await anyio.sleep(max(MAINTAIN_EVERY, self.settings.outbox_scan_interval))
 
     # -- operations ----------------------------------------------------------------------------

@@ -56,15 +56,22 @@ logger = logging.getLogger(__name__)
 UNAVAILABLE_RETRY_AFTER = 5
 
 
-def unavailable_response(exc: BaseException) -> Response | None:
-    """503 with ``Retry-After`` for a storage or broker failure; None for any other error (a bug,
-    which stays a 500). Only the driver's own message is logged: SQLAlchemy's text of the error
-    carries the statement's parameters, which may hold secrets."""
+def unavailable_reason(exc: BaseException) -> str | None:
+    """ "broker unavailable" or "storage unavailable" for a failure worth a 503; None for any other
+    error (a bug, which stays a 500)."""
     if isinstance(exc, BrokerUnavailable | BrokerClosed):
-        reason = "broker unavailable"
-    elif db.unavailable(exc):
-        reason = "storage unavailable"
-    else:
+        return "broker unavailable"
+    if db.unavailable(exc):
+        return "storage unavailable"
+    return None
+
+
+def unavailable_response(exc: BaseException) -> Response | None:
+    """503 with ``Retry-After`` for a storage or broker failure; None for any other error. Only the
+    driver's own message is logged: SQLAlchemy's text of the error carries the statement's
+    parameters, which may hold secrets."""
+    reason = unavailable_reason(exc)
+    if reason is None:
         return None
     logger.error("%s (%s: %s); answered 503", reason, type(exc).__name__, getattr(exc, "orig", None) or exc)
     return PlainTextResponse(
@@ -84,7 +91,7 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
     response = unavailable_response(exc)
     if response is None:
         raise exc
-    health.storage_failed(request.app.state)
+    health.storage_failed(request.app.state, unavailable_reason(exc))
     return response
 
 
@@ -156,7 +163,7 @@ class ReverseHub(Starlette):
         response = unavailable_response(exc)
         if response is None:
             raise exc
-        health.storage_failed(self.state)
+        health.storage_failed(self.state, unavailable_reason(exc))
         try:
             await response(scope, receive, send)
         except Exception:

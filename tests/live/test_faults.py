@@ -16,10 +16,11 @@ import anyio
 import httpx
 import pytest
 
-from tests.instances import OwnRedis, own_redis
+from tests.instances import OwnPostgres, OwnRedis, own_postgres, own_redis
 from tests.live import test_scaleout
 from tests.live.test_scaleout import started
 from tests.relay.helpers import links
+from tests.support import wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.live]
 
@@ -90,3 +91,72 @@ async def test_requesters_waiting_through_a_redis_restart_are_all_answered(launc
             assert status in (503, 504), (i, status)
             assert at - restarted < REPLY_TIMEOUT + MARGIN, (i, at - restarted)
         assert proc.alive(), proc.output()
+
+
+@pytest.fixture
+def postgres() -> Iterator[OwnPostgres]:
+    with own_postgres() as server:
+        yield server
+
+
+OUTAGE = 10.0  # seconds PostgreSQL is away (the issue's measurement)
+RESUME_WITHIN = 20.0  # seconds after PostgreSQL is back until the process serves again
+
+
+async def test_a_postgresql_outage_is_answered_503_and_survived(launch, postgres):
+    """On main a 10 s outage answered some requests 500, kept /readyz's view of it from clients
+    and, in 4 of 5 runs, left the process half-dead for good (its lifespan ended)."""
+    from tests import pgdb
+
+    database = await pgdb.create_database(postgres.url, migrate=True)
+    proc = launch("--database-url", database, "--allow-private-networks", "--reply-timeout", "3")
+    topic = "http://example.com/feed"
+    async with httpx.AsyncClient(timeout=30) as client:
+        await started(client, proc)
+        base = proc.base
+
+        async def publish() -> httpx.Response:
+            return await client.post(base + "/publish", params={"hub.topic": topic}, content=b"x")
+
+        assert (await publish()).status_code == 204
+        r = await client.post(base + "/reversehttp", data={"name": "app", "token": "t"})
+        assert r.status_code == 201, r.text
+        poll_url = links(r)["first"]
+        private = r.headers["location"]
+
+        postgres.stop()
+        away = time.monotonic()
+        seen: dict[str, set[int]] = {}
+        while time.monotonic() - away < OUTAGE:
+            answers = {
+                "publish": await publish(),
+                "register": await client.post(base + "/reversehttp", data={"name": "other", "token": "t"}),
+                "private": await client.get(private),
+                "poll": await client.get(poll_url),
+                "public": await client.get(base + "/relay/nobody/"),
+                "status": await client.get(base + "/hub/status", params={"hub.topic": topic, "hub.callback": topic}),
+                "readyz": await client.get(base + "/readyz"),
+            }
+            for what, response in answers.items():
+                seen.setdefault(what, set()).add(response.status_code)
+                assert response.status_code < 500 or response.status_code == 503, (what, response.text)
+                if response.status_code == 503:
+                    assert int(response.headers["Retry-After"]) > 0, what
+            health = await client.get(base + "/healthz")
+            assert health.status_code == 200 and "storage unavailable" in health.text, health.text  # alive, says why
+            await anyio.sleep(0.5)
+        assert proc.alive(), proc.output()
+        assert seen["publish"] == {503} and seen["register"] == {503} and seen["readyz"] == {503}, seen
+
+        postgres.start()
+        back = time.monotonic()
+
+        async def resumed() -> bool:
+            return (await publish()).status_code == 204 and (await client.get(base + "/readyz")).status_code == 200
+
+        await wait_for(resumed, timeout=RESUME_WITHIN, interval=0.2)
+        print(f"resumed {time.monotonic() - back:.1f} s after PostgreSQL was back")
+        assert (await client.get(base + "/healthz")).text == "ok\n"
+        assert proc.alive(), proc.output()
+        log = proc.output()
+        assert "Traceback" not in log or "Exception in ASGI application" not in log, log
