@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import anyio
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from hub import store, sup
-from hub.errors import NotOwner
+from hub.errors import KeyReused, NotOwner
 from hub.fetcher import Fetcher
 from hub.metrics import HubMetrics
 from hub.models import Delivery, DeliveryState, Subscription, Topic
@@ -31,6 +32,7 @@ from hub.netguard import NetGuard
 from hub.outbox import Outbox
 from hub.publish import FatPing, Ping
 from hub.signing import PROOF_WINDOW, check_ownership
+from hub.store import idempotency
 from hub.subscriptions import SubscriptionRequest, Verifier
 from reversehub.core import db
 from reversehub.core.broker import BrokerUnavailable
@@ -48,6 +50,7 @@ PRUNE_EVERY = 300.0
 # than any verification of its first subscriber takes.
 TOPIC_IDLE = 3600.0
 MAINTAIN_EVERY = 1.0
+PUBLISHED = 204  # what a stored fat ping is answered: a retry with its Idempotency-Key gets the same
 # One answer for every proof that does not hold, so that /hub/status tells nobody whether a
 # (callback, topic) pair exists or has a secret.
 NOT_PROVED = "not proved: no such subscription, no hub.secret, or a wrong or expired hub.signature"
@@ -166,6 +169,7 @@ class Hub:
                 if now - last_prune > PRUNE_EVERY:
                     await store.prune(self.services.sessions, now - self.settings.delivery_retention)
                     await store.prune_topics(self.services.sessions, now - TOPIC_IDLE)
+                    await idempotency.prune(self.services.sessions, now - self.settings.publish_idempotency_retention)
                     last_prune = now
             except Exception as exc:
                 if db.unavailable(exc):  # an outage, not a bug: one line per pass while it lasts
@@ -189,8 +193,41 @@ class Hub:
                 self.fetcher.wake()
                 await self._announce(FETCH)
             return 0
+        queued = await self._fat(ping)
+        assert isinstance(queued, int)  # no key, no prior publish
+        return queued
+
+    async def publish_once(self, ping: FatPing, key: str) -> bool:
+        """:meth:`publish` a fat ping with the publisher's ``Idempotency-Key``
+        (:mod:`hub.store.idempotency`); True when the key's publish was stored before, and this
+        retry stored nothing. :class:`KeyReused` when that publish was another request."""
+        key_digest = idempotency.digest(ping.topic, key)
+        request = idempotency.fingerprint(ping.content_type, ping.body)
+        try:
+            outcome = await self._fat(ping, (key_digest, request))
+        except IntegrityError:
+            # Two attempts with one key at once: the other committed first. Answer as it was.
+            found = await idempotency.find(self.services.sessions, key_digest)
+            if found is None:
+                raise
+            outcome = found
+        if isinstance(outcome, int):
+            return False
+        if outcome.fingerprint != request:
+            raise KeyReused("this Idempotency-Key was used for another request to this topic")
+        self.metrics.publishes.labels("retried").inc()
+        return True
+
+    async def _fat(self, ping: FatPing, key: tuple[str, str] | None = None) -> int | idempotency.Prior:
+        """Store a fat ping: the deliveries queued, or, for a key stored before, what its first
+        publish was (then nothing is stored). The key commits with the payload."""
         now = time.time()
         async with store.writing(self.services.sessions) as s:
+            if key is not None:
+                found = await idempotency.prior(s, key[0])
+                if found is not None:
+                    return found
+                idempotency.remember(s, key[0], key[1], PUBLISHED, now)
             queued = (
                 await store.enqueue(
                     s,
