@@ -7,6 +7,7 @@ ports in temp dirs: the shared PostgreSQL and Redis are never stopped.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -16,11 +17,12 @@ import anyio
 import httpx
 import pytest
 
+from reversehub.server.serve import EXIT_FAILED
 from tests.instances import OwnPostgres, OwnRedis, own_postgres, own_redis
 from tests.live import test_scaleout
 from tests.live.test_scaleout import started
 from tests.relay.helpers import links
-from tests.support import wait_for
+from tests.support import free_port, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.live]
 
@@ -160,3 +162,39 @@ async def test_a_postgresql_outage_is_answered_503_and_survived(launch, postgres
         assert proc.alive(), proc.output()
         log = proc.output()
         assert "Traceback" not in log or "Exception in ASGI application" not in log, log
+
+
+# A server whose hub's background work ends at once (standing in for any way it could end: every
+# loop in it is supervised, so only a bug outside them gets there).
+ENDS = """
+import sys
+from hub.service import Hub
+
+async def ends(self):
+    return None
+
+Hub.run = ends
+from reversehub.server.cli import main
+main(prog_name="reversehub")
+"""
+
+
+async def test_a_server_whose_background_work_ends_exits_non_zero(tmp_path):
+    """On main such a process stayed up half-dead: /healthz 503, subscribes 503, publishes 204.
+    (With --workers the supervisor starts another worker for one that exits non-zero.)"""
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        popen = subprocess.Popen(
+            [sys.executable, "-c", ENDS, "serve", "--port", str(port)]
+            + ["--database-url", f"sqlite:///{tmp_path / 'hub.db'}", "--log-level", "warning"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        assert popen.wait(60) == EXIT_FAILED, log.read_text()
+        assert "cannot go on" in log.read_text()
+    finally:
+        if popen.poll() is None:
+            popen.kill()
+            popen.wait(10)
