@@ -315,7 +315,9 @@ class Verifier:
             logger.info("callback refused: %s", exc)
             return False
         if req.mode == "subscribe":
-            reason, fetched = await self._check_subscribe(req)
+            # Its checks read the database: one that is away delays the verification (with backoff,
+            # logged) instead of dropping it, so a subscribe accepted during an outage still happens.
+            reason, fetched = await until_stored(lambda: self._check_subscribe(req), "a subscribe's checks (a read)")
             if reason is not None:
                 await self.deny(req, reason)
                 return False

@@ -227,3 +227,28 @@ async def test_a_subscription_verified_as_postgresql_goes_away_is_stored_when_it
 
     await wait_for(stored, timeout=40, interval=0.2)
     assert len(peer.verified("/cb")) == 1  # stored, not asked again
+
+
+async def test_a_subscribe_accepted_while_postgresql_is_away_is_verified_when_it_is_back(own_pg, make_app, caplog):
+    """Its checks read the database before the verification GET: on main that read failed and the
+    verification was dropped, so the subscribe answered 202 never happened."""
+    database = await pgdb.create_database(own_pg.url, migrate=True)
+    peer = Peer()
+    app, client = await make_app(transport=httpx.ASGITransport(app=peer.app), database_url=database, **hub_settings())
+    caplog.set_level(logging.WARNING, logger="hub")
+    own_pg.stop()
+    r = await client.post("/hub", data=form(mode="subscribe", topic=TOPIC, callback=CALLBACK))
+    assert r.status_code == 202
+    await wait_for(lambda: "a subscribe's checks" in caplog.text, timeout=20)
+    assert not peer.verified("/cb")
+    own_pg.start()
+
+    async def stored() -> bool:
+        try:
+            sub = await store.find(app.state.hub.services.sessions, TOPIC, CALLBACK)
+        except Exception:
+            return False
+        return sub is not None and sub.state == "active"
+
+    await wait_for(stored, timeout=40, interval=0.2)
+    assert len(peer.verified("/cb")) == 1
