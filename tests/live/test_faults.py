@@ -82,7 +82,17 @@ async def test_requesters_waiting_through_a_redis_restart_are_all_answered(launc
             assert poll.status_code == 200, poll.text
             for i in range(1, 6):  # the rest wait in the queue: the application is busy, not absent
                 tg.start_soon(request, i)
-            await anyio.sleep(0.5)
+            # One more requester gives up (its connection closes): its wait ends at once, it does
+            # not hold its place until a deadline.
+            async with httpx.AsyncClient(timeout=0.5) as impatient:
+                with pytest.raises(httpx.ReadTimeout):
+                    await impatient.get(f"{public}gives-up")
+
+            async def freed() -> bool:
+                text = (await client.get(proc.base + "/metrics")).text
+                return 'relay_requests_total{outcome="RequesterGone"} 1.0' in text
+
+            await wait_for(freed, timeout=5, interval=0.1)
             assert not answers
             stopped = time.monotonic()
             redis.stop()
