@@ -2,7 +2,8 @@
 
 - ``/healthz`` answers 200 once the process serves, whatever its database and broker do: a
   supervisor that restarts on it must not restart every server because their shared database is
-  down. Its text says when a request failed for want of either moments ago (``ok; degraded: ...``).
+  down. Its text says when either does not answer, or a request failed for want of either moments
+  ago (``ok; degraded: ...``).
   It answers 503 only while starting, or when the process's background work is gone and it is on
   its way out (:func:`reversehub.core.supervise.essential`).
 - ``/readyz`` answers 200 only while the database answers a query of its schema (on PostgreSQL:
@@ -29,6 +30,7 @@ from reversehub.core.services import Services
 logger = logging.getLogger(__name__)
 
 READY_TIMEOUT = 2.0  # seconds each probe of /readyz may take
+HEALTH_TIMEOUT = 1.0  # seconds each probe of /healthz may take (it only changes its text)
 READY_HOLD = 10.0  # seconds /readyz stays 503 after a request failed for want of the database or broker
 _NO_STORE = {"Cache-Control": "no-store"}
 
@@ -56,10 +58,14 @@ async def healthz(request: Request) -> Response:
         return PlainTextResponse("starting\n", status_code=503)
     reason = degraded(request.app.state)
     if reason is not None:
+        reason += " moments ago"
+    else:
+        reason = await _unavailable(request.app.state.services, HEALTH_TIMEOUT)
+    if reason is not None:
         # Still 200: the process is fine and restarting it would not bring the database back.
         # The text tells an operator (and /readyz a load balancer) what it waits for.
-        return PlainTextResponse(f"ok; degraded: {reason} moments ago (see /readyz)\n", headers=_NO_STORE)
-    return PlainTextResponse("ok\n")
+        return PlainTextResponse(f"ok; degraded: {reason} (see /readyz)\n", headers=_NO_STORE)
+    return PlainTextResponse("ok\n", headers=_NO_STORE)
 
 
 async def _database(services: Services) -> str | None:
@@ -83,17 +89,25 @@ async def readyz(request: Request) -> Response:
     reason = degraded(request.app.state)
     if reason is not None:
         return _not_ready(f"{reason}: a request failed for want of it moments ago")
+    reason = await _unavailable(services, READY_TIMEOUT)
+    if reason is not None:
+        return _not_ready(reason)
+    return PlainTextResponse("ready\n", headers=_NO_STORE)
+
+
+async def _unavailable(services: Services, timeout: float) -> str | None:
+    """Why the database or the broker cannot serve now (each probe within ``timeout``), or None."""
     for name, probe in (("database", _database), ("broker", _broker)):
         try:
-            with anyio.fail_after(READY_TIMEOUT):
+            with anyio.fail_after(timeout):
                 reason = await probe(services)
         except Exception as exc:
             # Its type only: a driver's message may quote a statement's parameters.
-            logger.warning("readiness: %s not answering (%s)", name, type(exc).__name__)
+            logger.warning("health: %s not answering (%s)", name, type(exc).__name__)
             reason = f"{name} not answering"
         if reason is not None:
-            return _not_ready(reason)
-    return PlainTextResponse("ready\n", headers={"Cache-Control": "no-store"})
+            return reason
+    return None
 
 
 def _not_ready(reason: str) -> Response:
