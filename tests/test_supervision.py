@@ -13,6 +13,7 @@ import anyio
 import pytest
 
 from hub.fetcher import Fetcher
+from hub.outbox import Outbox
 from hub.service import Hub
 from hub.subscriptions import Verifier
 from reversehub.core import supervise
@@ -66,7 +67,9 @@ def _fails_once(monkeypatch, cls, name: str) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize("worker", [(Fetcher, "run"), (Verifier, "run")], ids=["fetcher", "verifier"])
+@pytest.mark.parametrize(
+    "worker", [(Fetcher, "run"), (Verifier, "run"), (Outbox, "run")], ids=["fetcher", "verifier", "outbox"]
+)
 async def test_a_worker_that_fails_does_not_end_the_app(monkeypatch, fast_restarts, make_app, worker, caplog):
     """On main a failing worker ended the lifespan's task group: the app answered 503 "shutting
     down" to subscribes and had no outbox, while it still took publishes."""
