@@ -8,6 +8,7 @@ the shared ones. Each is stopped (and its files removed with the temp dir) when 
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -62,7 +63,7 @@ class OwnPostgres:
             unavailable(f"no PostgreSQL binaries in {PG_BIN}")
         if os.geteuid() == 0:
             # initdb and postgres refuse to run as root: run them as nobody, owning the directory.
-            shutil.chown(self.directory, "nobody", "nogroup")
+            shutil.chown(self.directory, "nobody", pwd.getpwnam("nobody").pw_gid)
             self._user = ["runuser", "-u", "nobody", "--"]
         self._run(str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
 
