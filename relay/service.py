@@ -23,6 +23,7 @@ from relay.queue import CHANGED_CHANNEL, Delivery, Dispatcher, Item, queue_key, 
 from relay.registry import CACHE_TTL, SOLO_CACHE_TTL, Reg, Registry, cap_name, private_cap
 from relay.routes import RelayUrls
 from relay.wire import WireError, serialize_response
+from reversehub.core import db
 from reversehub.core.services import Services
 from reversehub.core.supervise import supervised
 
@@ -353,8 +354,11 @@ class Relay:
                 # Shielded: a database call cancelled half-way leaves aiosqlite hanging at shutdown.
                 with anyio.CancelScope(shield=True):
                     await self.sweep()
-            except Exception:
-                logger.warning("relay lease sweep failed", exc_info=True)
+            except Exception as exc:
+                if db.unavailable(exc):  # an outage, not a bug: one line per sweep while it lasts
+                    logger.warning("relay lease sweep waits for the database (%s)", getattr(exc, "orig", None) or exc)
+                else:
+                    logger.warning("relay lease sweep failed", exc_info=True)
             await anyio.sleep(self.sweep_interval)
 
     async def _listen(self) -> None:
