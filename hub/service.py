@@ -250,6 +250,8 @@ class Hub:
     async def _announce(self, channel: str) -> None:
         try:
             await self.services.broker.publish(channel, b"")
+        except BrokerUnavailable as exc:  # an outage: one line, the work is stored all the same
+            logger.warning("announcing on %s: %s (other processes find the work on their next scan)", channel, exc)
         except Exception:
             logger.exception("announcing on %s failed (other processes find the work on their next scan)", channel)
 
