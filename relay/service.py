@@ -36,8 +36,10 @@ from relay.queue import CHANGED_CHANNEL, Delivery, Dispatcher, Item, queue_key, 
 from relay.registry import CACHE_TTL, SOLO_CACHE_TTL, Reg, Registry, cap_name, private_cap
 from relay.routes import RelayUrls
 from relay.wire import WireError, serialize_response
+from reversehub.core import db
 from reversehub.core.broker import BrokerClosed, BrokerUnavailable
 from reversehub.core.services import Services
+from reversehub.core.supervise import supervised
 
 logger = logging.getLogger(__name__)
 
@@ -468,8 +470,11 @@ class Relay:
                 # Shielded: a database call cancelled half-way leaves aiosqlite hanging at shutdown.
                 with anyio.CancelScope(shield=True):
                     await self.sweep()
-            except Exception:
-                logger.warning("relay lease sweep failed", exc_info=True)
+            except Exception as exc:
+                if db.unavailable(exc):  # an outage, not a bug: one line per sweep while it lasts
+                    logger.warning("relay lease sweep waits for the database (%s)", getattr(exc, "orig", None) or exc)
+                else:
+                    logger.warning("relay lease sweep failed", exc_info=True)
             await anyio.sleep(self.sweep_interval)
 
     async def _listen(self) -> None:
@@ -489,11 +494,18 @@ class Relay:
                 await anyio.sleep(1)
 
     async def run(self) -> None:
+        """The relay's background loops, each supervised: one that fails is logged and started
+        again (:func:`reversehub.core.supervise.supervised`), never the end of the others."""
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._sweeper)
-            tg.start_soon(self._listen)
-            tg.start_soon(self.dispatcher.run)
-            tg.start_soon(self.inspector.run)
+            tg.start_soon(supervised, "the relay's lease sweeper", self._sweeper)
+            tg.start_soon(supervised, "the relay's change listener", self._listen)
+            tg.start_soon(supervised, "the relay's requester clock", self.dispatcher.run)
+            tg.start_soon(supervised, "the relay's inspector", self.inspector.run)
+
+    @property
+    def closing(self) -> bool:
+        """True once :meth:`aclose` began."""
+        return self._closing
 
     async def aclose(self) -> None:
         """Stop taking polls and end the held ones with 204 at once (graceful shutdown drains)."""

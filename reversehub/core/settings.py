@@ -96,6 +96,8 @@ class Settings:
     max_topic_size: int = 10 * MiB
     # How long the outbox keeps delivered rows for replay (seconds).
     delivery_retention: float = 7 * 24 * 3600.0
+    # How long a publish's Idempotency-Key is remembered (seconds): a retry within it is stored once.
+    publish_idempotency_retention: float = 24 * 3600.0
     # Feed polling for topics nobody pings: adaptive between these bounds (seconds).
     poll_min_interval: float = 60.0
     poll_max_interval: float = 3600.0

@@ -299,6 +299,14 @@ def serve_options(f: Any) -> Any:
                 },
             ),
             (
+                "publish-idempotency-retention",
+                {
+                    "default": defaults.publish_idempotency_retention,
+                    "type": click.FloatRange(min=0, min_open=True),
+                    "help": "Seconds a publish's Idempotency-Key is kept: a retry within it is stored once.",
+                },
+            ),
+            (
                 "delivery-claim-seconds",
                 {
                     "default": defaults.delivery_claim_seconds,
