@@ -5,7 +5,7 @@ their subscriptions for two minutes. With the worker on the claim, the claim que
 over as soon as its worker's heartbeat is stale.
 
 Revision ID: 0006_worker_claims
-Revises: 0005_client_shares
+Revises: 0008_idempotency
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0006_worker_claims"
-down_revision: str | Sequence[str] | None = "0005_client_shares"
+down_revision: str | Sequence[str] | None = "0008_idempotency"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
