@@ -41,6 +41,7 @@ from hub.models import Payload
 from hub.netguard import NetGuard
 from hub.signing import hub_signature, webhook_signature
 from hub.store.workers import node as worker_node
+from reversehub.core import db
 from reversehub.core.backoff import backoff
 from reversehub.core.outbound import OutboundError
 from reversehub.core.services import Services
@@ -175,9 +176,9 @@ class Outbox:
                         self.worker,
                         self.settings.outbox_stale,
                     )
-                except Exception:
+                except Exception as exc:
                     failures += 1
-                    self._failed("claiming deliveries", failures)
+                    self._failed("claiming deliveries", failures, exc)
                     await self._pause(backoff(failures, RETRY_BASE, RETRY_MAX))
                     continue
                 if failures:
@@ -196,10 +197,10 @@ class Outbox:
             self._held[r.id] = (r.token, now)
         try:
             await self._load_payloads({r.payload_id for r in rows})
-        except Exception:
+        except Exception as exc:
             # Give them back rather than count an attempt nobody made; if the database stays away,
             # our heartbeat goes stale and another worker takes them over.
-            logger.warning("loading payloads failed; giving %d claims back", len(rows), exc_info=True)
+            self._failed(f"loading payloads ({len(rows)} claims given back)", 1, exc)
             self._giveback.extend((r.id, r.token) for r in rows)
             self._flush.set()
             await self._pause(backoff(1, RETRY_BASE, RETRY_MAX))
@@ -222,12 +223,15 @@ class Outbox:
         with anyio.move_on_after(seconds):
             await self._wake.wait()
 
-    def _failed(self, what: str, failures: int) -> None:
-        """Log a failed database call: in full the first time, quietly while it keeps failing."""
-        if failures == 1:
-            logger.warning("%s failed; retrying with backoff", what, exc_info=True)
+    def _failed(self, what: str, failures: int, exc: Exception) -> None:
+        """Log a failed database call: once when it starts failing (an outage in one line, anything
+        else with its traceback), quietly while it keeps failing."""
+        if failures > 1:
+            logger.debug("%s failed again (%d times)", what, failures, exc_info=exc)
+        elif db.unavailable(exc):
+            logger.warning("%s waits for the database (%s); retrying with backoff", what, getattr(exc, "orig", exc))
         else:
-            logger.debug("%s failed again (%d times)", what, failures, exc_info=True)
+            logger.warning("%s failed; retrying with backoff", what, exc_info=exc)
 
     async def _heartbeat(self) -> None:
         """Renew this worker's heartbeat, renew the leases of claims held long, report dead workers.
@@ -254,9 +258,9 @@ class Outbox:
                 failures = 0
                 await self._renew()
                 await self._report_dead()
-            except Exception:
+            except Exception as exc:
                 failures += 1
-                self._failed("the outbox heartbeat", failures)
+                self._failed("the outbox heartbeat", failures, exc)
                 await anyio.sleep(backoff(failures, period / 4, period))
                 continue
             await anyio.sleep(period)
@@ -387,8 +391,8 @@ class Outbox:
         if payload is None:  # loaded at the claim and evicted since, or too large to keep
             try:
                 payload = (await self._load_payloads({row.payload_id}))[row.payload_id]
-            except (SQLAlchemyError, OSError):
-                logger.warning("loading the payload of delivery %d failed; giving it back", row.id, exc_info=True)
+            except (SQLAlchemyError, OSError) as exc:
+                self._failed(f"loading the payload of delivery {row.id} (given back)", 1, exc)
                 return None
         try:
             await self.guard.check(row.callback)
@@ -452,9 +456,9 @@ class Outbox:
                 await store.release(sessions, giveback)
             if deferred:
                 await store.release(sessions, deferred, time.time() + self._defer_seconds())
-        except Exception:
+        except Exception as exc:
             self._write_failures += 1
-            self._failed(f"recording {len(batch)} delivery outcomes", self._write_failures)
+            self._failed(f"recording {len(batch)} delivery outcomes", self._write_failures, exc)
             self._outcomes[:0] = batch
             self._giveback[:0] = giveback
             self._giveback.extend(deferred)  # by the time they are written, their host may have room
