@@ -1,15 +1,23 @@
 """Client commands of the ``reversehub`` CLI: subscribe, publish, ping, expose.
 
 ``reversehub/cli.py`` adds every command in :data:`commands` to its group.
+
+SIGTERM (service managers, ``timeout``, ``docker stop``) and SIGHUP (a closed terminal) end
+``subscribe`` and ``expose`` as Ctrl-C does, with exit code 0: without ``--state`` the subscription
+ends and the relay name is released, so the same name can be claimed again at once; ``subscribe
+--state`` detaches and keeps both (docs/subscribers.md, "Signals").
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,12 +37,33 @@ DEFAULT_RELAY = "http://127.0.0.1:8000/reversehttp"
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "trailer"}
 
 
+# Signals that end a long-running command the way Ctrl-C does.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
 def _state(state: str) -> None:
     click.echo(f"[{state}]", err=True)
 
 
+@contextlib.contextmanager
+def _stopping_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """Call ``stop`` on SIGTERM or SIGHUP (whose default is to die at once, leaving the relay name
+    held for its whole lease and, without --state, a subscription queueing to nobody)."""
+    previous = {sig: signal.signal(sig, lambda signum, frame: stop()) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def update_as_json(update: Update) -> dict[str, Any]:
-    record: dict[str, Any] = {"topic": update.topic, "id": update.id, "content_type": update.content_type}
+    record: dict[str, Any] = {
+        "topic": update.topic,
+        "seq": update.seq,
+        "id": update.id,
+        "content_type": update.content_type,
+    }
     try:
         record["body"] = update.body.decode("utf-8")
     except UnicodeDecodeError:
@@ -60,7 +89,16 @@ def update_as_text(update: Update) -> str:
 @click.option("--relay", envvar="REVERSEHUB_RELAY", default=None, help="Relay URL [default: the hub's server].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--lease-seconds", type=int, default=None, help="Lease to ask the hub for.")
-def subscribe(topic: str, hub: str | None, relay: str | None, as_json: bool, lease_seconds: int | None) -> None:
+@click.option(
+    "--state",
+    "state_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Resume from (and keep) this state file: updates published while stopped are not lost.",
+)
+def subscribe(
+    topic: str, hub: str | None, relay: str | None, as_json: bool, lease_seconds: int | None, state_path: str | None
+) -> None:
     """Print each update to TOPIC as it arrives (connection state goes to stderr)."""
     lock = threading.Lock()
 
@@ -69,20 +107,38 @@ def subscribe(topic: str, hub: str | None, relay: str | None, as_json: bool, lea
         with lock:
             click.echo(text)
 
-    subscriber = Subscriber(topic, show, hub=hub, relay=relay, lease_seconds=lease_seconds, on_state=_state)
-    try:
-        subscriber.start()
-    except DiscoveryError as exc:
-        raise click.ClickException(f"{exc}; pass --hub URL") from exc
-    except (ClientError, httpx.HTTPError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(f"subscribed to {subscriber.topic} at {subscriber.hub}", err=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        subscriber.stop()
+    def missed(first: int, last: int | None) -> None:
+        span = f"{first}..{last}" if last is not None else f"from {first} on"
+        with lock:
+            if as_json:
+                click.echo(json.dumps({"missed": [first, last], "topic": topic}))
+            click.echo(f"missed updates {span} of {topic}: the hub no longer holds them", err=True)
+
+    stop = threading.Event()
+    subscriber = Subscriber(
+        topic,
+        show,
+        hub=hub,
+        relay=relay,
+        lease_seconds=lease_seconds,
+        on_state=_state,
+        state=state_path,
+        on_gap=missed,
+    )
+    with _stopping_on_signals(stop.set):
+        try:
+            subscriber.start()
+        except DiscoveryError as exc:
+            raise click.ClickException(f"{exc}; pass --hub URL") from exc
+        except (ClientError, httpx.HTTPError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"subscribed to {subscriber.topic} at {subscriber.hub}", err=True)
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            subscriber.stop()
 
 
 def _read_data(data: str | None) -> bytes:
@@ -165,6 +221,10 @@ def expose(name: str, to: str, relay: str, token: str | None, pollers: int) -> N
     import asyncio
 
     async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in STOP_SIGNALS:  # from the start: a SIGTERM while registering still releases the name
+            loop.add_signal_handler(sig, stop.set)
         forwarder = Forwarder(to)
         endpoint = Endpoint(relay, forwarder, name=name, token=token, pollers=pollers, on_state=_state)
         forwarder.endpoint = endpoint
@@ -175,7 +235,7 @@ def expose(name: str, to: str, relay: str, token: str | None, pollers: int) -> N
             raise click.ClickException(str(exc)) from exc
         click.echo(f"{public_url} -> {to}")
         try:
-            await asyncio.Event().wait()
+            await stop.wait()
         finally:
             await endpoint.aclose()
             await forwarder.http.aclose()

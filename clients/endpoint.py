@@ -155,8 +155,11 @@ class Endpoint:
             self._spawn(self._poller(registration.first if index == 0 else None, self._generation))
         return registration.public_url
 
-    async def aclose(self) -> None:
-        """Stop polling (requests being handled finish first) and relinquish the name (DELETE)."""
+    async def aclose(self, *, release: bool = True) -> None:
+        """Stop polling (requests being handled finish first) and relinquish the name (DELETE).
+
+        ``release=False`` only detaches: the name stays registered (until its lease ends) for
+        whoever holds its token, so a durable subscriber started again re-claims the same name."""
         if self._closing:
             return
         self._closing = True
@@ -168,7 +171,7 @@ class Endpoint:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._private_url is not None:
+        if self._private_url is not None and release:
             try:
                 await self._http.delete(self._private_url, timeout=5.0)
             except httpx.HTTPError as exc:
