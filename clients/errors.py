@@ -5,6 +5,7 @@
     ├── RelayError            the relay refused a registration (403 name taken, 400 bad name/lease)
     ├── SubscriptionError     the hub refused the subscription, denied it, or never verified it
     ├── PublishError          the hub refused a publish or ping
+    ├── OwnershipError        the hub refused a subscription's /hub/status or /hub/replay
     ├── MissedUpdates         a durable subscriber's updates FIRST..LAST are lost (reported, not raised)
     └── ClosedError           the object was used after stop()/aclose()
 
@@ -37,6 +38,14 @@ class SubscriptionError(ClientError):
 
 class PublishError(ClientError):
     """The hub refused a publish or ping."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class OwnershipError(ClientError):
+    """The hub refused a status or replay request (or has no such endpoint)."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)

@@ -19,20 +19,12 @@ from urllib.parse import urljoin
 
 import httpx
 
-from clients.errors import ClientError
+from clients.errors import OwnershipError
 
 # Past this difference between our clock and the hub's (its Date header), proofs are timed by the
 # hub's clock: the hub accepts a proof within 300 s, and a client whose clock is off by more would
 # otherwise be refused every status and replay.
 CLOCK_SKEW_TOLERANCE = 60.0
-
-
-class OwnershipError(ClientError):
-    """The hub refused a status or replay request (or has no such endpoint)."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)

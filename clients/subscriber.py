@@ -60,7 +60,7 @@ from clients._links import find_link
 from clients._sync import LoopThread
 from clients.discovery import discover
 from clients.endpoint import CONNECTED, RECONNECTING, Endpoint, backoff_sleep, random_name
-from clients.errors import ClientError, ClosedError, MissedUpdates, SubscriptionError
+from clients.errors import ClientError, ClosedError, MissedUpdates, OwnershipError, SubscriptionError
 from clients.ownership import Owner
 from clients.sequence import Sequencer
 from clients.state import SubscriberState
@@ -115,7 +115,15 @@ def _text(status: int, body: str = "") -> HttpResponse:
 
 
 class AsyncSubscriber:
-    """Subscribe to ``topic`` and call ``callback(update)`` for every delivery. See the module docstring."""
+    """Subscribe to ``topic`` and call ``callback(update)`` for every delivery. See the module docstring.
+
+    ``state``: a file that makes the subscriber durable (``docs/subscribers.md``): created at the
+    first start, re-attached to at every later one, deleted by :meth:`unsubscribe`.
+    ``on_gap(first, last)`` (sync or async) hears of updates the hub no longer holds, in their place
+    among the updates (``last`` None: how many is unknown); each report is also logged and kept in
+    :attr:`missed`. ``gap_wait``: seconds without any delivery before the hub is asked about a gap
+    again.
+    """
 
     def __init__(
         self,
@@ -217,6 +225,19 @@ class AsyncSubscriber:
             assert self.hub is not None
             last, expected = await self._resume_point(saved) if saved is not None else (0, 0)
             relay = saved.relay if saved is not None else self.relay or relay_for(self.hub)
+            # Ready before the name is polled: what the hub queued comes at once, and a delivery
+            # at or below `last` must already count as a duplicate.
+            self._sequencer = Sequencer(
+                last,
+                self._handle,
+                self._persist,
+                self._report_gap,
+                self._replay,
+                self._pending_count,
+                quiet=self._gap_wait,
+            )
+            if saved is not None:
+                self._set_callback(saved.callback)
             self._endpoint = Endpoint(
                 relay,
                 self._on_request,
@@ -231,21 +252,15 @@ class AsyncSubscriber:
                 on_replied=self._on_replied,
             )
             public_url = await self._endpoint.start()
-            self._set_callback(urljoin(public_url, "websub"))
-            if saved is not None and saved.callback != self.callback_url:
-                # The hub keys a subscription by (topic, callback): a new callback is a new
-                # subscription, numbered from 1 again.
-                logger.warning("the relay gave this subscriber a new public URL: a new subscription")
-                last = expected = 0
-            self._sequencer = Sequencer(
-                last,
-                self._handle,
-                self._persist,
-                self._report_gap,
-                self._replay,
-                self._pending_count,
-                quiet=self._gap_wait,
-            )
+            callback = urljoin(public_url, "websub")
+            if callback != self.callback_url:
+                self._set_callback(callback)
+                if saved is not None:
+                    # The hub keys a subscription by (topic, callback): a new callback is a new
+                    # subscription, numbered from 1 again.
+                    logger.warning("the relay gave this subscriber a new public URL: a new subscription")
+                    await self._sequencer.reset(0)
+                    expected = 0
             if self.state_path is not None:
                 # Kept before subscribing: a crash from here on leaves a file that re-attaches.
                 self._saved = SubscriberState(
@@ -256,7 +271,7 @@ class AsyncSubscriber:
                     token=self._endpoint.token,
                     secret=self.secret,
                     callback=self.callback_url or "",
-                    last_seq=last,
+                    last_seq=self._sequencer.last,
                     lease_seconds=saved.lease_seconds if saved is not None else None,
                     lease_expires_at=saved.lease_expires_at if saved is not None else None,
                     extra=saved.extra if saved is not None else {},
@@ -389,11 +404,13 @@ class AsyncSubscriber:
             state_file.save(self.state_path, self._saved)
 
     async def _replay(self, since: int) -> int:
-        assert self._owner is not None
+        if self._owner is None:  # a gap seen before the callback URL is known: asked again later
+            raise OwnershipError("not subscribed yet")
         return await self._owner.replay(since)
 
     async def _pending_count(self) -> int:
-        assert self._owner is not None
+        if self._owner is None:
+            raise OwnershipError("not subscribed yet")
         return await self._owner.pending()
 
     async def _report_gap(self, first: int, last: int | None, reason: str = "the hub no longer holds them") -> None:

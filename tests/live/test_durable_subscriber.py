@@ -244,9 +244,9 @@ async def test_a_signal_ends_subscribe_as_ctrl_c_does(tmp_path: Path, sig: int) 
             assert hub.registered(name)
             assert await sub.signal(sig) == 0
             assert "[stopped]" in await sub.rest("stderr")
-            # Without --state nothing is left behind: no subscription, no name.
-            assert hub.active_subscriptions(topic) == []
+            # Without --state nothing is left behind: no subscription (ended just after the echo), no name.
             assert not hub.registered(name)
+            await wait_for(lambda: hub.active_subscriptions(topic) == [])
         finally:
             await sub.stop()
 
@@ -362,3 +362,62 @@ async def test_what_the_hub_did_not_keep_is_reported(tmp_path: Path, kind: str) 
             await wait_for(lambda: last_seq(state) == 7)
         finally:
             await again.stop()
+
+
+# -- stop(), unsubscribe(), and a hub that forgot ---------------------------------------------------
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.seqs: list[int | None] = []
+        self.gaps: list[tuple[int, int | None]] = []
+
+    async def __call__(self, update: Any) -> None:
+        self.seqs.append(update.seq)
+
+    def gap(self, first: int, last: int | None) -> None:
+        self.gaps.append((first, last))
+
+
+FAST: dict[str, Any] = {"backoff": (0.05, 0.5), "gap_wait": 0.5}
+
+
+async def test_stop_detaches_and_unsubscribe_ends(tmp_path: Path) -> None:
+    from clients import AsyncSubscriber
+
+    state = tmp_path / "sub.state"
+    async with serving(tmp_path) as hub:
+        topic = hub.topic("lifecycle")
+        inbox = Inbox()
+        sub = await AsyncSubscriber(topic, inbox, hub=hub.hub, state=state, **FAST).start()
+        saved = json.loads(state.read_text())
+        await sub.stop()  # detach: the name, the subscription and the file stay
+        assert state.exists() and hub.registered(saved["name"])
+        await wait_for(lambda: hub.active_subscriptions(topic) == [saved["callback"]])  # stored after the echo
+
+        again = await AsyncSubscriber(topic, inbox, hub=hub.hub, state=state, **FAST).start()
+        await again.unsubscribe()  # the end: nothing is left behind
+        assert not state.exists() and not hub.registered(saved["name"])
+        await wait_for(lambda: hub.active_subscriptions(topic) == [])  # ended just after the echo
+
+
+async def test_a_hub_that_forgot_the_subscription_is_reported_and_numbering_starts_again(tmp_path: Path) -> None:
+    from clients import AsyncSubscriber
+
+    state = tmp_path / "sub.state"
+    async with serving(tmp_path) as hub:
+        topic = hub.topic("forgotten")
+        inbox = Inbox()
+        async with AsyncSubscriber(topic, inbox, hub=hub.hub, state=state, **FAST):
+            for n in range(3):
+                await publish(hub, topic, f"update {n}")
+            await wait_for(lambda: last_seq(state) == 3)
+        hub.query("DELETE FROM hub_subscriptions WHERE topic = ?", topic)  # e.g. an admin deleted it
+        async with AsyncSubscriber(topic, inbox, hub=hub.hub, state=state, on_gap=inbox.gap, **FAST) as sub:
+            assert inbox.gaps == [(4, None)] and [str(m) for m in sub.missed] == [
+                "missed updates from 4 on (how many is unknown): the hub no longer knows this subscription"
+            ]
+            await publish(hub, topic, "anew")
+            await wait_for(lambda: inbox.seqs == [1, 2, 3, 1])  # a new subscription, numbered from 1
+            await sub.stop()
+        assert len(hub.active_subscriptions(topic)) == 1 and last_seq(state) == 1
