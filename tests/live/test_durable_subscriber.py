@@ -421,3 +421,23 @@ async def test_a_hub_that_forgot_the_subscription_is_reported_and_numbering_star
             await wait_for(lambda: inbox.seqs == [1, 2, 3, 1])  # a new subscription, numbered from 1
             await sub.stop()
         assert len(hub.active_subscriptions(topic)) == 1 and last_seq(state) == 1
+
+
+async def test_a_lease_that_ran_out_while_away_is_reported(tmp_path: Path) -> None:
+    """While a subscription is not active the hub numbers nothing: what was published then cannot be
+    counted, so it is reported with no end (and never passed over in silence)."""
+    from clients import AsyncSubscriber
+
+    state = tmp_path / "sub.state"
+    async with serving(tmp_path) as hub:
+        topic = hub.topic("lapsed")
+        inbox = Inbox()
+        async with AsyncSubscriber(topic, inbox, hub=hub.hub, state=state, **FAST):
+            await publish(hub, topic, "update 1")
+            await wait_for(lambda: last_seq(state) == 1)
+        hub.query("UPDATE hub_subscriptions SET expires_at = ? WHERE topic = ?", time.time() - 1, topic)
+        async with AsyncSubscriber(topic, inbox, hub=hub.hub, state=state, on_gap=inbox.gap, **FAST) as sub:
+            assert inbox.gaps == [(2, None)] and "lease ran out" in str(sub.missed[0])
+            await publish(hub, topic, "update 2")
+            await wait_for(lambda: inbox.seqs == [1, 2])  # the same subscription, renewed
+            await sub.stop()
