@@ -101,9 +101,8 @@ async def serving(tmp_path: Path, *flags: str) -> AsyncIterator[Hub]:
     db = tmp_path / "hub.db"
     log = (tmp_path / f"serve-{port}.log").open("wb")
     command = [REVERSEHUB, "serve", "--port", str(port), "--database-url", f"sqlite:///{db}"]
-    # Deliveries to a name nobody polls fail after 1 s instead of 5, so the hub's retries of what
-    # was published while a subscriber was dead stay short.
-    command += ["--allow-private-networks", "--unavailable-timeout", "1", "--log-level", "warning", *flags]
+    # The server's own timeouts and retries, as a user runs it: what a restart takes is measured.
+    command += ["--allow-private-networks", "--log-level", "warning", *flags]
     proc = await asyncio.create_subprocess_exec(*command, stdout=log, stderr=log, cwd=tmp_path)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -218,6 +217,7 @@ async def test_a_killed_subscriber_gets_what_was_published_while_it_was_dead(tmp
             records = [await again.record(timeout=RESUME_BOUND) for _ in range(10)]
             elapsed = time.monotonic() - started
             assert [(r["seq"], body_of(r)) for r in records] == [(n + 1, f"update {n}") for n in range(1, 11)]
+            print(f"{kind}: the ten updates published while dead arrived {elapsed:.1f}s after the restart")
             assert elapsed < RESUME_BOUND, f"took {elapsed:.1f}s"
             # A later publish arrives once: the next line after it is the one after it.
             await publish(hub, topic, "update 11")
