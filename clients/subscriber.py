@@ -216,6 +216,11 @@ class AsyncSubscriber:
         try:
             if self.state_path is not None:
                 saved = await asyncio.to_thread(state_file.load, self.state_path)
+            if saved is not None and self.hub is None and self.topic != saved.topic:
+                # Named by the URL it was discovered from: the state has the hub's rel="self" one.
+                self._set_state(DISCOVERING)
+                found = await discover(self.topic, self._http)
+                self.hub, self.topic = found.hub, found.topic
             if saved is not None:
                 self._adopt(saved)
             elif self.hub is None:

@@ -441,3 +441,29 @@ async def test_a_lease_that_ran_out_while_away_is_reported(tmp_path: Path) -> No
             await publish(hub, topic, "update 2")
             await wait_for(lambda: inbox.seqs == [1, 2])  # the same subscription, renewed
             await sub.stop()
+
+
+async def test_a_discovered_topic_resumes_from_the_url_it_was_discovered_from(tmp_path: Path) -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from clients import AsyncSubscriber
+
+    state = tmp_path / "sub.state"
+    async with serving(tmp_path) as hub:
+        canonical = hub.topic("canonical")
+
+        async def page(request: Any) -> Response:
+            return Response("", headers={"link": f'<{hub.hub}>; rel="hub", <{canonical}>; rel="self"'})
+
+        async with serve_live(Starlette(routes=[Route("/page", page)])) as site:
+            inbox = Inbox()
+            async with AsyncSubscriber(f"{site}/page", inbox, state=state, **FAST) as sub:
+                assert sub.topic == canonical
+                await publish(hub, canonical, "update 1")
+                await wait_for(lambda: last_seq(state) == 1)
+            await publish(hub, canonical, "update 2")
+            async with AsyncSubscriber(f"{site}/page", inbox, state=state, **FAST):
+                await wait_for(lambda: inbox.seqs == [1, 2])
+        assert len(hub.active_subscriptions(canonical)) == 1
