@@ -15,7 +15,16 @@ import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock, the rest works the same
+    fcntl = None  # type: ignore[assignment]
+
 VERSION = 1
+
+
+class StateInUse(ValueError):
+    """Another subscriber runs with this state file."""
 
 
 @dataclass
@@ -112,3 +121,36 @@ def _fsync_directory(directory: str) -> None:
         pass  # some filesystems refuse fsync on a directory; the replace itself is still atomic
     finally:
         os.close(fd)
+
+
+class StateLock:
+    """``PATH.lock``, held while a subscriber runs with the state in PATH.
+
+    Two subscribers with one state would poll one relay name and share its deliveries, each seeing
+    the other's as gaps; the second one is refused (:class:`StateInUse`) instead. The lock is the
+    kernel's (``flock``), so a subscriber that is killed leaves none behind."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path) + ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        if fcntl is None or self._fd is not None:
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StateInUse(f"another subscriber runs with {self.path.removesuffix('.lock')}") from None
+        self._fd = fd
+
+    def release(self, remove: bool = False) -> None:
+        """Let go; ``remove``: the state is gone too (unsubscribed), so is the lock file."""
+        if self._fd is None:
+            return
+        if remove:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+        os.close(self._fd)
+        self._fd = None

@@ -166,6 +166,7 @@ class AsyncSubscriber:
         self._sequencer: Sequencer | None = None
         self._owner: Owner | None = None
         self._save_lock = threading.Lock()
+        self._state_lock = state_file.StateLock(self.state_path) if self.state_path is not None else None
         self._on_state = on_state
         self._pollers = pollers
         self._transport = transport
@@ -214,7 +215,8 @@ class AsyncSubscriber:
         self._http = httpx.AsyncClient(transport=self._transport, timeout=httpx.Timeout(10.0))
         saved: SubscriberState | None = None
         try:
-            if self.state_path is not None:
+            if self._state_lock is not None and self.state_path is not None:
+                self._state_lock.acquire()
                 saved = await asyncio.to_thread(state_file.load, self.state_path)
             if saved is not None and self.hub is None and self.topic != saved.topic:
                 # Named by the URL it was discovered from: the state has the hub's rel="self" one.
@@ -289,6 +291,8 @@ class AsyncSubscriber:
             await self._teardown(release=saved is None)
             if saved is None and self._saved is not None and self.state_path is not None:
                 await asyncio.to_thread(state_file.delete, self.state_path)
+            if self._state_lock is not None:
+                self._state_lock.release()
             raise
         self._started = True
         self._renewer = asyncio.create_task(self._renew_forever())
@@ -311,6 +315,8 @@ class AsyncSubscriber:
             except (httpx.HTTPError, SubscriptionError) as exc:
                 logger.warning("unsubscribe from %s failed: %s", self.topic, exc)
         await self._teardown(release=not durable)
+        if self._state_lock is not None:
+            self._state_lock.release()
         self._set_state(STOPPED)
 
     async def unsubscribe(self) -> None:
@@ -329,11 +335,15 @@ class AsyncSubscriber:
             await self._subscribe("unsubscribe")
         except BaseException:
             await self._teardown(release=False)
+            if self._state_lock is not None:
+                self._state_lock.release()
             self._set_state(STOPPED)
             raise
         await self._teardown(release=True)
         if self.state_path is not None:
             await asyncio.to_thread(state_file.delete, self.state_path)
+        if self._state_lock is not None:
+            self._state_lock.release(remove=True)
         self._set_state(STOPPED)
 
     async def __aenter__(self) -> AsyncSubscriber:

@@ -78,3 +78,15 @@ def test_what_is_not_a_state_file_is_refused(tmp_path: Path, content: str) -> No
     path.write_text(content)
     with pytest.raises(ValueError):
         state_file.load(path)
+
+
+def test_one_subscriber_at_a_time_per_state(tmp_path: Path) -> None:
+    path = tmp_path / "sub.state"
+    first, second = state_file.StateLock(path), state_file.StateLock(path)
+    first.acquire()
+    with pytest.raises(state_file.StateInUse):
+        second.acquire()  # it would share the relay name's deliveries with the first
+    first.release()
+    second.acquire()
+    second.release(remove=True)
+    assert not (tmp_path / "sub.state.lock").exists()
