@@ -96,10 +96,19 @@ def update_as_text(update: Update) -> str:
     default=None,
     help="Resume from (and keep) this state file: updates published while stopped are not lost.",
 )
+@click.option("--unsubscribe", "end", is_flag=True, help="End the subscription kept in --state, then exit.")
 def subscribe(
-    topic: str, hub: str | None, relay: str | None, as_json: bool, lease_seconds: int | None, state_path: str | None
+    topic: str,
+    hub: str | None,
+    relay: str | None,
+    as_json: bool,
+    lease_seconds: int | None,
+    state_path: str | None,
+    end: bool,
 ) -> None:
     """Print each update to TOPIC as it arrives (connection state goes to stderr)."""
+    if end and state_path is None:
+        raise click.UsageError("--unsubscribe ends the subscription kept in --state FILE")
     lock = threading.Lock()
 
     def show(update: Update) -> None:
@@ -125,6 +134,13 @@ def subscribe(
         state=state_path,
         on_gap=missed,
     )
+    if end:
+        try:
+            subscriber.unsubscribe()  # updates still pending may be printed first
+        except (ClientError, httpx.HTTPError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"unsubscribed from {subscriber.topic}; {state_path} deleted", err=True)
+        return
     with _stopping_on_signals(stop.set):
         try:
             subscriber.start()

@@ -467,3 +467,16 @@ async def test_a_discovered_topic_resumes_from_the_url_it_was_discovered_from(tm
             async with AsyncSubscriber(f"{site}/page", inbox, state=state, **FAST):
                 await wait_for(lambda: inbox.seqs == [1, 2])
         assert len(hub.active_subscriptions(canonical)) == 1
+
+
+async def test_cli_unsubscribe_ends_a_kept_subscription(tmp_path: Path) -> None:
+    state = tmp_path / "sub.state"
+    async with serving(tmp_path) as hub:
+        topic = hub.topic("ending")
+        sub = await Process.cli("subscribe", topic, "--hub", hub.hub, "--state", str(state))
+        assert await sub.signal(signal.SIGTERM) == 0
+        saved = json.loads(state.read_text())
+        end = await Process.cli("subscribe", topic, "--hub", hub.hub, "--state", str(state), "--unsubscribe", ready=None)
+        assert await asyncio.wait_for(end.proc.wait(), 30) == 0, await end.rest("stderr")
+        assert not state.exists() and not hub.registered(saved["name"])
+        await wait_for(lambda: hub.active_subscriptions(topic) == [])
