@@ -476,7 +476,8 @@ async def test_cli_unsubscribe_ends_a_kept_subscription(tmp_path: Path) -> None:
         sub = await Process.cli("subscribe", topic, "--hub", hub.hub, "--state", str(state))
         assert await sub.signal(signal.SIGTERM) == 0
         saved = json.loads(state.read_text())
-        end = await Process.cli("subscribe", topic, "--hub", hub.hub, "--state", str(state), "--unsubscribe", ready=None)
+        args = ("subscribe", topic, "--hub", hub.hub, "--state", str(state), "--unsubscribe")
+        end = await Process.cli(*args, ready=None)
         assert await asyncio.wait_for(end.proc.wait(), 30) == 0, await end.rest("stderr")
         assert not state.exists() and not hub.registered(saved["name"])
         await wait_for(lambda: hub.active_subscriptions(topic) == [])
