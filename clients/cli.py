@@ -117,11 +117,14 @@ def subscribe(
             click.echo(text)
 
     def missed(first: int, last: int | None) -> None:
-        span = f"{first}..{last}" if last is not None else f"from {first} on"
+        if last is not None:
+            text = f"missed updates {first}..{last} of {topic}: the hub no longer holds them"
+        else:
+            text = f"missed updates of {topic} from {first} on: the hub cannot say how many"
         with lock:
             if as_json:
                 click.echo(json.dumps({"missed": [first, last], "topic": topic}))
-            click.echo(f"missed updates {span} of {topic}: the hub no longer holds them", err=True)
+            click.echo(text, err=True)
 
     stop = threading.Event()
     subscriber = Subscriber(
