@@ -74,6 +74,10 @@ GapCallback = Callable[[int, "int | None"], "Awaitable[None] | None"]
 
 SIGNATURE_ALGORITHMS = {"sha1", "sha256", "sha384", "sha512"}
 SEEN_DELIVERIES = 10_000  # how many delivery ids we remember to drop duplicates
+# The relay-name lease a durable subscriber asks for (the relay clamps it to its maximum): the name
+# is its callback, so it must outlive the time the subscriber is away; a lapsed name could be
+# claimed by someone else, who would then receive the deliveries the hub keeps sending it.
+DURABLE_NAME_LEASE = 30 * 24 * 3600
 
 # Subscriber states, reported to ``on_state`` (besides the endpoint's ``connected``/``reconnecting``).
 DISCOVERING = "discovering"
@@ -250,6 +254,7 @@ class AsyncSubscriber:
                 self._on_request,
                 name=saved.name if saved is not None else random_name("sub"),
                 token=saved.token if saved is not None else secrets.token_urlsafe(24),
+                lease=DURABLE_NAME_LEASE if self.state_path is not None else None,
                 pollers=self._pollers,
                 http=self._http,
                 poll_read_timeout=self._poll_read_timeout,
