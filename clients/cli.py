@@ -34,6 +34,8 @@ from relay.wire import HttpRequest, HttpResponse
 DEFAULT_HUB = "http://127.0.0.1:8000/hub"
 DEFAULT_RELAY = "http://127.0.0.1:8000/reversehttp"
 # Hop-by-hop headers (RFC 9110 7.6.1) are not forwarded by a proxy.
+# A mailbox name is kept while its application is away: ask for the longest lease (the relay clamps it).
+MAILBOX_LEASE = 7 * 24 * 3600
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "trailer"}
 
 
@@ -235,9 +237,15 @@ class Forwarder:
 @click.option("--relay", envvar="REVERSEHUB_RELAY", default=DEFAULT_RELAY, show_default=True, help="Relay URL.")
 @click.option("--token", envvar="REVERSEHUB_TOKEN", default=None, help="Keeps NAME yours across restarts.")
 @click.option("--pollers", default=4, show_default=True, help="Concurrent long-polls.")
-def expose(name: str, to: str, relay: str, token: str | None, pollers: int) -> None:
+@click.option(
+    "--mailbox", is_flag=True, help="While this is not running, the relay stores requests (202) for the next start."
+)
+def expose(name: str, to: str, relay: str, token: str | None, pollers: int, mailbox: bool) -> None:
     """Make the local server at --to reachable at the relay's public URL for NAME."""
     import asyncio
+
+    if mailbox and token is None:
+        raise click.UsageError("--mailbox needs --token: the same token claims NAME and its stored requests again")
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -245,7 +253,10 @@ def expose(name: str, to: str, relay: str, token: str | None, pollers: int) -> N
         for sig in STOP_SIGNALS:  # from the start: a SIGTERM while registering still releases the name
             loop.add_signal_handler(sig, stop.set)
         forwarder = Forwarder(to)
-        endpoint = Endpoint(relay, forwarder, name=name, token=token, pollers=pollers, on_state=_state)
+        lease = MAILBOX_LEASE if mailbox else None
+        endpoint = Endpoint(
+            relay, forwarder, name=name, token=token, lease=lease, pollers=pollers, on_state=_state, mailbox=mailbox
+        )
         forwarder.endpoint = endpoint
         try:
             public_url = await endpoint.start()
@@ -253,11 +264,18 @@ def expose(name: str, to: str, relay: str, token: str | None, pollers: int) -> N
             await forwarder.http.aclose()
             raise click.ClickException(str(exc)) from exc
         click.echo(f"{public_url} -> {to}")
+        # A capability URL: shown on the owner's terminal only, never where a log could keep it.
+        if sys.stderr.isatty():
+            click.echo(f"inspect requests: {endpoint.inspector_url}", err=True)
+        else:
+            click.echo("inspect requests: the link is shown only on a terminal", err=True)
         try:
             await stop.wait()
         finally:
             await endpoint.aclose()
             await forwarder.http.aclose()
+            if mailbox:
+                click.echo(f"{name} kept: requests are stored until it is exposed again (same --token)", err=True)
 
     try:
         asyncio.run(run())

@@ -84,6 +84,11 @@ class Endpoint:
     relay: ``accepted`` is True when the relay took it (2xx, ReverseHttp "Replying": 202), so it
     goes on to the requester; False when the POST failed or was refused, so the requester gets an
     error from the relay instead (504, "no reply") and never sees what the handler answered.
+
+    ``mailbox=True`` registers the name in mailbox mode (docs/mailbox.md): while nothing polls it,
+    the relay stores its requests and answers them 202, and this endpoint receives them, oldest
+    first, when it starts again with the same ``name`` and ``token`` (so both are required).
+    :meth:`aclose` then keeps the name (until its lease runs out) instead of giving it up.
     """
 
     def __init__(
@@ -103,15 +108,19 @@ class Endpoint:
         on_state: StateCallback | None = None,
         on_reregistered: Callable[[], Awaitable[None]] | None = None,
         on_replied: RepliedCallback | None = None,
+        mailbox: bool = False,
     ) -> None:
         if (handler is None) == (app is None):
             raise TypeError("give exactly one of handler or app=")
+        if mailbox and (name is None or token is None):
+            raise ValueError("mailbox=True needs a name and a token: they claim the stored requests again")
         if pollers < 1:
             raise ValueError("pollers must be at least 1")
         self.relay = relay
         self.name = name or random_name()
         self.token = token or secrets.token_urlsafe(24)
         self.lease = lease
+        self.mailbox = mailbox
         self.pollers = pollers
         self.public_url: str | None = None
         self.state = "new"
@@ -155,8 +164,14 @@ class Endpoint:
             self._spawn(self._poller(registration.first if index == 0 else None, self._generation))
         return registration.public_url
 
+    @property
+    def inspector_url(self) -> str | None:
+        """The name's request inspector (a capability URL: show it only to the owner, never log it)."""
+        return None if self._private_url is None else self._private_url + "/requests"
+
     async def aclose(self, *, release: bool = True) -> None:
-        """Stop polling (requests being handled finish first) and relinquish the name (DELETE).
+        """Stop polling (requests being handled finish first) and relinquish the name (DELETE); a
+        mailbox name is kept, so that the relay stores its requests until the endpoint is back.
 
         ``release=False`` only detaches: the name stays registered (until its lease ends) for
         whoever holds its token, so a durable subscriber started again re-claims the same name."""
@@ -171,7 +186,7 @@ class Endpoint:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._private_url is not None and release:
+        if self._private_url is not None and release and not self.mailbox:
             try:
                 await self._http.delete(self._private_url, timeout=5.0)
             except httpx.HTTPError as exc:
@@ -197,6 +212,8 @@ class Endpoint:
         data = {"name": self.name, "token": self.token}
         if self.lease is not None:
             data["lease"] = str(self.lease)
+        if self.mailbox:
+            data["mailbox"] = "1"
         response = await self._http.post(self.relay, data=data)
         if response.status_code == 403:
             raise RelayError(f"relay name {self.name!r} is held by someone else (token mismatch)", 403)

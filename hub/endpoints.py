@@ -28,12 +28,14 @@ from hub.errors import (
     Busy,
     Forbidden,
     HubError,
+    KeyReused,
     NotFound,
     RateLimited,
     TooLarge,
     Unauthorized,
 )
-from hub.service import Hub
+from hub.service import PUBLISHED, Hub
+from hub.store import idempotency
 from reversehub.core import limits
 from reversehub.core.tokens import BEARER_CHALLENGE, presented_token
 
@@ -47,6 +49,7 @@ STATUS: dict[type[HubError], int] = {
     Forbidden: 403,
     NotFound: 404,
     TooLarge: 413,
+    KeyReused: 422,
     RateLimited: 429,
     Busy: 503,
 }
@@ -140,8 +143,28 @@ async def _publish(hub: Hub, request: Request, ping: publish.Ping | publish.FatP
     # A ping costs what it makes the hub do, a fetch per topic: the request itself was counted once.
     await _count(hub, request, "publish", cost=len(topics) - 1)
     await _count(hub, request, "publish:topic", (f"topic={t}" for t in topics))
-    await hub.publish(ping)
-    return Response(status_code=204)
+    key = idempotency_key(request.headers.get("idempotency-key"))
+    if key is None or not isinstance(ping, publish.FatPing):
+        # A ping names topics to fetch: the hub diffs what it fetches, so a repeated ping
+        # distributes nothing twice and needs no key.
+        await hub.publish(ping)
+        return Response(status_code=PUBLISHED)
+    if await hub.publish_once(ping, key):
+        return Response(status_code=PUBLISHED, headers={"Idempotent-Replayed": "true"})
+    return Response(status_code=PUBLISHED)
+
+
+def idempotency_key(value: str | None) -> str | None:
+    """The ``Idempotency-Key`` header's key, or None without one. The draft makes it a Structured
+    Field String (``"..."``); the bare token Stripe's clients send is taken too."""
+    if value is None:
+        return None
+    key = value.strip()
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = key[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    if not key or len(key) > idempotency.MAX_KEY_LENGTH or not key.isprintable() or not key.isascii():
+        raise BadRequest(f"Idempotency-Key must be 1 to {idempotency.MAX_KEY_LENGTH} printable ASCII characters")
+    return key
 
 
 async def hub_endpoint(request: Request) -> Response:

@@ -8,6 +8,7 @@ HubError
 │   └── NotOwner        403: status/replay without a valid, unused proof (no such subscription too)
 ├── NotFound            404: no such subscription
 ├── TooLarge            413: a body over its limit (max_form_size, max_topic_size)
+├── KeyReused           422: an Idempotency-Key used before for another request (hub.store.idempotency)
 ├── RateLimited         429: a topic's or callback host's budget is spent (with Retry-After)
 ├── Busy                503: too many verifications waiting, or the hub is starting or closing
 └── FetchFailed         a topic fetch failed (logged by the fetcher, never sent to a client)
@@ -62,3 +63,7 @@ class Busy(HubError):
 
 class FetchFailed(HubError):
     """A topic (or SUP document) could not be fetched."""
+
+
+class KeyReused(HubError):
+    """A publish's ``Idempotency-Key`` was used before, within the retention window, for another request."""

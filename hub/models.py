@@ -156,3 +156,18 @@ class Delivery(Base):
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class PublishKey(Base):
+    """An ``Idempotency-Key`` a publisher sent with a fat ping, kept for the retention window
+    (:mod:`hub.store.idempotency`). Committed in the publish's own transaction: a publish that was
+    stored has its key, and one that was not has none."""
+
+    __tablename__ = "hub_publish_keys"
+
+    # sha256 of (topic, key): the key is the publisher's and may be long; its digest is enough.
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # sha256 of the request (Content-Type and body): the same key with another request is refused.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    status: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float, index=True)

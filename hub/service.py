@@ -12,17 +12,19 @@ deliveries are due now).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from hub import store, sup
-from hub.errors import NotOwner
+from hub.errors import KeyReused, NotOwner
 from hub.fetcher import Fetcher
 from hub.metrics import HubMetrics
 from hub.models import Delivery, DeliveryState, Subscription, Topic
@@ -30,9 +32,13 @@ from hub.netguard import NetGuard
 from hub.outbox import Outbox
 from hub.publish import FatPing, Ping
 from hub.signing import PROOF_WINDOW, check_ownership
+from hub.store import idempotency
 from hub.subscriptions import SubscriptionRequest, Verifier
+from reversehub.core import db
+from reversehub.core.broker import BrokerUnavailable
 from reversehub.core.contracts import RELAY_ONLINE
 from reversehub.core.services import Services
+from reversehub.core.supervise import supervised
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +50,7 @@ PRUNE_EVERY = 300.0
 # than any verification of its first subscriber takes.
 TOPIC_IDLE = 3600.0
 MAINTAIN_EVERY = 1.0
+PUBLISHED = 204  # what a stored fat ping is answered: a retry with its Idempotency-Key gets the same
 # One answer for every proof that does not hold, so that /hub/status tells nobody whether a
 # (callback, topic) pair exists or has a secret.
 NOT_PROVED = "not proved: no such subscription, no hub.secret, or a wrong or expired hub.signature"
@@ -73,15 +80,21 @@ class Hub:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Every background loop, each supervised: one that fails is logged and started again
+        (:func:`reversehub.core.supervise.supervised`), never the end of the others."""
+        loops: dict[str, Callable[[], Awaitable[object]]] = {
+            "the hub's outbox": self.outbox.run,
+            "the hub's fetcher": self.fetcher.run,
+            "the hub's verifier": self.verifier.run,
+            f"the hub's {WORK} listener": functools.partial(self._listen, WORK, self._on_work),
+            f"the hub's {FETCH} listener": functools.partial(self._listen, FETCH, self._on_fetch),
+            f"the hub's {RELAY_ONLINE} listener": functools.partial(self._listen, RELAY_ONLINE, self._on_relay_online),
+            "the hub's relay.online pass": self._hurry,
+            "the hub's maintenance": self._maintain,
+        }
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self.outbox.run)
-            tg.start_soon(self.fetcher.run)
-            tg.start_soon(self.verifier.run)
-            tg.start_soon(self._listen, WORK, self._on_work)
-            tg.start_soon(self._listen, FETCH, self._on_fetch)
-            tg.start_soon(self._listen, RELAY_ONLINE, self._on_relay_online)
-            tg.start_soon(self._hurry)
-            tg.start_soon(self._maintain)
+            for name, loop in loops.items():
+                tg.start_soon(supervised, name, loop)
 
     @property
     def closing(self) -> bool:
@@ -109,10 +122,13 @@ class Hub:
                             await result
             except anyio.get_cancelled_exc_class():
                 raise
-            except Exception:
+            except Exception as exc:
                 if self._closing:
                     return
-                logger.exception("listening on %s failed; resubscribing", channel)
+                if isinstance(exc, BrokerUnavailable):  # a restart or a blip: say so, without a traceback
+                    logger.warning("listening on %s: %s; resubscribing", channel, exc)
+                else:
+                    logger.exception("listening on %s failed; resubscribing", channel)
                 await anyio.sleep(1.0)
 
     def _on_work(self, _message: bytes) -> None:
@@ -153,9 +169,13 @@ class Hub:
                 if now - last_prune > PRUNE_EVERY:
                     await store.prune(self.services.sessions, now - self.settings.delivery_retention)
                     await store.prune_topics(self.services.sessions, now - TOPIC_IDLE)
+                    await idempotency.prune(self.services.sessions, now - self.settings.publish_idempotency_retention)
                     last_prune = now
-            except Exception:
-                logger.exception("hub maintenance failed")
+            except Exception as exc:
+                if db.unavailable(exc):  # an outage, not a bug: one line per pass while it lasts
+                    logger.warning("hub maintenance waits for the database (%s)", getattr(exc, "orig", None) or exc)
+                else:
+                    logger.exception("hub maintenance failed")
             await anyio.sleep(max(MAINTAIN_EVERY, self.settings.outbox_scan_interval))
 
     # -- operations ----------------------------------------------------------------------------
@@ -173,8 +193,41 @@ class Hub:
                 self.fetcher.wake()
                 await self._announce(FETCH)
             return 0
+        queued = await self._fat(ping)
+        assert isinstance(queued, int)  # no key, no prior publish
+        return queued
+
+    async def publish_once(self, ping: FatPing, key: str) -> bool:
+        """:meth:`publish` a fat ping with the publisher's ``Idempotency-Key``
+        (:mod:`hub.store.idempotency`); True when the key's publish was stored before, and this
+        retry stored nothing. :class:`KeyReused` when that publish was another request."""
+        key_digest = idempotency.digest(ping.topic, key)
+        request = idempotency.fingerprint(ping.content_type, ping.body)
+        try:
+            outcome = await self._fat(ping, (key_digest, request))
+        except IntegrityError:
+            # Two attempts with one key at once: the other committed first. Answer as it was.
+            found = await idempotency.find(self.services.sessions, key_digest)
+            if found is None:
+                raise
+            outcome = found
+        if isinstance(outcome, int):
+            return False
+        if outcome.fingerprint != request:
+            raise KeyReused("this Idempotency-Key was used for another request to this topic")
+        self.metrics.publishes.labels("retried").inc()
+        return True
+
+    async def _fat(self, ping: FatPing, key: tuple[str, str] | None = None) -> int | idempotency.Prior:
+        """Store a fat ping: the deliveries queued, or, for a key stored before, what its first
+        publish was (then nothing is stored). The key commits with the payload."""
         now = time.time()
         async with store.writing(self.services.sessions) as s:
+            if key is not None:
+                found = await idempotency.prior(s, key[0])
+                if found is not None:
+                    return found
+                idempotency.remember(s, key[0], key[1], PUBLISHED, now)
             queued = (
                 await store.enqueue(
                     s,
@@ -197,6 +250,8 @@ class Hub:
     async def _announce(self, channel: str) -> None:
         try:
             await self.services.broker.publish(channel, b"")
+        except BrokerUnavailable as exc:  # an outage: one line, the work is stored all the same
+            logger.warning("announcing on %s: %s (other processes find the work on their next scan)", channel, exc)
         except Exception:
             logger.exception("announcing on %s failed (other processes find the work on their next scan)", channel)
 

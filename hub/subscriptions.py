@@ -182,13 +182,18 @@ class Verifier:
         return max(s.hub_lease_min, min(s.hub_lease_max, lease))
 
     async def run(self) -> None:
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            tg.start_soon(self._activations.run)
-            for req in self._early:
-                tg.start_soon(self._verify_bounded, req)
-            self._early.clear()
-            await anyio.sleep_forever()
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._activations.run)
+                for req in self._early:
+                    tg.start_soon(self._verify_bounded, req)
+                self._early.clear()
+                await anyio.sleep_forever()
+        finally:
+            # Ended (a failure its supervisor restarts us after): requests wait in _early meanwhile
+            # instead of going to a task group that is gone.
+            self._tg = None
 
     async def aclose(self) -> None:
         """Graceful shutdown (see the module docstring): take no more requests, abandon the
@@ -310,7 +315,9 @@ class Verifier:
             logger.info("callback refused: %s", exc)
             return False
         if req.mode == "subscribe":
-            reason, fetched = await self._check_subscribe(req)
+            # Its checks read the database: one that is away delays the verification (with backoff,
+            # logged) instead of dropping it, so a subscribe accepted during an outage still happens.
+            reason, fetched = await until_stored(lambda: self._check_subscribe(req), "a subscribe's checks (a read)")
             if reason is not None:
                 await self.deny(req, reason)
                 return False

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from starlette.requests import Request
@@ -26,6 +27,7 @@ from relay.authz import authorize_name, authorize_registrar
 from relay.errors import (
     BodyTooLarge,
     Busy,
+    Conflict,
     HeadersTooLarge,
     InvalidInput,
     NotFound,
@@ -35,6 +37,7 @@ from relay.errors import (
     Unavailable,
 )
 from relay.held import Hold
+from relay.inspector import describe
 from relay.queue import Delivery, Item, new_item_id
 from relay.registry import Reg, cap_name, is_label
 from relay.service import Park, Relay
@@ -295,6 +298,12 @@ async def _relay_while_connected(relay: Relay, name: str, item_id: str, raw: byt
         on_lost.callback = None  # the only request waiting on this connection was this one
 
 
+async def _live(relay: Relay, name: str, item_id: str, raw: bytes, on_lost: OnLost | None) -> bytes:
+    if on_lost is None:
+        return await relay.relay(name, item_id, raw)
+    return await _relay_while_connected(relay, name, item_id, raw, on_lost)
+
+
 async def _forward(
     relay: Relay,
     name: str,
@@ -310,17 +319,23 @@ async def _forward(
     """
     start = time.perf_counter()
     status, outcome = 500, "error"
+    reg: Reg | None = None
+    raw: bytes | None = None
+    reply: bytes | None = None
     try:
         reg = await relay.lookup(name) if is_label(name) else None
         if reg is None:
             raise NotFound("no such registration")
         item_id, raw = await item()
-        if on_lost is None:
+        stored = False
+        if reg.mailbox:
+            reply, stored = await relay.mail(reg, raw, partial(_live, relay, name, item_id, raw, on_lost))
+        elif on_lost is None:
             reply = await relay.relay(name, item_id, raw)
         else:
             reply = await _relay_while_connected(relay, name, item_id, raw, on_lost)
         status, headers, body = _unpack_reply(reply)
-        outcome = "replied"
+        outcome = "stored" if stored else "replied"
         return status, headers, body
     except _RequesterGone:
         status, outcome = REQUESTER_GONE, "RequesterGone"
@@ -336,6 +351,10 @@ async def _forward(
         relay.metrics.count(outcome)
         if outcome == "replied":
             relay.metrics.latency.observe(elapsed)
+        if raw is not None and reg is not None:
+            relay.inspector.record(
+                reg, raw, status, outcome, reply if outcome in ("replied", "stored") else None, elapsed
+            )
         # One line per relayed request: no path or query (they may carry secrets), no capability.
         logger.info("relay %s %s -> %d %s %.1fms", name, method, status, outcome, elapsed * 1000)
 
@@ -520,8 +539,9 @@ async def gateway(request: Request) -> Response:
         form = await _form(request, settings.max_form_size)
         name, token = form.get("name"), form.get("token")
         authorize_name(settings, name, token)
+        mailbox = _flag(form.get("mailbox", request.query_params.get("mailbox")), "mailbox")
         await _count_name(relay, request, name)
-        reg, created = await relay.register(name, token, form.get("lease"), _share_holder(relay, request))
+        reg, created = await relay.register(name, token, form.get("lease"), _share_holder(relay, request), mailbox)
         return _link_response(relay, reg, 201 if created else 204)
     state = await relay.status()
     if "json" in request.headers.get("accept", ""):
@@ -539,13 +559,28 @@ async def gateway(request: Request) -> Response:
     )
 
 
+def _flag(raw: str | None, field: str) -> bool | None:
+    """A boolean form field: ``1``/``true``/``yes`` or ``0``/``false``/``no``; None when absent."""
+    if raw is None:
+        return None
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise InvalidInput(f"{field} must be 1 or 0")
+
+
 def _describe(relay: Relay, reg: Reg) -> dict[str, str | int]:
-    return {
+    doc: dict[str, str | int] = {
         "name": reg.name,
         "lease": int(reg.lease_seconds),
         "public_url": relay.public_url(reg.name),
         "expires_in": max(0, round(reg.expires_at - time.time())),
     }
+    if reg.mailbox:
+        doc["mailbox"] = 1
+    return doc
 
 
 @_mapped
@@ -569,3 +604,117 @@ async def private(request: Request) -> Response:
         items = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in doc.items())
         return HTMLResponse(f"<!doctype html><title>{reg.name}</title><h1>Registration {reg.name}</h1><dl>{items}</dl>")
     return Response(urlencode(doc), media_type=envelope.FORM)
+
+
+# Mailboxes and the inspector --------------------------------------------------------------------
+# What an application answered is served on the relay's main host here (a Location, an inspected
+# response): a sandbox CSP gives any page in it an opaque origin of its own, so no script in it can
+# reach what the main origin holds (the dashboard with host-based names), and nosniff keeps a
+# response from being read as something it does not say it is.
+_CONTAINED = [(b"content-security-policy", b"sandbox"), (b"x-content-type-options", b"nosniff")]
+
+
+def _contained(status: int, headers: list[tuple[bytes, bytes]], body: bytes, *extra: tuple[bytes, bytes]) -> Response:
+    """An application's response served on the main host: contained as above, and without its
+    cookies (they would be the main origin's)."""
+    response = Response(body, status_code=status)
+    response.raw_headers.extend([*(h for h in headers if h[0] != b"set-cookie"), *_CONTAINED, *extra])
+    return response
+
+
+@_mapped
+async def mail(request: Request) -> Response:
+    """``GET`` on a mailbox Location (relay.mailbox): 202 while the application has not answered,
+    then its stored response; 404 for an unknown or expired one."""
+    relay: Relay = request.app.state.relay
+    found = await relay.fetch_mail(request.path_params["cap"])
+    if found is None:
+        raise NotFound("no such stored request (or it has expired)")
+    if not found:
+        return Response(
+            "pending: the application has not answered yet\n",
+            status_code=202,
+            media_type="text/plain",
+            headers={"Retry-After": "5", "Cache-Control": "no-store"},
+        )
+    status, headers, body = _unpack_reply(found)
+    return _contained(status, headers, body, (b"cache-control", b"no-store"))
+
+
+@_mapped
+async def inspect(request: Request) -> Response:
+    """``GET {private_url}/requests``: the name's last requests and responses (relay.inspector), newest
+    first. The private URL is the owner's capability: whoever holds it sees what was sent to the name."""
+    relay: Relay = request.app.state.relay
+    cap = request.path_params["cap"]
+    reg = await relay.registration(cap)
+    rows = await relay.inspector.listing(reg)
+    base = relay.inspector_url(reg)
+    doc = {"name": reg.name, "requests": [describe(row, f"{base}/{row.id}/replay") for row in rows]}
+    if "text/html" in request.headers.get("accept", ""):
+        return _inspector_page(reg.name, doc["requests"])  # type: ignore[arg-type]
+    return Response(
+        json.dumps(doc),
+        media_type="application/json",
+        headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+def _inspector_page(name: str, entries: list[dict[str, Any]]) -> HTMLResponse:
+    """The inspector as a page for a browser: every value escaped, no script, forms only to here."""
+
+    def message(doc: dict[str, Any] | None) -> str:
+        if doc is None:
+            return "<i>answered by the relay</i>"
+        head = "\n".join([doc["line"], *(f"{k}: {v}" for k, v in doc["headers"])])
+        body = doc.get("body", "(binary, base64) " + doc.get("body_base64", ""))
+        return f"<pre>{html.escape(head)}\n\n{html.escape(body)}</pre>"
+
+    rows = "".join(
+        f"<tr><td>{e['id']}</td><td>{html.escape(e['client'])}</td><td>{e['status']} {html.escape(e['outcome'])}</td>"
+        f"<td>{message(e['request'])}</td><td>{message(e['response'])}</td><td>"
+        + (
+            f"<form method=post action='{html.escape(e['replay'])}'><button>replay</button></form>"
+            if e["replay"]
+            else "cut short"
+        )
+        + "</td></tr>"
+        for e in entries
+    )
+    return HTMLResponse(
+        f"<!doctype html><title>{html.escape(name)}: requests</title><h1>Last requests to {html.escape(name)}</h1>"
+        "<table border=1><tr><th>id</th><th>client</th><th>answer</th><th>request</th><th>response</th><th></th></tr>"
+        f"{rows}</table>",
+        headers={
+            "Cache-Control": "no-store",
+            "Content-Security-Policy": "default-src 'none'; form-action 'self'",
+            "Referrer-Policy": "no-referrer",
+        },
+    )
+
+
+@_mapped
+async def replay(request: Request) -> Response:
+    """``POST {private_url}/requests/{id}/replay``: send a kept request to the name again, as a new
+    request (kept in the inspector too); the answer is what a requester would get (for a mailbox
+    name whose application is away, 202 with a Location)."""
+    relay: Relay = request.app.state.relay
+    reg = await relay.registration(request.path_params["cap"])
+    row = await relay.inspector.one(reg, request.path_params["id"])
+    if row is None:
+        raise NotFound("no such inspected request")
+    if row.request_truncated:
+        raise Conflict("this request was kept only in part (--inspector-max-body) and cannot be replayed")
+    method = row.request.partition(b" ")[0].decode("latin-1")
+    hold = relay.held.hold(reg.name)
+
+    async def item() -> tuple[str, bytes]:
+        item_id = new_item_id()
+        hold.grow_to(len(row.request))
+        return item_id, Item.packed_head(item_id, row.client) + row.request
+
+    try:
+        status, headers, body = await _forward(relay, reg.name, method, item)
+    finally:
+        hold.release()
+    return _contained(status, headers, body, (b"x-replay-of", str(row.id).encode()))

@@ -13,13 +13,16 @@
     ├── RateLimited             429  a name's registration budget is spent, with Retry-After
     ├── RelayFull               503  the relay holds as many registrations as it may
     ├── NotFound                404  unknown name, private URL or request URL
+    ├── Conflict                409  an inspected request kept only in part cannot be replayed
     ├── Gone                    410  registration deleted while polling
     └── RequesterError               what a requester on a public URL is told
         ├── NoPoller            504  nobody polled within ``unavailable_timeout``
         ├── NoReply             504  delivered, not answered within ``reply_timeout``
         ├── BadReply            502  the application's reply was not a valid HTTP response
         ├── Unavailable         503  relay error
-        │   └── Busy            503  a name's queue or the bytes held are at their bound, with Retry-After
+        │   ├── Busy            503  a name's queue or the bytes held are at their bound, with Retry-After
+        │   └── MailboxesFull   503  the mailboxes of all names hold as many bytes as they may
+        ├── MailboxFull         507  this mailbox name holds as many stored requests as it may
         └── Withdrawn           404  the registration was deleted while the request was queued
 
 Endpoints map these to responses in one place (:func:`relay.endpoints.error_response`).
@@ -102,6 +105,11 @@ class NotFound(RelayError):
     reason = "not found"
 
 
+class Conflict(RelayError):
+    status = 409
+    reason = "conflict"
+
+
 class Gone(RelayError):
     status = 410
     reason = "registration deleted"
@@ -139,6 +147,19 @@ class Busy(Unavailable):
     def __init__(self, reason: str, retry_after: int) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
+
+
+class MailboxesFull(Unavailable):
+    """The stored requests of all mailbox names are at ``--mailbox-max-bytes``."""
+
+    reason = "the relay's mailboxes are full"
+
+
+class MailboxFull(RequesterError):
+    """A mailbox name is at its bound of stored requests (RFC 4918 11.5: 507 Insufficient Storage)."""
+
+    status = 507
+    reason = "this name's mailbox is full"
 
 
 class Withdrawn(RequesterError):

@@ -36,14 +36,12 @@ from typing import NamedTuple
 import anyio
 
 from relay.errors import BadReply, Busy, NoPoller, NoReply, NotFound, RequesterError, Unavailable, Withdrawn
-from reversehub.core.broker import Broker
+from reversehub.core.broker import Broker, BrokerUnavailable
 from reversehub.core.contracts import RELAY_ONLINE
 from reversehub.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-# On a reply channel: "your next check is due" (see _Wakeups); replies start with R or E.
-WAKE = b"W"
 _ID_PREFIX = secrets.token_hex(8) + "-"
 _ids = itertools.count()
 CHANGED_CHANNEL = "relay.changed"
@@ -124,27 +122,41 @@ class Delivery(NamedTuple):
 class _Wakeups:
     """One clock for all the requesters waiting in this process, instead of a timer each.
 
-    A requester asks to look again at a given time (:meth:`at`); :meth:`run` publishes ``WAKE`` on
-    its reply channel once that time has passed, unless it has finished (:meth:`done`) or asked for
-    another time meanwhile. An asyncio.timeout per relayed request cost about as much as all the
-    rest of the requester's wait. Checks come up to ``tick`` seconds late.
+    A requester asks to look again at a given time (:meth:`at`); :meth:`run` interrupts its wait
+    (``task.cancel()``, marked as ours in :meth:`fired`) once that time has passed, unless it has
+    finished (:meth:`done`) or asked for another time meanwhile. An asyncio.timeout per relayed
+    request cost about as much as all the rest of the requester's wait. Checks come up to ``tick``
+    seconds late.
+
+    The clock is local on purpose: a requester's deadline must hold whatever the broker does. A
+    wake-up sent through the broker was lost when Redis restarted (published before the pub/sub
+    connection was back), and its requester then waited for ever.
     """
 
-    def __init__(self, broker: Broker, tick: float) -> None:
-        self._broker = broker
+    def __init__(self, tick: float) -> None:
         self._tick = tick
         self._heap: list[tuple[float, str]] = []
-        self._due: dict[str, float] = {}
+        self._due: dict[str, tuple[float, asyncio.Task[object]]] = {}
+        self._fired: set[str] = set()
         self._pending = asyncio.Event()
 
-    def at(self, when: float, item_id: str) -> None:
+    def at(self, when: float, item_id: str, task: asyncio.Task[object]) -> None:
         if not self._heap:
             self._pending.set()
-        self._due[item_id] = when
+        self._due[item_id] = (when, task)
         heapq.heappush(self._heap, (when, item_id))
+
+    def fired(self, item_id: str) -> bool:
+        """Whether the cancellation the requester of ``item_id`` just caught was its wake-up (and
+        then it is consumed)."""
+        if item_id in self._fired:
+            self._fired.discard(item_id)
+            return True
+        return False
 
     def done(self, item_id: str) -> None:
         self._due.pop(item_id, None)
+        self._fired.discard(item_id)
 
     async def run(self) -> None:
         heap = self._heap
@@ -156,17 +168,12 @@ class _Wakeups:
             now = time.monotonic()
             while heap and heap[0][0] <= now:
                 when, item_id = heapq.heappop(heap)
-                if self._due.get(item_id) != when:
+                due = self._due.get(item_id)
+                if due is None or due[0] != when:
                     continue  # finished, or waiting for a later check
-                try:
-                    await self._broker.publish(reply_channel(item_id), WAKE)
-                except Exception:
-                    logger.warning("could not wake a waiting requester; trying again", exc_info=True)
-                    heapq.heappush(heap, (now + self._tick, item_id))
-                    self._due[item_id] = now + self._tick
-                    break
-                else:
-                    del self._due[item_id]
+                del self._due[item_id]
+                self._fired.add(item_id)
+                due[1].cancel()
 
 
 class Dispatcher:
@@ -176,7 +183,7 @@ class Dispatcher:
         self.broker = broker
         self.settings = settings
         tick = min(settings.unavailable_timeout, settings.reply_timeout) / 20
-        self._wakeups = _Wakeups(broker, min(0.25, max(0.005, tick)))
+        self._wakeups = _Wakeups(min(0.25, max(0.005, tick)))
         # When the broker's calls never suspend, no cancellation can land between two of them and
         # shielding them (an anyio CancelScope per delivery) would buy nothing.
         self._inline = broker.never_suspends
@@ -210,6 +217,8 @@ class Dispatcher:
                 raise Busy("too many queued requests for this name", max(1, math.ceil(settings.unavailable_timeout)))
             deadline = time.monotonic() + settings.reply_timeout
             taken = False
+            task = asyncio.current_task()
+            assert task is not None
             try:
                 while True:
                     now = time.monotonic()
@@ -219,16 +228,22 @@ class Dispatcher:
                             raise NoPoller()
                         raise NoReply()
                     wait = remaining if taken else min(settings.unavailable_timeout, remaining)
-                    self._wakeups.at(now + wait, item_id)
-                    message = await sub.get()
-                    if message != WAKE:
-                        return _reply_or_raise(message)
+                    self._wakeups.at(now + wait, item_id, task)
+                    try:
+                        return _reply_or_raise(await sub.get())
+                    except asyncio.CancelledError:
+                        if not self._wakeups.fired(item_id):
+                            raise  # not our clock: the requester left, or the server stops
+                        if task.uncancel() > 0:
+                            raise  # cancelled by someone else too, at the same moment
                     if not taken and await self.broker.get(seen_key(name)) is None:
                         if await self.broker.remove(queue, raw):
                             raise NoPoller()
                         taken = True  # a poller has it: wait for the reply until the deadline
-            except asyncio.CancelledError:
-                if not taken:
+            except BaseException as exc:
+                # Gone (cancelled), or the broker failed (its reply may have been lost: 503): the
+                # request leaves the queue if no poller has it yet, so nothing is held for nobody.
+                if not taken and isinstance(exc, asyncio.CancelledError | BrokerUnavailable):
                     with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                         await self.broker.remove(queue, raw)
                 raise
@@ -236,7 +251,9 @@ class Dispatcher:
                 self._wakeups.done(item_id)
 
     async def run(self) -> None:
-        """Wake requesters whose check is due (:class:`_Wakeups`); runs as long as the relay does."""
+        """Wake requesters whose check is due (:class:`_Wakeups`); runs as long as the relay does.
+
+        Nothing in it touches the broker, so it cannot fail when the broker does."""
         await self._wakeups.run()
 
     # Pollers ------------------------------------------------------------------------------------

@@ -77,6 +77,7 @@ class Reg:
     lease_seconds: float
     created_at: float
     expires_at: float
+    mailbox: bool = False  # relay.mailbox: requests that find no poller are stored
 
 
 def is_label(name: str) -> bool:
@@ -181,7 +182,9 @@ def cap_valid(cap: str, reg: Reg, *, private: bool) -> bool:
 
 
 def _snapshot(row: Registration) -> Reg:
-    return Reg(row.name, bytes.fromhex(row.secret), row.lease_seconds, row.created_at, row.expires_at)
+    return Reg(
+        row.name, bytes.fromhex(row.secret), row.lease_seconds, row.created_at, row.expires_at, bool(row.mailbox)
+    )
 
 
 class Registry:
@@ -276,26 +279,34 @@ class Registry:
         return reg
 
     async def register(
-        self, raw_name: str | None, token: str | None, raw_lease: str | None, client: str | None = None
+        self,
+        raw_name: str | None,
+        token: str | None,
+        raw_lease: str | None,
+        client: str | None = None,
+        mailbox: bool | None = None,
     ) -> tuple[Reg, bool]:
         """Create or refresh; returns (registration, created). Spec: "Registration".
 
         ``client`` (:func:`reversehub.core.limits.client_key`) is who creates it, for the per-client
-        share of ``--max-registrations``; None for a client exempt from limits."""
+        share of ``--max-registrations``; None for a client exempt from limits. ``mailbox`` sets
+        mailbox mode (relay.mailbox); None keeps what the registration has (off for a new one)."""
         name = normalize_name(raw_name)
         lease = parse_lease(raw_lease, self.settings)
         # No token: act as if a fresh random one was given (first come, first served).
         token_hash = hash_token(token if token is not None else secrets.token_urlsafe(32))
         try:
-            return await self._register(name, token_hash, lease, client)
+            return await self._register(name, token_hash, lease, client, mailbox)
         except (IntegrityError, StaleDataError):
             # A race SQLite has no row lock to serialize: two first registrations of one name (the
             # loser now finds the row and refreshes it or gets 403, like any later comer), or a
             # refresh whose row was deleted under it (the retry registers the name anew, as if the
             # delete had come first).
-            return await self._register(name, token_hash, lease, client)
+            return await self._register(name, token_hash, lease, client, mailbox)
 
-    async def _register(self, name: str, token_hash: str, lease: float | None, client: str | None) -> tuple[Reg, bool]:
+    async def _register(
+        self, name: str, token_hash: str, lease: float | None, client: str | None, mailbox: bool | None
+    ) -> tuple[Reg, bool]:
         now = time.time()
         async with self.sessions.begin() as session:
             row = await session.get(Registration, name, with_for_update=True)
@@ -326,6 +337,7 @@ class Registry:
                     created_at=now,
                     expires_at=now + lease_s,
                     client=client,
+                    mailbox=bool(mailbox),
                 )
                 session.add(row)
                 created = True
@@ -335,6 +347,8 @@ class Registry:
                 if lease is not None:
                     row.lease_seconds = lease
                 row.expires_at = now + row.lease_seconds
+                if mailbox is not None:
+                    row.mailbox = mailbox
                 created = False
             reg = _snapshot(row)
         self._cache[name] = (reg, time.monotonic() + self.cache_ttl)

@@ -3,6 +3,9 @@
 =============================  ==========================================================
 ``/reversehttp``               the gateway: ``POST`` registers, ``GET`` lists the names
 ``/reversehttp/p/{cap}``       a private URL: ``GET``/``PUT``/``DELETE`` one registration
+``/reversehttp/p/{cap}/requests``  its inspector: ``GET`` the last requests (relay.inspector)
+``/reversehttp/p/{cap}/requests/{id}/replay``  ``POST`` sends one again
+``/reversehttp/m/{cap}``       a mailbox Location: ``GET`` a stored request's response (relay.mailbox)
 ``/reversehttp/r/{cap}``       a request URL: ``GET`` polls, ``POST`` replies
 ``/relay/{name}/{path}``       a public URL, path-based (the default, for local use)
 ``{scheme}://{name}.{D}/...``  a public URL, host-based (``--relay-domain D``)
@@ -32,6 +35,8 @@ from reversehub.core.settings import Settings
 GATEWAY = "/reversehttp"
 PRIVATE = "/reversehttp/p/"
 REQUEST = "/reversehttp/r/"
+MAILBOX = "/reversehttp/m/"
+INSPECTOR = "/requests"  # under a private URL
 PUBLIC = "/relay/"
 
 
@@ -87,6 +92,12 @@ class RelayUrls:
 
     def private_url(self, cap: str) -> str:
         return self.origin + PRIVATE + cap
+
+    def inspector_url(self, private_cap: str) -> str:
+        return self.origin + PRIVATE + private_cap + INSPECTOR
+
+    def mailbox_url(self, cap: str) -> str:
+        return self.origin + MAILBOX + cap
 
     # Recognizing -----------------------------------------------------------------------------------
     def host_name(self, host: str | None) -> str | None:
@@ -214,6 +225,9 @@ def routes(urls: RelayUrls) -> list[BaseRoute]:
         Route(PRIVATE + "{cap}", endpoints.private, methods=["GET", "PUT", "DELETE"]),
         # Raw ASGI callables: they see receive() directly (held polls watch it for disconnects).
         Route(REQUEST + "{cap}", hot.request_url),
+        Route(PRIVATE + "{cap}" + INSPECTOR, endpoints.inspect, methods=["GET"]),
+        Route(PRIVATE + "{cap}" + INSPECTOR + "/{id:int}/replay", endpoints.replay, methods=["POST"]),
+        Route(MAILBOX + "{cap}", endpoints.mail, methods=["GET"]),
     ]
     if urls.domain is None:  # with host-based names, /relay/... on the main host is a 404
         table += [Route(PUBLIC + "{name}", hot.public), Route(PUBLIC + "{name}/{path:path}", hot.public)]

@@ -11,21 +11,40 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
 from prometheus_client import Counter, Gauge, Histogram
+from sqlalchemy.exc import SQLAlchemyError
 
 from relay import envelope
-from relay.errors import BadReply, Gone, InvalidInput, NotFound, RelayError, Withdrawn
+from relay.errors import (
+    BadReply,
+    Gone,
+    InvalidInput,
+    NoPoller,
+    NoReply,
+    NotFound,
+    RelayError,
+    RequesterError,
+    Withdrawn,
+)
 from relay.held import HeldBytes
+from relay.inspector import Inspector
+from relay.mailbox import NUDGE, Mailbox, accepted, mail_id
 from relay.queue import CHANGED_CHANNEL, Delivery, Dispatcher, Item, queue_key, seen_key
 from relay.registry import CACHE_TTL, SOLO_CACHE_TTL, Reg, Registry, cap_name, private_cap
 from relay.routes import RelayUrls
 from relay.wire import WireError, serialize_response
+from reversehub.core import db
+from reversehub.core.broker import BrokerClosed, BrokerUnavailable
 from reversehub.core.services import Services
+from reversehub.core.supervise import supervised
 
 logger = logging.getLogger(__name__)
+
+# Seconds between two prunes of expired mail and of inspected requests of names that are gone.
+PRUNE_INTERVAL = 60.0
 
 
 class Park:
@@ -88,6 +107,8 @@ class Relay:
         self.dispatcher = Dispatcher(services.broker, services.settings)
         self.metrics = RelayMetrics(services)
         self.urls = RelayUrls(services.settings)
+        self.mailbox = Mailbox(services.sessions, services.settings)
+        self.inspector = Inspector(services.sessions, services.settings)
         settings = services.settings
         self.held = HeldBytes(
             settings.max_queued_bytes_per_name, settings.max_queued_bytes, settings.unavailable_timeout
@@ -102,6 +123,7 @@ class Relay:
         # Names whose lease this process extended, and when (wall clock): see sweep().
         self._touched: dict[str, float] = {}
         self._closing = False
+        self._next_prune = 0.0  # monotonic time of the next mailbox and inspector prune
 
     # URLs -----------------------------------------------------------------------------------------
     def public_url(self, name: str) -> str:
@@ -113,6 +135,9 @@ class Relay:
     def private_url(self, reg: Reg) -> str:
         return self.urls.private_url(private_cap(reg))
 
+    def inspector_url(self, reg: Reg) -> str:
+        return self.urls.inspector_url(private_cap(reg))
+
     def links(self, reg: Reg) -> list[tuple[str, str]]:
         """The headers of a 2xx registration response (spec "Registration")."""
         return [
@@ -123,10 +148,16 @@ class Relay:
 
     # Registrations --------------------------------------------------------------------------------
     async def register(
-        self, name: str | None, token: str | None, lease: str | None, client: str | None = None
+        self,
+        name: str | None,
+        token: str | None,
+        lease: str | None,
+        client: str | None = None,
+        mailbox: bool | None = None,
     ) -> tuple[Reg, bool]:
-        """Create or refresh a registration; ``client`` is who creates it (None: exempt from limits)."""
-        reg, created = await self.registry.register(name, token, lease, client)
+        """Create or refresh a registration; ``client`` is who creates it (None: exempt from limits);
+        ``mailbox``: mailbox mode on or off (None: as it was)."""
+        reg, created = await self.registry.register(name, token, lease, client, mailbox)
         if created:
             await self.broker.publish(CHANGED_CHANNEL, b"changed " + reg.name.encode())
         logger.info("relay registration %s %s", reg.name, "created" if created else "refreshed")
@@ -156,6 +187,13 @@ class Relay:
             park.end("gone")
         await self.broker.delete(seen_key(name))
         await self.dispatcher.drain(name, Withdrawn())
+        try:
+            await self.mailbox.forget(name)
+            await self.inspector.forget(name)
+        except SQLAlchemyError:
+            # The registration is gone: its rows are invisible already (they name it) and the
+            # sweeper's prune deletes them.
+            logger.warning("could not delete the stored requests of %s yet", name, exc_info=True)
 
     async def status(self) -> dict[str, object]:
         """The gateway's state (``GET`` on the gateway URL): no tokens, no private or request URLs."""
@@ -200,9 +238,12 @@ class Relay:
         await self.dispatcher.mark_polling(name, self.public_url(name))
         self._active.add(name)
         max_items = self.settings.max_pipeline if kind == envelope.PIPELINE else 1
-        raw_items = await self.dispatcher.take(name, 0, max_items)
-        if not raw_items:
-            raw_items = await self._park(name, park, max_items, watch)
+        if reg.mailbox:
+            raw_items = await self._take_mail(reg, park, max_items, watch)
+        else:
+            raw_items = await self.dispatcher.take(name, 0, max_items)
+            if not raw_items:
+                raw_items = await self._park(name, park, max_items, watch)
         if park.reason in ("gone", "disconnect"):
             if raw_items:
                 await self.dispatcher.put_back(name, raw_items)
@@ -215,8 +256,35 @@ class Relay:
         delivery = Delivery(self.registry.issue_request_cap(reg), kind, [Item.unpack(r) for r in raw_items])
         return await self.dispatcher.bind(name, cap, delivery, raw_items)
 
-    async def _park(self, name: str, park: Park, max_items: int, watch: Callable[[], object] | None) -> list[bytes]:
+    async def _take_mail(self, reg: Reg, park: Park, max_items: int, watch: Callable[[], object] | None) -> list[bytes]:
+        """A mailbox name's poll: stored mail first (oldest first), then the live queue, where a
+        nudge (relay.mailbox) stands for mail stored while this poll waited."""
+        raw_items = await self.mailbox.claim(reg, max_items)
+        deadline = time.monotonic() + self.settings.poll_timeout
+        while not raw_items and park.reason is None:
+            raw_items = await self.dispatcher.take(reg.name, 0, max_items)
+            if not raw_items:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                raw_items = await self._park(reg.name, park, max_items, watch, remaining)
+                watch = None  # the disconnect watcher runs once it started
+            if NUDGE in raw_items:
+                live = [raw for raw in raw_items if raw != NUDGE]
+                mail = await self.mailbox.claim(reg, max_items - len(live)) if len(live) < max_items else []
+                raw_items = mail + live
+        return raw_items
+
+    async def _park(
+        self,
+        name: str,
+        park: Park,
+        max_items: int,
+        watch: Callable[[], object] | None,
+        timeout: float | None = None,
+    ) -> list[bytes]:
         """Wait for queued requests; a DELETE, a disconnect or shutdown ends the wait (park.reason)."""
+        timeout = self.settings.poll_timeout if timeout is None else timeout
         if watch is not None:
             watch()
         parked = self._parked.setdefault(name, set())
@@ -228,10 +296,10 @@ class Relay:
                 park.task = asyncio.current_task()
                 try:
                     if max_items == 1:  # one frame less per held poll than going through take()
-                        raw = await self.broker.pop(queue_key(name), self.settings.poll_timeout)
+                        raw = await self.broker.pop(queue_key(name), timeout)
                         raw_items = [raw] if raw is not None else []
                     else:
-                        raw_items = await self.dispatcher.take(name, self.settings.poll_timeout, max_items)
+                        raw_items = await self.dispatcher.take(name, timeout, max_items)
                 except asyncio.CancelledError:
                     if park.task is None or park.reason is None:
                         raise  # not ours: the server is cancelling this request
@@ -268,7 +336,14 @@ class Relay:
     async def refuse(self, delivery: Delivery) -> None:
         """The reply to a claimed delivery is too large to be relayed: its requesters get 502."""
         for item in delivery.items:
-            await self.dispatcher.fail(item, BadReply("the application's reply was too large"))
+            await self._fail(item, BadReply("the application's reply was too large"))
+
+    async def _fail(self, item: Item, error: RequesterError) -> None:
+        row = mail_id(item.id)
+        if row is None:
+            await self.dispatcher.fail(item, error)
+        else:
+            await self.mailbox.fail(row, error.status, error.reason)
 
     async def reply(self, cap: str, delivery: Delivery, body: bytes, content_type: str | None) -> None:
         """POST on a request URL: relay the response(s) to the requester(s) of the claimed
@@ -280,12 +355,16 @@ class Relay:
             packed = [serialize_response(response) for response in responses]
         except (InvalidInput, WireError) as exc:
             for item in delivery.items:
-                await self.dispatcher.fail(item, BadReply())
+                await self._fail(item, BadReply())
             if isinstance(exc, InvalidInput):
                 raise
             raise InvalidInput(f"invalid reply: {exc}") from None
         for item, response in zip(delivery.items, packed, strict=True):
-            await self.dispatcher.answer(item, response)
+            row = mail_id(item.id)
+            if row is None:
+                await self.dispatcher.answer(item, response)
+            else:
+                await self.mailbox.answer(row, response)
         name = cap_name(cap, private=False)
         if name:
             await self.broker.set(seen_key(name), b"1", self.settings.unavailable_timeout, nx=True)
@@ -297,6 +376,41 @@ class Relay:
     async def relay(self, name: str, item_id: str, raw: bytes) -> bytes:
         """Queue the packed request ``raw`` for ``name``'s pollers and wait for its reply."""
         return await self.dispatcher.relay(name, item_id, raw)
+
+    async def mail(self, reg: Reg, raw: bytes, live: Callable[[], Awaitable[bytes]]) -> tuple[bytes, bool]:
+        """A request to mailbox name ``reg``: relayed ``live()`` while a poller is there and no stored
+        mail waits before it, else stored (relay.mailbox). Returns the reply and whether it was stored
+        (the reply is then the 202 with its Location)."""
+        name = reg.name
+        if await self._seen(name) and not await self.mailbox.backlog(reg):
+            try:
+                return await live(), False
+            except NoPoller:
+                pass  # withdrawn from the queue, so no poller has it: store it instead
+            except NoReply:
+                # A poller took it and never answered: most often one that was going away (its
+                # connection closed as the request was handed over). Stored, it reaches the
+                # application when it is back, perhaps a second time (at least once).
+                pass
+        cap = await self.mailbox.store(reg, Item.unpack(raw))
+        # After the commit: a poll that began before it may be waiting on the queue already.
+        if await self._seen(name):
+            try:
+                await self.broker.push(queue_key(name), NUDGE)
+            except (BrokerUnavailable, BrokerClosed):
+                logger.warning("could not nudge the pollers of %s; they find the mail at their next poll", name)
+        return accepted(self.urls.mailbox_url(cap)), True
+
+    async def _seen(self, name: str) -> bool:
+        """Whether a poller is around; a broker that cannot say counts as none (the mail is stored)."""
+        try:
+            return await self.broker.get(seen_key(name)) is not None
+        except (BrokerUnavailable, BrokerClosed):
+            return False
+
+    async def fetch_mail(self, cap: str) -> bytes | None:
+        """``GET`` on a mailbox Location: b"" while pending, the stored response, or None (unknown)."""
+        return await self.mailbox.fetch(cap)
 
     # Lifecycle ------------------------------------------------------------------------------------
     @property
@@ -325,6 +439,10 @@ class Relay:
             logger.info("relay registration %s expired", name)
         count, _ = await self.registry.listing(limit=0)
         self.metrics.registrations.set(count)
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + PRUNE_INTERVAL
+            await self.mailbox.prune(now)
+            await self.inspector.prune()
         return deleted
 
     def _due_for_touch(self, active: set[str], now: float) -> tuple[set[str], set[str]]:
@@ -352,8 +470,11 @@ class Relay:
                 # Shielded: a database call cancelled half-way leaves aiosqlite hanging at shutdown.
                 with anyio.CancelScope(shield=True):
                     await self.sweep()
-            except Exception:
-                logger.warning("relay lease sweep failed", exc_info=True)
+            except Exception as exc:
+                if db.unavailable(exc):  # an outage, not a bug: one line per sweep while it lasts
+                    logger.warning("relay lease sweep waits for the database (%s)", getattr(exc, "orig", None) or exc)
+                else:
+                    logger.warning("relay lease sweep failed", exc_info=True)
             await anyio.sleep(self.sweep_interval)
 
     async def _listen(self) -> None:
@@ -373,10 +494,18 @@ class Relay:
                 await anyio.sleep(1)
 
     async def run(self) -> None:
+        """The relay's background loops, each supervised: one that fails is logged and started
+        again (:func:`reversehub.core.supervise.supervised`), never the end of the others."""
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._sweeper)
-            tg.start_soon(self._listen)
-            tg.start_soon(self.dispatcher.run)
+            tg.start_soon(supervised, "the relay's lease sweeper", self._sweeper)
+            tg.start_soon(supervised, "the relay's change listener", self._listen)
+            tg.start_soon(supervised, "the relay's requester clock", self.dispatcher.run)
+            tg.start_soon(supervised, "the relay's inspector", self.inspector.run)
+
+    @property
+    def closing(self) -> bool:
+        """True once :meth:`aclose` began."""
+        return self._closing
 
     async def aclose(self) -> None:
         """Stop taking polls and end the held ones with 204 at once (graceful shutdown drains)."""

@@ -33,6 +33,7 @@ from tests import pgdb
 from tests.disks import SmallDisk, small_disk
 from tests.hub.conftest import hub_settings, subscribe
 from tests.hub.peers import Peer, form
+from tests.instances import OwnPostgres, own_postgres
 from tests.support import free_port, wait_for
 
 pytestmark = pytest.mark.anyio
@@ -190,3 +191,64 @@ async def test_the_relay_hot_paths_answer_503_when_the_database_cannot_be_read(d
     assert _unavailable(await client.get("/relay/alice/"))
     reply = await client.post("/reversehttp/r/" + "A" * 56, content=b"HTTP/1.1 200 OK\r\n\r\n")
     assert reply.status_code in (404, 503), reply.text  # a made-up capability may be refused before any read
+
+
+@pytest.fixture
+def own_pg() -> Iterator[OwnPostgres]:
+    """A PostgreSQL server of this test's own, to stop and start (never the shared one)."""
+    with own_postgres() as server:
+        yield server
+
+
+async def test_a_subscription_verified_as_postgresql_goes_away_is_stored_when_it_is_back(own_pg, make_app, caplog):
+    """Issue 14: 107 of 121 callbacks echoed their challenge during an outage and were never stored
+    (asyncpg's bare ConnectionRefusedError was not taken for an outage, so nothing retried)."""
+    database = await pgdb.create_database(own_pg.url, migrate=True)
+    peer = Peer()
+
+    def echo_as_the_server_stops(params: dict[str, str]) -> tuple[int, str]:
+        own_pg.stop()  # the hub's write after this echo finds no server
+        return 200, params["hub.challenge"]
+
+    peer.verify_answer["/cb"] = echo_as_the_server_stops
+    app, client = await make_app(transport=httpx.ASGITransport(app=peer.app), database_url=database, **hub_settings())
+    caplog.set_level(logging.WARNING, logger="hub")
+    r = await client.post("/hub", data=form(mode="subscribe", topic=TOPIC, callback=CALLBACK, secret="s"))
+    assert r.status_code == 202
+    await wait_for(lambda: "verified subscriptions failed" in caplog.text, timeout=20)
+    own_pg.start()
+
+    async def stored() -> bool:
+        try:
+            sub = await store.find(app.state.hub.services.sessions, TOPIC, CALLBACK)
+        except Exception:
+            return False
+        return sub is not None and sub.state == "active"
+
+    await wait_for(stored, timeout=40, interval=0.2)
+    assert len(peer.verified("/cb")) == 1  # stored, not asked again
+
+
+async def test_a_subscribe_accepted_while_postgresql_is_away_is_verified_when_it_is_back(own_pg, make_app, caplog):
+    """Its checks read the database before the verification GET: on main that read failed and the
+    verification was dropped, so the subscribe answered 202 never happened."""
+    database = await pgdb.create_database(own_pg.url, migrate=True)
+    peer = Peer()
+    app, client = await make_app(transport=httpx.ASGITransport(app=peer.app), database_url=database, **hub_settings())
+    caplog.set_level(logging.WARNING, logger="hub")
+    own_pg.stop()
+    r = await client.post("/hub", data=form(mode="subscribe", topic=TOPIC, callback=CALLBACK))
+    assert r.status_code == 202
+    await wait_for(lambda: "a subscribe's checks" in caplog.text, timeout=20)
+    assert not peer.verified("/cb")
+    own_pg.start()
+
+    async def stored() -> bool:
+        try:
+            sub = await store.find(app.state.hub.services.sessions, TOPIC, CALLBACK)
+        except Exception:
+            return False
+        return sub is not None and sub.state == "active"
+
+    await wait_for(stored, timeout=40, interval=0.2)
+    assert len(peer.verified("/cb")) == 1

@@ -125,7 +125,32 @@ def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 10)
     kwargs.setdefault("pool_pre_ping", True)
-    return create_async_engine(aurl, **kwargs)
+    engine = create_async_engine(aurl, **kwargs)
+
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _pg_connect(dialect: Any, _record: Any, cargs: list[Any], cparams: dict[str, Any]) -> Any:
+        return _connect_translated(dialect, cargs, cparams)
+
+    return engine
+
+
+def _connect_translated(dialect: Any, cargs: list[Any], cparams: dict[str, Any]) -> Any:
+    """Connect, with a server that is away reported as the driver's ``OperationalError``.
+
+    asyncpg raises a plain ``ConnectionRefusedError`` (or a ``TimeoutError``, or "the database
+    system is starting up") when the server is down or restarting, and SQLAlchemy passes those on
+    unwrapped: every caller would see a bare OSError and answer 500. As an ``OperationalError``
+    it is what :func:`unavailable` and the app's 503 mapping know."""
+    dbapi = dialect.loaded_dbapi
+    try:
+        return dialect.connect(*cargs, **cparams)
+    except dbapi.Error:
+        raise
+    except Exception as exc:
+        sqlstate = getattr(exc, "sqlstate", None)
+        if isinstance(exc, OSError) or (isinstance(sqlstate, str) and sqlstate[:2] in _UNAVAILABLE_SQLSTATES):
+            raise dbapi.OperationalError(f"cannot connect to the database: {type(exc).__name__}: {exc}") from exc
+        raise
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -59,6 +59,16 @@ class Settings:
     # (0: no bound). Past one, a requester gets 503 with Retry-After before its body is read.
     max_queued_bytes_per_name: int = 64 * MiB
     max_queued_bytes: int = 256 * MiB
+    # Mailbox names (relay.mailbox): stored requests per name (count and bytes, 507 past either) and
+    # bytes in all (503 past it), and how long a stored request and its response are kept (seconds).
+    mailbox_max_per_name: int = 1000
+    mailbox_max_bytes_per_name: int = 64 * MiB
+    mailbox_max_bytes: int = 1024 * MiB
+    mailbox_retention: float = 7 * 24 * 3600.0
+    # The request inspector (relay.inspector): the last N exchanges kept per name, the body of each
+    # request and response cut at this many bytes.
+    inspector_requests: int = 50
+    inspector_max_body: int = 64 * 1024
 
     # Hub leases (seconds), W3C WebSub 5.1: default 10 days, never perpetual.
     hub_lease_default: int = 10 * 24 * 3600
@@ -86,6 +96,8 @@ class Settings:
     max_topic_size: int = 10 * MiB
     # How long the outbox keeps delivered rows for replay (seconds).
     delivery_retention: float = 7 * 24 * 3600.0
+    # How long a publish's Idempotency-Key is remembered (seconds): a retry within it is stored once.
+    publish_idempotency_retention: float = 24 * 3600.0
     # Feed polling for topics nobody pings: adaptive between these bounds (seconds).
     poll_min_interval: float = 60.0
     poll_max_interval: float = 3600.0

@@ -43,6 +43,7 @@ from reversehub.core.egress import Egress
 from reversehub.core.outbound import HttpxOutbound, LeanOutbound, Outbound, OwnRelay, own_urls
 from reversehub.core.services import Services
 from reversehub.core.settings import Settings
+from reversehub.core.supervise import essential
 from reversehub.server import dashboard, health
 from reversehub.server.accesslog import AccessLogMiddleware
 from reversehub.server.accesslog import logger as access_logger
@@ -55,15 +56,22 @@ logger = logging.getLogger(__name__)
 UNAVAILABLE_RETRY_AFTER = 5
 
 
-def unavailable_response(exc: BaseException) -> Response | None:
-    """503 with ``Retry-After`` for a storage or broker failure; None for any other error (a bug,
-    which stays a 500). Only the driver's own message is logged: SQLAlchemy's text of the error
-    carries the statement's parameters, which may hold secrets."""
+def unavailable_reason(exc: BaseException) -> str | None:
+    """ "broker unavailable" or "storage unavailable" for a failure worth a 503; None for any other
+    error (a bug, which stays a 500)."""
     if isinstance(exc, BrokerUnavailable | BrokerClosed):
-        reason = "broker unavailable"
-    elif db.unavailable(exc):
-        reason = "storage unavailable"
-    else:
+        return "broker unavailable"
+    if db.unavailable(exc):
+        return "storage unavailable"
+    return None
+
+
+def unavailable_response(exc: BaseException) -> Response | None:
+    """503 with ``Retry-After`` for a storage or broker failure; None for any other error. Only the
+    driver's own message is logged: SQLAlchemy's text of the error carries the statement's
+    parameters, which may hold secrets."""
+    reason = unavailable_reason(exc)
+    if reason is None:
         return None
     logger.error("%s (%s: %s); answered 503", reason, type(exc).__name__, getattr(exc, "orig", None) or exc)
     return PlainTextResponse(
@@ -71,12 +79,19 @@ def unavailable_response(exc: BaseException) -> Response | None:
     )
 
 
+def _background_lost(app: Starlette, reason: str) -> None:
+    """The app's background work ended while it serves: from now on every request is answered 503,
+    ``/healthz`` says so, and ``serve`` exits non-zero (:class:`reversehub.server.serve.DrainingServer`)."""
+    if isinstance(app, ReverseHub) and app.failed is None:
+        app.failed = reason
+
+
 async def _unavailable(request: Request, exc: Exception) -> Response:
     """Starlette's exception handler for the errors :func:`unavailable_response` may map."""
     response = unavailable_response(exc)
     if response is None:
         raise exc
-    health.storage_failed(request.app.state)
+    health.storage_failed(request.app.state, unavailable_reason(exc))
     return response
 
 
@@ -110,9 +125,20 @@ class ReverseHub(Starlette):
         self._limits = RateLimitMiddleware(self.router, settings=settings)  # only asked whether limits apply
         # Per client address (host, port), once started; bounded, since every connection brings one.
         self._unlimited: LRUCache[tuple[str, int], bool] = LRUCache(maxsize=4096)
+        # Why the app's background work ended while it serves (None while it runs): the process
+        # is on its way out, and answers nothing but 503 meanwhile.
+        self.failed: str | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            if self.failed is not None:
+                response = PlainTextResponse(
+                    f"server failing ({self.failed}); try again shortly\n",
+                    status_code=503,
+                    headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER), "Connection": "close"},
+                )
+                await response(scope, receive, send)
+                return
             found = self._hot_route(scope)
             if found is not None:
                 endpoint, scope["path_params"] = found
@@ -137,7 +163,7 @@ class ReverseHub(Starlette):
         response = unavailable_response(exc)
         if response is None:
             raise exc
-        health.storage_failed(self.state)
+        health.storage_failed(self.state, unavailable_reason(exc))
         try:
             await response(scope, receive, send)
         except Exception:
@@ -210,9 +236,12 @@ def create_app(
             own.post_here = functools.partial(relay_endpoints.post_here, relay)
             hub = Hub(services)
             app.state.relay, app.state.hub = relay, hub
+            lost = functools.partial(_background_lost, app)
             async with anyio.create_task_group() as tg:
-                tg.start_soon(relay.run)
-                tg.start_soon(hub.run)
+                # Each runs its loops supervised (a failing loop restarts); if one ends all the
+                # same, the process cannot go on, and says so (serve exits non-zero).
+                tg.start_soon(essential, "the relay's background work", relay.run, lambda: relay.closing, lost)
+                tg.start_soon(essential, "the hub's background work", hub.run, lambda: hub.closing, lost)
                 app.state.services = services
                 logger.info("reversehub serving at %s", settings.public_origin)
                 try:

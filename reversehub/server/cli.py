@@ -157,6 +157,61 @@ def security_options(defaults: Settings) -> list[tuple[str, Any]]:
                 "help": "Bytes of relayed requests a process holds until answered (503 past it); 0: no cap.",
             },
         ),
+        *mailbox_options(defaults),
+    ]
+
+
+def mailbox_options(defaults: Settings) -> list[tuple[str, Any]]:
+    """Bounds of mailbox names and of the request inspector (docs/mailbox.md)."""
+    return [
+        (
+            "mailbox-max-per-name",
+            {
+                "default": defaults.mailbox_max_per_name,
+                "type": click.IntRange(min=1),
+                "help": "Stored requests waiting for their application, per name (507 past it).",
+            },
+        ),
+        (
+            "mailbox-max-bytes-per-name",
+            {
+                "default": defaults.mailbox_max_bytes_per_name,
+                "type": click.IntRange(min=1),
+                "help": "Stored bytes per name (507 past it).",
+            },
+        ),
+        (
+            "mailbox-max-bytes",
+            {
+                "default": defaults.mailbox_max_bytes,
+                "type": click.IntRange(min=1),
+                "help": "Stored bytes of all mailboxes (503 past it).",
+            },
+        ),
+        (
+            "mailbox-retention",
+            {
+                "default": defaults.mailbox_retention,
+                "type": click.FloatRange(min=0, min_open=True),
+                "help": "Seconds a stored request and its response are kept.",
+            },
+        ),
+        (
+            "inspector-requests",
+            {
+                "default": defaults.inspector_requests,
+                "type": click.IntRange(min=0),
+                "help": "Exchanges kept per name for its owner's inspector; 0: none.",
+            },
+        ),
+        (
+            "inspector-max-body",
+            {
+                "default": defaults.inspector_max_body,
+                "type": click.IntRange(min=0),
+                "help": "Bytes kept of the body of each inspected request and response.",
+            },
+        ),
     ]
 
 
@@ -241,6 +296,14 @@ def serve_options(f: Any) -> Any:
                     "type": click.IntRange(min=0),
                     "help": "Open connections per process (lowered to fit the file-descriptor limit); "
                     "past it 503. 0: no cap.",
+                },
+            ),
+            (
+                "publish-idempotency-retention",
+                {
+                    "default": defaults.publish_idempotency_retention,
+                    "type": click.FloatRange(min=0, min_open=True),
+                    "help": "Seconds a publish's Idempotency-Key is kept: a retry within it is stored once.",
                 },
             ),
             (

@@ -47,6 +47,8 @@ GC_THRESHOLDS = (50_000, 20, 10)
 # A worker that dies this soon after its start counts as a start failure; a few in a row end the supervisor.
 QUICK_EXIT_SECONDS = 10.0
 MAX_QUICK_EXITS = 5
+# Exit status of a process whose background work ended while it served (reversehub.core.supervise).
+EXIT_FAILED = 4
 M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
 MALLOC_ARENAS = 2
 # Open files kept for what a serving process opens itself (database and broker connections, outbound
@@ -214,6 +216,19 @@ class DrainingServer(uvicorn.Server):
         # everything else is freed by reference counting, which the thresholds do not touch.
         gc.set_threshold(*GC_THRESHOLDS)
 
+    failed: str | None = None  # why the app's background work ended, when it did (then exit non-zero)
+
+    async def on_tick(self, counter: int) -> bool:
+        app = find_app(self.config.loaded_app)
+        reason = getattr(app, "failed", None)
+        if reason is not None and self.failed is None:
+            # Never a half-dead process: without its background work (outbox, verifier, relay
+            # clock) it would accept work it cannot do. Its supervisor starts a fresh one.
+            self.failed = reason
+            logger.critical("the app's background work is gone (%s): stopping, to be restarted", reason)
+            return True
+        return await super().on_tick(counter)
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # Stop accepting first, so a poller whose poll ends now reconnects to another process.
         for server in self.servers:
@@ -258,6 +273,8 @@ def serve(settings: Settings) -> None:
             server.run(sockets=[config.bind_socket(), admin_sock])
         if not server.started:
             sys.exit(3)
+        if server.failed is not None:
+            sys.exit(EXIT_FAILED)
         return
     Supervisor(settings).run()
 
@@ -279,6 +296,8 @@ def _worker(settings: Settings, sock: socket.socket, admin_sock: socket.socket |
     server.run(sockets=sockets)
     if not server.started:
         sys.exit(3)
+    if server.failed is not None:
+        sys.exit(EXIT_FAILED)  # the supervisor starts another worker
 
 
 def _leave_with(parent: int, server: DrainingServer) -> None:

@@ -34,7 +34,11 @@ class Subscription(Protocol):
     """Messages published on one channel after the subscription started, in publish order."""
 
     async def get(self) -> bytes:
-        """The next message, waiting as long as it takes (wrap in ``anyio.fail_after`` for a deadline)."""
+        """The next message, waiting as long as it takes (wrap in ``anyio.fail_after`` for a deadline).
+
+        Raises :class:`BrokerUnavailable` once when messages may have been missed (a broker that
+        spans processes lost its connection); later calls go on with what arrives after it is back.
+        A waiter whose one message may be among the lost (a requester's reply) gives up then."""
         ...
 
     def __aiter__(self) -> AsyncIterator[bytes]: ...

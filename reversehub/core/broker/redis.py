@@ -81,13 +81,31 @@ def _translated() -> Iterator[None]:
         raise BrokerUnavailable(f"redis error: {exc}") from exc
 
 
+class _Lost:
+    """In a subscription's queue: the pub/sub connection was lost there."""
+
+
+_LOST = _Lost()
+
+
 class RedisSubscription:
+    """A channel's messages; when the pub/sub connection is lost, the next :meth:`get` raises
+    :class:`BrokerUnavailable` once (messages published meanwhile are gone), so that a waiter (a
+    relayed request waiting for its reply) is answered at once instead of waiting for a message that
+    will never come. Later gets go on with what arrives after the reconnect."""
+
     def __init__(self) -> None:
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[bytes | _Lost | None] = asyncio.Queue()
+        self._lost_pending = False
 
     def _sink(self, message: bytes | None) -> None:
         if message is not None:
             self._queue.put_nowait(message)
+
+    def _lost(self) -> None:
+        if not self._lost_pending:
+            self._lost_pending = True
+            self._queue.put_nowait(_LOST)
 
     def _close(self) -> None:
         self._queue.put_nowait(None)
@@ -97,6 +115,9 @@ class RedisSubscription:
         if message is None:
             self._queue.put_nowait(None)  # every later get() fails too
             raise BrokerClosed("broker is closed")
+        if isinstance(message, _Lost):
+            self._lost_pending = False
+            raise BrokerUnavailable("redis unavailable: the pub/sub connection was lost; messages may have been missed")
         return message
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -120,8 +141,11 @@ class _PubSub:
     request; here a channel is subscribed on Redis once, while at least one local sink listens.
     """
 
-    def __init__(self, pool: aioredis.ConnectionPool, connect_timeout: float) -> None:
+    def __init__(
+        self, pool: aioredis.ConnectionPool, connect_timeout: float, on_lost: Callable[[], None] | None = None
+    ) -> None:
         self._conn: AbstractConnection = pool.make_connection()  # type: ignore[no-untyped-call]
+        self._on_lost = on_lost
         self._connect_timeout = connect_timeout
         self._sinks: dict[bytes, set[Sink]] = {}
         self._acks: dict[bytes, deque[asyncio.Future[None]]] = {}
@@ -201,6 +225,8 @@ class _PubSub:
             except (RedisError, OSError) as exc:
                 if self._connected.is_set():
                     logger.warning("redis pub/sub connection lost (%s); reconnecting", exc)
+                    if self._on_lost is not None:
+                        self._on_lost()
                 self._connected.clear()
                 await self._conn.disconnect(nowait=True)
                 failures += 1
@@ -273,7 +299,7 @@ class RedisBroker:
         )
         self._redis = aioredis.Redis(connection_pool=self._pool)
         self._incr = self._redis.register_script(_INCR)
-        self._pubsub = _PubSub(self._pool, connect_timeout)
+        self._pubsub = _PubSub(self._pool, connect_timeout, self._pubsub_lost)
         self._waiting: dict[str, _Waiters] = {}
         self._subscriptions: set[RedisSubscription] = set()
         self._background: set[asyncio.Task[Any]] = set()
@@ -281,6 +307,10 @@ class RedisBroker:
         # poller's next poll does not pay for a SUBSCRIBE round trip.
         self._linger = linger
         self._closed = False
+
+    def _pubsub_lost(self) -> None:
+        for sub in self._subscriptions:
+            sub._lost()
 
     def _check(self) -> None:
         if self._closed:
