@@ -10,7 +10,16 @@ See the README's "Clients" section.
 
 from clients.discovery import Discovered, discover
 from clients.endpoint import Endpoint
-from clients.errors import ClientError, ClosedError, DiscoveryError, PublishError, RelayError, SubscriptionError
+from clients.errors import (
+    ClientError,
+    ClosedError,
+    DiscoveryError,
+    MissedUpdates,
+    OwnershipError,
+    PublishError,
+    RelayError,
+    SubscriptionError,
+)
 from clients.publisher import AsyncPublisher, Publisher, ping, publish
 from clients.subscriber import AsyncSubscriber, Subscriber
 from clients.update import Update
@@ -23,6 +32,8 @@ __all__ = [
     "Discovered",
     "DiscoveryError",
     "Endpoint",
+    "MissedUpdates",
+    "OwnershipError",
     "PublishError",
     "Publisher",
     "RelayError",

@@ -1,15 +1,23 @@
 """Client commands of the ``reversehub`` CLI: subscribe, publish, ping, expose.
 
 ``reversehub/cli.py`` adds every command in :data:`commands` to its group.
+
+SIGTERM (service managers, ``timeout``, ``docker stop``) and SIGHUP (a closed terminal) end
+``subscribe`` and ``expose`` as Ctrl-C does, with exit code 0: without ``--state`` the subscription
+ends and the relay name is released, so the same name can be claimed again at once; ``subscribe
+--state`` detaches and keeps both (docs/subscribers.md, "Signals").
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,12 +39,33 @@ MAILBOX_LEASE = 7 * 24 * 3600
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "trailer"}
 
 
+# Signals that end a long-running command the way Ctrl-C does.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
 def _state(state: str) -> None:
     click.echo(f"[{state}]", err=True)
 
 
+@contextlib.contextmanager
+def _stopping_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """Call ``stop`` on SIGTERM or SIGHUP (whose default is to die at once, leaving the relay name
+    held for its whole lease and, without --state, a subscription queueing to nobody)."""
+    previous = {sig: signal.signal(sig, lambda signum, frame: stop()) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def update_as_json(update: Update) -> dict[str, Any]:
-    record: dict[str, Any] = {"topic": update.topic, "id": update.id, "content_type": update.content_type}
+    record: dict[str, Any] = {
+        "topic": update.topic,
+        "seq": update.seq,
+        "id": update.id,
+        "content_type": update.content_type,
+    }
     try:
         record["body"] = update.body.decode("utf-8")
     except UnicodeDecodeError:
@@ -62,8 +91,26 @@ def update_as_text(update: Update) -> str:
 @click.option("--relay", envvar="REVERSEHUB_RELAY", default=None, help="Relay URL [default: the hub's server].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--lease-seconds", type=int, default=None, help="Lease to ask the hub for.")
-def subscribe(topic: str, hub: str | None, relay: str | None, as_json: bool, lease_seconds: int | None) -> None:
+@click.option(
+    "--state",
+    "state_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Resume from (and keep) this state file: updates published while stopped are not lost.",
+)
+@click.option("--unsubscribe", "end", is_flag=True, help="End the subscription kept in --state, then exit.")
+def subscribe(
+    topic: str,
+    hub: str | None,
+    relay: str | None,
+    as_json: bool,
+    lease_seconds: int | None,
+    state_path: str | None,
+    end: bool,
+) -> None:
     """Print each update to TOPIC as it arrives (connection state goes to stderr)."""
+    if end and state_path is None:
+        raise click.UsageError("--unsubscribe ends the subscription kept in --state FILE")
     lock = threading.Lock()
 
     def show(update: Update) -> None:
@@ -71,20 +118,48 @@ def subscribe(topic: str, hub: str | None, relay: str | None, as_json: bool, lea
         with lock:
             click.echo(text)
 
-    subscriber = Subscriber(topic, show, hub=hub, relay=relay, lease_seconds=lease_seconds, on_state=_state)
-    try:
-        subscriber.start()
-    except DiscoveryError as exc:
-        raise click.ClickException(f"{exc}; pass --hub URL") from exc
-    except (ClientError, httpx.HTTPError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(f"subscribed to {subscriber.topic} at {subscriber.hub}", err=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        subscriber.stop()
+    def missed(first: int, last: int | None) -> None:
+        if last is not None:
+            text = f"missed updates {first}..{last} of {topic}: the hub no longer holds them"
+        else:
+            text = f"missed updates of {topic} from {first} on: the hub cannot say how many"
+        with lock:
+            if as_json:
+                click.echo(json.dumps({"missed": [first, last], "topic": topic}))
+            click.echo(text, err=True)
+
+    stop = threading.Event()
+    subscriber = Subscriber(
+        topic,
+        show,
+        hub=hub,
+        relay=relay,
+        lease_seconds=lease_seconds,
+        on_state=_state,
+        state=state_path,
+        on_gap=missed,
+    )
+    if end:
+        try:
+            subscriber.unsubscribe()  # updates still pending may be printed first
+        except (ClientError, httpx.HTTPError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"unsubscribed from {subscriber.topic}; {state_path} deleted", err=True)
+        return
+    with _stopping_on_signals(stop.set):
+        try:
+            subscriber.start()
+        except DiscoveryError as exc:
+            raise click.ClickException(f"{exc}; pass --hub URL") from exc
+        except (ClientError, httpx.HTTPError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"subscribed to {subscriber.topic} at {subscriber.hub}", err=True)
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            subscriber.stop()
 
 
 def _read_data(data: str | None) -> bytes:
@@ -173,6 +248,10 @@ def expose(name: str, to: str, relay: str, token: str | None, pollers: int, mail
         raise click.UsageError("--mailbox needs --token: the same token claims NAME and its stored requests again")
 
     async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in STOP_SIGNALS:  # from the start: a SIGTERM while registering still releases the name
+            loop.add_signal_handler(sig, stop.set)
         forwarder = Forwarder(to)
         lease = MAILBOX_LEASE if mailbox else None
         endpoint = Endpoint(
@@ -191,7 +270,7 @@ def expose(name: str, to: str, relay: str, token: str | None, pollers: int, mail
         else:
             click.echo("inspect requests: the link is shown only on a terminal", err=True)
         try:
-            await asyncio.Event().wait()
+            await stop.wait()
         finally:
             await endpoint.aclose()
             await forwarder.http.aclose()

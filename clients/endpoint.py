@@ -169,9 +169,12 @@ class Endpoint:
         """The name's request inspector (a capability URL: show it only to the owner, never log it)."""
         return None if self._private_url is None else self._private_url + "/requests"
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, release: bool = True) -> None:
         """Stop polling (requests being handled finish first) and relinquish the name (DELETE); a
-        mailbox name is kept, so that the relay stores its requests until the endpoint is back."""
+        mailbox name is kept, so that the relay stores its requests until the endpoint is back.
+
+        ``release=False`` only detaches: the name stays registered (until its lease ends) for
+        whoever holds its token, so a durable subscriber started again re-claims the same name."""
         if self._closing:
             return
         self._closing = True
@@ -183,7 +186,7 @@ class Endpoint:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._private_url is not None and not self.mailbox:
+        if self._private_url is not None and release and not self.mailbox:
             try:
                 await self._http.delete(self._private_url, timeout=5.0)
             except httpx.HTTPError as exc:

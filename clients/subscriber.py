@@ -28,7 +28,14 @@ What it does (W3C WebSub):
   Webhooks ``webhook-id``, calls the callback, and answers 204, or 500 when the callback raised, so
   the hub retries later;
 - leases: renews at ``renew_fraction`` of the granted ``hub.lease_seconds``; re-subscribes after the
-  relay lost its registration; polls through network errors with backoff.
+  relay lost its registration; polls through network errors with backoff;
+- order (reversehub's ``X-Hub-Sequence``): updates reach the callback in sequence order, each once;
+  a gap is filled from ``/hub/replay`` and what the hub no longer holds is reported to ``on_gap``
+  (:mod:`clients.sequence`);
+- durability, with ``state=PATH`` (``docs/subscribers.md``): the relay name, its token, the secret,
+  the callback and the last sequence number handled are kept in PATH (:mod:`clients.state`), so a
+  subscriber started again with it re-attaches to the same name and subscription and receives what
+  the hub kept meanwhile. ``stop()`` then only detaches; ``unsubscribe()`` ends the subscription.
 """
 
 from __future__ import annotations
@@ -37,8 +44,10 @@ import asyncio
 import hmac
 import inspect
 import logging
+import os
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -46,20 +55,29 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 
 import httpx
 
+from clients import state as state_file
 from clients._links import find_link
 from clients._sync import LoopThread
 from clients.discovery import discover
 from clients.endpoint import CONNECTED, RECONNECTING, Endpoint, backoff_sleep, random_name
-from clients.errors import ClosedError, SubscriptionError
+from clients.errors import ClientError, ClosedError, MissedUpdates, OwnershipError, SubscriptionError
+from clients.ownership import Owner
+from clients.sequence import Sequencer
+from clients.state import SubscriberState
 from clients.update import Update
 from relay.wire import HttpRequest, HttpResponse
 
 logger = logging.getLogger(__name__)
 
 Callback = Callable[[Update], "Awaitable[None] | None"]
+GapCallback = Callable[[int, "int | None"], "Awaitable[None] | None"]
 
 SIGNATURE_ALGORITHMS = {"sha1", "sha256", "sha384", "sha512"}
 SEEN_DELIVERIES = 10_000  # how many delivery ids we remember to drop duplicates
+# The relay-name lease a durable subscriber asks for (the relay clamps it to its maximum): the name
+# is its callback, so it must outlive the time the subscriber is away; a lapsed name could be
+# claimed by someone else, who would then receive the deliveries the hub keeps sending it.
+DURABLE_NAME_LEASE = 30 * 24 * 3600
 
 # Subscriber states, reported to ``on_state`` (besides the endpoint's ``connected``/``reconnecting``).
 DISCOVERING = "discovering"
@@ -101,7 +119,15 @@ def _text(status: int, body: str = "") -> HttpResponse:
 
 
 class AsyncSubscriber:
-    """Subscribe to ``topic`` and call ``callback(update)`` for every delivery. See the module docstring."""
+    """Subscribe to ``topic`` and call ``callback(update)`` for every delivery. See the module docstring.
+
+    ``state``: a file that makes the subscriber durable (``docs/subscribers.md``): created at the
+    first start, re-attached to at every later one, deleted by :meth:`unsubscribe`.
+    ``on_gap(first, last)`` (sync or async) hears of updates the hub no longer holds, in their place
+    among the updates (``last`` None: how many is unknown); each report is also logged and kept in
+    :attr:`missed`. ``gap_wait``: seconds without any delivery before the hub is asked about a gap
+    again.
+    """
 
     def __init__(
         self,
@@ -119,6 +145,9 @@ class AsyncSubscriber:
         renew_fraction: float = 0.8,
         backoff: tuple[float, float] = (0.1, 30.0),
         poll_read_timeout: float = 120.0,
+        state: str | os.PathLike[str] | None = None,
+        on_gap: GapCallback | None = None,
+        gap_wait: float = 2.0,
     ) -> None:
         if secret is not None and len(secret.encode()) >= 200:
             raise ValueError("hub.secret must be shorter than 200 bytes (WebSub 5.1)")
@@ -132,6 +161,16 @@ class AsyncSubscriber:
         self.callback_url: str | None = None
         self.state = "new"
         self.rejected = 0  # deliveries ignored for a bad signature
+        self.missed: list[MissedUpdates] = []  # gaps reported (see on_gap)
+        self.state_path = os.fspath(state) if state is not None else None
+        self._given_secret = secret
+        self._on_gap = on_gap
+        self._gap_wait = gap_wait
+        self._saved: SubscriberState | None = None
+        self._sequencer: Sequencer | None = None
+        self._owner: Owner | None = None
+        self._save_lock = threading.Lock()
+        self._state_lock = state_file.StateLock(self.state_path) if self.state_path is not None else None
         self._on_state = on_state
         self._pollers = pollers
         self._transport = transport
@@ -164,7 +203,11 @@ class AsyncSubscriber:
         refused, denied or did not verify within ``verify_timeout``, or when the echo did not reach
         the relay (the subscription was then not made: calling ``start()`` again is safe);
         ``httpx`` errors when the hub or relay cannot be reached; :class:`RelayError` when the
-        relay refused the name; :class:`ClosedError` once stopped.
+        relay refused the name; :class:`ClosedError` once stopped; ``ValueError`` when the state
+        file is not one, or was made for another topic, hub or secret.
+
+        With ``state``, a state file that exists makes this a restart: the same relay name (with
+        its token), secret and callback, and the sequence number to go on from.
         """
         if self._closed:
             raise ClosedError("subscriber was stopped")
@@ -174,15 +217,44 @@ class AsyncSubscriber:
         self._callback_lock = asyncio.Lock()
         self._lease_changed = asyncio.Event()
         self._http = httpx.AsyncClient(transport=self._transport, timeout=httpx.Timeout(10.0))
+        saved: SubscriberState | None = None
         try:
-            if self.hub is None:
+            if self._state_lock is not None and self.state_path is not None:
+                self._state_lock.acquire()
+                saved = await asyncio.to_thread(state_file.load, self.state_path)
+            if saved is not None and self.hub is None and self.topic != saved.topic:
+                # Named by the URL it was discovered from: the state has the hub's rel="self" one.
                 self._set_state(DISCOVERING)
                 found = await discover(self.topic, self._http)
                 self.hub, self.topic = found.hub, found.topic
+            if saved is not None:
+                self._adopt(saved)
+            elif self.hub is None:
+                self._set_state(DISCOVERING)
+                found = await discover(self.topic, self._http)
+                self.hub, self.topic = found.hub, found.topic
+            assert self.hub is not None
+            last, expected = await self._resume_point(saved) if saved is not None else (0, 0)
+            relay = saved.relay if saved is not None else self.relay or relay_for(self.hub)
+            # Ready before the name is polled: what the hub queued comes at once, and a delivery
+            # at or below `last` must already count as a duplicate.
+            self._sequencer = Sequencer(
+                last,
+                self._handle,
+                self._persist,
+                self._report_gap,
+                self._replay,
+                self._pending_count,
+                quiet=self._gap_wait,
+            )
+            if saved is not None:
+                self._set_callback(saved.callback)
             self._endpoint = Endpoint(
-                self.relay or relay_for(self.hub),
+                relay,
                 self._on_request,
-                name=random_name("sub"),
+                name=saved.name if saved is not None else random_name("sub"),
+                token=saved.token if saved is not None else secrets.token_urlsafe(24),
+                lease=DURABLE_NAME_LEASE if self.state_path is not None else None,
                 pollers=self._pollers,
                 http=self._http,
                 poll_read_timeout=self._poll_read_timeout,
@@ -192,32 +264,91 @@ class AsyncSubscriber:
                 on_replied=self._on_replied,
             )
             public_url = await self._endpoint.start()
-            self.callback_url = urljoin(public_url, "websub")
-            self._callback_path = urlsplit(self.callback_url).path
+            callback = urljoin(public_url, "websub")
+            if callback != self.callback_url:
+                self._set_callback(callback)
+                if saved is not None:
+                    # The hub keys a subscription by (topic, callback): a new callback is a new
+                    # subscription, numbered from 1 again.
+                    logger.warning("the relay gave this subscriber a new public URL: a new subscription")
+                    await self._sequencer.reset(0)
+                    expected = 0
+            if self.state_path is not None:
+                # Kept before subscribing: a crash from here on leaves a file that re-attaches.
+                self._saved = SubscriberState(
+                    hub=self.hub,
+                    topic=self.topic,
+                    relay=relay,
+                    name=self._endpoint.name,
+                    token=self._endpoint.token,
+                    secret=self.secret,
+                    callback=self.callback_url or "",
+                    last_seq=self._sequencer.last,
+                    lease_seconds=saved.lease_seconds if saved is not None else None,
+                    lease_expires_at=saved.lease_expires_at if saved is not None else None,
+                    extra=saved.extra if saved is not None else {},
+                )
+                await asyncio.to_thread(self._save)
             self._set_state(SUBSCRIBING)
             await self._subscribe("subscribe")
         except BaseException:
-            await self._teardown()
+            # A subscriber that resumed keeps its name and file; a new one leaves nothing behind.
+            await self._teardown(release=saved is None)
+            if saved is None and self._saved is not None and self.state_path is not None:
+                await asyncio.to_thread(state_file.delete, self.state_path)
+            if self._state_lock is not None:
+                self._state_lock.release()
             raise
         self._started = True
         self._renewer = asyncio.create_task(self._renew_forever())
         self._set_state(SUBSCRIBED)
+        self._sequencer.expect(expected)
         return self
 
     async def stop(self) -> None:
-        """Unsubscribe and relinquish the relay name. Idempotent; the subscriber cannot start again."""
+        """Without ``state``: unsubscribe and relinquish the relay name. With ``state``: detach only
+        (the name, the subscription and the state file stay, and the hub keeps queueing).
+        Idempotent; the subscriber cannot start again (a new one with the same state can)."""
         if self._closed:
             return
         self._closed = True
-        if self._renewer is not None:
-            self._renewer.cancel()
-            await asyncio.gather(self._renewer, return_exceptions=True)
-        if self._started:
+        await self._stop_renewing()
+        durable = self.state_path is not None
+        if self._started and not durable:
             try:
                 await self._subscribe("unsubscribe")
             except (httpx.HTTPError, SubscriptionError) as exc:
                 logger.warning("unsubscribe from %s failed: %s", self.topic, exc)
-        await self._teardown()
+        await self._teardown(release=not durable)
+        if self._state_lock is not None:
+            self._state_lock.release()
+        self._set_state(STOPPED)
+
+    async def unsubscribe(self) -> None:
+        """End the subscription (``hub.mode=unsubscribe``), relinquish the relay name and delete the
+        state file. A subscriber not started yet starts first (so a state file's subscription can be
+        ended; updates still pending may reach the callback meanwhile). If the hub does not verify
+        the unsubscription, this raises :class:`SubscriptionError` (or an ``httpx`` error) after
+        detaching, and the name and the state file are kept, so it can be tried again."""
+        if self._closed:
+            raise ClosedError("subscriber was stopped")
+        if not self._started:
+            await self.start()
+        self._closed = True
+        await self._stop_renewing()
+        try:
+            await self._subscribe("unsubscribe")
+        except BaseException:
+            await self._teardown(release=False)
+            if self._state_lock is not None:
+                self._state_lock.release()
+            self._set_state(STOPPED)
+            raise
+        await self._teardown(release=True)
+        if self.state_path is not None:
+            await asyncio.to_thread(state_file.delete, self.state_path)
+        if self._state_lock is not None:
+            self._state_lock.release(remove=True)
         self._set_state(STOPPED)
 
     async def __aenter__(self) -> AsyncSubscriber:
@@ -228,11 +359,98 @@ class AsyncSubscriber:
     ) -> None:
         await self.stop()
 
-    async def _teardown(self) -> None:
+    @property
+    def last_seq(self) -> int:
+        """The ``X-Hub-Sequence`` of the last update handled (0: none, or the hub numbers nothing)."""
+        return self._sequencer.last if self._sequencer is not None else 0
+
+    async def _stop_renewing(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
+
+    async def _teardown(self, release: bool = True) -> None:
+        if self._sequencer is not None:
+            await self._sequencer.aclose()
         if self._endpoint is not None:
-            await self._endpoint.aclose()
+            await self._endpoint.aclose(release=release)
         if self._http is not None:
             await self._http.aclose()
+
+    # -- durability ----------------------------------------------------------------------------
+
+    def _adopt(self, saved: SubscriberState) -> None:
+        """Take the subscription's identity from its state file, refusing one made for another."""
+        if self.topic != saved.topic:
+            raise ValueError(f"{self.state_path} is the state of a subscription to {saved.topic}, not {self.topic}")
+        if self.hub is not None and self.hub != saved.hub:
+            raise ValueError(f"{self.state_path} is the state of a subscription at {saved.hub}, not {self.hub}")
+        if self._given_secret is not None and self._given_secret != saved.secret:
+            raise ValueError(f"{self.state_path} holds another hub.secret than the one given")
+        self.hub, self.secret = saved.hub, saved.secret
+
+    async def _resume_point(self, saved: SubscriberState) -> tuple[int, int]:
+        """(the last sequence number handled, the highest the hub gave out): asked before the name is
+        polled again, so no delivery is judged against a numbering that is no longer the hub's."""
+        assert self._http is not None and self.hub is not None
+        last = saved.last_seq
+        try:
+            status = await Owner(self._http, self.hub, self.topic, saved.callback, self.secret).status()
+        except (ClientError, ValueError) as exc:
+            logger.warning("the hub cannot tell what was published meanwhile (%s); resuming after %d", exc, last)
+            return last, last
+        if status is None:
+            await self._report_gap(last + 1, None, "the hub no longer knows this subscription")
+            return 0, 0
+        if status.last_seq < last:
+            logger.warning("the hub numbers this subscription from %d, below the state's %d", status.last_seq, last)
+            return status.last_seq, status.last_seq
+        if status.state != "active" or (status.expires_at is not None and status.expires_at <= time.time()):
+            await self._report_gap(last + 1, None, "the subscription's lease ran out while the subscriber was away")
+        return last, status.last_seq
+
+    def _save(self) -> None:
+        """Write the state file (in a worker thread; one write at a time, so none goes back in time)."""
+        if self._saved is None or self.state_path is None:
+            return
+        with self._save_lock:
+            state_file.save(self.state_path, self._saved)
+
+    def _persist(self, seq: int) -> None:
+        if self._saved is None or self.state_path is None:
+            return
+        with self._save_lock:
+            self._saved.last_seq = seq
+            state_file.save(self.state_path, self._saved)
+
+    async def _replay(self, since: int) -> int:
+        if self._owner is None:  # a gap seen before the callback URL is known: asked again later
+            raise OwnershipError("not subscribed yet")
+        return await self._owner.replay(since)
+
+    async def _pending_count(self) -> int:
+        if self._owner is None:
+            raise OwnershipError("not subscribed yet")
+        return await self._owner.pending()
+
+    async def _report_gap(self, first: int, last: int | None, reason: str = "the hub no longer holds them") -> None:
+        missed = MissedUpdates(first, last, reason)
+        self.missed.append(missed)
+        logger.warning("%s of %s", missed, self.topic)
+        if self._on_gap is None:
+            return
+        try:
+            result = self._on_gap(first, last)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            logger.exception("on_gap callback failed")
+
+    def _set_callback(self, callback: str) -> None:
+        self.callback_url = callback
+        self._callback_path = urlsplit(callback).path
+        assert self._http is not None and self.hub is not None
+        self._owner = Owner(self._http, self.hub, self.topic, callback, self.secret)
 
     # -- subscription ------------------------------------------------------------------------
 
@@ -267,6 +485,11 @@ class AsyncSubscriber:
                 self._renew_at = loop.time() + lease * self._renew_fraction if lease else None
                 assert self._lease_changed is not None
                 self._lease_changed.set()
+                if self._saved is not None:
+                    with self._save_lock:
+                        self._saved.lease_seconds = lease
+                        self._saved.lease_expires_at = time.time() + lease if lease else None
+                    await asyncio.to_thread(self._save)
 
     async def _renew_forever(self) -> None:
         assert self._lease_changed is not None
@@ -288,8 +511,16 @@ class AsyncSubscriber:
     async def _resubscribe(self) -> None:
         """The relay lost our registration (the public URL may even have changed): subscribe again."""
         assert self._endpoint is not None and self._endpoint.public_url is not None
-        self.callback_url = urljoin(self._endpoint.public_url, "websub")
-        self._callback_path = urlsplit(self.callback_url).path
+        callback = urljoin(self._endpoint.public_url, "websub")
+        if callback != self.callback_url:
+            # A new callback is a new subscription for the hub, numbered from 1.
+            self._set_callback(callback)
+            if self._sequencer is not None:
+                await self._sequencer.reset(0)
+            if self._saved is not None:
+                with self._save_lock:
+                    self._saved.callback = callback
+                await asyncio.to_thread(self._save)
         self._set_state(RESUBSCRIBING)
         await self._subscribe_until_done(SUBSCRIBED)
 
@@ -372,26 +603,37 @@ class AsyncSubscriber:
             logger.warning("ignored a delivery with a missing or wrong X-Hub-Signature")
             return _text(202)
         delivery_id = headers.get("webhook-id")
-        assert self._callback_lock is not None
-        async with self._callback_lock:  # one callback at a time, in the order deliveries arrive
-            if delivery_id is not None and delivery_id in self._seen:
-                return _text(204)
-            update = Update(
-                topic=find_link(headers.get_list("link"), "self") or self.topic,
-                body=request.body,
-                content_type=headers.get("content-type", ""),
-                headers=headers,
-            )
-            try:
-                await self._call(update)
-            except Exception:
-                logger.exception("subscriber callback failed; the hub will retry this delivery")
-                return _text(500, "callback failed\n")
-            if delivery_id is not None:
-                self._seen[delivery_id] = None
-                while len(self._seen) > SEEN_DELIVERIES:
-                    self._seen.popitem(last=False)
+        if delivery_id is not None and delivery_id in self._seen:
+            return _text(204)
+        update = Update(
+            topic=find_link(headers.get_list("link"), "self") or self.topic,
+            body=request.body,
+            content_type=headers.get("content-type", ""),
+            headers=headers,
+        )
+        seq = update.seq
+        try:
+            if seq is not None and self._sequencer is not None:
+                # In sequence order, each once, gaps filled (clients.sequence); the state file's
+                # last_seq is written before this delivery is acknowledged.
+                await self._sequencer.offer(seq, update)
+            else:
+                assert self._callback_lock is not None
+                async with self._callback_lock:  # one callback at a time, in the order deliveries arrive
+                    if delivery_id is not None and delivery_id in self._seen:
+                        return _text(204)
+                    await self._handle(update)
+        except Exception:
+            logger.exception("subscriber callback failed; the hub will retry this delivery")
+            return _text(500, "callback failed\n")
         return _text(204)
+
+    async def _handle(self, update: Update) -> None:
+        await self._call(update)
+        if update.id is not None:
+            self._seen[update.id] = None
+            while len(self._seen) > SEEN_DELIVERIES:
+                self._seen.popitem(last=False)
 
     async def _call(self, update: Update) -> None:
         if inspect.iscoroutinefunction(self.callback) or inspect.iscoroutinefunction(
@@ -446,6 +688,9 @@ class Subscriber:
         renew_fraction: float = 0.8,
         backoff: tuple[float, float] = (0.1, 30.0),
         poll_read_timeout: float = 120.0,
+        state: str | os.PathLike[str] | None = None,
+        on_gap: GapCallback | None = None,
+        gap_wait: float = 2.0,
     ) -> None:
         self._subscriber = AsyncSubscriber(
             topic,
@@ -461,6 +706,9 @@ class Subscriber:
             renew_fraction=renew_fraction,
             backoff=backoff,
             poll_read_timeout=poll_read_timeout,
+            state=state,
+            on_gap=on_gap,
+            gap_wait=gap_wait,
         )
         self._thread: LoopThread | None = None
         self._lock = threading.Lock()  # one start() or stop() at a time: each owns the loop thread
@@ -480,13 +728,25 @@ class Subscriber:
             return self
 
     def stop(self) -> None:
-        """Unsubscribe, relinquish the relay name and end the loop thread. Idempotent."""
+        """Unsubscribe and relinquish the relay name (with ``state``: detach only, see
+        :meth:`AsyncSubscriber.stop`) and end the loop thread. Idempotent."""
         with self._lock:
             thread, self._thread = self._thread, None
             if thread is None:
                 return
             try:
                 thread.run(self._subscriber.stop())
+            finally:
+                thread.close()
+
+    def unsubscribe(self) -> None:
+        """End the subscription, relinquish the name, delete the state file (see
+        :meth:`AsyncSubscriber.unsubscribe`) and end the loop thread."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+            thread = thread or LoopThread()
+            try:
+                thread.run(self._subscriber.unsubscribe())
             finally:
                 thread.close()
 
@@ -529,6 +789,16 @@ class Subscriber:
     def state(self) -> str:
         """The latest state, as reported to ``on_state``."""
         return self._subscriber.state
+
+    @property
+    def last_seq(self) -> int:
+        """The ``X-Hub-Sequence`` of the last update handled."""
+        return self._subscriber.last_seq
+
+    @property
+    def missed(self) -> list[MissedUpdates]:
+        """The gaps reported so far (see ``on_gap``)."""
+        return self._subscriber.missed
 
     @property
     def rejected(self) -> int:

@@ -28,6 +28,12 @@ class Update:
         return value
 
     @property
+    def seq(self) -> int | None:
+        """The hub's ``X-Hub-Sequence`` for this subscription (1, 2, 3...), or None without one."""
+        value = self.headers.get("x-hub-sequence", "").strip()
+        return int(value) if value.isdigit() else None
+
+    @property
     def text(self) -> str:
         encoding = "utf-8"
         for part in self.content_type.split(";")[1:]:
