@@ -30,7 +30,7 @@ class SubscriptionState(enum.StrEnum):
 class DeliveryState(enum.StrEnum):
     """A delivery row's ``state``; the values are what the column stores."""
 
-    PENDING = "pending"  # due at next_attempt_at, or claimed by a worker until claimed_until
+    PENDING = "pending"  # due at next_attempt_at, or claimed by a worker (hub.store.workers)
     DELIVERED = "delivered"  # the callback answered 2xx; kept for replay until the retention ends
     FAILED = "failed"  # given up after delivery_max_age
     CANCELLED = "cancelled"  # its subscription ended first
@@ -141,6 +141,8 @@ class Delivery(Base):
         # Claiming asks "is an earlier delivery of this subscription pending?" for every row it
         # takes: with state in the index that is one probe, however many delivered rows are kept.
         Index("ix_hub_deliveries_subscription_state_seq", "subscription_id", "state", "seq"),
+        # A dead worker's claims are found by its id (hub.store.deliveries.claim).
+        Index("ix_hub_deliveries_claim_worker", "claim_worker"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -151,7 +153,11 @@ class Delivery(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[float] = mapped_column(Float)
     claim_token: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # The lease: a claim whose worker is alive holds until then (renewed while it is held); one
+    # whose worker's heartbeat is stale is claimable at once.
     claimed_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The Worker that holds the claim (None: not claimed, or claimed before workers existed).
+    claim_worker: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -171,3 +177,20 @@ class PublishKey(Base):
     fingerprint: Mapped[str] = mapped_column(String(64))
     status: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class Worker(Base):
+    """An outbox worker (one per process) that is alive while its heartbeat is fresh.
+
+    ``heartbeat_at`` is the database's clock, never the process's: processes on several hosts judge
+    each other's heartbeats, and their clocks may disagree by more than the staleness bound."""
+
+    __tablename__ = "hub_workers"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # Where it runs: a worker restarted on the same node sees at once that its predecessor's
+    # process is gone (hub.store.workers.node).
+    node: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[float] = mapped_column(Float)
+    heartbeat_at: Mapped[float] = mapped_column(Float)

@@ -1,8 +1,11 @@
 """The delivery outbox: workers that send pending deliveries, retry failures, record outcomes.
 
 Work is rows (:mod:`hub.store`): a publisher's 2xx comes after the payload and one delivery row per
-subscriber are committed, so a killed process loses nothing; whatever it had claimed is taken over
-once the claim expires (at-least-once, ``webhook-id`` lets subscribers drop the duplicates).
+subscriber are committed, so a killed process loses nothing. Each Outbox is a worker with an
+identity and a heartbeat row (:mod:`hub.store.workers`); its claims hold while its heartbeat is
+fresh, and once it is stale (``Settings.outbox_stale``) any other worker's next claim takes them
+over: recovery from a killed process takes seconds, not a claim's lease (at-least-once,
+``webhook-id`` lets subscribers drop the duplicates). docs/delivery.md tells operators the whole story.
 
 Sending: at most ``delivery_concurrency`` requests at a time, at most ``delivery_per_host`` to one
 callback host (callbacks on our own relay are served in-process and only count against the global
@@ -10,18 +13,25 @@ bound). Claimed rows are interleaved by host, so one slow host never starves the
 are written in batches: one transaction per batch, never one per delivery. Retries back off
 exponentially with jitter (the first within ``2 * delivery_retry_base`` seconds) and give up after
 ``delivery_max_age``; the subscription's status then says so.
+
+Faults: no database error ends the outbox. Claiming, loading payloads and the heartbeat back off
+and try again; outcomes that could not be written are kept (up to a bound) and written when the
+database answers, each only while this worker still holds the row's claim.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
 import time
 from collections import defaultdict, deque
 from collections.abc import Iterable
 
 import anyio
 from cachetools import LRUCache
+from sqlalchemy.exc import SQLAlchemyError
 
 from hub import store
 from hub.errors import URLRefused
@@ -30,6 +40,8 @@ from hub.metrics import HubMetrics
 from hub.models import Payload
 from hub.netguard import NetGuard
 from hub.signing import hub_signature, webhook_signature
+from hub.store.workers import node as worker_node
+from reversehub.core import db
 from reversehub.core.backoff import backoff
 from reversehub.core.outbound import OutboundError
 from reversehub.core.services import Services
@@ -39,6 +51,12 @@ logger = logging.getLogger(__name__)
 CLAIM_BATCH = 2000
 FLUSH_BATCH = 1000
 FLUSH_DELAY = 0.02
+# Outcomes and given-back claims kept while the database cannot take them, at most this many times
+# max_inflight; past it the oldest are forgotten and their claims lapse (delivery_claim_seconds).
+UNRECORDED_FACTOR = 16
+# Backoff of a database call that failed: from this, doubling, up to RETRY_MAX seconds.
+RETRY_BASE = 0.1
+RETRY_MAX = 5.0
 # Payloads kept in memory between the claim that loads them and the attempts that send them (and for
 # the next claims of the same fan-out), by the size of their bodies: a few large fat pings must not
 # hold the process's memory.
@@ -79,6 +97,14 @@ class Outbox:
         self._wake = anyio.Event()
         self._flush = anyio.Event()
         self._outcomes: list[store.Outcome] = []
+        # This worker (hub.store.workers): its id is on every claim it makes.
+        self.worker = secrets.token_hex(16)
+        self._node = worker_node()
+        self._beat_at: float | None = None  # monotonic time of the last heartbeat written
+        self._reported: set[str] = set()  # dead workers already logged
+        # Every row this worker holds a claim on (in flight, queued, outcome not yet written):
+        # id -> (claim token, monotonic time the claim or its last renewal was made).
+        self._held: dict[int, tuple[str, float]] = {}
         self._inflight: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         # Not anyio's semaphores (a cancel scope each, twice per delivery) nor asyncio's (see Slots).
@@ -92,10 +118,13 @@ class Outbox:
         self._queued: dict[str, deque[tuple[float, store.Claimed]]] = defaultdict(deque)
         self._queued_total = 0
         self.max_queued = 40 * max(self.settings.delivery_concurrency, 16)
-        self._stale: list[int] = []  # queued claims given back at the next write
+        self._giveback: list[tuple[int, str]] = []  # claims given back (due now) at the next write
+        self._deferred: list[tuple[int, str]] = []  # claims given back for a moment at the next write
+        self._write_failures = 0
         self._payloads: LRUCache[int, Payload] = LRUCache(maxsize=PAYLOAD_CACHE_BYTES, getsizeof=_payload_size)
         self._closing = False
         self.max_inflight = max(4 * self.settings.delivery_concurrency, 64)
+        self.max_unrecorded = UNRECORDED_FACTOR * self.max_inflight
         self._outbound = services.outbound
         self._is_own = services.is_own
         # The labelled children, looked up once: labels() costs a lock and a dict walk per delivery.
@@ -111,6 +140,7 @@ class Outbox:
     async def run(self) -> None:
         try:
             async with anyio.create_task_group() as tg:
+                tg.start_soon(self._heartbeat)
                 tg.start_soon(self._flusher)
                 await self._dispatch()
                 tg.cancel_scope.cancel()
@@ -122,37 +152,149 @@ class Outbox:
                     await asyncio.gather(*self._tasks, return_exceptions=True)
                 await self._drain()
 
+    def alive(self) -> bool:
+        """Whether this worker's heartbeat is fresh enough that its claims hold (a margin of one
+        heartbeat before others may judge it dead)."""
+        if self._beat_at is None:
+            return False
+        margin = self.settings.outbox_stale - self.settings.outbox_heartbeat
+        return time.monotonic() - self._beat_at < margin
+
     async def _dispatch(self) -> None:
+        failures = 0
         while not self._closing:
             self._wake = anyio.Event()
             room = self.max_inflight - len(self._inflight)
             rows: list[store.Claimed] = []
-            if room > 0:
+            # Claims made while the heartbeat is stale could be taken over as they are made.
+            if room > 0 and self.alive():
                 try:
                     rows = await store.claim(
-                        self.services.sessions, min(room, CLAIM_BATCH), self.settings.delivery_claim_seconds
+                        self.services.sessions,
+                        min(room, CLAIM_BATCH),
+                        self.settings.delivery_claim_seconds,
+                        self.worker,
+                        self.settings.outbox_stale,
                     )
-                except Exception:
-                    logger.exception("claiming deliveries failed")
+                except Exception as exc:
+                    failures += 1
+                    self._failed("claiming deliveries", failures, exc)
+                    await self._pause(backoff(failures, RETRY_BASE, RETRY_MAX))
+                    continue
+                if failures:
+                    logger.info("claiming deliveries works again")
+                failures = 0
             if rows:
-                await self._load_payloads({r.payload_id for r in rows})
-                deferred = []
-                now = time.monotonic()
-                for host, row in interleave((self._host_key(r.callback), r) for r in rows):
-                    if not host or self._host_load[host] < self.host_backlog:
-                        self._start(row, host)
-                    elif self._queued_total < self.max_queued:
-                        # Claimed, waiting in memory for its host: it does not take a place in
-                        # max_inflight, so other hosts' deliveries keep being claimed and sent.
-                        self._queued[host].append((now, row))
-                        self._queued_total += 1
-                    else:
-                        deferred.append(row.id)
-                if deferred:
-                    await store.defer(self.services.sessions, deferred, time.time() + self._defer_seconds())
+                await self._take(rows)
                 continue
             with anyio.move_on_after(self.settings.outbox_scan_interval):
                 await self._wake.wait()
+
+    async def _take(self, rows: list[store.Claimed]) -> None:
+        """Start (or queue, or defer) the claimed ``rows``."""
+        now = time.monotonic()
+        for r in rows:
+            self._held[r.id] = (r.token, now)
+        try:
+            await self._load_payloads({r.payload_id for r in rows})
+        except Exception as exc:
+            # Give them back rather than count an attempt nobody made; if the database stays away,
+            # our heartbeat goes stale and another worker takes them over.
+            self._failed(f"loading payloads ({len(rows)} claims given back)", 1, exc)
+            self._giveback.extend((r.id, r.token) for r in rows)
+            self._flush.set()
+            await self._pause(backoff(1, RETRY_BASE, RETRY_MAX))
+            return
+        for host, row in interleave((self._host_key(r.callback), r) for r in rows):
+            if not host or self._host_load[host] < self.host_backlog:
+                self._start(row, host)
+            elif self._queued_total < self.max_queued:
+                # Claimed, waiting in memory for its host: it does not take a place in
+                # max_inflight, so other hosts' deliveries keep being claimed and sent.
+                self._queued[host].append((now, row))
+                self._queued_total += 1
+            else:
+                self._deferred.append((row.id, row.token))
+        if self._deferred:
+            self._flush.set()
+
+    async def _pause(self, seconds: float) -> None:
+        """Back off, but not past a wake-up: close() must not wait out a backoff."""
+        with anyio.move_on_after(seconds):
+            await self._wake.wait()
+
+    def _failed(self, what: str, failures: int, exc: Exception) -> None:
+        """Log a failed database call: once when it starts failing (an outage in one line, anything
+        else with its traceback), quietly while it keeps failing."""
+        if failures > 1:
+            logger.debug("%s failed again (%d times)", what, failures, exc_info=exc)
+        elif db.unavailable(exc):
+            logger.warning("%s waits for the database (%s); retrying with backoff", what, getattr(exc, "orig", exc))
+        else:
+            logger.warning("%s failed; retrying with backoff", what, exc_info=exc)
+
+    async def _heartbeat(self) -> None:
+        """Renew this worker's heartbeat, renew the leases of claims held long, report dead workers.
+
+        A failed heartbeat is retried with backoff; sends in flight go on meanwhile (their outcomes
+        are written only while their claims still hold, :func:`hub.store.record`)."""
+        sessions = self.services.sessions
+        period = self.settings.outbox_heartbeat
+        failures = 0
+        while True:
+            try:
+                # A restart on the same node (or a sibling of --workers killed): the process is
+                # gone, so its claims need not wait for its heartbeat to go stale. First, before
+                # this worker's first claim.
+                for worker in await store.judge_node(sessions, self._node, self.worker):
+                    if worker not in self._reported:
+                        self._reported.add(worker)
+                        logger.warning("outbox worker %s of this node is gone; taking its claims over", worker)
+                await store.beat(sessions, self.worker, self._node, os.getpid())
+                self._beat_at = time.monotonic()
+                self._wake.set()  # the first beat lets the dispatcher claim
+                if failures:
+                    logger.info("outbox heartbeat written again after %d failures", failures)
+                failures = 0
+                await self._renew()
+                await self._report_dead()
+            except Exception as exc:
+                failures += 1
+                self._failed("the outbox heartbeat", failures, exc)
+                await anyio.sleep(backoff(failures, period / 4, period))
+                continue
+            await anyio.sleep(period)
+
+    async def _renew(self) -> None:
+        """Extend the lease of claims held for half of it, or that would lapse before three more
+        heartbeats (a send queued behind a slow host, a slow callback, an outcome the database did
+        not take yet): a live worker's claim never lapses under it."""
+        lease = self.settings.delivery_claim_seconds
+        due = min(lease / 2, lease - 3 * self.settings.outbox_heartbeat)
+        now = time.monotonic()
+        old = [(i, token) for i, (token, since) in self._held.items() if now - since > due]
+        if old:
+            await store.renew(self.services.sessions, old, lease)
+            for i, token in old:
+                if self._held.get(i, (None,))[0] == token:
+                    self._held[i] = (token, now)
+
+    async def _report_dead(self) -> None:
+        """Log, once per dead worker, that its claims are being taken over (no URLs: they hold tokens)."""
+        for w in await store.dead(self.services.sessions, self.settings.outbox_stale):
+            if w.id in self._reported:
+                continue
+            self._reported.add(w.id)
+            logger.warning(
+                "outbox worker %s on %s (pid %d) silent for %.1f s; taking over its %d claimed deliveries",
+                w.id,
+                w.node,
+                w.pid,
+                w.silent_for,
+                w.claims,
+            )
+        if len(self._reported) > 10_000:
+            self._reported.clear()
 
     def _start(self, row: store.Claimed, host: str) -> None:
         self._host_load[host] += 1
@@ -167,12 +309,8 @@ class Outbox:
         """A place for ``host`` came free: start its next queued delivery, if any."""
         queue = self._queued.get(host)
         while queue and self._host_load[host] < self.host_backlog:
-            claimed_at, row = queue.popleft()
+            _, row = queue.popleft()
             self._queued_total -= 1
-            if time.monotonic() - claimed_at > self.settings.delivery_claim_seconds / 2:
-                # Held long enough that its claim may run out mid-send: give it back instead.
-                self._stale.append(row.id)
-                continue
             self._start(row, host)
         if queue is not None and not queue:
             del self._queued[host]
@@ -207,6 +345,7 @@ class Outbox:
         return slots
 
     async def _send(self, row: store.Claimed, host: str) -> None:
+        outcome: store.Outcome | None
         try:
             limit = self._host_limit(host)
             if limit is None:
@@ -224,7 +363,10 @@ class Outbox:
         if not self._host_load[host]:  # nothing of this host is running or waiting
             del self._host_load[host]
             self._hosts.pop(host, None)
-        self._outcomes.append(outcome)
+        if outcome is None:
+            self._giveback.append((row.id, row.token))
+        else:
+            self._outcomes.append(outcome)
         self._flush.set()
 
     def headers(self, row: store.Claimed, payload: Payload, now: float) -> dict[str, str]:
@@ -243,14 +385,19 @@ class Outbox:
             headers["webhook-signature"] = webhook_signature(row.secret, msg_id, timestamp, payload.body)
         return headers
 
-    async def _attempt(self, row: store.Claimed) -> store.Outcome:
+    async def _attempt(self, row: store.Claimed) -> store.Outcome | None:
+        """Send ``row`` once; None: not attempted (its payload could not be read), give it back."""
         payload = self._payloads.get(row.payload_id)
         if payload is None:  # loaded at the claim and evicted since, or too large to keep
-            payload = (await self._load_payloads({row.payload_id}))[row.payload_id]
+            try:
+                payload = (await self._load_payloads({row.payload_id}))[row.payload_id]
+            except (SQLAlchemyError, OSError) as exc:
+                self._failed(f"loading the payload of delivery {row.id} (given back)", 1, exc)
+                return None
         try:
             await self.guard.check(row.callback)
         except URLRefused as exc:
-            return store.Outcome(row.id, row.subscription_id, "failed", None, str(exc))
+            return store.Outcome(row.id, row.subscription_id, row.token, "failed", None, str(exc))
         now = time.time()
         headers = self.headers(row, payload, now)
         try:
@@ -260,10 +407,10 @@ class Outbox:
         if 200 <= status < 300:
             self._counted["delivered"].inc()
             self.metrics.latency.observe(max(0.0, time.time() - row.created_at))
-            return store.Outcome(row.id, row.subscription_id, "delivered", status, None)
+            return store.Outcome(row.id, row.subscription_id, row.token, "delivered", status, None)
         if status == 410:  # W3C WebSub 7: the subscriber does not want it any more
             self._counted["gone"].inc()
-            return store.Outcome(row.id, row.subscription_id, "gone", status, "callback answered 410 Gone")
+            return store.Outcome(row.id, row.subscription_id, row.token, "gone", status, "callback answered 410 Gone")
         return self._failure(row, status, f"callback answered {status}")
 
     def _failure(self, row: store.Claimed, status: int | None, error: str) -> store.Outcome:
@@ -275,10 +422,10 @@ class Outbox:
         s = self.settings
         if now - row.created_at >= s.delivery_max_age:
             self._counted["failed"].inc()
-            return store.Outcome(row.id, row.subscription_id, "failed", status, error)
+            return store.Outcome(row.id, row.subscription_id, row.token, "failed", status, error)
         self._counted["retry"].inc()
         retry_at = now + backoff(row.attempts + 1, s.delivery_retry_base, s.delivery_retry_max)
-        return store.Outcome(row.id, row.subscription_id, "retry", status, error, retry_at)
+        return store.Outcome(row.id, row.subscription_id, row.token, "retry", status, error, retry_at)
 
     async def _flusher(self) -> None:
         while True:
@@ -287,26 +434,81 @@ class Outbox:
                 # More outcomes are on their way: one transaction for many beats one for each.
                 await anyio.sleep(FLUSH_DELAY)
             self._flush = anyio.Event()
-            await self._write()
+            if not await self._write():
+                await anyio.sleep(backoff(self._write_failures, RETRY_BASE, RETRY_MAX))
+                self._flush.set()
 
-    async def _write(self) -> None:
-        if not self._outcomes:
-            return
+    async def _write(self) -> bool:
+        """Write the outcomes and give back the claims known so far; False if the database failed
+        (they are kept for the next try: within the bound, nothing known is dropped)."""
+        if not (self._outcomes or self._giveback or self._deferred):
+            return True
         batch, self._outcomes = self._outcomes, []
-        stale, self._stale = self._stale, []
+        giveback, self._giveback = self._giveback, []
+        deferred, self._deferred = self._deferred, []
+        sessions = self.services.sessions
         try:
-            await store.record(self.services.sessions, batch)
-            if stale:
-                await store.release(self.services.sessions, stale)
-        except Exception:
-            logger.exception("recording %d delivery outcomes failed; their claims will expire", len(batch))
+            # Each write is conditional on the claim token: one that succeeded before a later one
+            # failed changes nothing when written again.
+            if batch:
+                await store.record(sessions, batch)
+            if giveback:
+                await store.release(sessions, giveback)
+            if deferred:
+                await store.release(sessions, deferred, time.time() + self._defer_seconds())
+        except Exception as exc:
+            self._write_failures += 1
+            self._failed(f"recording {len(batch)} delivery outcomes", self._write_failures, exc)
+            self._outcomes[:0] = batch
+            self._giveback[:0] = giveback
+            self._giveback.extend(deferred)  # by the time they are written, their host may have room
+            self._bound_unrecorded()
+            return False
+        if self._write_failures:
+            logger.info("delivery outcomes recorded again after %d failures", self._write_failures)
+        self._write_failures = 0
+        self._forget([(o.id, o.token) for o in batch])
+        self._forget(giveback)
+        self._forget(deferred)
         self._wake.set()
+        return True
+
+    def _forget(self, claims: Iterable[tuple[int, str]]) -> None:
+        """These claims are settled or given up: no longer held, never renewed. A row claimed again
+        since (a retry that fell due) is held under its new token and stays."""
+        for i, token in claims:
+            if self._held.get(i, (None,))[0] == token:
+                del self._held[i]
+
+    def _bound_unrecorded(self) -> None:
+        """Past the bound, forget the oldest unwritten outcomes: their claims lapse after the lease
+        (delivery_claim_seconds, no longer renewed) and the rows are sent again; memory stays bounded."""
+        over = len(self._outcomes) + len(self._giveback) - self.max_unrecorded
+        if over <= 0:
+            return
+        dropped = self._outcomes[:over]
+        del self._outcomes[:over]
+        rest = over - len(dropped)
+        released = self._giveback[:rest]
+        del self._giveback[:rest]
+        self._forget([(o.id, o.token) for o in dropped])
+        self._forget(released)
+        logger.warning(
+            "%d delivery outcomes could not be recorded and are forgotten; their claims lapse in %.0f s "
+            "and those deliveries are sent again",
+            over,
+            self.settings.delivery_claim_seconds,
+        )
 
     async def _drain(self) -> None:
-        """On shutdown: write what is known, give back claims not sent."""
+        """On shutdown: write what is known, give back every claim, remove this worker's row."""
+        queued = [(row.id, row.token) for q in self._queued.values() for _, row in q]
+        self._giveback.extend(queued)
+        sessions = self.services.sessions
         try:
             await self._write()
-            queued = [row.id for q in self._queued.values() for _, row in q]
-            await store.release(self.services.sessions, [*self._inflight, *queued, *self._stale])
+            await store.release_worker(sessions, self.worker)
+            await store.retire(sessions, self.worker)
         except Exception:
+            # Others take the claims over once this worker's heartbeat is stale.
             logger.exception("outbox drain failed")

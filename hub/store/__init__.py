@@ -4,6 +4,7 @@
   and what a subscribe's checks read (:func:`outlook`);
 - :mod:`hub.store.deliveries`: the outbox: a payload stored once and a delivery row per subscriber
   (:func:`enqueue`), claimed by workers (:func:`claim`), settled (:func:`record`), replayed;
+- :mod:`hub.store.workers`: outbox workers and their heartbeats: a claim holds while its worker lives;
 - :mod:`hub.store.topics`: topic rows (versions, publish pings, the per-topic lock) and the feed
   entries already distributed.
 
@@ -21,7 +22,6 @@ from hub.store.deliveries import (
     Settled,
     cancel_pending,
     claim,
-    defer,
     enqueue,
     hurry,
     oldest_retained,
@@ -30,6 +30,8 @@ from hub.store.deliveries import (
     prune,
     record,
     release,
+    release_worker,
+    renew,
     replay,
 )
 from hub.store.subscriptions import (
@@ -53,22 +55,25 @@ from hub.store.topics import (
     record_pings,
     remember_entries,
 )
+from hub.store.workers import DeadWorker, beat, dead, judge_node, retire
 
 __all__ = [
     "ACTIVE",
     "Activation",
     "Claimed",
+    "DeadWorker",
     "Enqueued",
     "Outcome",
     "Settled",
     "activate",
     "activate_many",
+    "beat",
     "bump_topic",
     "cancel_pending",
     "client_share",
     "claim",
+    "dead",
     "deactivate",
-    "defer",
     "dialect",
     "enqueue",
     "ensure_topic",
@@ -76,6 +81,7 @@ __all__ = [
     "find",
     "host_of",
     "hurry",
+    "judge_node",
     "known_entries",
     "lock_topic",
     "oldest_retained",
@@ -87,7 +93,10 @@ __all__ = [
     "record",
     "record_pings",
     "release",
+    "release_worker",
     "remember_entries",
+    "renew",
     "replay",
+    "retire",
     "writing",
 ]

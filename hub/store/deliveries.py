@@ -1,10 +1,16 @@
 """Outbox rows: a payload stored once, a delivery row per subscriber, claimed, sent, settled, replayed.
 
 The outbox is shared by every ``serve`` process on the database. A worker claims due rows by
-writing a claim token and a claim deadline (``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL;
-SQLite has one writer, so the conditional UPDATE alone settles races); a process that dies leaves
-claims that expire and are taken over. Only the oldest pending delivery of a subscription is ever
-claimable, which keeps deliveries in order per subscription.
+writing a claim token, its worker id and a lease (``SELECT ... FOR UPDATE SKIP LOCKED`` on
+PostgreSQL; SQLite has one writer, so the conditional UPDATE alone settles races). A claim holds
+while its worker's heartbeat is fresh (:mod:`hub.store.workers`) and its lease runs (the worker
+renews the leases of what it holds long); the claim query takes over at once the claims of a worker
+whose heartbeat is stale, and any claim whose lease ran out. Only the oldest pending delivery of a
+subscription is ever claimable, which keeps deliveries in order per subscription.
+
+Outcomes, releases and deferrals are written only for rows still held under the claim token they
+name: a worker cut off from the database long enough to be judged dead cannot settle a row that
+another worker has claimed since (at-least-once: that row may be sent twice, never lost).
 """
 
 from __future__ import annotations
@@ -15,12 +21,13 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
-from sqlalchemy import and_, bindparam, delete, exists, func, insert, literal, or_, select, update
+from sqlalchemy import Select, and_, bindparam, delete, exists, func, insert, literal, or_, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
 from hub.models import Delivery, DeliveryState, Payload, Subscription, SubscriptionState
+from hub.store import workers
 from hub.store._sql import deliveries_table, dialect, writing
 from hub.store.topics import bump_topic
 
@@ -131,44 +138,61 @@ class Claimed:
     callback: str
     topic: str
     secret: str | None
+    token: str  # the claim's token: what settles this row must name it
 
 
-async def claim(sessions: async_sessionmaker[AsyncSession], limit: int, claim_seconds: float) -> list[Claimed]:
-    """Claim up to ``limit`` due deliveries, only the oldest pending one of each subscription.
+async def claim(
+    sessions: async_sessionmaker[AsyncSession],
+    limit: int,
+    lease_seconds: float,
+    worker: str | None = None,
+    stale_seconds: float | None = None,
+) -> list[Claimed]:
+    """Claim up to ``limit`` due deliveries for ``worker``, only the oldest pending one of each subscription.
 
-    ``claim_seconds`` should outlast a send; a claim that expires while its send is still going
-    lets another process send the same delivery again (at-least-once, never lost)."""
+    First the claims of dead workers (heartbeat older than ``stale_seconds``), then rows due by
+    ``next_attempt_at`` (never claimed, retries whose time came, and claims whose lease of
+    ``lease_seconds`` ran out), in one transaction. A claim made without a worker holds only for
+    its lease."""
     now = time.time()
     token = secrets.token_hex(8)
     earlier = aliased(Delivery)
+    first = ~exists().where(
+        earlier.subscription_id == Delivery.subscription_id,
+        earlier.state == DeliveryState.PENDING,
+        earlier.seq < Delivery.seq,
+    )
+    # A claim pushes the row's next attempt out to the lease's end: rows in flight drop out of the
+    # due index, and a claim nobody renews falls due again by itself.
+    values = dict(
+        claim_token=token, claim_worker=worker, claimed_until=now + lease_seconds, next_attempt_at=now + lease_seconds
+    )
+    claimed = 0
     async with writing(sessions) as s:
-        due = (
-            select(Delivery.id)
-            .where(
-                Delivery.state == DeliveryState.PENDING,
-                Delivery.next_attempt_at <= now,
-                ~exists().where(
-                    earlier.subscription_id == Delivery.subscription_id,
-                    earlier.state == DeliveryState.PENDING,
-                    earlier.seq < Delivery.seq,
-                ),
+        if worker is not None and stale_seconds is not None:
+            # Found by the dead worker's id (an index), not among every pending row: most of the
+            # time there is no dead worker and this costs one probe of a small table.
+            orphans = (
+                select(Delivery.id)
+                .where(
+                    Delivery.claim_worker.in_(workers.dead_workers(s, stale_seconds)),
+                    Delivery.claim_token.is_not(None),
+                    Delivery.state == DeliveryState.PENDING,
+                    first,
+                )
+                .order_by(Delivery.id)
+                .limit(limit)
             )
-            .order_by(Delivery.next_attempt_at, Delivery.id)
-            .limit(limit)
-        )
-        if dialect(s) == "postgresql":
-            due = due.with_for_update(skip_locked=True)
-        # One UPDATE picks and claims (the choice as a subquery, not a list of ids fetched first):
-        # a round trip less before the first delivery of every publish.
-        claimed = await s.execute(
-            update(Delivery)
-            .where(Delivery.id.in_(due.correlate(None).scalar_subquery()))
-            # A claim pushes the row's next attempt out to the claim's end: rows in flight drop
-            # out of the due index, and a dead process's claims fall due again by themselves.
-            .values(claim_token=token, claimed_until=now + claim_seconds, next_attempt_at=now + claim_seconds)
-            .execution_options(synchronize_session=False)
-        )
-        if not cast("CursorResult[Any]", claimed).rowcount:
+            claimed = await _take(s, orphans, values)
+        if claimed < limit:
+            due = (
+                select(Delivery.id)
+                .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now, first)
+                .order_by(Delivery.next_attempt_at, Delivery.id)
+                .limit(limit - claimed)
+            )
+            claimed += await _take(s, due, values)
+        if not claimed:
             return []
         rows = (
             await s.execute(
@@ -188,7 +212,40 @@ async def claim(sessions: async_sessionmaker[AsyncSession], limit: int, claim_se
                 .order_by(Delivery.id)  # oldest first, as chosen (PostgreSQL has no natural order)
             )
         ).all()
-    return [Claimed(*row) for row in rows]
+    return [Claimed(*row, token) for row in rows]
+
+
+async def _take(s: AsyncSession, chosen: Select[Any], values: Mapping[str, object]) -> int:
+    """Claim the rows ``chosen`` selects; returns how many. One UPDATE picks and claims (the choice as
+    a subquery, not a list of ids fetched first): a round trip less before the first delivery of
+    every publish. On PostgreSQL the choice skips rows another worker is claiming right now."""
+    if dialect(s) == "postgresql":
+        chosen = chosen.with_for_update(skip_locked=True)
+    taken = await s.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(chosen.correlate(None).scalar_subquery()))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return cast("CursorResult[Any]", taken).rowcount
+
+
+async def renew(
+    sessions: async_sessionmaker[AsyncSession], held: Sequence[tuple[int, str]], lease_seconds: float
+) -> int:
+    """Extend the lease of rows still held under these (id, token) claims; returns how many."""
+    if not held:
+        return 0
+    until = time.time() + lease_seconds
+    t = deliveries_table
+    async with writing(sessions) as s:
+        result = await s.execute(
+            update(t)
+            .where(t.c.id == bindparam("d_id"), t.c.claim_token == bindparam("d_token"))
+            .values(claimed_until=until, next_attempt_at=until),
+            [{"d_id": i, "d_token": token} for i, token in held],
+        )
+        return max(0, cast("CursorResult[Any]", result).rowcount)  # the sum, where the driver counts
 
 
 async def payloads(sessions: async_sessionmaker[AsyncSession], ids: Iterable[int]) -> dict[int, Payload]:
@@ -199,10 +256,14 @@ async def payloads(sessions: async_sessionmaker[AsyncSession], ids: Iterable[int
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one attempt came to. ``retry_at`` None: final (delivered, failed or gone)."""
+    """What one attempt came to. ``retry_at`` None: final (delivered, failed or gone).
+
+    ``token`` is the claim the attempt was made under: the outcome is written only while the row is
+    still held under it."""
 
     id: int
     subscription_id: int
+    token: str
     state: Settled
     status: int | None
     error: str | None
@@ -210,59 +271,76 @@ class Outcome:
 
 
 _FINAL_STATE = {"failed": DeliveryState.FAILED, "gone": DeliveryState.CANCELLED}
+_UNCLAIMED = {"claim_token": None, "claim_worker": None, "claimed_until": None}
 
 
 async def record(sessions: async_sessionmaker[AsyncSession], outcomes: Sequence[Outcome]) -> None:
-    """Write a batch of attempt outcomes in one transaction."""
+    """Write a batch of attempt outcomes in one transaction, each only while its claim holds."""
     now = time.time()
-    delivered: dict[int | None, list[int]] = {}  # by status: one UPDATE ... IN for each (few)
+    delivered: dict[tuple[int | None, str], list[int]] = {}  # by status and claim: one UPDATE ... IN each (few)
     for o in outcomes:
         if o.state == "delivered":
-            delivered.setdefault(o.status, []).append(o.id)
+            delivered.setdefault((o.status, o.token), []).append(o.id)
     async with writing(sessions) as s:
-        for status, ids in delivered.items():
+        for (status, token), ids in delivered.items():
             await s.execute(
                 update(Delivery)
-                .where(Delivery.id.in_(ids))
+                .where(Delivery.id.in_(ids), Delivery.claim_token == token)
                 .values(
                     state=DeliveryState.DELIVERED,
                     attempts=Delivery.attempts + 1,
                     finished_at=now,
                     last_status=status,
-                    claim_token=None,
-                    claimed_until=None,
+                    **_UNCLAIMED,
                 )
             )
-        others = [o for o in outcomes if o.state != "delivered"]
-        if others:
-            t = deliveries_table
+        retries = [o for o in outcomes if o.state == "retry"]
+        t = deliveries_table
+        if retries:
             await s.execute(
                 update(t)
-                .where(t.c.id == bindparam("d_id"))
+                .where(t.c.id == bindparam("d_id"), t.c.claim_token == bindparam("d_token"))
                 .values(
-                    state=bindparam("d_state"),
                     attempts=t.c.attempts + 1,
                     next_attempt_at=bindparam("d_next"),
-                    finished_at=bindparam("d_finished"),
                     last_status=bindparam("d_status"),
                     last_error=bindparam("d_error"),
-                    claim_token=None,
-                    claimed_until=None,
+                    **_UNCLAIMED,
                 ),
                 [
                     {
                         "d_id": o.id,
-                        "d_state": _FINAL_STATE.get(o.state, DeliveryState.PENDING),
+                        "d_token": o.token,
                         "d_next": o.retry_at if o.retry_at is not None else now,
-                        "d_finished": None if o.state == "retry" else now,
                         "d_status": o.status,
                         "d_error": (o.error or "")[:1000] or None,
                     }
-                    for o in others
+                    for o in retries
                 ],
             )
-        failed = [o for o in others if o.state == "failed"]
-        for o in failed:
+        # Final outcomes other than delivered are rare: one statement each, so that what follows
+        # (the subscription's failure count, its end) happens only for a row this claim settled.
+        gone: set[int] = set()
+        for o in outcomes:
+            if o.state not in _FINAL_STATE:
+                continue
+            settled = await s.execute(
+                update(Delivery)
+                .where(Delivery.id == o.id, Delivery.claim_token == o.token)
+                .values(
+                    state=_FINAL_STATE[o.state],
+                    attempts=Delivery.attempts + 1,
+                    finished_at=now,
+                    last_status=o.status,
+                    last_error=(o.error or "")[:1000] or None,
+                    **_UNCLAIMED,
+                )
+            )
+            if not cast("CursorResult[Any]", settled).rowcount:
+                continue
+            if o.state == "gone":
+                gone.add(o.subscription_id)
+                continue
             await s.execute(
                 update(Subscription)
                 .where(Subscription.id == o.subscription_id)
@@ -273,36 +351,42 @@ async def record(sessions: async_sessionmaker[AsyncSession], outcomes: Sequence[
                     updated_at=now,
                 )
             )
-        gone = sorted({o.subscription_id for o in others if o.state == "gone"})
         if gone:
+            ended = sorted(gone)
             await s.execute(
                 update(Subscription)
-                .where(Subscription.id.in_(gone))
+                .where(Subscription.id.in_(ended))
                 .values(state=SubscriptionState.GONE, updated_at=now)
             )
-            await cancel_pending(s, gone, now, SubscriptionState.GONE)
+            await cancel_pending(s, ended, now, SubscriptionState.GONE)
 
 
-async def release(sessions: async_sessionmaker[AsyncSession], ids: Sequence[int]) -> None:
-    """Give back claims this process will not send (shutting down)."""
-    if not ids:
+async def release(
+    sessions: async_sessionmaker[AsyncSession], held: Sequence[tuple[int, str]], until: float | None = None
+) -> None:
+    """Give back the rows still held under these (id, token) claims, due at ``until`` (default: now).
+    No attempt is counted: shutting down, or a host saturated here (a deferral)."""
+    if not held:
         return
+    t = deliveries_table
     async with writing(sessions) as s:
         await s.execute(
-            update(Delivery)
-            .where(Delivery.id.in_(list(ids)), Delivery.state == DeliveryState.PENDING)
-            .values(claim_token=None, claimed_until=None, next_attempt_at=time.time())
+            update(t)
+            .where(t.c.id == bindparam("d_id"), t.c.claim_token == bindparam("d_token"))
+            .values(next_attempt_at=until if until is not None else time.time(), **_UNCLAIMED),
+            [{"d_id": i, "d_token": token} for i, token in held],
         )
 
 
-async def defer(sessions: async_sessionmaker[AsyncSession], ids: Sequence[int], until: float) -> None:
-    """Give back claims for a moment (their host is saturated here); no attempt is counted."""
+async def release_worker(sessions: async_sessionmaker[AsyncSession], worker: str) -> int:
+    """Give back every claim ``worker`` still holds (it stops): they are due again at once."""
     async with writing(sessions) as s:
-        await s.execute(
+        result = await s.execute(
             update(Delivery)
-            .where(Delivery.id.in_(list(ids)), Delivery.state == DeliveryState.PENDING)
-            .values(claim_token=None, claimed_until=None, next_attempt_at=until)
+            .where(Delivery.claim_worker == worker, Delivery.state == DeliveryState.PENDING)
+            .values(next_attempt_at=time.time(), **_UNCLAIMED)
         )
+        return max(0, cast("CursorResult[Any]", result).rowcount)
 
 
 async def hurry(sessions: async_sessionmaker[AsyncSession], callback_prefixes: Collection[str]) -> int:
@@ -340,9 +424,7 @@ async def replay(sessions: async_sessionmaker[AsyncSession], sub_id: int, since:
         result = await s.execute(
             update(Delivery)
             .where(Delivery.subscription_id == sub_id, Delivery.seq > since, Delivery.state != DeliveryState.PENDING)
-            .values(
-                state=DeliveryState.PENDING, next_attempt_at=now, finished_at=None, claim_token=None, claimed_until=None
-            )
+            .values(state=DeliveryState.PENDING, next_attempt_at=now, finished_at=None, **_UNCLAIMED)
             .returning(Delivery.id)
         )
         return len(result.all())

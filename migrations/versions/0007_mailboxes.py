@@ -5,7 +5,7 @@ A registration may be in mailbox mode (requests that find no poller are stored, 
 requests for its owner's inspector (relay.inspector).
 
 Revision ID: 0007_mailboxes
-Revises: 0005_client_shares
+Revises: 0006_worker_claims
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007_mailboxes"
-down_revision: str | Sequence[str] | None = "0005_client_shares"
+down_revision: str | Sequence[str] | None = "0006_worker_claims"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -13,6 +13,8 @@ MiB = 1024 * 1024
 # Seconds a graceful shutdown (SIGTERM) gives requests in flight and the hub's drain
 # (reversehub.server.serve, hub.grace).
 SHUTDOWN_GRACE = 10.0
+# Heartbeats an outbox worker may miss before others take its claims over (Settings.outbox_stale).
+OUTBOX_STALE_BEATS = 5
 
 
 @dataclass(frozen=True)
@@ -102,10 +104,15 @@ class Settings:
     poll_min_interval: float = 60.0
     poll_max_interval: float = 3600.0
     # Hub delivery retries: first retry after about delivery_retry_base s (jittered), doubling up to
-    # delivery_retry_max; a claimed delivery another process may take over after delivery_claim_seconds.
+    # delivery_retry_max.
     delivery_retry_base: float = 1.0
     delivery_retry_max: float = 3600.0
+    # The lease of a claim (docs/delivery.md): a live worker renews what it holds; a claim nobody
+    # renews (its worker cannot be judged, or forgot it) is taken over after this many seconds.
     delivery_claim_seconds: float = 120.0
+    # Outbox workers renew a heartbeat this often (seconds); one silent for OUTBOX_STALE_BEATS
+    # heartbeats is dead, and its claims are taken over at once (hub.store.workers).
+    outbox_heartbeat: float = 1.0
     # Safety-net scan of the outbox when no wake-up came (seconds).
     outbox_scan_interval: float = 2.0
 
@@ -164,6 +171,11 @@ class Settings:
         if self.public_url:
             return self.public_url.rstrip("/")
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def outbox_stale(self) -> float:
+        """Seconds without a heartbeat after which an outbox worker is dead and its claims free."""
+        return OUTBOX_STALE_BEATS * self.outbox_heartbeat
 
 
 def token_digest(token: str | None) -> str | None:

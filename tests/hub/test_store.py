@@ -50,8 +50,8 @@ async def test_a_delivery_and_its_subscription_through_their_states(sessions):
     await store.record(
         sessions,
         [
-            store.Outcome(claimed[gone].id, claimed[gone].subscription_id, "gone", 410, "gone"),
-            store.Outcome(claimed[ends].id, claimed[ends].subscription_id, "delivered", 204, None),
+            store.Outcome(claimed[gone].id, claimed[gone].subscription_id, claimed[gone].token, "gone", 410, "gone"),
+            store.Outcome(claimed[ends].id, claimed[ends].subscription_id, claimed[ends].token, "delivered", 204, None),
         ],
     )
     async with sessions() as s:

@@ -39,9 +39,10 @@ SERVER = textwrap.dedent(
     extra = {k: v for k, v in {"rate_limit_window": 0.0}.items() if k in fields}
     settings = Settings(
         host="127.0.0.1", port=port, database_url=url, allow_private_networks=True,
-        # slow enough that a kill lands mid fan-out; claims of the dead process expire fast
-        delivery_concurrency=4, delivery_per_host=4, delivery_claim_seconds=1.0,
-        outbox_scan_interval=0.1, **extra,
+        # slow enough that a kill lands mid fan-out; the claims of the dead process keep the
+        # default lease (120 s): the restarted process takes them over because its predecessor's
+        # process is gone, not because a lease ran out
+        delivery_concurrency=4, delivery_per_host=4, outbox_scan_interval=0.1, **extra,
     )
     uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
     """
@@ -113,7 +114,7 @@ async def test_sigkill_mid_fan_out_then_restart_delivers_everything(tmp_path):
             reached = len(callbacks.got)
             assert reached < N, "the fan-out finished before the kill; slow the callbacks down"
             server = start(port, f"sqlite:///{db}", log)
-            await wait_for(lambda: len(callbacks.got) == N, timeout=60)
+            await wait_for(lambda: len(callbacks.got) == N, timeout=30)
             # Every subscriber got it; any duplicate carries the same webhook-id.
             assert all(len(set(ids)) == 1 for ids in callbacks.got.values())
             await wait_for(lambda: _all_delivered(str(db)), timeout=30)
