@@ -311,7 +311,7 @@ def serve_options(f: Any) -> Any:
                 {
                     "default": defaults.delivery_claim_seconds,
                     "type": float,
-                    "help": "Lease of a claim nobody renews; a dead worker's claims are taken over within 5 heartbeats.",
+                    "help": "Lease of a claim nobody renews (a dead worker's claims go within 5 heartbeats).",
                 },
             ),
             ("log-level", {"default": "info", "type": click.Choice(["debug", "info", "warning", "error"])}),
