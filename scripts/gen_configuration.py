@@ -178,6 +178,9 @@ def _commands(group: click.Group, ctx: click.Context) -> list[tuple[click.Comman
 
 
 def render() -> str:
+    # The checkout this script is in, whatever reversehub the interpreter has installed.
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
     from reversehub.server.cli import main
 
     root = click.Context(main, info_name="reversehub")
