@@ -5,7 +5,7 @@
     from clients import Subscriber, publish               # blocking
     from clients import AsyncSubscriber, AsyncPublisher   # in coroutines
 
-See the README's "Clients" section.
+See docs/clients.md.
 """
 
 from clients.discovery import Discovered, discover

@@ -211,7 +211,7 @@ def _proof(params: Any) -> tuple[str, str, int, str]:
     timestamp = whole(params.get("hub.timestamp"), "hub.timestamp")
     proof = params.get("hub.signature", "")
     if timestamp is None or not proof:
-        raise BadRequest("hub.timestamp and hub.signature are required (see README: subscription status)")
+        raise BadRequest("hub.timestamp and hub.signature are required (see docs/hub.md, status and replay)")
     return callback, topic, timestamp, proof
 
 

@@ -116,7 +116,7 @@ class Settings:
     # Safety-net scan of the outbox when no wake-up came (seconds).
     outbox_scan_interval: float = 2.0
 
-    # Security (README "Securing a public deployment"). Tokens are kept only as "sha256:<hex>" digests
+    # Security (docs/security.md). Tokens are kept only as "sha256:<hex>" digests
     # (__post_init__ hashes a plain value at once); operators may also give the digest itself.
     # Tuple fields are named like their repeatable flag (--topic-token, --allow-topic, ...).
     admin_token: str | None = None

@@ -73,7 +73,7 @@ def main() -> None:
 
 
 def security_options(defaults: Settings) -> list[tuple[str, Any]]:
-    """Who may do what: tokens, trusted networks, subscriber policy, rate limits, caps (README "Securing")."""
+    """Who may do what: tokens, trusted networks, subscriber policy, rate limits, caps (docs/security.md)."""
     from reversehub.core.addresses import parse_networks
     from reversehub.core.limits import parse_limits
     from reversehub.core.policy import validate_patterns

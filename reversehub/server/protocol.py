@@ -24,7 +24,7 @@ a fifth of each poll's objects, which the cyclic collector walks again and again
 scope carries the connection's :class:`~reversehub.core.connection.OnLost`.
 
 And it bounds what a connection may cost before its request reaches the app (:class:`ListenerLimits`,
-README "Securing a public deployment"). httptools has no limit of its own: it keeps a header field
+docs/security.md, "Connections"). httptools has no limit of its own: it keeps a header field
 that has not ended in memory however long it grows, and uvicorn waits for a request head however
 slowly it trickles in, so one client could hold a gigabyte with one header, or every connection the
 process can open with a byte every few seconds on each (slowloris). Here:

@@ -1,4 +1,4 @@
-"""Proofs of subscription ownership for tests (README "Status and replay").
+"""Proofs of subscription ownership for tests (docs/hub.md, "Status and replay").
 
 A proof works once, so a test that asks for a subscription's status again and again (polling until
 it is active) needs a new one each time: :func:`fresh_timestamp` gives each call a timestamp no

@@ -151,7 +151,7 @@ async def test_replays_have_budgets_per_subscription_and_per_client(make_hub, pe
 
 
 async def test_the_proof_is_the_hmac_of_the_message_the_readme_shows():
-    """README "Status and replay": the signed message, one value per line, as `printf` writes it."""
+    """docs/hub.md "Status and replay": the signed message, one value per line, as `printf` writes it."""
     import hashlib
     import hmac
 

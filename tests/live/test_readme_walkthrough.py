@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -93,3 +94,21 @@ def test_curl_walkthrough(server, tmp_path):
     answer, _ = requester.communicate(timeout=20)
     assert answer.startswith("HTTP/1.1 200")
     assert answer.rstrip().endswith("hello from behind the firewall")
+
+
+def test_curl_publish_reaches_a_subscriber(server, tmp_path):
+    from clients import Subscriber
+
+    topic = "http://127.0.0.1:8000/topics/news".replace("8000", str(server))
+    got: list[tuple[str, str]] = []
+    arrived = threading.Event()
+
+    def on_update(update):
+        got.append((update.content_type, update.text))
+        arrived.set()
+
+    with Subscriber(topic, on_update, hub=f"http://127.0.0.1:{server}/hub"):
+        out, _ = sh(block("publish"), server, tmp_path).communicate(timeout=20)
+        assert out.startswith("HTTP/1.1 204")
+        assert arrived.wait(20)
+    assert got == [("text/plain", "hello from curl")]
