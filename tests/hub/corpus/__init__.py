@@ -8,9 +8,14 @@ one, version 3 adds another and edits another. The 500-entry feed is made here, 
 from __future__ import annotations
 
 import codecs
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+import feedparser
+
+from hub.feeds_charset import codec_name
 
 HERE = Path(__file__).parent
 BIG = "rss2-500-entries"
@@ -47,6 +52,40 @@ class Case:
 
     def __str__(self) -> str:
         return self.name
+
+
+UTF8_XML = {"content-type": "application/xml; charset=utf-8"}
+
+
+def parse(document: bytes, content_type: str) -> feedparser.FeedParserDict:
+    return feedparser.parse(io.BytesIO(document), response_headers={"content-type": content_type})
+
+
+def titles(case: Case, document: bytes) -> list[str]:
+    """The entries' titles as the document's own encoding reads them (not feedparser's guess)."""
+    text = case.text(document)
+    if "json" in case.content_type:
+        return [item["title"] for item in json.loads(text)["items"]]
+    return [e.title for e in feedparser.parse(io.BytesIO(text.encode("utf-8")), response_headers=UTF8_XML).entries]
+
+
+def check_delivery(case: Case, fetched: bytes, out: bytes) -> None:
+    # Cut, not rewritten: every line delivered is a line the publisher wrote, the first one first.
+    out_lines, in_lines = case.text(out).splitlines(), case.text(fetched).splitlines()
+    assert set(out_lines) <= set(in_lines)
+    assert out_lines[0] == in_lines[0]
+    if "json" in case.content_type:
+        doc = json.loads(out)  # strict JSON (RFC 8259): no byte-order mark, no Infinity
+        assert doc["version"].startswith("https://jsonfeed.org/version/")
+        if b"1e400" in fetched:
+            assert b'"views": 1e400' in out and b"1234567890123456789012345678901234567890" in out
+        return
+    # What a subscriber's feedparser makes of it, given the topic's Content-Type: the same format,
+    # the same encoding as the fetched document, and well-formed when that was.
+    theirs, ours = parse(fetched, case.content_type), parse(out, case.content_type)
+    assert ours.version == theirs.version
+    assert codec_name(ours.encoding or "") == codec_name(theirs.encoding or "")
+    assert bool(ours.bozo) <= bool(theirs.bozo), ours.get("bozo_exception")
 
 
 def _family(bom: bytes) -> str:
