@@ -68,7 +68,7 @@ class Decoded:
         reference, which any XML parser reads back."""
         bom = self.bom if mark else b""
         if self.codec == "utf-8":
-            return bom + text.encode("utf-8")
+            return bom + text.encode("utf-8", "xmlcharrefreplace")
         return bom + text.encode(self.codec, "xmlcharrefreplace")
 
 
@@ -96,10 +96,9 @@ def decode(body: bytes, content_type: str = "") -> Decoded:
     """Decode a fetched document (see the module docstring for the order of the candidates)."""
     for bom, codec in BOMS:
         if body.startswith(bom):
-            text = _try(body[len(bom) :], codec)
-            if text is not None:
-                return Decoded(text, codec, bom)
-            break
+            # A mark is the strongest sign there is (RFC 7303 section 3): bytes it does not
+            # decode (a truncated UTF-16 document) become replacement characters.
+            return Decoded(body[len(bom) :].decode(codec, "replace"), codec, bom)
     sniffed = next((codec for start, codec in SNIFF if body.startswith(start)), None)
     candidates: list[str] = []
     for label in (charset_of(content_type), declared(body, sniffed)):

@@ -29,12 +29,15 @@ ENTRY_NAMESPACES = ("", ATOM, ATOM03, RSS1, RSS090)
 CONTAINERS = (b"feed", b"channel", b"rss", b"rdf")
 SPACE = b" \t\r\n"
 
+# Each alternative either matches or gives up at the next "<", so a hostile document costs linear
+# time: no construct is retried to the end of the document from every "<" in it. ("<" cannot occur
+# in an attribute value, XML 1.0 production AttValue.)
 TOKEN = re.compile(
     rb"<!--.*?(?:-->|\Z)"
     rb"|<!\[CDATA\[.*?(?:\]\]>|\Z)"
     rb"|<\?.*?(?:\?>|\Z)"
-    rb"|<!DOCTYPE(?:[^\[>]|\[.*?\])*>"
-    rb"|<(/?)([A-Za-z_][\w.:-]*)((?:\"[^\"]*\"|'[^']*'|[^'\">])*)>",
+    rb"|<!DOCTYPE[^\[<>]*(?:\[.*?(?:\]\s*>|\Z)|>)"
+    rb"|<(/?)([A-Za-z_][\w.:-]*)((?:\"[^\"<]*\"|'[^'<]*'|[^'\"<>])*)>",
     re.S | re.I,
 )
 ABOUT = re.compile(rb"""(?:^|\s)(?:[\w.-]+:)?about\s*=\s*(?:"([^"]*)"|'([^']*)')""")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import random
 
 import feedparser
 import pytest
 
 from hub import feeds
 from tests.hub import documents
+from tests.hub.corpus import CASES
 
 ATOM, RSS, JSON = "application/atom+xml", "application/rss+xml", "application/feed+json"
 
@@ -223,3 +225,25 @@ def test_mislabelled_bytes_are_read_by_a_fallback():
     first = feeds.diff(doc, RSS, None)
     assert first.encoding == "cp1252" and first.body == doc
     assert feeds.diff(doc, RSS, first.entries).body is None
+
+
+def test_damaged_corpus_feeds_never_raise():
+    # Truncated, with bytes dropped, flipped or repeated: diff() answers, whatever it makes of it.
+    rnd = random.Random(15)
+    for case in CASES[:-1]:
+        doc = case.document(2)
+        known = feeds.diff(case.document(1), case.content_type, None).entries
+        for _ in range(8):
+            damaged = bytearray(doc)
+            at = rnd.randrange(len(doc))
+            op = rnd.choice(("truncate", "flip", "drop", "repeat"))
+            if op == "truncate":
+                del damaged[at:]
+            elif op == "flip":
+                damaged[at] = rnd.randrange(256)
+            elif op == "drop":
+                del damaged[at : at + rnd.randrange(1, 64)]
+            else:
+                damaged[at:at] = doc[max(0, at - 200) : at]
+            result = feeds.diff(bytes(damaged), case.content_type, rnd.choice((None, known)))
+            assert result.body is None or isinstance(result.body, bytes)
