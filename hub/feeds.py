@@ -235,6 +235,9 @@ def _cut(data: bytes, spans: list[Span], keep: list[bool], kind: str) -> bytes:
             dropped_about.append(span.about)
     out += data[pos:]
     doc = bytes(out)
+    # A repeated item's rdf:li is its first occurrence's too: that one stays while the item does.
+    kept_about = {span.about for span, k in zip(spans, keep, strict=True) if k}
+    dropped_about = [about for about in dict.fromkeys(dropped_about) if about not in kept_about]
     if kind == "rdf" and dropped_about:
         doc = _drop_rdf_li(doc, dropped_about)
     return doc

@@ -247,3 +247,10 @@ def test_damaged_corpus_feeds_never_raise():
                 damaged[at:at] = doc[max(0, at - 200) : at]
             result = feeds.diff(bytes(damaged), case.content_type, rnd.choice((None, known)))
             assert result.body is None or isinstance(result.body, bytes)
+
+
+def test_rss1_repeated_item_keeps_the_rdf_li_of_its_first_occurrence():
+    doc = documents.rss1([1, 2, 1])
+    out = feeds.diff(doc, "application/rdf+xml", None).body
+    assert [e.title for e in feedparser.parse(out).entries] == ["Resource 1", "Resource 2"]
+    assert out.count(b'rdf:li rdf:resource="http://example.com/r/1"') == 2  # as the publisher listed it
