@@ -33,9 +33,6 @@ def _int(text: str) -> int | Decimal:
     return int(text) if len(text) <= 4000 else Decimal(text)
 
 
-DECODER = json.JSONDecoder(parse_float=_float, parse_int=_int)
-
-
 @dataclass(frozen=True)
 class JsonFeed:
     """A JSON Feed as text: its ``items`` (parsed) at ``spans`` (offsets into ``text``)."""
@@ -92,6 +89,8 @@ def read(body: bytes) -> JsonFeed | None:
 
 def _scan(text: str) -> tuple[Any, list[Any], list[tuple[int, int]]] | None:
     """The ``version`` and the ``items`` of a top-level object, each item with its span."""
+    # A decoder per document: diffs run in worker threads, and a decoder keeps state while it reads.
+    decoder = json.JSONDecoder(parse_float=_float, parse_int=_int)
     i = _skip(text, 0)
     if text[i : i + 1] != "{":
         return None
@@ -102,7 +101,7 @@ def _scan(text: str) -> tuple[Any, list[Any], list[tuple[int, int]]] | None:
     if text[i] == "}":
         return None
     while True:
-        key, i = DECODER.raw_decode(text, i)
+        key, i = decoder.raw_decode(text, i)
         i = _skip(text, i)
         if text[i] != ":":
             raise ValueError("expected ':'")
@@ -112,7 +111,7 @@ def _scan(text: str) -> tuple[Any, list[Any], list[tuple[int, int]]] | None:
             items, spans = [], []
             i = _skip(text, i + 1)
             while text[i] != "]":
-                value, end = DECODER.raw_decode(text, i)
+                value, end = decoder.raw_decode(text, i)
                 items.append(value)
                 spans.append((i, end))
                 i = _skip(text, end)
@@ -122,7 +121,7 @@ def _scan(text: str) -> tuple[Any, list[Any], list[tuple[int, int]]] | None:
                     raise ValueError("expected ',' or ']'")
             i += 1
         else:
-            value, i = DECODER.raw_decode(text, i)
+            value, i = decoder.raw_decode(text, i)
             if key == "version":
                 version = value
         i = _skip(text, i)
