@@ -43,6 +43,24 @@ SUPERSETS = {
     "euc_kr": ("cp949",),
     "big5": ("cp950", "big5hkscs"),
 }
+# Labels publishers write (WHATWG Encoding, section 4.2) that Python's codec registry does not know.
+LABELS = {
+    "windows-31j": "cp932",
+    "x-sjis": "shift_jis",
+    "x-euc-jp": "euc_jp",
+    "x-gbk": "gbk",
+    "gb_2312-80": "gb2312",
+    "x-x-big5": "big5",
+    "iso-8859-8-i": "iso8859_8",
+    "windows-874": "cp874",
+    "x-mac-roman": "mac_roman",
+    "x-mac-cyrillic": "mac_cyrillic",
+    "unicode-1-1-utf-8": "utf-8",
+    "x-unicode20utf8": "utf-8",
+    "ucs-2": "utf-16",
+    "iso-10646-ucs-2": "utf-16",
+    "unicode": "utf-16",
+}
 FALLBACKS = ("utf-8", "cp1252")
 DECLARATION = re.compile(r"""^\s*<\?xml[^>]*?\sencoding\s*=\s*["']([A-Za-z][A-Za-z0-9._:-]*)["']""")
 CHARSET = re.compile(r""";\s*charset\s*=\s*["']?([^"';\s]+)""", re.IGNORECASE)
@@ -74,8 +92,9 @@ class Decoded:
 
 def codec_name(label: str) -> str | None:
     """Python's name for an encoding label, or None for a label Python does not know."""
+    label = label.strip()
     try:
-        return codecs.lookup(label.strip()).name
+        return codecs.lookup(LABELS.get(label.lower(), label)).name
     except (LookupError, ValueError):
         return None
 

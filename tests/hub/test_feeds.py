@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import random
 
@@ -260,3 +261,15 @@ def test_rss1_repeated_item_keeps_the_rdf_li_of_its_first_occurrence():
     out = delivered(feeds.diff(doc, "application/rdf+xml", None))
     assert [e.title for e in feedparser.parse(out).entries] == ["Resource 1", "Resource 2"]
     assert out.count(b'rdf:li rdf:resource="http://example.com/r/1"') == 2  # as the publisher listed it
+
+
+@pytest.mark.parametrize(
+    ("label", "codec"), [("Windows-31J", "cp932"), ("x-sjis", "shift_jis"), ("x-mac-roman", "mac_roman")]
+)
+def test_labels_python_does_not_know_are_read(label, codec):
+    doc = rss(
+        item("東京" if codec != "mac_roman" else "Caf\xe9", guid="a"), head=f'<?xml version="1.0" encoding="{label}"?>'
+    )
+    result = feeds.diff(doc.decode().encode(codec), RSS, None)
+    assert codecs.lookup(result.encoding or "").name == codecs.lookup(codec).name
+    assert result.body == doc.decode().encode(codec)
