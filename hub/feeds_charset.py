@@ -125,9 +125,12 @@ def decode(body: bytes, content_type: str = "") -> Decoded:
         if name is None:
             continue
         if name in ("utf-16", "utf-32"):
-            # The endianness the first bytes show (a mark would have been taken above); a bare
-            # "UTF-16" with nothing to tell is big-endian (RFC 2781 section 4.3).
-            name = sniffed if sniffed and sniffed.startswith(name) else name + "-be"
+            # The byte order the first bytes show (a mark would have been taken above). When they
+            # show none, the label is wrong: a document in UTF-16 begins with "<" in UTF-16, and
+            # read as UTF-16 any even number of bytes "decodes".
+            if not (sniffed and sniffed.startswith(name)):
+                continue
+            name = sniffed
         candidates += [name, *SUPERSETS.get(name, ())]
     if sniffed:
         candidates.append(sniffed)

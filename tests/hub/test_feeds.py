@@ -273,3 +273,9 @@ def test_labels_python_does_not_know_are_read(label, codec):
     result = feeds.diff(doc.decode().encode(codec), RSS, None)
     assert codecs.lookup(result.encoding or "").name == codecs.lookup(codec).name
     assert result.body == doc.decode().encode(codec)
+
+
+def test_a_utf16_label_on_bytes_that_are_not_utf16_is_not_believed():
+    doc = rss(item("Caf\xe9", guid="a"))  # UTF-8, served as UTF-16
+    result = feeds.diff(doc, "application/rss+xml; charset=utf-16", None)
+    assert result.encoding == "utf-8" and result.body == doc
