@@ -700,7 +700,12 @@ async def replay(request: Request) -> Response:
     name whose application is away, 202 with a Location)."""
     relay: Relay = request.app.state.relay
     reg = await relay.registration(request.path_params["cap"])
-    row = await relay.inspector.one(reg, request.path_params["id"])
+    # Parsed here, not by an int path convertor: a made-up id of thousands of digits is past
+    # Python's int conversion limit, and must be a 404 like any other unknown id.
+    raw_id = request.path_params["id"]
+    row = None
+    if raw_id.isascii() and raw_id.isdigit() and len(raw_id) <= 18:
+        row = await relay.inspector.one(reg, int(raw_id))
     if row is None:
         raise NotFound("no such inspected request")
     if row.request_truncated:

@@ -226,7 +226,7 @@ def routes(urls: RelayUrls) -> list[BaseRoute]:
         # Raw ASGI callables: they see receive() directly (held polls watch it for disconnects).
         Route(REQUEST + "{cap}", hot.request_url),
         Route(PRIVATE + "{cap}" + INSPECTOR, endpoints.inspect, methods=["GET"]),
-        Route(PRIVATE + "{cap}" + INSPECTOR + "/{id:int}/replay", endpoints.replay, methods=["POST"]),
+        Route(PRIVATE + "{cap}" + INSPECTOR + "/{id}/replay", endpoints.replay, methods=["POST"]),
         Route(MAILBOX + "{cap}", endpoints.mail, methods=["GET"]),
     ]
     if urls.domain is None:  # with host-based names, /relay/... on the main host is a 404

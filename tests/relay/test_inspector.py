@@ -119,6 +119,12 @@ async def test_a_replay_of_another_names_request_is_404(client):
     assert (await client.post(f"{b['location']}/requests/{entry['id']}/replay")).status_code == 404
 
 
+@pytest.mark.parametrize("made_up", ["9" * 5000, "12x", "-1", "\u0661\u0662"])
+async def test_a_made_up_replay_id_is_404(client, made_up):
+    a = await register(client, "alpha")
+    assert (await client.post(f"{a['location']}/requests/{made_up}/replay")).status_code == 404
+
+
 async def test_the_html_page_escapes_what_senders_sent(client):
     urls = await register(client, "page")
     await client.post("/relay/page/x", content=b"<script>alert(1)</script>")
