@@ -47,6 +47,7 @@ from reversehub.core.supervise import essential
 from reversehub.server import dashboard, health
 from reversehub.server.accesslog import AccessLogMiddleware
 from reversehub.server.accesslog import logger as access_logger
+from reversehub.server.cors import Cors
 from reversehub.server.ratelimit import RateLimitMiddleware
 from reversehub.server.web import routes as client_routes
 
@@ -128,8 +129,16 @@ class ReverseHub(Starlette):
         # Why the app's background work ended while it serves (None while it runs): the process
         # is on its way out, and answers nothing but 503 meanwhile.
         self.failed: str | None = None
+        # In front of everything, hot paths included: request URLs are what a cross-origin page polls.
+        self._cors = Cors(self._serve, settings=settings, urls=urls) if settings.cors_origins else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._cors is not None and scope["type"] == "http":
+            await self._cors(scope, receive, send)
+        else:
+            await self._serve(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             if self.failed is not None:
                 response = PlainTextResponse(
