@@ -178,7 +178,7 @@ async function refresh() {
   fill("deliveries", s.deliveries, (row, d) => {
     row.dataset.id = d.id; row.className = "state-" + d.state.replace(" ", "-");
     cell(row, d.id + " · seq " + d.seq); url(row, d.topic); url(row, d.callback); cell(row, d.state);
-    cell(row, d.attempts); cell(row, waiting(d)); cell(row, d.last_error, d.last_error);
+    cell(row, d.attempts); cell(row, waiting(d)); cell(row, d.last_error, d.last_error, "text");
     button(row, "Retry now", "/dashboard/api/deliveries/" + d.id + "/retry");
     button(row, "Cancel", "/dashboard/api/deliveries/" + d.id + "/cancel");
   });
@@ -186,7 +186,7 @@ async function refresh() {
     row.dataset.id = x.id;
     // An ended subscription (expired, unsubscribed, gone) has no lease left to show.
     url(row, x.topic); url(row, x.callback); cell(row, x.state); cell(row, x.state === "active" ? when(x.expires_at) : "—");
-    cell(row, x.pending); cell(row, x.failed); cell(row, x.last_failure, x.last_failure);
+    cell(row, x.pending); cell(row, x.failed); cell(row, x.last_failure, x.last_failure, "text");
     button(row, "Delete", "/dashboard/api/subscriptions/" + x.id + "/delete", "Delete this subscription?");
   });
   fill("registrations", s.registrations, (row, x) => {
