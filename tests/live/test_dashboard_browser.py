@@ -11,6 +11,7 @@ the test is skipped when Chromium is missing; in CI (CI=true) that is a failure.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,17 +27,14 @@ from tests.test_dashboard import TOKEN, Subscriber
 pytestmark = [pytest.mark.anyio, pytest.mark.live, pytest.mark.browser]
 
 
-async def test_dashboard_loads_shows_a_live_publish_and_a_click_retries(settings):
-    from playwright.async_api import expect
-
-    subscriber = Subscriber()
+def admin_served(settings: Any, subscriber: Subscriber) -> tuple[Any, socket.socket, socket.socket]:
+    """The app (admin token set, every outbound request to ``subscriber``, failed deliveries retried
+    only after an hour) and its main and admin sockets, bound."""
     sock, admin_sock = bound_socket(), bound_socket()
-    main = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    base = f"http://127.0.0.1:{admin_sock.getsockname()[1]}"
     app = create_app(
         replace(
             settings,
-            public_url=main,
+            public_url=url_of(sock),
             admin_token=TOKEN,
             dashboard_interval=0.2,
             delivery_retry_base=3600.0,
@@ -45,6 +43,19 @@ async def test_dashboard_loads_shows_a_live_publish_and_a_click_retries(settings
         ),
         transport=httpx.ASGITransport(app=subscriber),
     )
+    return app, sock, admin_sock
+
+
+def url_of(sock: socket.socket) -> str:
+    return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+async def test_dashboard_loads_shows_a_live_publish_and_a_click_retries(settings):
+    from playwright.async_api import expect
+
+    subscriber = Subscriber()
+    app, sock, admin_sock = admin_served(settings, subscriber)
+    main, base = url_of(sock), url_of(admin_sock)
     topic, callback = "http://pub.test/feed", "http://sub.test/cb"
     async with (
         serving(app, sock, admin_sock),
@@ -119,21 +130,8 @@ async def test_dashboard_is_readable_at_420_and_1280_px(settings, tmp_path):
     from playwright.async_api import expect
 
     subscriber = Subscriber()  # fails every delivery: they wait
-    sock, admin_sock = bound_socket(), bound_socket()
-    main = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    base = f"http://127.0.0.1:{admin_sock.getsockname()[1]}"
-    app = create_app(
-        replace(
-            settings,
-            public_url=main,
-            admin_token=TOKEN,
-            dashboard_interval=0.2,
-            delivery_retry_base=3600.0,
-            outbox_scan_interval=0.05,
-            log_level="warning",
-        ),
-        transport=httpx.ASGITransport(app=subscriber),
-    )
+    app, sock, admin_sock = admin_served(settings, subscriber)
+    main, base = url_of(sock), url_of(admin_sock)
     topic = "http://publisher.example.test/feeds/a-topic-with-a-long-path/atom.xml"
     async with (
         serving(app, sock, admin_sock),
