@@ -93,6 +93,18 @@ async def test_a_star_allows_every_origin_without_credentials(make_app):
     assert "access-control-allow-credentials" not in r.headers
 
 
+async def test_a_page_on_a_public_address_may_reach_a_private_server(make_app):
+    _, client = await make_app(cors_origins=(PAGE,))
+    asking = {**preflight("POST"), "Access-Control-Request-Private-Network": "true"}
+    r = await client.options("/reversehttp", headers=asking)
+    assert r.status_code == 204 and r.headers["access-control-allow-private-network"] == "true"
+    assert (
+        "access-control-allow-private-network" not in (await client.options("/hub", headers=preflight("POST"))).headers
+    )
+    r = await client.options("/reversehttp", headers={**asking, "Origin": OTHER})
+    assert r.status_code == 403 and "access-control-allow-private-network" not in r.headers
+
+
 async def test_a_request_url_is_usable_across_origins(make_app):
     _, client = await make_app(cors_origins=(PAGE,))
     urls = await register(client, "alice")

@@ -147,7 +147,8 @@ class Cors:
         headers = Headers(scope=scope)
         allowed = self.allow_origin(headers.get("origin"))
         if scope["method"] == "OPTIONS" and "access-control-request-method" in headers and "origin" in headers:
-            await self._preflight(allowed, methods)(scope, receive, send)
+            private = headers.get("access-control-request-private-network") == "true"
+            await self._preflight(allowed, methods, private)(scope, receive, send)
             return
         added: list[tuple[bytes, bytes]] = []
         if allowed is not None and scope["method"] in methods:
@@ -165,19 +166,23 @@ class Cors:
 
         await self.app(scope, receive, send_with_cors)
 
-    def _preflight(self, allowed: str | None, methods: frozenset[str]) -> Response:
+    def _preflight(self, allowed: str | None, methods: frozenset[str], private: bool) -> Response:
         """The answer to a preflight (Fetch standard, "CORS-preflight fetch"): 204 with what may be
-        sent from the origin; the browser itself refuses a method or header not listed."""
+        sent from the origin; the browser itself refuses a method or header not listed.
+
+        A page on a public address calling this server on a private one (a relay on a LAN)
+        is asked about first by Chromium (Private Network Access); an allowed origin may.
+        """
         vary = {} if self.any_origin else {"Vary": "Origin"}
         if allowed is None:
             return PlainTextResponse("origin not allowed (--cors-origin)\n", status_code=403, headers=vary)
-        return Response(
-            status_code=204,
-            headers={
-                "Access-Control-Allow-Origin": allowed,
-                "Access-Control-Allow-Methods": ", ".join(sorted(methods)),
-                "Access-Control-Allow-Headers": ALLOW_HEADERS,
-                "Access-Control-Max-Age": str(MAX_AGE),
-                **vary,
-            },
-        )
+        headers = {
+            "Access-Control-Allow-Origin": allowed,
+            "Access-Control-Allow-Methods": ", ".join(sorted(methods)),
+            "Access-Control-Allow-Headers": ALLOW_HEADERS,
+            "Access-Control-Max-Age": str(MAX_AGE),
+            **vary,
+        }
+        if private:
+            headers["Access-Control-Allow-Private-Network"] = "true"
+        return Response(status_code=204, headers=headers)
