@@ -129,16 +129,8 @@ class ReverseHub(Starlette):
         # Why the app's background work ended while it serves (None while it runs): the process
         # is on its way out, and answers nothing but 503 meanwhile.
         self.failed: str | None = None
-        # In front of everything, hot paths included: request URLs are what a cross-origin page polls.
-        self._cors = Cors(self._serve, settings=settings, urls=urls) if settings.cors_origins else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._cors is not None and scope["type"] == "http":
-            await self._cors(scope, receive, send)
-        else:
-            await self._serve(scope, receive, send)
-
-    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             if self.failed is not None:
                 response = PlainTextResponse(
@@ -190,6 +182,22 @@ class ReverseHub(Starlette):
             if self.state.services is not None:
                 self._unlimited[client] = unlimited
         return unlimited
+
+
+class CorsReverseHub(ReverseHub):
+    """:class:`ReverseHub` behind the CORS layer (``--cors-origin``, reversehub.server.cors), in front
+    of everything, hot paths included: request URLs are what a cross-origin page polls. A class of
+    its own, so that without CORS a held poll keeps not one frame more."""
+
+    def __init__(self, *, settings: Settings, urls: RelayUrls, **kwargs: object) -> None:
+        super().__init__(settings=settings, urls=urls, **kwargs)
+        self._cors = Cors(functools.partial(ReverseHub.__call__, self), settings=settings, urls=urls)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._cors(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -267,7 +275,7 @@ def create_app(
         finally:
             await engine.dispose()
 
-    app = ReverseHub(
+    app = (CorsReverseHub if settings.cors_origins else ReverseHub)(
         settings=settings,
         urls=urls,
         routes=[*health.routes(), *_admin_routes_here(settings), *relay_routes(urls), *hub_routes(), *client_routes()],
