@@ -4,12 +4,15 @@ uses, none for relayed responses or the admin, and nothing at all without ``--co
 from __future__ import annotations
 
 import anyio
+import httpx
 import pytest
 from click.testing import CliRunner
 
 from relay.wire import parse_request
+from reversehub.server.app import create_admin_app
 from reversehub.server.cli import main
 from reversehub.server.cors import parse_origin
+from tests.conftest import CLIENT
 from tests.relay.helpers import register, serve_one
 
 pytestmark = pytest.mark.anyio
@@ -150,6 +153,22 @@ async def test_the_admin_gets_no_cors(make_app):
         r = await client.options(path, headers=preflight("GET"))
         assert "access-control-allow-origin" not in r.headers, path
     assert "access-control-allow-origin" not in (await client.get("/healthz", headers=bearer)).headers
+
+
+async def test_the_admin_listener_gets_no_cors(make_app):
+    # With path-based names the admin has its own listener (create_admin_app): no CORS layer there.
+    app, client = await make_app(cors_origins=("*",), admin_token="secret-token")
+    transport = httpx.ASGITransport(app=create_admin_app(app), client=CLIENT)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8001") as admin:
+        bearer = {"Authorization": "Bearer secret-token", "Origin": PAGE}
+        for path in ("/reversehttp", "/dashboard/api/state"):
+            r = await admin.get(path, headers=bearer)
+            assert r.status_code == 200 and "access-control-allow-origin" not in r.headers, path
+            r = await admin.options(path, headers=preflight("GET"))
+            assert "access-control-allow-origin" not in r.headers, path
+    # The main listener's gateway answers 404 to GET there, and only POST is open to pages.
+    r = await client.options("/reversehttp", headers=preflight("GET"))
+    assert r.headers["access-control-allow-methods"] == "POST"
 
 
 @pytest.mark.parametrize(
