@@ -68,35 +68,85 @@ async def subscriptions(services: Services, limit: int) -> list[dict[str, Any]]:
 
 
 async def deliveries(services: Services, limit: int) -> list[dict[str, Any]]:
-    """Pending (waiting, retrying or in flight) and failed deliveries, the most urgent first."""
+    """Pending (waiting, retrying or in flight) and failed deliveries, the most urgent first; a
+    pending one not in flight says why it waits (:func:`_waiting`)."""
     now = time.time()
     query = (
-        select(Delivery, Subscription.topic, Subscription.callback)
+        select(Delivery, Subscription.topic, Subscription.callback, Subscription.callback_host)
         .join(Subscription, Subscription.id == Delivery.subscription_id)
         .where(Delivery.state.in_(ATTENTION))
         .order_by(Delivery.state.desc(), Delivery.next_attempt_at)
         .limit(limit)
     )
+    pending = Delivery.state == DeliveryState.PENDING
     async with services.sessions() as s:
         rows = (await s.execute(query)).all()
+        subscriptions = {d.subscription_id for d, *_ in rows if d.state == DeliveryState.PENDING}
+        # The outbox sends a subscription's deliveries in sequence order: a later one waits for the first.
+        first = dict(
+            (
+                await s.execute(
+                    select(Delivery.subscription_id, func.min(Delivery.seq))
+                    .where(pending, Delivery.subscription_id.in_(subscriptions))
+                    .group_by(Delivery.subscription_id)
+                )
+            ).all()
+        )
+        claimed = (
+            select(Subscription.callback_host, func.count())
+            .join(Delivery, Delivery.subscription_id == Subscription.id)
+            .where(pending, Delivery.claimed_until > now)
+            .group_by(Subscription.callback_host)
+        )
+        busy = dict((await s.execute(claimed)).all())
     out = []
-    for d, topic, callback in rows:
-        pending = d.state == DeliveryState.PENDING
-        in_flight = pending and d.claimed_until is not None and d.claimed_until > now
-        state = "in flight" if in_flight else "retrying" if pending and d.attempts else str(d.state)
+    for d, topic, callback, host in rows:
+        is_pending = d.state == DeliveryState.PENDING
+        in_flight = is_pending and d.claimed_until is not None and d.claimed_until > now
+        state = "in flight" if in_flight else "retrying" if is_pending and d.attempts else str(d.state)
+        waiting = None
+        if is_pending:
+            in_flight_to_host = 0 if services.is_own(callback) else busy.get(host, 0)
+            waiting = _waiting(
+                d, now, first.get(d.subscription_id, d.seq), host, in_flight_to_host, in_flight, services
+            )
         out.append(
             {
                 "id": d.id,
                 "topic": topic,
                 "callback": callback,
+                "seq": d.seq,
                 "state": state,
                 "attempts": d.attempts,
-                "next_attempt_at": d.next_attempt_at if pending else None,
+                "next_attempt_at": d.next_attempt_at if is_pending else None,
+                "waiting": waiting,
                 "last_status": d.last_status,
                 "last_error": d.last_error,
             }
         )
     return out
+
+
+def _waiting(
+    d: Delivery, now: float, first_seq: int, host: str, claimed: int, in_flight: bool, services: Services
+) -> dict[str, Any] | None:
+    """Why a pending delivery is not being sent: behind an earlier one of its subscription, backing
+    off after a failure, its callback host at its connection cap, or due (the outbox will take it).
+
+    A claimed ("in flight") delivery may still wait in its process for one of the host's
+    ``delivery_per_host`` connections: with more claimed for the host than that, it says so.
+    """
+    per_host = services.settings.delivery_per_host
+    saturated = {"reason": "host saturated", "host": host, "in_flight": claimed, "limit": per_host}
+    if in_flight:
+        return saturated if host and claimed > per_host else None
+    if first_seq < d.seq:
+        return {"reason": "behind", "seq": first_seq}
+    if d.next_attempt_at > now:
+        return {"reason": "backoff", "until": d.next_attempt_at}
+    if host and claimed >= per_host:
+        return saturated
+    return {"reason": "due"}
 
 
 # Actions: True if done, False if there is no such item ---------------------------------------

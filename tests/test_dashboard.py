@@ -327,16 +327,19 @@ async def api(admin) -> dict:
     return r.json()
 
 
+async def with_callbacks(make_admin, callbacks, **overrides):
+    """``make_admin`` with every outbound request (verification, delivery) sent to ``callbacks``."""
+    transport = httpx.ASGITransport(app=callbacks)
+    return await make_admin(
+        transport=transport, trusted_networks=("0.0.0.0/0",), outbox_scan_interval=0.05, **overrides
+    )
+
+
 async def failing_delivery(make_admin):
     """An app with one subscription whose first delivery failed and waits an hour for its retry:
     (its public client, its admin client, the subscriber, the delivery)."""
     subscriber = Subscriber()
-    app, client, admin = await make_admin(
-        transport=httpx.ASGITransport(app=subscriber),
-        trusted_networks=("0.0.0.0/0",),
-        delivery_retry_base=3600.0,
-        outbox_scan_interval=0.05,
-    )
+    app, client, admin = await with_callbacks(make_admin, subscriber, delivery_retry_base=3600.0)
 
     async def accepted() -> bool:  # right after start the hub may still answer 503 (its workers start)
         form = {"hub.mode": "subscribe", "hub.topic": TOPIC, "hub.callback": CALLBACK}
@@ -428,3 +431,71 @@ async def test_deleting_a_name_ends_its_polls_with_410(admin_app):
         await wait_for(parked)
         assert (await admin.post("/dashboard/api/registrations/alice/delete", headers=BEARER)).status_code == 204
     assert result["poll"].status_code == 410
+
+
+async def test_deliveries_say_why_they_wait(make_admin):
+    client, admin, subscriber, first = await failing_delivery(make_admin)
+    assert first["waiting"] == {"reason": "backoff", "until": first["next_attempt_at"]}
+    r = await client.post(f"/publish?hub.topic={TOPIC}", content=b"later", headers={"Content-Type": "text/plain"})
+    assert r.status_code < 300
+
+    async def both() -> bool:
+        return len((await api(admin))["deliveries"]) == 2
+
+    await wait_for(both)
+    by_seq = {d["seq"]: d for d in (await api(admin))["deliveries"]}
+    assert by_seq[first["seq"]]["waiting"]["reason"] == "backoff"
+    later = by_seq[first["seq"] + 1]
+    # Due long ago, never attempted: it waits for the first (the outbox keeps a subscription's order).
+    assert later["attempts"] == 0 and later["state"] == "pending"
+    assert later["waiting"] == {"reason": "behind", "seq": first["seq"]}
+
+
+class Stuck:
+    """A callback host that confirms intent at once and holds every delivery until released."""
+
+    def __init__(self) -> None:
+        self.release = anyio.Event()
+
+    async def __call__(self, scope, receive, send) -> None:
+        request = Request(scope, receive)
+        if request.method == "GET":
+            response: Response = PlainTextResponse(request.query_params.get("hub.challenge", ""))
+        else:
+            await self.release.wait()
+            response = Response(status_code=204)
+        await response(scope, receive, send)
+
+
+async def test_a_delivery_to_a_saturated_host_says_so(make_admin):
+    stuck = Stuck()
+    app, client, admin = await with_callbacks(make_admin, stuck, delivery_per_host=1)
+    try:
+        callbacks = [f"http://stuck.test/cb{i}" for i in range(8)]
+        for callback in callbacks:
+            form = {"hub.mode": "subscribe", "hub.topic": TOPIC, "hub.callback": callback}
+
+            async def accepted(form: dict[str, str] = form) -> bool:
+                return (await client.post("/hub", data=form)).status_code == 202
+
+            await wait_for(accepted)
+
+        async def all_active() -> bool:
+            subs = (await api(admin))["subscriptions"]
+            return len(subs) == len(callbacks) and all(s["state"] == "active" for s in subs)
+
+        await wait_for(all_active)
+        r = await client.post(f"/publish?hub.topic={TOPIC}", content=b"news", headers={"Content-Type": "text/plain"})
+        assert r.status_code < 300
+
+        async def saturated() -> bool:
+            waits = [d["waiting"] for d in (await api(admin))["deliveries"] if d["waiting"]]
+            return any(w["reason"] == "host saturated" for w in waits)
+
+        await wait_for(saturated)
+        deliveries = (await api(admin))["deliveries"]
+        # One is sent at a time (delivery_per_host=1); the others are claimed but wait for the host.
+        waits = [d["waiting"] for d in deliveries if d["waiting"]]
+        assert waits and all(w["host"] == "stuck.test" and w["limit"] == 1 and w["in_flight"] > 1 for w in waits)
+    finally:
+        stuck.release.set()

@@ -153,6 +153,10 @@ class Settings:
     # How long a dashboard session (reversehub.server.dashboard.auth) lasts, in seconds.
     admin_session_seconds: float = 12 * 3600.0
 
+    # Origins whose pages may use the gateway, request and private URLs, the hub and the JS library
+    # (reversehub.server.cors): "scheme://host[:port]" or "*". Empty: no CORS headers at all.
+    cors_origins: tuple[str, ...] = ()
+
     # Worker processes (`--workers N`, needs the Redis broker).
     workers: int = 1
     log_level: str = "info"

@@ -47,6 +47,7 @@ from reversehub.core.supervise import essential
 from reversehub.server import dashboard, health
 from reversehub.server.accesslog import AccessLogMiddleware
 from reversehub.server.accesslog import logger as access_logger
+from reversehub.server.cors import Cors
 from reversehub.server.ratelimit import RateLimitMiddleware
 from reversehub.server.web import routes as client_routes
 
@@ -183,6 +184,22 @@ class ReverseHub(Starlette):
         return unlimited
 
 
+class CorsReverseHub(ReverseHub):
+    """:class:`ReverseHub` behind the CORS layer (``--cors-origin``, reversehub.server.cors), in front
+    of everything, hot paths included: request URLs are what a cross-origin page polls. A class of
+    its own, so that without CORS a held poll keeps not one frame more."""
+
+    def __init__(self, *, settings: Settings, urls: RelayUrls, **kwargs: object) -> None:
+        super().__init__(settings=settings, urls=urls, **kwargs)
+        self._cors = Cors(functools.partial(ReverseHub.__call__, self), settings=settings, urls=urls)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._cors(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -258,7 +275,7 @@ def create_app(
         finally:
             await engine.dispose()
 
-    app = ReverseHub(
+    app = (CorsReverseHub if settings.cors_origins else ReverseHub)(
         settings=settings,
         urls=urls,
         routes=[*health.routes(), *_admin_routes_here(settings), *relay_routes(urls), *hub_routes(), *client_routes()],

@@ -318,7 +318,23 @@ def serve_options(f: Any) -> Any:
         ]
     ):
         f = _option(flag, **kwargs)(f)
-    return f
+    return cors_option(f)
+
+
+def cors_option(f: Any) -> Any:
+    """``--cors-origin`` (repeatable; ``REVERSEHUB_CORS_ORIGINS``, comma-separated): docs/cors.md."""
+    from reversehub.server.cors import parse_origins
+
+    return click.option(
+        "--cors-origin",
+        "cors_origins",
+        envvar="REVERSEHUB_CORS_ORIGINS",
+        show_envvar=True,
+        multiple=True,
+        default=(),
+        callback=_listed(parse_origins),
+        help="Origin (scheme://host[:port], or *) whose pages may use the relay, the hub and /js/ (repeatable).",
+    )(f)
 
 
 def settings_from(options: dict[str, Any]) -> Settings:

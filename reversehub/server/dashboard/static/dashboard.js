@@ -45,15 +45,22 @@ function draw(key) {
   ctx.stroke();
 }
 
+// A rate with the precision it needs: 0.25/s, 3.5/s, 120/s.
+function rate(value) {
+  const v = value || 0;
+  return String(v >= 100 ? Math.round(v) : v >= 10 ? +v.toFixed(1) : +v.toFixed(2));
+}
+
 function onRates(point) {
   for (const key of SERIES) {
     history[key].push(point[key] || 0);
     if (history[key].length > POINTS) history[key].shift();
     draw(key);
+    const now = document.getElementById("rate-" + key);
+    if (now) now.textContent = rate(point[key]);
     const total = document.getElementById("total-" + key);
     if (total) total.textContent = String(point[key + "_total"] || 0);
   }
-  document.getElementById("now-relay_latency_ms").textContent = String(point.relay_latency_ms || 0);
 }
 
 // The live events: fetch() streaming, since EventSource cannot send an Authorization header.
@@ -100,11 +107,33 @@ function when(t) {
   return s >= 0 ? "in " + text : text + " ago";
 }
 
-function cell(row, text, title) {
+function clock(t) {
+  return new Date(t * 1000).toLocaleTimeString([], { hour12: false });
+}
+
+function cell(row, text, title, className) {
   const td = row.insertCell();
   td.textContent = text === null || text === undefined ? "" : String(text);
   if (title) td.title = title;
+  if (className) td.className = className;
   return td;
+}
+
+// A URL in full: it wraps (CSS .url) and its title repeats it, never cut where the relay name starts.
+function url(row, text) { return cell(row, text, text, "url"); }
+
+// Why a delivery is not on its way (hub.admin._waiting), or what happens to it now.
+function waiting(d) {
+  const w = d.waiting || {};
+  if (w.reason === "host saturated") {
+    return "host saturated: " + w.in_flight + " claimed for " + w.host + ", " + w.limit + " sent at a time";
+  }
+  if (d.state === "in flight") return "sending now";
+  if (d.state === "failed") return "given up";
+  if (w.reason === "behind") return "behind sequence " + w.seq + " (sent in order)";
+  if (w.reason === "backoff") return "backoff until " + clock(w.until) + " (" + when(w.until) + ")";
+  if (w.reason === "due") return "due " + when(d.next_attempt_at) + ", next for the outbox";
+  return when(d.next_attempt_at);
 }
 
 function button(row, label, url, confirmText) {
@@ -127,7 +156,13 @@ function button(row, label, url, confirmText) {
 function fill(id, items, render) {
   const body = document.querySelector("#" + id + " tbody");
   body.replaceChildren();
-  for (const item of items) render(body.insertRow(), item);
+  // Each cell carries its column's name, shown beside it when narrow screens stack the rows.
+  const labels = [...document.querySelectorAll("#" + id + " th")].map((th) => th.textContent);
+  for (const item of items) {
+    const row = body.insertRow();
+    render(row, item);
+    [...row.cells].forEach((td, i) => { if (labels[i]) td.dataset.label = labels[i]; });
+  }
   if (!items.length) {
     const td = body.insertRow().insertCell();
     td.colSpan = document.querySelectorAll("#" + id + " th").length;
@@ -142,15 +177,16 @@ async function refresh() {
   const s = await r.json();
   fill("deliveries", s.deliveries, (row, d) => {
     row.dataset.id = d.id; row.className = "state-" + d.state.replace(" ", "-");
-    cell(row, d.id); cell(row, d.topic); cell(row, d.callback); cell(row, d.state);
-    cell(row, d.attempts); cell(row, when(d.next_attempt_at)); cell(row, d.last_error, d.last_error);
+    cell(row, d.id + " · seq " + d.seq); url(row, d.topic); url(row, d.callback); cell(row, d.state);
+    cell(row, d.attempts); cell(row, waiting(d)); cell(row, d.last_error, d.last_error, "text");
     button(row, "Retry now", "/dashboard/api/deliveries/" + d.id + "/retry");
     button(row, "Cancel", "/dashboard/api/deliveries/" + d.id + "/cancel");
   });
   fill("subscriptions", s.subscriptions, (row, x) => {
     row.dataset.id = x.id;
-    cell(row, x.topic); cell(row, x.callback); cell(row, x.state); cell(row, when(x.expires_at));
-    cell(row, x.pending); cell(row, x.failed); cell(row, x.last_failure, x.last_failure);
+    // An ended subscription (expired, unsubscribed, gone) has no lease left to show.
+    url(row, x.topic); url(row, x.callback); cell(row, x.state); cell(row, x.state === "active" ? when(x.expires_at) : "—");
+    cell(row, x.pending); cell(row, x.failed); cell(row, x.last_failure, x.last_failure, "text");
     button(row, "Delete", "/dashboard/api/subscriptions/" + x.id + "/delete", "Delete this subscription?");
   });
   fill("registrations", s.registrations, (row, x) => {
