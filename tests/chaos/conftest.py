@@ -1,0 +1,90 @@
+"""Fixtures of the chaos tests: our own PostgreSQL and Redis, ``reversehub serve`` processes, a receiver.
+
+Every process a test starts is ended in the fixture's ``finally`` and every temporary directory is
+removed, whatever the test did to them.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests import pgdb
+from tests.chaos.harness import Postgres, Receiver, Redis, Serve, scratch_dir
+from tests.support import free_port, serve_live
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    path = scratch_dir()
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres(scratch: Path) -> Iterator[Postgres]:
+    server = Postgres(scratch / "pg")
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.running():
+            try:
+                server.stop()
+            except Exception:  # already stopped by the test: nothing to end
+                pass
+
+
+@pytest.fixture
+async def database(postgres: Postgres) -> str:
+    """A migrated database on our own cluster (serve would migrate too, but three at once may race)."""
+    return await pgdb.create_database(postgres.url, migrate=True)
+
+
+@pytest.fixture
+def redis(scratch: Path) -> Iterator[Redis]:
+    server = Redis(scratch)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def launch(scratch: Path) -> Iterator[Callable[..., Serve]]:
+    """``launch(*flags)`` starts ``reversehub serve`` on a free port with its own public URL."""
+    procs: list[Serve] = []
+
+    def start(*flags: str) -> Serve:
+        n = len(procs)
+        proc = Serve(["--log-level", "warning", "--allow-private-networks", *flags], free_port(), scratch / f"s{n}.log")
+        proc.start()
+        procs.append(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            proc.kill()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
+    r = Receiver()
+    async with serve_live(r.app, limit_concurrency=2000) as base:
+        yield r, base
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    limits = httpx.Limits(max_connections=400, max_keepalive_connections=100)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as c:
+        yield c
