@@ -77,6 +77,15 @@ def launch(scratch: Path) -> Iterator[Callable[..., Serve]]:
 
 
 @pytest.fixture
+async def cluster(launch: Callable[..., Serve], database: str, redis: Redis, client: httpx.AsyncClient) -> list[Serve]:
+    """Three ``reversehub serve`` processes on our PostgreSQL and Redis, each its own port and public URL."""
+    procs = [launch("--database-url", database, "--redis-url", redis.url) for _ in range(3)]
+    for proc in procs:
+        await proc.ready(client)
+    return procs
+
+
+@pytest.fixture
 async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
     r = Receiver()
     async with serve_live(r.app, limit_concurrency=2000) as base:

@@ -276,10 +276,16 @@ class Tally:
     def __str__(self) -> str:
         return "; ".join(f"{k}: {dict(sorted(v.items()))}" for k, v in sorted(self.counts.items()))
 
+    __repr__ = __str__
 
-def tracebacks(*procs: Serve) -> int:
-    """Unhandled errors the servers logged (``Exception in ASGI application`` is a 500)."""
-    return sum(p.output().count("Traceback (most recent call last)") for p in procs)
+
+def logged(*procs: Serve) -> dict[str, int]:
+    """What the servers logged of errors: tracebacks (retried failures log theirs too), and 500s."""
+    text = "".join(p.output() for p in procs)
+    return {
+        "tracebacks": text.count("Traceback (most recent call last)"),
+        "asgi_500": text.count("Exception in ASGI application"),
+    }
 
 
 def judge(title: str, figures: Figures, since: float, bound: float, tally: Tally, **more: object) -> None:
@@ -382,6 +388,46 @@ async def subscribe_all(
     return keys
 
 
+SUBSCRIBERS, UPDATES = 100, 20  # the fan-out: 2,000 deliveries
+
+
+async def fan_out(
+    client: httpx.AsyncClient, procs: list[Serve], receiver: Receiver, cb_base: str, database_url: str, topic: str
+) -> tuple[list[str], list[bytes], Tally]:
+    """Subscribe ``SUBSCRIBERS``, publish ``UPDATES`` (one process after another) and return once a
+    fifth of the deliveries arrived, mid fan-out: the keys, the publishes accepted, the tally."""
+    keys = await subscribe_all(client, procs, receiver, cb_base, database_url, topic, SUBSCRIBERS)
+    tally = Tally()
+    accepted = []
+    for n in range(UPDATES):
+        body = f"update {n}".encode()
+        if await publish(client, procs[n % len(procs)].base, topic, body, tally):
+            accepted.append(body)
+    assert len(accepted) == UPDATES, tally
+    await wait_for(lambda: receiver.count() >= SUBSCRIBERS * UPDATES // 5, timeout=60, interval=0.01)
+    return keys, accepted, tally
+
+
+async def busiest(client: httpx.AsyncClient, procs: list[Serve]) -> Serve:
+    """The process that has sent the most deliveries so far: the one most likely holding claims now
+    (whoever claims first may take every due row), so that killing it is the fault that matters."""
+
+    async def sent(proc: Serve) -> float:
+        text = (await client.get(proc.base + "/metrics")).text
+        name = 'hub_deliveries_total{outcome="delivered"}'
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+    counts = [await sent(proc) for proc in procs]
+    return procs[counts.index(max(counts))]
+
+
+def mid_fan_out(receiver: Receiver) -> int:
+    """Deliveries so far, asserting the fault landed mid fan-out."""
+    count = receiver.count()
+    assert count < SUBSCRIBERS * UPDATES, "the fan-out ended before the fault: slow the receiver down"
+    return count
+
+
 async def settle(receiver: Receiver, keys: list[str], accepted: list[bytes], timeout: float) -> Figures:
     """Wait up to ``timeout`` seconds for every accepted publish to reach every subscriber; the figures."""
     deadline = time.monotonic() + timeout
@@ -390,3 +436,51 @@ async def settle(receiver: Receiver, keys: list[str], accepted: list[bytes], tim
         if figures.done() or time.monotonic() > deadline:
             return figures
         await anyio.sleep(0.05)
+
+
+class Prober:
+    """Requests made all through a fault, one process after another: publishes to the fan-out's topic
+    (those answered 2xx join ``accepted``), subscriptions to ``side_topic``, ``/readyz``. Each outcome is
+    tallied under the kind of request and the ``phase`` the test is in."""
+
+    def __init__(self, client: httpx.AsyncClient, procs: list[Serve], topic: str, cb_base: str) -> None:
+        self.client = client
+        self.procs = procs
+        self.topic = topic
+        self.side_topic = topic + "/side"
+        self.cb_base = cb_base
+        self.tally = Tally()
+        self.phase = "before"
+        self.accepted: list[bytes] = []
+        self.subscribed: list[str] = []  # receiver keys of the side subscriptions answered 202
+
+    async def run(self, until: anyio.Event, subscribe_too: bool = False) -> None:
+        k = 0
+        while not until.is_set():
+            proc = self.procs[k % len(self.procs)]
+            if proc.alive():
+                phase = self.phase
+                body = f"probe {k}".encode()
+                if await publish(self.client, proc.base, self.topic, body, self._tally(phase)):
+                    self.accepted.append(body)
+                if subscribe_too:
+                    key = f"probe/{k}"
+                    status = await subscribe(
+                        self.client, proc.base, self.side_topic, f"{self.cb_base}/{key}", self._tally(phase)
+                    )
+                    if status == 202:
+                        self.subscribed.append(key)
+                await _send(self.client, "readyz", self._tally(phase), "GET", proc.base + "/readyz")
+            k += 1
+            await anyio.sleep(0.2)  # pacing: a few requests a second, not a load test
+
+    def _tally(self, phase: str) -> Tally:
+        return _Phased(self.tally, phase)
+
+
+class _Phased(Tally):
+    def __init__(self, inner: Tally, phase: str) -> None:
+        self.inner, self.phase = inner, phase
+
+    def add(self, kind: str, outcome: int | str) -> None:
+        self.inner.add(f"{kind} {self.phase}", outcome)
