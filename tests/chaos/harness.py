@@ -455,14 +455,19 @@ class Prober:
         self.subscribed: list[str] = []  # receiver keys of the side subscriptions answered 202
 
     async def run(self, until: anyio.Event, subscribe_too: bool = False) -> None:
+        """Probe until ``until``; after the fault only until each process took one publish again, so
+        that the probes add little to the fan-out they are watching."""
         k = 0
-        while not until.is_set():
+        resumed: set[str] = set()
+        while not until.is_set() and len(resumed) < len(self.procs):
             proc = self.procs[k % len(self.procs)]
             if proc.alive():
                 phase = self.phase
                 body = f"probe {k}".encode()
                 if await publish(self.client, proc.base, self.topic, body, self._tally(phase)):
                     self.accepted.append(body)
+                    if phase == "after":
+                        resumed.add(proc.base)
                 if subscribe_too:
                     key = f"probe/{k}"
                     status = await subscribe(
