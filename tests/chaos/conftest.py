@@ -6,6 +6,7 @@ removed, whatever the test did to them.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -20,11 +21,16 @@ from tests.support import free_port, serve_live
 
 @pytest.fixture
 def scratch() -> Iterator[Path]:
+    """The test's temporary directory (logs of every process, PostgreSQL's data, SQLite files);
+    kept for a post-mortem when REVERSEHUB_CHAOS_KEEP is set, else removed."""
     path = scratch_dir()
     try:
         yield path
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        if os.environ.get("REVERSEHUB_CHAOS_KEEP"):
+            print(f"\n[chaos] kept {path}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

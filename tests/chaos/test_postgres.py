@@ -68,12 +68,14 @@ async def test_postgres_outage_mid_fan_out(
     deadline = back + RECOVERY_BOUND
     while (side := await stored()) < len(prober.subscribed) and time.monotonic() < deadline:
         await anyio.sleep(0.2)
+    echoed = [key for key in prober.subscribed if key in rcv.verified]
     outage = {kind: dict(v) for kind, v in prober.tally.counts.items() if kind.endswith(" outage")}
     after = {kind: dict(v) for kind, v in prober.tally.counts.items() if kind.endswith(" after")}
     tally.counts.update(prober.tally.counts)
     judge("PostgreSQL away 10 s mid fan-out (3 processes), from PostgreSQL back", figures, back, RECOVERY_BOUND,
           tally, at_fault=at_fault, probe_publishes_accepted=len(prober.accepted),
-          subscriptions_answered_202=len(prober.subscribed), of_them_stored=side, logged=logged(*cluster))  # fmt: skip
+          subscriptions_answered_202=len(prober.subscribed), of_them_echoed=len(echoed), of_them_stored=side,
+          logged=logged(*cluster))  # fmt: skip
     assert tally.total("unanswered") == 0, tally
     # While it is away: 503 (a publish already past its commit may still answer 2xx), never anything else.
     assert outage["publish outage"].get("503"), outage
@@ -82,6 +84,8 @@ async def test_postgres_outage_mid_fan_out(
     # Every process resumes by itself: alive, ready, taking publishes and subscriptions.
     assert all(p.alive() for p in cluster), [p.output()[-2000:] for p in cluster if not p.alive()]
     assert after["publish after"].get("204"), after
+    # A subscriber answered 202 counts itself subscribed, all the more once it echoed the challenge.
+    assert side >= len(echoed), f"{len(echoed) - side} subscriptions echoed the challenge, never stored"
     assert side == len(prober.subscribed), f"{len(prober.subscribed) - side} subscriptions answered 202 never stored"
     async with httpx.AsyncClient(timeout=10) as fresh:
         for proc in cluster:
