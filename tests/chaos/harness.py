@@ -187,6 +187,7 @@ class Arrival:
     seq: int
     body: bytes
     at: float
+    port: int  # the sender's source port: which process sent it
 
 
 class Receiver:
@@ -208,7 +209,8 @@ class Receiver:
             return PlainTextResponse(request.query_params["hub.challenge"])
         body = await request.body()
         h = request.headers
-        self.arrivals[key].append(Arrival(h["webhook-id"], int(h["x-hub-sequence"]), body, time.monotonic()))
+        port = request.client.port if request.client else 0
+        self.arrivals[key].append(Arrival(h["webhook-id"], int(h["x-hub-sequence"]), body, time.monotonic(), port))
         await anyio.sleep(self.delay)
         return Response(status_code=204)
 
@@ -222,7 +224,8 @@ class Figures:
 
     expected: int = 0
     missing: int = 0
-    duplicates: int = 0
+    duplicates: int = 0  # the same webhook-id again: subscribers can drop these
+    new_id_duplicates: int = 0  # the same publish under another webhook-id: they cannot
     out_of_order: int = 0
     extra: int = 0  # deliveries of publishes that were cut off (no 2xx): allowed, counted
     done_at: float | None = None
@@ -247,6 +250,7 @@ class Figures:
                     f.out_of_order += 1
                 top = max(top, a.seq)
             firsts = [a for a in seen.values() if a.body in wanted]
+            f.new_id_duplicates += len(firsts) - len({a.body for a in firsts})
             f.extra += len(seen) - len(firsts)
             got = {a.body for a in firsts}
             f.missing += len(wanted - got)
@@ -297,6 +301,7 @@ def judge(title: str, figures: Figures, since: float, bound: float, tally: Tally
         deliveries=figures.expected,
         missing=figures.missing,
         duplicates=figures.duplicates,
+        new_id_duplicates=figures.new_id_duplicates,
         out_of_order=figures.out_of_order,
         cut_off_publishes_delivered=figures.extra,
         seconds_to_all_delivered=took,
@@ -307,6 +312,7 @@ def judge(title: str, figures: Figures, since: float, bound: float, tally: Tally
     assert figures.missing == 0, f"{figures.missing} of {figures.expected} deliveries missing"
     assert took is not None and took <= bound, f"everything delivered after {took} s, bound {bound} s"
     assert figures.out_of_order == 0
+    assert figures.new_id_duplicates == 0
     assert tally.total("500") == 0, tally
 
 
@@ -408,17 +414,42 @@ async def fan_out(
     return keys, accepted, tally
 
 
-async def busiest(client: httpx.AsyncClient, procs: list[Serve]) -> Serve:
-    """The process that has sent the most deliveries so far: the one most likely holding claims now
-    (whoever claims first may take every due row), so that killing it is the fault that matters."""
-
-    async def sent(proc: Serve) -> float:
-        text = (await client.get(proc.base + "/metrics")).text
-        name = 'hub_deliveries_total{outcome="delivered"}'
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
-
-    counts = [await sent(proc) for proc in procs]
+def sending(receiver: Receiver, procs: list[Serve], last: int = 100) -> Serve:
+    """The process that sent most of the ``last`` deliveries: it holds claims right now (whoever
+    claims first may take every due row), so killing it is the fault that matters. Found from the
+    senders' source ports and the sockets each process holds (Linux ``/proc``)."""
+    recent = sorted((a for arrivals in receiver.arrivals.values() for a in arrivals), key=lambda a: a.at)[-last:]
+    inode_of_port = _tcp_inodes()
+    counts = []
+    for proc in procs:
+        assert proc.popen is not None
+        held = _socket_inodes(proc.popen.pid)
+        counts.append(sum(1 for a in recent if inode_of_port.get(a.port) in held))
     return procs[counts.index(max(counts))]
+
+
+def _tcp_inodes() -> dict[int, str]:
+    """Local port -> socket inode of every TCP socket on the machine."""
+    found: dict[int, str] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                found[int(fields[1].rsplit(":", 1)[1], 16)] = fields[9]
+    return found
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    return inodes
 
 
 def mid_fan_out(receiver: Receiver) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.chaos.harness import Receiver, Serve, busiest, fan_out, judge, logged, mid_fan_out, settle
+from tests.chaos.harness import Receiver, Serve, fan_out, judge, logged, mid_fan_out, sending, settle
 
 pytestmark = [pytest.mark.anyio, pytest.mark.live]
 
@@ -27,7 +27,7 @@ async def test_sigkill_one_of_three_processes_mid_fan_out(
     rcv, cb_base = receiver
     topic = "https://example.com/chaos/kill"  # never fetched: fat pings only
     keys, accepted, tally = await fan_out(client, cluster, rcv, cb_base, database, topic)
-    victim = await busiest(client, cluster)
+    victim = sending(rcv, cluster)
     survivors = [p for p in cluster if p is not victim]
     victim.kill()
     killed_at, at_kill = time.monotonic(), mid_fan_out(rcv)
