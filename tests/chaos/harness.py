@@ -25,6 +25,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from relay.wire import HttpResponse, parse_request, serialize_response
+from tests.relay.helpers import links
 from tests.support import free_port, unavailable, wait_for
 
 PG_BIN = Path(os.environ.get("REVERSEHUB_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -207,12 +209,13 @@ class Receiver:
         if request.method == "GET":
             self.verified.add(key)
             return PlainTextResponse(request.query_params["hub.challenge"])
-        body = await request.body()
-        h = request.headers
-        port = request.client.port if request.client else 0
-        self.arrivals[key].append(Arrival(h["webhook-id"], int(h["x-hub-sequence"]), body, time.monotonic(), port))
+        h, port = request.headers, request.client.port if request.client else 0
+        self.record(key, h["webhook-id"], int(h["x-hub-sequence"]), await request.body(), port)
         await anyio.sleep(self.delay)
         return Response(status_code=204)
+
+    def record(self, key: str, webhook_id: str, seq: int, body: bytes, port: int) -> None:
+        self.arrivals[key].append(Arrival(webhook_id, seq, body, time.monotonic(), port))
 
     def count(self) -> int:
         return sum(len(a) for a in self.arrivals.values())
@@ -372,37 +375,44 @@ async def subscribe_all(
     client: httpx.AsyncClient,
     procs: list[Serve],
     receiver: Receiver,
-    cb_base: str,
     database_url: str,
     topic: str,
-    n: int,
+    callbacks: dict[str, str],
 ) -> list[str]:
-    """``n`` subscriptions to ``topic``, spread over ``procs``, verified and stored; their receiver keys."""
+    """Subscribe each callback (receiver key -> URL) to ``topic``, spread over ``procs``; returns
+    once all are verified and stored."""
     tally = Tally()
-    keys = [f"cb/{i}" for i in range(n)]
     with anyio.fail_after(60):
         async with anyio.create_task_group() as tg:
-            for i, key in enumerate(keys):
-                tg.start_soon(subscribe, client, procs[i % len(procs)].base, topic, f"{cb_base}/{key}", tally)
-    assert tally.counts["subscribe"] == {"202": n}, tally
-    await wait_for(lambda: all(k in receiver.verified for k in keys), timeout=60, interval=0.05)
+            for i, url in enumerate(callbacks.values()):
+                tg.start_soon(subscribe, client, procs[i % len(procs)].base, topic, url, tally)
+    assert tally.counts["subscribe"] == {"202": len(callbacks)}, tally
+    await wait_for(lambda: receiver.verified.issuperset(callbacks), timeout=60, interval=0.05)
 
     async def stored() -> bool:
-        return await active_subscriptions(database_url, topic) == n
+        return await active_subscriptions(database_url, topic) == len(callbacks)
 
     await wait_for(stored, timeout=30, interval=0.2)
-    return keys
+    return list(callbacks)
 
 
 SUBSCRIBERS, UPDATES = 100, 20  # the fan-out: 2,000 deliveries
 
 
 async def fan_out(
-    client: httpx.AsyncClient, procs: list[Serve], receiver: Receiver, cb_base: str, database_url: str, topic: str
+    client: httpx.AsyncClient,
+    procs: list[Serve],
+    receiver: Receiver,
+    cb_base: str,
+    database_url: str,
+    topic: str,
+    on_relay: dict[str, str] | None = None,
 ) -> tuple[list[str], list[bytes], Tally]:
-    """Subscribe ``SUBSCRIBERS``, publish ``UPDATES`` (one process after another) and return once a
-    fifth of the deliveries arrived, mid fan-out: the keys, the publishes accepted, the tally."""
-    keys = await subscribe_all(client, procs, receiver, cb_base, database_url, topic, SUBSCRIBERS)
+    """Subscribe ``SUBSCRIBERS`` callbacks (and those ``on_relay``, key -> public URL), publish
+    ``UPDATES`` (one process after another) and return once a fifth of the deliveries arrived, mid
+    fan-out: the receiver keys, the publishes accepted, the tally."""
+    callbacks = {f"cb/{i}": f"{cb_base}/cb/{i}" for i in range(SUBSCRIBERS)} | (on_relay or {})
+    keys = await subscribe_all(client, procs, receiver, database_url, topic, callbacks)
     tally = Tally()
     accepted = []
     for n in range(UPDATES):
@@ -410,8 +420,64 @@ async def fan_out(
         if await publish(client, procs[n % len(procs)].base, topic, body, tally):
             accepted.append(body)
     assert len(accepted) == UPDATES, tally
-    await wait_for(lambda: receiver.count() >= SUBSCRIBERS * UPDATES // 5, timeout=60, interval=0.01)
+    await wait_for(lambda: receiver.count() >= len(keys) * UPDATES // 5, timeout=60, interval=0.01)
     return keys, accepted, tally
+
+
+class RelaySubscriber:
+    """A subscriber behind the relay, as ``Subscriber`` is: the name ``name`` polled on whichever
+    process is alive; its challenges are echoed and its deliveries recorded in ``receiver`` under
+    the key ``relay/NAME``."""
+
+    def __init__(self, client: httpx.AsyncClient, procs: list[Serve], receiver: Receiver, name: str) -> None:
+        self.client, self.procs, self.receiver = client, procs, receiver
+        self.key = f"relay/{name}"
+        self.name = name
+        self.first = ""
+        self.public = ""
+
+    async def register(self) -> None:
+        r = await self.client.post(self.procs[0].base + "/reversehttp", data={"name": self.name, "token": "t"})
+        assert r.status_code in (201, 204), r.text
+        found = links(r)
+        self.first, self.public = path_of(found["first"]), found["related"]
+
+    async def run(self) -> None:
+        path, turn = self.first, 0
+        while True:
+            live = [p for p in self.procs if p.alive()]
+            base = live[turn % len(live)].base
+            try:
+                r = await self.client.get(base + path, timeout=60)
+            except httpx.TransportError:
+                turn += 1  # that process is gone: poll another
+                await anyio.sleep(0.2)  # pacing the retry
+                continue
+            if r.status_code != 200:
+                if r.status_code == 404:
+                    path = self.first  # the next-URL was lost with the broker: start again
+                if r.status_code != 204:
+                    await anyio.sleep(0.2)  # pacing the retry (503 while the broker is away)
+                continue
+            request = parse_request(r.content)
+            if request.method == "GET":
+                self.receiver.verified.add(self.key)
+                reply = HttpResponse(200, [], httpx.URL(request.target).params.get("hub.challenge", "").encode())
+            else:
+                webhook_id, seq = request.header("webhook-id") or "", request.header("x-hub-sequence") or "-1"
+                self.receiver.record(self.key, webhook_id, int(seq), request.body, 0)
+                reply = HttpResponse(204)
+            try:
+                await self.client.post(
+                    base + path, content=serialize_response(reply), headers={"content-type": "message/http"}
+                )
+            except httpx.TransportError:
+                pass  # the hub retries what it got no answer for
+            path = path_of(links(r).get("next", self.first))
+
+
+def path_of(url: str) -> str:
+    return httpx.URL(url).raw_path.decode()
 
 
 def sending(receiver: Receiver, procs: list[Serve], last: int = 100) -> Serve:

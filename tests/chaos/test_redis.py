@@ -20,12 +20,14 @@ from tests.chaos.harness import (
     Prober,
     Receiver,
     Redis,
+    RelaySubscriber,
     Serve,
     Tally,
     fan_out,
     judge,
     logged,
     mid_fan_out,
+    path_of,
     report,
     settle,
 )
@@ -34,12 +36,15 @@ from tests.support import wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.live]
 
+ON_RELAY = 10  # of the fan-out's subscribers, behind the relay
 REDIS_DOWN = 2.0  # seconds Redis stays away
-REDIS_DOWN_RELAY = 3.0
-# After Redis is back: what a process needs to notice the broker is back (its reconnect backoff, a
-# few seconds) plus the scan that finds due rows without a wake-up (outbox scan interval, 2 s), on top
-# of the fan-out's own remaining time: the same 15 s the issue gives survivors of a SIGKILL.
-FAN_OUT_BOUND = 15.0
+REDIS_DOWN_RELAY = 3.0  # seconds Redis stays away under waiting requests
+# After Redis is back: the deliveries to relay subscribers that failed while it was away (lost with
+# its queues, or answered 503) wait out the hub's retry backoff, which doubles from 1 s with jitter
+# (delivery_retry_base): one that failed three times through the outage and the reconnect waits up
+# to 8 s more. Then each relay subscriber receives its remaining updates one after another, a poll's
+# round trip each, on a loaded machine. 20 s holds that; the direct callbacks need far less.
+FAN_OUT_BOUND = 20.0
 TIMEOUTS = 5.0  # --unavailable-timeout and --reply-timeout of the relay test
 # A requester is answered by its own deadline (TIMEOUTS) plus the time a loaded two-core machine
 # may take to run the timer and write the 504; past HELD it counts as left unanswered.
@@ -60,18 +65,26 @@ async def test_redis_restart_mid_fan_out(
 ) -> None:
     rcv, cb_base = receiver
     topic = "https://example.com/chaos/redis"
-    keys, accepted, tally = await fan_out(client, cluster, rcv, cb_base, database, topic)
-    at_fault = mid_fan_out(rcv)
+    # Some subscribers sit behind the relay: their deliveries cross Redis, whose restart loses
+    # whatever it held of them; the hub must send those again.
+    on_relay = [RelaySubscriber(client, cluster, rcv, f"sub{i}") for i in range(ON_RELAY)]
     prober = Prober(client, cluster, topic, cb_base)
     done = anyio.Event()
     async with anyio.create_task_group() as tg:
+        for sub in on_relay:
+            await sub.register()
+            tg.start_soon(sub.run)
+        urls = {sub.key: sub.public for sub in on_relay}
+        keys, accepted, tally = await fan_out(client, cluster, rcv, cb_base, database, topic, urls)
+        at_fault = mid_fan_out(rcv)
         tg.start_soon(prober.run, done)
         prober.phase = "outage"
         back = await restart(redis)
         prober.phase = "after"
         await settle(rcv, keys, accepted, timeout=FAN_OUT_BOUND)  # probes go on until the fan-out is through
         done.set()
-    figures = await settle(rcv, keys, accepted + prober.accepted, timeout=FAN_OUT_BOUND)
+        figures = await settle(rcv, keys, accepted + prober.accepted, timeout=FAN_OUT_BOUND)
+        tg.cancel_scope.cancel()
     tally.counts.update(prober.tally.counts)
     judge("Redis restart mid fan-out (3 processes), from Redis back", figures, back, FAN_OUT_BOUND, tally,
           at_fault=at_fault, probe_publishes_accepted=len(prober.accepted), logged=logged(*cluster))  # fmt: skip
@@ -83,10 +96,6 @@ async def register(client: httpx.AsyncClient, base: str, name: str) -> dict[str,
     r = await client.post(base + "/reversehttp", data={"name": name, "token": "t"})
     assert r.status_code in (201, 204), r.text
     return links(r)
-
-
-def path_of(url: str) -> str:
-    return httpx.URL(url).raw_path.decode()
 
 
 async def poll(client: httpx.AsyncClient, proc: Serve, first: str, answer: bool, taken: list[float]) -> None:
