@@ -295,10 +295,15 @@ def logged(*procs: Serve) -> dict[str, int]:
     }
 
 
-def judge(title: str, figures: Figures, since: float, bound: float, tally: Tally, **more: object) -> None:
+async def judge(
+    title: str, figures: Figures, since: float, bound: float, tally: Tally, database_url: str, **more: object
+) -> None:
     """Print the figures of a fan-out under a fault, then assert them: nothing accepted missing, all of
-    it within ``bound`` seconds of ``since``, order per subscription held, no 500."""
+    it within ``bound`` seconds of ``since``, order per subscription held, no 500. When deliveries are
+    missing, what is left in the outbox is printed too."""
     took = None if figures.done_at is None else round(figures.done_at - since, 1)
+    if figures.missing:
+        more["outbox_left"] = await outbox_pending(database_url)
     report(
         title,
         deliveries=figures.expected,
@@ -369,6 +374,28 @@ async def active_subscriptions(database_url: str, topic: str) -> int:
             return int((await conn.execute(query, {"t": topic})).scalar() or 0)
     finally:
         await engine.dispose()
+
+
+async def outbox_pending(database_url: str) -> list[tuple[object, ...]]:
+    """What is left in the outbox, for a post-mortem of missing deliveries: per state, attempts,
+    claimed or not and last error, how many rows and how soon the earliest is due (seconds)."""
+    from sqlalchemy import text
+
+    from reversehub.core import db
+
+    now = time.time()
+    engine = db.create_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            query = text(
+                "select state, attempts, claim_token is not null, substr(coalesce(last_error, ''), 1, 60),"
+                " count(*), min(next_attempt_at) from hub_deliveries where state != 'delivered'"
+                " group by 1, 2, 3, 4 order by 5 desc limit 10"
+            )
+            rows = (await conn.execute(query)).all()
+    finally:
+        await engine.dispose()
+    return [(*row[:5], round(row[5] - now, 1)) for row in rows]
 
 
 async def subscribe_all(

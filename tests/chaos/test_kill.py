@@ -33,8 +33,16 @@ async def test_sigkill_one_of_three_processes_mid_fan_out(
     killed_at, at_kill = time.monotonic(), mid_fan_out(rcv)
 
     figures = await settle(rcv, keys, accepted, timeout=SURVIVORS_BOUND + OVERTIME)
-    judge("SIGKILL 1 of 3 (PostgreSQL + Redis), from the kill", figures, killed_at, SURVIVORS_BOUND, tally,
-          at_kill=at_kill, logged=logged(*survivors))  # fmt: skip
+    await judge(
+        "SIGKILL 1 of 3 (PostgreSQL + Redis), from the kill",
+        figures,
+        killed_at,
+        SURVIVORS_BOUND,
+        tally,
+        database,
+        at_kill=at_kill,
+        logged=logged(*survivors),
+    )
     assert all(p.alive() for p in survivors)
 
 
@@ -54,5 +62,14 @@ async def test_sqlite_sigkill_mid_fan_out_then_restart(
     ready_after = round(time.monotonic() - restarted_at, 1)
 
     figures = await settle(rcv, keys, accepted, timeout=RESTART_BOUND + OVERTIME)
-    judge("SIGKILL + restart (SQLite), from the restart", figures, restarted_at, RESTART_BOUND, tally,
-          at_kill=at_kill, healthy_after=ready_after, logged=logged(proc))  # fmt: skip
+    await judge(
+        "SIGKILL + restart (SQLite), from the restart",
+        figures,
+        restarted_at,
+        RESTART_BOUND,
+        tally,
+        database,
+        at_kill=at_kill,
+        healthy_after=ready_after,
+        logged=logged(proc),
+    )

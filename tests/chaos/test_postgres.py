@@ -72,10 +72,20 @@ async def test_postgres_outage_mid_fan_out(
     outage = {kind: dict(v) for kind, v in prober.tally.counts.items() if kind.endswith(" outage")}
     after = {kind: dict(v) for kind, v in prober.tally.counts.items() if kind.endswith(" after")}
     tally.counts.update(prober.tally.counts)
-    judge("PostgreSQL away 10 s mid fan-out (3 processes), from PostgreSQL back", figures, back, RECOVERY_BOUND,
-          tally, at_fault=at_fault, probe_publishes_accepted=len(prober.accepted),
-          subscriptions_answered_202=len(prober.subscribed), of_them_echoed=len(echoed), of_them_stored=side,
-          logged=logged(*cluster))  # fmt: skip
+    await judge(
+        "PostgreSQL away 10 s mid fan-out (3 processes), from PostgreSQL back",
+        figures,
+        back,
+        RECOVERY_BOUND,
+        tally,
+        database,
+        at_fault=at_fault,
+        probe_publishes_accepted=len(prober.accepted),
+        subscriptions_answered_202=len(prober.subscribed),
+        of_them_echoed=len(echoed),
+        of_them_stored=side,
+        logged=logged(*cluster),
+    )
     assert tally.total("unanswered") == 0, tally
     # While it is away: 503 (a publish already past its commit may still answer 2xx), never anything else.
     assert outage["publish outage"].get("503"), outage

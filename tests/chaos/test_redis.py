@@ -86,8 +86,17 @@ async def test_redis_restart_mid_fan_out(
         figures = await settle(rcv, keys, accepted + prober.accepted, timeout=FAN_OUT_BOUND)
         tg.cancel_scope.cancel()
     tally.counts.update(prober.tally.counts)
-    judge("Redis restart mid fan-out (3 processes), from Redis back", figures, back, FAN_OUT_BOUND, tally,
-          at_fault=at_fault, probe_publishes_accepted=len(prober.accepted), logged=logged(*cluster))  # fmt: skip
+    await judge(
+        "Redis restart mid fan-out (3 processes), from Redis back",
+        figures,
+        back,
+        FAN_OUT_BOUND,
+        tally,
+        database,
+        at_fault=at_fault,
+        probe_publishes_accepted=len(prober.accepted),
+        logged=logged(*cluster),
+    )
     assert tally.total("unanswered") == 0, tally
     assert all(p.alive() for p in cluster)
 
