@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from tests import pgdb
-from tests.chaos.harness import Postgres, Receiver, Redis, Serve, scratch_dir
+from tests.chaos.figures import Receiver
+from tests.chaos.processes import Postgres, Redis, Serve, scratch_dir
 from tests.support import free_port, serve_live
 
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.chaos.harness import Receiver, Serve, fan_out, judge, logged, mid_fan_out, sending, settle
+from tests.chaos.figures import Receiver, judge, settle
+from tests.chaos.processes import Serve, logged, sending
+from tests.chaos.workload import fan_out, mid_fan_out
 
 pytestmark = [pytest.mark.anyio, pytest.mark.live]
 

@@ -13,18 +13,9 @@ import anyio
 import httpx
 import pytest
 
-from tests.chaos.harness import (
-    Postgres,
-    Prober,
-    Receiver,
-    Serve,
-    active_subscriptions,
-    fan_out,
-    judge,
-    logged,
-    mid_fan_out,
-    settle,
-)
+from tests.chaos.figures import Receiver, judge, settle
+from tests.chaos.processes import Postgres, Serve, logged
+from tests.chaos.workload import Prober, active_subscriptions, fan_out, mid_fan_out
 from tests.support import wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.live]

@@ -16,21 +16,9 @@ import httpx
 import pytest
 
 from relay.wire import HttpResponse, serialize_response
-from tests.chaos.harness import (
-    Prober,
-    Receiver,
-    Redis,
-    RelaySubscriber,
-    Serve,
-    Tally,
-    fan_out,
-    judge,
-    logged,
-    mid_fan_out,
-    path_of,
-    report,
-    settle,
-)
+from tests.chaos.figures import Receiver, Tally, judge, report, settle
+from tests.chaos.processes import Redis, Serve, logged
+from tests.chaos.workload import Prober, RelaySubscriber, fan_out, mid_fan_out, path_of
 from tests.relay.helpers import links
 from tests.support import wait_for
 
