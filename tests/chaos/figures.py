@@ -162,6 +162,7 @@ async def judge(
     assert figures.out_of_order == 0
     assert figures.new_id_duplicates == 0
     assert tally.total("500") == 0, tally
+    assert tally.total("unanswered") == 0, tally
 
 
 def report(title: str, **figures: object) -> str:

@@ -13,7 +13,7 @@ import pytest
 
 from tests.chaos.figures import Receiver, judge, settle
 from tests.chaos.processes import Serve, logged, sending
-from tests.chaos.workload import fan_out, mid_fan_out
+from tests.chaos.workload import fan_out, mid_fan_out, probing
 
 pytestmark = [pytest.mark.anyio, pytest.mark.live]
 
@@ -31,10 +31,13 @@ async def test_sigkill_one_of_three_processes_mid_fan_out(
     keys, accepted, tally = await fan_out(client, cluster, rcv, cb_base, database, topic)
     victim = sending(rcv, cluster)
     survivors = [p for p in cluster if p is not victim]
-    victim.kill()
-    killed_at, at_kill = time.monotonic(), mid_fan_out(rcv)
-
-    figures = await settle(rcv, keys, accepted, timeout=SURVIVORS_BOUND + OVERTIME)
+    async with probing(client, cluster, topic, cb_base) as prober:
+        victim.kill()
+        killed_at, at_kill = time.monotonic(), mid_fan_out(rcv)
+        prober.phase = "after"  # publishes to the survivors go on
+        await settle(rcv, keys, accepted, timeout=SURVIVORS_BOUND + OVERTIME)
+    figures = await settle(rcv, keys, accepted + prober.accepted, timeout=SURVIVORS_BOUND + OVERTIME)
+    tally.counts.update(prober.tally.counts)
     await judge(
         "SIGKILL 1 of 3 (PostgreSQL + Redis), from the kill",
         figures,
@@ -55,15 +58,20 @@ async def test_sqlite_sigkill_mid_fan_out_then_restart(
     database = f"sqlite:///{scratch / 'hub.db'}"
     proc = launch("--database-url", database)
     await proc.ready(client)
-    keys, accepted, tally = await fan_out(client, [proc], rcv, cb_base, database, "https://example.com/chaos/sqlite")
-    proc.kill()
-    at_kill = mid_fan_out(rcv)
-    proc.start()
-    restarted_at = time.monotonic()
-    await proc.ready(client)
-    ready_after = round(time.monotonic() - restarted_at, 1)
-
-    figures = await settle(rcv, keys, accepted, timeout=RESTART_BOUND + OVERTIME)
+    topic = "https://example.com/chaos/sqlite"
+    keys, accepted, tally = await fan_out(client, [proc], rcv, cb_base, database, topic)
+    async with probing(client, [proc], topic, cb_base) as prober:
+        proc.kill()
+        at_kill = mid_fan_out(rcv)
+        prober.phase = "restart"  # refused until it listens again
+        proc.start()
+        restarted_at = time.monotonic()
+        await proc.ready(client)
+        ready_after = round(time.monotonic() - restarted_at, 1)
+        prober.phase = "after"
+        await settle(rcv, keys, accepted, timeout=RESTART_BOUND + OVERTIME)
+    figures = await settle(rcv, keys, accepted + prober.accepted, timeout=RESTART_BOUND + OVERTIME)
+    tally.counts.update(prober.tally.counts)
     await judge(
         "SIGKILL + restart (SQLite), from the restart",
         figures,

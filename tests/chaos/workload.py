@@ -3,6 +3,9 @@ prober that keeps asking while a fault lasts."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import anyio
 import httpx
 
@@ -195,7 +198,7 @@ class Prober:
         that the probes add little to the fan-out they are watching."""
         k = 0
         resumed: set[str] = set()
-        while not until.is_set() and len(resumed) < len(self.procs):
+        while not until.is_set() and not (resumed and resumed >= {p.base for p in self.procs if p.alive()}):
             proc = self.procs[k % len(self.procs)]
             if proc.alive():
                 phase = self.phase
@@ -217,3 +220,19 @@ class Prober:
 
     def _tally(self, phase: str) -> Tally:
         return _Phased(self.tally, phase)
+
+
+@asynccontextmanager
+async def probing(
+    client: httpx.AsyncClient, procs: list[Serve], topic: str, cb_base: str, subscribe_too: bool = False
+) -> AsyncIterator[Prober]:
+    """A :class:`Prober` running for the duration of the block (and until each process took a
+    publish after the fault, if that comes later); set its ``phase`` as the fault goes."""
+    prober = Prober(client, procs, topic, cb_base)
+    done = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(prober.run, done, subscribe_too)
+        try:
+            yield prober
+        finally:
+            done.set()
