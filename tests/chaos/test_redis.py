@@ -41,7 +41,7 @@ HELD = TIMEOUTS + 25.0
 
 
 async def restart(redis: Redis, down: float = REDIS_DOWN) -> float:
-    """Kill Redis, keep it away ``REDIS_DOWN`` seconds (the fault itself), start it again; when it is back."""
+    """Kill Redis, keep it away ``down`` seconds (the fault itself), start it again; when it is back."""
     redis.stop()
     await anyio.sleep(down)
     redis.start()
