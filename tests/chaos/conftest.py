@@ -6,8 +6,10 @@ removed, whatever the test did to them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -42,10 +44,8 @@ def postgres(scratch: Path) -> Iterator[Postgres]:
         yield server
     finally:
         if server.running():
-            try:
+            with contextlib.suppress(subprocess.CalledProcessError):  # it stopped meanwhile
                 server.stop()
-            except Exception:  # already stopped by the test: nothing to end
-                pass
 
 
 @pytest.fixture
@@ -84,8 +84,10 @@ def launch(scratch: Path) -> Iterator[Callable[..., Serve]]:
 
 
 @pytest.fixture
-async def cluster(launch: Callable[..., Serve], database: str, redis: Redis, client: httpx.AsyncClient) -> list[Serve]:
-    """Three ``reversehub serve`` processes on our PostgreSQL and Redis, each its own port and public URL."""
+async def cluster(database: str, redis: Redis, launch: Callable[..., Serve], client: httpx.AsyncClient) -> list[Serve]:
+    """Three ``reversehub serve`` processes on our PostgreSQL and Redis, each its own port and public URL.
+
+    ``launch`` comes after the services it uses, so that its processes end before those do."""
     procs = [launch("--database-url", database, "--redis-url", redis.url) for _ in range(3)]
     for proc in procs:
         await proc.ready(client)

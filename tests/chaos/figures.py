@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import anyio
 from starlette.applications import Starlette
@@ -63,7 +63,6 @@ class Figures:
     out_of_order: int = 0
     extra: int = 0  # deliveries of publishes that were cut off (no 2xx): allowed, counted
     done_at: float | None = None
-    statuses: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def of(cls, receiver: Receiver, keys: list[str], accepted: list[bytes]) -> Figures:

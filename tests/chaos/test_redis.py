@@ -115,7 +115,7 @@ async def poll(client: httpx.AsyncClient, proc: Serve, first: str, answer: bool,
 
 
 async def test_redis_restart_with_relayed_requests_waiting(
-    launch: Callable[..., Serve], database: str, redis: Redis, client: httpx.AsyncClient
+    database: str, redis: Redis, launch: Callable[..., Serve], client: httpx.AsyncClient
 ) -> None:
     """A stream of requests on two processes, to a name nobody polls (504 after the unavailable
     timeout) and to one whose poller takes them and never answers (504 after the reply timeout), from
