@@ -33,6 +33,7 @@ class Receiver:
         self.delay = delay
         self.verified: set[str] = set()
         self.arrivals: dict[str, list[Arrival]] = defaultdict(list)
+        self.in_flight: dict[int, int] = defaultdict(int)  # source port -> deliveries not answered yet
         self.app = Starlette(routes=[Route("/{kind}/{i}", self.handle, methods=["GET", "POST"])])
 
     async def handle(self, request: Request) -> Response:
@@ -42,7 +43,11 @@ class Receiver:
             return PlainTextResponse(request.query_params["hub.challenge"])
         h, port = request.headers, request.client.port if request.client else 0
         self.record(key, h["webhook-id"], int(h["x-hub-sequence"]), await request.body(), port)
-        await anyio.sleep(self.delay)
+        self.in_flight[port] += 1
+        try:
+            await anyio.sleep(self.delay)
+        finally:
+            self.in_flight[port] -= 1
         return Response(status_code=204)
 
     def record(self, key: str, webhook_id: str, seq: int, body: bytes, port: int) -> None:

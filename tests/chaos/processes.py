@@ -177,18 +177,29 @@ def logged(*procs: Serve) -> dict[str, int]:
     }
 
 
-def sending(receiver: Receiver, procs: list[Serve], last: int = 100) -> Serve:
-    """The process that sent most of the ``last`` deliveries: it holds claims right now (whoever
-    claims first may take every due row), so killing it is the fault that matters. Found from the
-    senders' source ports and the sockets each process holds (Linux ``/proc``)."""
-    recent = sorted((a for arrivals in receiver.arrivals.values() for a in arrivals), key=lambda a: a.at)[-last:]
-    inode_of_port = _tcp_inodes()
-    counts = []
-    for proc in procs:
-        assert proc.popen is not None
-        held = _socket_inodes(proc.popen.pid)
-        counts.append(sum(1 for a in recent if inode_of_port.get(a.port) in held))
-    return procs[counts.index(max(counts))]
+async def sending(receiver: Receiver, procs: list[Serve]) -> Serve:
+    """The process with the most deliveries in flight right now: rows it has claimed and not yet
+    recorded, so that killing it is the fault that matters (whoever claims first may take every due
+    row; a process killed between two batches leaves nothing behind). The receiver holds its answers
+    a moment so that deliveries pile up in flight; their senders are found from the source ports and
+    the sockets each process holds (Linux ``/proc``)."""
+    delay, receiver.delay = receiver.delay, 1.0
+    try:
+        counts: list[int] = []
+
+        def counted() -> bool:
+            inode_of_port = _tcp_inodes()
+            counts[:] = []
+            for proc in procs:
+                assert proc.popen is not None
+                held = _socket_inodes(proc.popen.pid)
+                counts.append(sum(n for port, n in receiver.in_flight.items() if inode_of_port.get(port) in held))
+            return max(counts) > 0
+
+        await wait_for(counted, timeout=10, interval=0.05)
+        return procs[counts.index(max(counts))]
+    finally:
+        receiver.delay = delay
 
 
 def _tcp_inodes() -> dict[int, str]:

@@ -29,7 +29,7 @@ async def test_sigkill_one_of_three_processes_mid_fan_out(
     rcv, cb_base = receiver
     topic = "https://example.com/chaos/kill"  # never fetched: fat pings only
     keys, accepted, tally = await fan_out(client, cluster, rcv, cb_base, database, topic)
-    victim = sending(rcv, cluster)
+    victim = await sending(rcv, cluster)
     survivors = [p for p in cluster if p is not victim]
     async with probing(client, cluster, topic, cb_base) as prober:
         victim.kill()
