@@ -158,6 +158,20 @@ class _Wakeups:
         self._due.pop(item_id, None)
         self._fired.discard(item_id)
 
+    async def settle(self, item_id: str, task: asyncio.Task[object]) -> None:
+        """Finish ``item_id`` before its requester awaits anything else (a cleanup after a broker
+        failure): its wake-up must not cancel that cleanup, and one that has fired already is taken
+        back, or the requester's 503 would be cut off as it is sent."""
+        fired = item_id in self._fired
+        self.done(item_id)
+        if not fired:
+            return
+        try:
+            await asyncio.sleep(0)  # where a cancellation still pending on the task lands
+        except asyncio.CancelledError:
+            if task.uncancel() > 0:
+                raise  # cancelled by someone else too
+
     async def run(self) -> None:
         heap = self._heap
         while True:
@@ -243,6 +257,8 @@ class Dispatcher:
             except BaseException as exc:
                 # Gone (cancelled), or the broker failed (its reply may have been lost: 503): the
                 # request leaves the queue if no poller has it yet, so nothing is held for nobody.
+                if isinstance(exc, Exception):
+                    await self._wakeups.settle(item_id, task)
                 if not taken and isinstance(exc, asyncio.CancelledError | BrokerUnavailable):
                     with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                         await self.broker.remove(queue, raw)
