@@ -219,11 +219,11 @@ async def test_a_relayed_page_can_neither_read_nor_drive_the_dashboard(
         page.on("pageerror", lambda exc: errors.append(str(exc)))
 
         # The admin signs in.
-        await page.goto(admin + "/")
+        await page.goto(admin + "/dashboard/")
         await page.wait_for_url(admin + "/dashboard/login")
         await page.fill("#token", TOKEN)
         await page.click("button[type=submit]")
-        await page.wait_for_url(admin + "/")
+        await page.wait_for_url(admin + "/dashboard/")
         await expect(page.locator("#live")).to_have_text("live")
         await expect(page.locator("#registrations tbody")).to_contain_text("victim")
         session = await page.evaluate(f"sessionStorage.getItem({json.dumps(SESSION_KEY)})")

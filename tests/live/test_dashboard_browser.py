@@ -59,7 +59,7 @@ async def test_dashboard_loads_shows_a_live_publish_and_a_click_retries(settings
         assert page.url == base + "/dashboard/login"
         await page.fill("#token", TOKEN)
         await page.click("button[type=submit]")
-        await page.wait_for_url(base + "/")
+        await page.wait_for_url(base + "/dashboard/")
         await expect(page.locator("#live")).to_have_text("live")
         assert "token" not in page.url
 
