@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import ssl
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -21,7 +21,7 @@ import pytest
 
 from clients.endpoint import Endpoint
 from relay.wire import HttpRequest, HttpResponse
-from tests.live.test_scaleout import REVERSEHUB
+from tests.live.test_scaleout import REVERSEHUB, Proc, broker_url, database, launch  # noqa: F401
 from tests.live.test_tls_trust import Pki, pki  # noqa: F401  (the throwaway CA and a cert for 127.0.0.1)
 from tests.support import free_port, wait_for
 
@@ -91,6 +91,34 @@ async def test_serve_speaks_https_and_hands_out_https_urls(serve_tls, pki: Pki) 
     text = log.read_text()
     assert f"public URL {base}/" in text and f"dashboard at {admin}/" in text
     assert TOKEN not in text
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+async def test_worker_processes_serve_tls_too(
+    launch: Callable[..., Proc],  # noqa: F811
+    database: str,  # noqa: F811
+    broker_url: str,  # noqa: F811
+    pki: Pki,  # noqa: F811
+) -> None:
+    tls = ["--ssl-certfile", str(pki.cert), "--ssl-keyfile", str(pki.key)]
+    proc = launch("--database-url", database, "--redis-url", broker_url, "--workers", "2", *tls)
+    base = proc.base.replace("http://", "https://")
+    trust = ssl.create_default_context(cafile=str(pki.ca))
+
+    async def up() -> bool:
+        assert proc.alive(), proc.output()
+        try:
+            async with httpx.AsyncClient(verify=trust, timeout=10) as fresh:
+                return (await fresh.get(base + "/healthz")).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    await wait_for(up, timeout=30, interval=0.05)
+    for _ in range(6):  # a new connection each time: the kernel spreads them over the workers
+        async with httpx.AsyncClient(verify=trust, timeout=10) as fresh:
+            r = await fresh.post(base + "/reversehttp", data={"name": "w", "token": "t"})
+            assert r.status_code in (201, 204) and r.headers["location"].startswith(base + "/"), r.text
 
 
 def _serve(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
