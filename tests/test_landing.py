@@ -30,14 +30,14 @@ async def test_the_landing_page_says_what_this_is_and_where_everything_is(make_a
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     page = r.text
     assert "WebSub hub" in page and "ReverseHttp relay" in page
-    assert {"/demo", "/reversehttp", "/js/reversehub.js", "/healthz"} <= links(page)
+    assert {"demo", "reversehttp", "js/reversehub.js", "healthz"} <= links(page)
     assert "http://hub.test/relay/NAME/" in page and "POST http://hub.test/hub" in page
     assert "--admin-token" in page  # the dashboard is off, and how to turn it on
     assert "<script" not in page and "src=" not in page  # nothing runs, nothing is loaded from elsewhere
     assert "default-src 'none'" in r.headers["content-security-policy"]
-    for path in links(page):  # every link of the page answers
-        if path.startswith("/"):
-            assert (await client.get(path)).status_code == 200, path
+    for path in links(page):  # every link of the page answers, relative to the page's URL
+        if "://" not in path:
+            assert (await client.get("/" + path)).status_code == 200, path
     assert (await client.head("/")).status_code == 200
 
 
@@ -46,7 +46,7 @@ async def test_the_landing_page_names_the_admin_listener_but_never_a_token(make_
     app.state.admin_url = "http://127.0.0.1:8001/"  # what serve's with_admin sets once it has bound it
     page = (await client.get("/")).text
     assert "http://127.0.0.1:8001/" in links(page) and "admin listener" in page
-    assert "/reversehttp" not in links(page)  # the list of names is the admin's with a token
+    assert "reversehttp" not in links(page)  # the list of names is the admin's with a token
     assert TOKEN not in page and "sha256:" not in page
 
 
@@ -105,6 +105,14 @@ def test_public_urls_nobody_can_reach_are_refused(url):
 @pytest.mark.parametrize("url", ["https://hub.example.com", "http://127.0.0.1:8000", "https://h.example/prefix"])
 def test_reachable_public_urls_are_accepted(url):
     assert startup.refusal(Settings(public_url=url)) is None
+
+
+def test_a_public_url_inside_the_relay_domain_is_refused():
+    for public in ("https://hub.relay.example", "https://a.b.relay.example:8443"):
+        reason = startup.refusal(Settings(public_url=public, relay_domain="relay.example"))
+        assert reason is not None and reason.startswith("the public URL's host ") and "--relay-domain" in reason
+    for public in ("https://relay.example", "https://hub.example", "https://xrelay.example"):
+        assert startup.refusal(Settings(public_url=public, relay_domain="relay.example")) is None, public
 
 
 def test_listening_beyond_loopback_without_a_public_url_is_warned_about():

@@ -1,5 +1,8 @@
 """The landing page at ``/`` of the main host: what this server is, and where everything is.
 
+Its links are relative: behind a proxy that strips a path prefix (``--public-url https://h/prefix``)
+they stay under the prefix, and they work even when the public URL is wrong (the page then shows it).
+
 Plain HTML with no script and nothing loaded from elsewhere; every value in it is escaped. It names
 where the dashboard is, never a token or a session. A relay application's origin (``NAME.D`` with
 ``--relay-domain``) never gets it: those requests are relayed before routing (reversehub.server.app
@@ -46,7 +49,7 @@ def _dashboard(settings: Settings, admin_url: str | None) -> str:
 def render(settings: Settings, admin_url: str | None) -> str:
     origin = settings.public_origin
     if settings.admin_token is None:
-        gateway = 'Its state, the names and their waiting polls: <a href="/reversehttp">/reversehttp</a>.'
+        gateway = 'Its state, the names and their waiting polls: <a href="reversehttp">/reversehttp</a>.'
     else:
         gateway = "The list of names is on the dashboard."
     values = {

@@ -52,6 +52,14 @@ def refusal(settings: Settings) -> str | None:
         reason = _public_url_problem(settings.public_url)
         if reason is not None:
             return f"--public-url {settings.public_url}: {reason}"
+    if settings.relay_domain:
+        host = (urlsplit(settings.public_origin).hostname or "").lower()
+        if host.endswith("." + settings.relay_domain.lower().strip(".")):
+            # Hosts under the relay domain are relay applications' origins: requests to it would be
+            # relayed, and the landing page and the dashboard refuse to serve there.
+            return (
+                f"the public URL's host {host} is under --relay-domain {settings.relay_domain}, where relay names live"
+            )
     if settings.ssl_certfile:
         try:
             ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
