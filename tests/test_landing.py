@@ -125,6 +125,14 @@ def test_listening_beyond_loopback_without_a_public_url_is_warned_about():
     assert "https://[::]:8000" in warning
 
 
+def test_an_admin_listener_beyond_loopback_is_warned_about():
+    assert startup.warnings(Settings(admin_token=TOKEN)) == []
+    assert startup.warnings(Settings(admin_token=TOKEN, admin_listen="[::1]:8001")) == []
+    assert startup.warnings(Settings(admin_listen="0.0.0.0:8001")) == []  # no admin: no listener
+    (warning,) = startup.warnings(Settings(admin_token=TOKEN, admin_listen="0.0.0.0:8001"))
+    assert warning.startswith("--admin-listen 0.0.0.0:8001 is beyond loopback") and TOKEN not in warning
+
+
 def test_a_certificate_makes_the_default_public_url_https():
     assert Settings(port=8443, ssl_certfile="c.pem").public_origin == "https://127.0.0.1:8443"
     assert Settings(host="::1", port=80).public_origin == "http://[::1]:80"

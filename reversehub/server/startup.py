@@ -93,6 +93,13 @@ def warnings(settings: Settings) -> list[str]:
             f"listening on {settings.host} without --public-url: every relay and hub URL handed out starts with "
             f"{settings.public_origin}; pass --public-url with the URL clients use (e.g. https://hub.example.com)"
         )
+    if settings.admin_token is not None and not settings.relay_domain:
+        host = settings.admin_listen.rpartition(":")[0]
+        if not is_loopback(host):
+            found.append(
+                f"--admin-listen {settings.admin_listen} is beyond loopback: the dashboard's sign-in is open to "
+                "the network; keep it on 127.0.0.1 and reach it through an SSH tunnel"
+            )
     return found
 
 
