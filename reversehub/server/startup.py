@@ -61,12 +61,23 @@ def refusal(settings: Settings) -> str | None:
                 f"the public URL's host {host} is under --relay-domain {settings.relay_domain}, where relay names live"
             )
     if settings.ssl_certfile:
-        try:
-            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
-                settings.ssl_certfile, settings.ssl_keyfile
-            )
-        except (OSError, ssl.SSLError) as exc:
-            return f"cannot use --ssl-certfile {settings.ssl_certfile}: {exc.strerror or exc}"
+        return _certificate_problem(settings.ssl_certfile, settings.ssl_keyfile)
+    return None
+
+
+def _certificate_problem(certfile: str, keyfile: str | None) -> str | None:
+    asked: list[bool] = []
+
+    def passphrase() -> str:
+        # Never OpenSSL's prompt on the terminal (a service has none): an encrypted key is refused.
+        asked.append(True)
+        return ""
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile, passphrase)
+    except (OSError, ssl.SSLError) as exc:
+        reason = "the private key is encrypted; give one without a passphrase" if asked else exc.strerror or exc
+        return f"cannot use --ssl-certfile {certfile}: {reason}"
     return None
 
 

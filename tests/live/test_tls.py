@@ -137,12 +137,21 @@ def test_an_unreachable_public_url_is_refused_in_one_line(url: str, tmp_path: Pa
     assert not (tmp_path / "hub.db").exists()  # refused before anything was opened
 
 
-def test_an_unusable_certificate_is_refused_in_one_line(tmp_path: Path) -> None:
-    bogus = tmp_path / "cert.pem"
+def test_an_unusable_certificate_is_refused_in_one_line(tmp_path: Path, pki: Pki) -> None:  # noqa: F811
+    bogus = tmp_path / "bogus.pem"
     bogus.write_text("not a certificate\n")
+    encrypted = tmp_path / "encrypted.key"
+    subprocess.run(
+        ["openssl", "pkey", "-in", str(pki.key), "-aes256", "-passout", "pass:pw", "-out", str(encrypted)], check=True
+    )
     out = _serve("--ssl-certfile", str(bogus), "--database-url", f"sqlite:///{tmp_path}/hub.db")
     assert out.returncode == 1 and out.stderr.startswith(f"Error: cannot use --ssl-certfile {bogus}: ")
     assert out.stderr.count("\n") == 1, out.stderr
+    out = _serve("--ssl-certfile", str(pki.cert), "--ssl-keyfile", str(encrypted))
+    assert (out.returncode, out.stderr) == (
+        1,
+        f"Error: cannot use --ssl-certfile {pki.cert}: the private key is encrypted; give one without a passphrase\n",
+    )
     out = _serve("--ssl-certfile", str(tmp_path / "missing.pem"))
     assert out.returncode == 1 and "No such file" in out.stderr and out.stderr.count("\n") == 1
     out = _serve("--ssl-keyfile", str(bogus))
