@@ -25,7 +25,13 @@ pytestmark = pytest.mark.anyio
 TOKEN = "admin-s3cret"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 ADMIN_ORIGIN = "http://127.0.0.1:8001"
-PATHS = ["/", "/dashboard/login", "/dashboard/events", "/dashboard/api/state", "/dashboard/static/dashboard.js"]
+PATHS = [
+    "/dashboard/",
+    "/dashboard/login",
+    "/dashboard/events",
+    "/dashboard/api/state",
+    "/dashboard/static/dashboard.js",
+]
 ACTIONS = [
     "/dashboard/api/deliveries/1/retry",
     "/dashboard/api/deliveries/1/cancel",
@@ -70,12 +76,15 @@ async def test_off_without_an_admin_token(app_client):
                 assert (await c.get(path)).status_code == 404, path
             assert (await c.post("/dashboard/login", data={"token": "x"})).status_code == 404
             assert (await c.post("/dashboard/api/deliveries/1/retry")).status_code == 404
+        assert (await admin.get("/")).status_code == 404
+        assert 'id="deliveries"' not in (await client.get("/")).text  # the main host's / is the landing page
 
 
 async def test_the_main_listener_serves_no_admin_route(admin_app):
     _, client, _ = admin_app
     for path in PATHS:
         assert (await client.get(path, headers=BEARER)).status_code == 404, path
+    assert 'id="deliveries"' not in (await client.get("/", headers=BEARER)).text  # the landing page
     assert (await client.post("/dashboard/login", data={"token": TOKEN})).status_code == 404
     for url in ACTIONS:
         assert (await client.post(url, headers=BEARER)).status_code == 404, url

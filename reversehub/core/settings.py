@@ -35,6 +35,10 @@ class Settings:
     # and port from the public URL), so every relay application gets an origin of its own. None:
     # path-based /relay/NAME/ on the public origin (local use).
     relay_domain: str | None = None
+    # TLS on our own listener (uvicorn's options): a PEM certificate chain and its private key (the key
+    # may also sit in the certificate file). With a certificate the default public URL is https.
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
     database_url: str = "sqlite:///./reversehub.db"
     redis_url: str | None = None
     # Migrate the schema to head at start (the embedded default; operators may prefer `db upgrade`).
@@ -174,7 +178,9 @@ class Settings:
         """The public URL without a trailing slash; by default the address we listen on."""
         if self.public_url:
             return self.public_url.rstrip("/")
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.ssl_certfile else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def outbox_stale(self) -> float:

@@ -44,7 +44,7 @@ from reversehub.core.outbound import HttpxOutbound, LeanOutbound, Outbound, OwnR
 from reversehub.core.services import Services
 from reversehub.core.settings import Settings
 from reversehub.core.supervise import essential
-from reversehub.server import dashboard, health
+from reversehub.server import dashboard, health, landing, tlsask
 from reversehub.server.accesslog import AccessLogMiddleware
 from reversehub.server.accesslog import logger as access_logger
 from reversehub.server.cors import Cors
@@ -278,7 +278,15 @@ def create_app(
     app = (CorsReverseHub if settings.cors_origins else ReverseHub)(
         settings=settings,
         urls=urls,
-        routes=[*health.routes(), *_admin_routes_here(settings), *relay_routes(urls), *hub_routes(), *client_routes()],
+        routes=[
+            *health.routes(),
+            *landing.routes(),  # ahead of the admin routes: on the main host the dashboard is at /dashboard/
+            *tlsask.routes(),
+            *_admin_routes_here(settings),
+            *relay_routes(urls),
+            *hub_routes(),
+            *client_routes(),
+        ],
         middleware=[
             Middleware(AccessLogMiddleware),
             # Per-client budgets from method and path: refused requests cost no more than a counter.

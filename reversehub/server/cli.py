@@ -226,7 +226,22 @@ def serve_options(f: Any) -> Any:
                 {"default": defaults.database_url, "help": "SQLAlchemy URL (sqlite:///…, postgresql://…)."},
             ),
             ("redis-url", {"default": None, "help": "Redis URL for the shared broker (scale-out)."}),
-            ("public-url", {"default": None, "help": "How the world reaches this server [default: http://HOST:PORT]."}),
+            (
+                "public-url",
+                {"default": None, "help": "How the world reaches this server [default: http(s)://HOST:PORT]."},
+            ),
+            (
+                "ssl-certfile",
+                {
+                    "default": None,
+                    "type": click.Path(dir_okay=False),
+                    "help": "TLS certificate chain (PEM) to serve HTTPS; the default public URL is then https.",
+                },
+            ),
+            (
+                "ssl-keyfile",
+                {"default": None, "type": click.Path(dir_okay=False), "help": "Private key (PEM) of --ssl-certfile."},
+            ),
             (
                 "relay-domain",
                 {
@@ -345,9 +360,14 @@ def settings_from(options: dict[str, Any]) -> Settings:
 @serve_options
 def serve(**options: Any) -> None:
     """Run the hub and relay (embedded SQLite by default); SIGTERM drains (reversehub.server.serve)."""
+    from reversehub.server.startup import refusal
+
     settings = settings_from(options)
     if settings.workers > 1 and not settings.redis_url:
         raise click.UsageError("--workers > 1 needs --redis-url: processes share transient state through Redis")
+    reason = refusal(settings)
+    if reason is not None:
+        raise click.ClickException(reason)  # one line ("Error: ..."), exit status 1
     from reversehub.server.serve import serve as run_server
 
     run_server(settings)

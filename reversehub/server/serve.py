@@ -40,6 +40,7 @@ from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from reversehub.core.settings import SHUTDOWN_GRACE, Settings
+from reversehub.server import startup
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +172,8 @@ def config_for(app: Any, settings: Settings) -> uvicorn.Config:
         access_log=False,  # ours (reversehub.server.accesslog) leaves capability URLs out
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(SHUTDOWN_GRACE),
+        ssl_certfile=settings.ssl_certfile,
+        ssl_keyfile=settings.ssl_keyfile,
         **options,
     )
     logging.getLogger("uvicorn.error").addFilter(WITHOUT_WEBSOCKET_HINT)  # once: the same filter object
@@ -256,6 +259,15 @@ class DrainingServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+def announce(settings: Settings, admin_sock: socket.socket | None) -> None:
+    """Log what a person needs to reach this server (reversehub.server.startup)."""
+    for warning in startup.warnings(settings):
+        logger.warning("%s", warning)
+    admin = None if admin_sock is None else admin_url(admin_sock, settings)
+    for line in startup.summary(settings, admin):
+        logger.info("%s", line)
+
+
 def serve(settings: Settings) -> None:
     """Run in this process, or supervise ``settings.workers`` worker processes."""
     setup_logging(settings)
@@ -264,10 +276,12 @@ def serve(settings: Settings) -> None:
         from reversehub.server.app import admin_listener_wanted, create_app
 
         if not admin_listener_wanted(settings):
+            announce(settings, None)
             server = DrainingServer(config_for(create_app(settings), settings))
             server.run()
         else:
             admin_sock = bind_admin(settings.admin_listen)
+            announce(settings, admin_sock)
             config = config_for(with_admin(create_app(settings), admin_sock), settings)
             server = DrainingServer(config)
             server.run(sockets=[config.bind_socket(), admin_sock])
@@ -323,7 +337,7 @@ def parse_address(address: str) -> tuple[str, int]:
 
 
 def bind_admin(address: str) -> socket.socket:
-    """Bind the admin listener (``--admin-listen``) and log its URL; exit with status 3 if we cannot."""
+    """Bind the admin listener (``--admin-listen``); exit with status 3 if we cannot."""
     host, port = parse_address(address)
     try:
         family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
@@ -334,10 +348,14 @@ def bind_admin(address: str) -> socket.socket:
         logger.error("cannot listen on --admin-listen %s: %s", address, exc)
         sys.exit(3)
     sock.set_inheritable(True)
-    bound_host, bound_port = sock.getsockname()[:2]
-    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    logger.info("dashboard at http://%s:%d/ (admin listener)", shown, bound_port)
     return sock
+
+
+def admin_url(sock: socket.socket, settings: Settings) -> str:
+    """The admin listener's URL: uvicorn serves every socket it is given with the same TLS."""
+    host, port = sock_address(sock)
+    shown = f"[{host}]" if ":" in host else host
+    return f"{'https' if settings.ssl_certfile else 'http'}://{shown}:{port}/"
 
 
 class AdminSplit:
@@ -376,6 +394,7 @@ def with_admin(app: Starlette, admin_sock: socket.socket) -> AdminSplit:
     """``app`` on its listener, and its admin app (reversehub.server.app.create_admin_app) on ``admin_sock``."""
     from reversehub.server.app import create_admin_app
 
+    app.state.admin_url = admin_url(admin_sock, app.state.settings)  # the landing page says where the dashboard is
     return AdminSplit(app, create_admin_app(app), admin_sock)
 
 
@@ -420,6 +439,7 @@ class Supervisor:
 
             if admin_listener_wanted(self.settings):
                 admin_sock = bind_admin(self.settings.admin_listen)
+        announce(self.settings, admin_sock)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         processes = [self._start(sock, admin_sock) for _ in range(self.settings.workers)]

@@ -61,7 +61,7 @@ EVIL_PAGE = """<!doctype html>
   const withCookies = { credentials: "include" };
   await attempt("fetch_state", async () => readable(await fetch(ADMIN + "/dashboard/api/state", withCookies)));
   await attempt("fetch_listing", async () => readable(await fetch(ADMIN + "/reversehttp", withCookies)));
-  await attempt("fetch_page", async () => readable(await fetch(ADMIN + "/", withCookies)));
+  await attempt("fetch_page", async () => readable(await fetch(ADMIN + "/dashboard/", withCookies)));
   await attempt("fetch_events", async () => readable(await fetch(ADMIN + "/dashboard/events", withCookies)));
   await attempt("xhr_state", () => new Promise((resolve, reject) => {
     const x = new XMLHttpRequest();
@@ -83,14 +83,14 @@ EVIL_PAGE = """<!doctype html>
   await attempt("own_storage", async () =>
     JSON.stringify({ session: { ...sessionStorage }, local: { ...localStorage }, cookie: document.cookie }));
   await attempt("popup", async () => {
-    const w = window.open(ADMIN + "/", "admin");
+    const w = window.open(ADMIN + "/dashboard/", "admin");
     await new Promise((resolve) => setTimeout(resolve, 1000));
     try { return "read " + w.sessionStorage.getItem(%(key)s) + " " + w.document.body.textContent; }
     finally { w.close(); }
   });
   await attempt("frame", async () => {
     const f = document.createElement("iframe");
-    f.src = ADMIN + "/";
+    f.src = ADMIN + "/dashboard/";
     const loaded = settle(f, 3000);
     document.body.append(f);
     await loaded;
@@ -210,7 +210,7 @@ async def test_a_relayed_page_can_neither_read_nor_drive_the_dashboard(
         before = await names(http, admin)
         assert before == ["evil", "victim"]
         if layout == "path":  # nothing of the admin side on the relay's origin
-            for path in ("/", "/dashboard/login", "/dashboard/api/state"):
+            for path in ("/dashboard/", "/dashboard/login", "/dashboard/api/state"):
                 assert (await http.get(main + path, headers={"Authorization": f"Bearer {TOKEN}"})).status_code == 404
 
         context = await browser.new_context()
@@ -219,11 +219,11 @@ async def test_a_relayed_page_can_neither_read_nor_drive_the_dashboard(
         page.on("pageerror", lambda exc: errors.append(str(exc)))
 
         # The admin signs in.
-        await page.goto(admin + "/")
+        await page.goto(admin + "/dashboard/")
         await page.wait_for_url(admin + "/dashboard/login")
         await page.fill("#token", TOKEN)
         await page.click("button[type=submit]")
-        await page.wait_for_url(admin + "/")
+        await page.wait_for_url(admin + "/dashboard/")
         await expect(page.locator("#live")).to_have_text("live")
         await expect(page.locator("#registrations tbody")).to_contain_text("victim")
         session = await page.evaluate(f"sessionStorage.getItem({json.dumps(SESSION_KEY)})")
@@ -278,8 +278,8 @@ async def test_a_relayed_page_can_neither_read_nor_drive_the_dashboard(
         # Nothing changed, and the admin is still signed in: the session reads and acts.
         assert await names(http, admin) == before
         assert (await http.get(admin + "/dashboard/api/state", headers=signed_in)).status_code == 200
-        await page.goto(admin + "/")  # back in the tab the relayed page ran in
-        assert page.url == admin + "/"
+        await page.goto(admin + "/dashboard/")  # back in the tab the relayed page ran in
+        assert page.url == admin + "/dashboard/"
         await expect(page.locator("#live")).to_have_text("live")
         await expect(page.locator("#registrations tbody")).to_contain_text("victim")
         assert await page.evaluate(f"sessionStorage.getItem({json.dumps(SESSION_KEY)})") == session

@@ -41,9 +41,12 @@ async def test_serve_puts_the_dashboard_on_the_admin_listener_only(tmp_path: Pat
             await wait_for(lambda: _up(http, main + "/healthz", proc, log), timeout=30, interval=0.05)
             await wait_for(lambda: _up(http, admin + "/dashboard/login", proc, log), timeout=30, interval=0.05)
             assert f"dashboard at {admin}/" in log.read_text()
-            for path in ("/", "/dashboard/login", "/dashboard/api/state", "/dashboard/static/dashboard.js"):
+            for path in ("/dashboard/", "/dashboard/login", "/dashboard/api/state", "/dashboard/static/dashboard.js"):
                 assert (await http.get(main + path, headers=BEARER)).status_code == 404, path
                 assert (await http.get(admin + path, headers=BEARER)).status_code == 200, path
+            # The main host's / is the landing page: it says where the dashboard is.
+            assert (await http.get(admin + "/")).status_code == 200
+            assert f'href="{admin}/"' in (await http.get(main + "/")).text
             # Which app answers is decided by the socket a request came in on, never by its headers.
             spoofed = {**BEARER, "Host": f"127.0.0.1:{admin_port}"}
             assert (await http.get(main + "/dashboard/api/state", headers=spoofed)).status_code == 404
@@ -75,7 +78,8 @@ async def test_without_an_admin_token_no_admin_listener_is_opened(tmp_path: Path
             await wait_for(lambda: _up(http, f"http://127.0.0.1:{port}/healthz", proc, log), timeout=30, interval=0.05)
             with pytest.raises(httpx.ConnectError):
                 await http.get(f"http://127.0.0.1:{admin_port}/")
-            assert (await http.get(f"http://127.0.0.1:{port}/")).status_code == 404
+            landing = await http.get(f"http://127.0.0.1:{port}/")
+            assert landing.status_code == 200 and "Dashboard" in landing.text and "--admin-token" in landing.text
     finally:
         proc.terminate()
         proc.wait(20)

@@ -100,7 +100,7 @@ async def sign_in(page: Any, base: str) -> None:
     assert page.url == base + "/dashboard/login"
     await page.fill("#token", TOKEN)
     await page.click("button[type=submit]")
-    await page.wait_for_url(base + "/")
+    await page.wait_for_url(base + "/dashboard/")
     await expect(page.locator("#live")).to_have_text("live")
     assert "token" not in page.url
 

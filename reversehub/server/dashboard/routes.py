@@ -194,7 +194,8 @@ def _action(perform: Callable[..., Awaitable[bool]]) -> Endpoint:
 def routes() -> list[BaseRoute]:
     """The dashboard and its API (``/``, ``/dashboard/...``)."""
     return [
-        Route("/", index, methods=["GET"]),
+        Route("/", index, methods=["GET"]),  # on the admin listener; the main host's / is the landing page
+        Route("/dashboard/", index, methods=["GET"]),
         Route("/dashboard/login", login_form, methods=["GET"]),
         Route("/dashboard/login", login, methods=["POST"]),
         Route("/dashboard/logout", logout, methods=["POST"]),

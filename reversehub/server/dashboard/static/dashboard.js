@@ -206,7 +206,7 @@ function signIn() {
     });
     if (!r.ok) { message.textContent = (await r.text()).trim(); return; }
     window.sessionStorage.setItem(SESSION, (await r.json()).session);
-    window.location.replace("/");
+    window.location.replace("/dashboard/");
   });
 }
 
