@@ -27,6 +27,7 @@ from hub.errors import FetchFailed, URLRefused
 from hub.metrics import HubMetrics
 from hub.models import Subscription, SupSource, Topic
 from hub.netguard import NetGuard
+from reversehub.core.backoff import backoff
 from reversehub.core.outbound import OutboundError
 from reversehub.core.services import Services
 
@@ -39,6 +40,8 @@ ACCEPT = (
 MAX_REDIRECTS = 5
 BATCH = 32
 BASELINE_RETRY = 60.0
+# A topic pinged within this long is polled only as a safety net (poll_max_interval).
+PINGED_LATELY = 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -211,16 +214,41 @@ class Fetcher:
     async def process(self, topic: Topic, *, baseline: bool = False) -> int:
         """Fetch one topic and distribute what is new; returns the number of deliveries queued.
 
-        ``baseline``: only record what is there (entries, validators), distribute nothing."""
+        ``baseline``: only record what is there (entries, validators), distribute nothing. So does
+        any fetch of a topic without a baseline (``fetched_at`` None: its subscribe-time fetch
+        failed): the feed's entries at its first successful answer are what its subscribers had.
+
+        A fetch that fails (an error, a 4xx/5xx, a body that cannot be read) is tried again after
+        an exponential backoff up to ``poll_max_interval``; a success resets it. Whatever the
+        failure, the topic's claim is settled here, so no topic is fetched again at the claim's
+        expiry forever."""
         started = time.time()
-        pinged = topic.ping_at is not None
         try:
-            fetched = await self.fetch(topic.url, topic.etag, topic.last_modified)
-        except FetchFailed as exc:
-            logger.info("topic fetch failed: %s", exc)
+            return await self._process(topic, started, baseline)
+        except Exception as exc:
+            if isinstance(exc, FetchFailed):
+                logger.info("topic fetch failed: %s", exc)
+            else:
+                logger.warning("processing a fetched topic failed", exc_info=True)
             self.metrics.fetches.labels("error").inc()
-            await self._finish(topic, started, changed=False, values={})
+            await self._failed(topic, started, baseline)
             return 0
+
+    async def entries_of(self, content_type: str, body: bytes) -> dict[str, str]:
+        """The entries of a fat ping's body as a fetch would remember them (key hash -> content
+        hash); empty for a body that is not a feed. They are remembered with the fat ping, so that
+        a later fetch of the topic sends none of them again."""
+        if not feeds.is_feed_type(content_type):
+            return {}
+        try:
+            diff = await anyio.to_thread.run_sync(feeds.diff, body, content_type, None)
+        except Exception:  # the publisher's body goes out as it is all the same
+            logger.info("a fat ping's feed could not be read for its entries", exc_info=True)
+            return {}
+        return diff.entries
+
+    async def _process(self, topic: Topic, started: float, baseline: bool) -> int:
+        fetched = await self.fetch(topic.url, topic.etag, topic.last_modified)
         if fetched.status == 304:
             self.metrics.fetches.labels("unchanged").inc()
             await self._finish(topic, started, changed=False, values={"fetched_at": started})
@@ -235,14 +263,16 @@ class Fetcher:
             "fetched_at": started,
         }
         link = sup.from_headers(fetched.headers)
-        async with store.writing(self.services.sessions) as s:
-            known = await store.known_entries(s, topic.id) if topic.fetched_at is not None else None
+        # What went out before, by fetches and fat pings alike: one model, whatever sent it.
+        async with self.services.sessions() as s:
+            known = await store.known_entries(s, topic.id)
         diff = None
         if feeds.is_feed_type(content_type):
             diff = await anyio.to_thread.run_sync(feeds.diff, fetched.body, content_type, known)
             if link is None and diff.sup:
                 link = sup.split(diff.sup)
-        baseline = baseline or (topic.fetched_at is None and not pinged)
+        baseline = baseline or topic.fetched_at is None
+        out: bytes | None
         if diff is not None and diff.kind is not None:
             out = diff.body
         else:
@@ -254,7 +284,7 @@ class Fetcher:
         queued = 0
         async with store.writing(self.services.sessions) as s:
             if diff is not None and diff.entries:
-                await store.remember_entries(s, topic.id, diff.entries, known or {})
+                await store.remember_entries(s, topic.id, diff.entries, known)
             if out is not None:
                 queued = (
                     await store.enqueue(
@@ -269,6 +299,15 @@ class Fetcher:
             self._on_enqueued()  # type: ignore[operator]
         return queued
 
+    def _safety_net(self, topic: Topic, started: float, covered: bool) -> bool:
+        """Whether the topic is polled only at ``poll_max_interval``: its publisher pings it (lately)
+        or a SUP document covers it, so a poll is there only for a ping or an update that was lost."""
+        pinged_at = topic.pinged_at
+        if topic.ping_at is not None:
+            pinged_at = max(pinged_at or 0.0, topic.ping_at)
+        pinged = pinged_at is not None and started - pinged_at < PINGED_LATELY
+        return pinged or covered or topic.sup_url is not None
+
     async def _finish(
         self, topic: Topic, started: float, *, changed: bool, values: dict[str, object], covered: bool = False
     ) -> None:
@@ -276,14 +315,23 @@ class Fetcher:
         interval = topic.poll_interval or s.poll_min_interval
         interval = interval / 2 if changed else interval * 2
         interval = max(s.poll_min_interval, min(s.poll_max_interval, interval))
-        pinged = topic.ping_at is not None or covered or topic.sup_url is not None
-        next_poll = started + (s.poll_max_interval if pinged else interval)
+        next_poll = started + (s.poll_max_interval if self._safety_net(topic, started, covered) else interval)
+        await self._settle(topic, started, {"poll_interval": interval, "next_poll_at": next_poll, **values})
+
+    async def _failed(self, topic: Topic, started: float, baseline: bool) -> None:
+        failures = topic.fetch_failures + 1
+        wait = backoff(failures, self.settings.poll_min_interval, self.settings.poll_max_interval)
+        values: dict[str, object] = {"fetch_failures": failures, "next_poll_at": started + wait}
+        if baseline:
+            # A baseline that could not be taken: what the hub remembers of the topic may be old
+            # (nobody listened for a while), so the next successful fetch is the baseline.
+            values["fetched_at"] = None
+        await self._settle(topic, started, values)
+
+    async def _settle(self, topic: Topic, started: float, values: dict[str, object]) -> None:
+        values.setdefault("fetch_failures", 0)
         async with store.writing(self.services.sessions) as session:
-            await session.execute(
-                update(Topic)
-                .where(Topic.id == topic.id)
-                .values(poll_interval=interval, next_poll_at=next_poll, fetch_claimed_until=None, **values)
-            )
+            await session.execute(update(Topic).where(Topic.id == topic.id).values(fetch_claimed_until=None, **values))
             # A ping that came in while we fetched stays, so that change is fetched too.
             await session.execute(
                 update(Topic).where(Topic.id == topic.id, Topic.ping_at <= started).values(ping_at=None)

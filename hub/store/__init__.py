@@ -52,6 +52,7 @@ from hub.store.topics import (
     prune_topics,
     record_pings,
     remember_entries,
+    topic_id,
 )
 
 __all__ = [
@@ -89,5 +90,6 @@ __all__ = [
     "release",
     "remember_entries",
     "replay",
+    "topic_id",
     "writing",
 ]

@@ -1,0 +1,134 @@
+"""Feed state across fetches (issue 15): fat pings and fetched entries in one model, no topic ever
+wedged, failing fetches backing off, baselines that spare subscribers the back catalogue.
+
+The background fetcher is stopped in most of these tests and the topic processed by hand: each
+fetch is then one awaited call, and an error in it fails the test instead of a log line."""
+
+from __future__ import annotations
+
+import random
+
+import feedparser
+import pytest
+from sqlalchemy import select, update
+
+from hub import store
+from hub.models import Payload, Topic
+from tests.hub import documents
+from tests.hub.conftest import SUB, subscribe
+from tests.hub.peers import Document
+
+pytestmark = pytest.mark.anyio
+
+FEED = "http://pub.test/feed.xml"
+ATOM = "application/atom+xml"
+
+
+def atom(versions: dict[int, int]) -> bytes:
+    """An Atom feed of entries ``{number: version}``, newest (highest number) first."""
+    order = sorted(versions, reverse=True)
+    return documents.atom(order, changed={i: f"v{versions[i]}" for i in order})
+
+
+def entries(body: bytes) -> list[tuple[int, int]]:
+    """(number, version) of each entry of an Atom document made by :func:`atom`."""
+    return [(int(e.id.rsplit("-", 1)[1]), int(e.summary[1:])) for e in feedparser.parse(body).entries]
+
+
+async def topic_row(app, url: str = FEED) -> Topic:
+    async with app.state.hub.services.sessions() as s:
+        return (await s.execute(select(Topic).where(Topic.url == url))).scalar_one()
+
+
+async def payloads(app, url: str = FEED) -> list[bytes]:
+    async with app.state.hub.services.sessions() as s:
+        return list((await s.execute(select(Payload.body).where(Payload.topic == url).order_by(Payload.id))).scalars())
+
+
+async def fetch(app, *, pinged: bool = True, url: str = FEED) -> int:
+    """One fetch of the topic as the fetcher makes it after a ping (or a poll): its error is ours."""
+    if pinged:
+        await store.record_pings(app.state.hub.services.sessions, [url])
+    return await app.state.hub.fetcher.process(await topic_row(app, url))
+
+
+async def fat_ping(client, body: bytes, url: str = FEED) -> None:
+    r = await client.post(f"/publish?hub.topic={url}", content=body, headers={"Content-Type": ATOM})
+    assert r.status_code == 204, r.text
+
+
+@pytest.fixture
+async def quiet_hub(make_hub):
+    """A hub whose fetcher loop is stopped: tests call ``fetcher.process`` themselves."""
+
+    async def factory(**overrides):
+        app, client = await make_hub(**overrides)
+        app.state.hub.fetcher.close()
+        return app, client
+
+    return factory
+
+
+async def test_a_fetch_after_a_fat_ping_is_not_wedged(quiet_hub, peer):
+    app, client = await quiet_hub()
+    peer.documents["/feed.xml"] = Document(ATOM, atom({1: 0}))
+    await subscribe(client, peer, FEED, SUB + "/cb")
+    await fat_ping(client, atom({2: 0, 1: 0}))
+    peer.documents["/feed.xml"] = Document(ATOM, atom({3: 0, 2: 0, 1: 0}))
+    await fetch(app)  # raised IntegrityError (hub_entries.topic_id, key_hash) here, and on every fetch after
+    peer.documents["/feed.xml"] = Document(ATOM, atom({4: 0, 3: 0, 2: 0, 1: 0}))
+    await fetch(app, pinged=False)
+    sent = [entries(body) for body in await payloads(app)]
+    # The fat ping as it was; then each fetch only what neither the baseline nor the fat ping sent.
+    assert sent == [[(2, 0), (1, 0)], [(3, 0)], [(4, 0)]]
+    assert (await topic_row(app)).fetch_failures == 0
+
+
+async def test_a_fat_ping_to_a_topic_never_fetched_then_its_feed(quiet_hub, peer):
+    app, client = await quiet_hub()
+    peer.documents["/feed.xml"] = Document(ATOM, atom({1: 0}))
+    await subscribe(client, peer, FEED, SUB + "/cb")
+    async with store.writing(app.state.hub.services.sessions) as s:  # as if its baseline had failed
+        await s.execute(update(Topic).values(fetched_at=None))
+    await fat_ping(client, atom({2: 0, 1: 0}))
+    await fetch(app)  # the first successful fetch is the baseline: nothing goes out
+    peer.documents["/feed.xml"] = Document(ATOM, atom({3: 0, 2: 1, 1: 0}))
+    await fetch(app)
+    assert [entries(body) for body in await payloads(app)] == [[(2, 0), (1, 0)], [(3, 0), (2, 1)]]
+
+
+@pytest.mark.parametrize("seed", range(12))
+async def test_no_sequence_of_fat_pings_pings_and_polls_wedges_a_topic(quiet_hub, peer, seed):
+    """Random sequences of publisher edits, fat pings, pings and polls. After every fetch, every
+    entry version the feed shows has gone out (unless it was there at the baseline), and a fetch
+    never sends a version that went out before (by a fetch or a fat ping)."""
+    rng = random.Random(seed)
+    app, client = await quiet_hub()
+    feed = {1: 0, 2: 0}
+    peer.documents["/feed.xml"] = Document(ATOM, atom(feed))
+    await subscribe(client, peer, FEED, SUB + "/cb")
+    baseline = set(feed.items())
+    sent: set[tuple[int, int]] = set()
+    seen_payloads = 0
+    for _ in range(14):
+        op = rng.choice(["add", "edit", "fat", "fat", "ping", "poll"])
+        if op == "add":
+            feed[max(feed) + 1] = 0
+        elif op == "edit":
+            feed[rng.choice(list(feed))] += 1
+        elif op == "fat":
+            shown = rng.sample(sorted(feed), rng.randint(1, len(feed)))
+            await fat_ping(client, atom({i: feed[i] for i in shown}))
+        else:
+            await fetch(app, pinged=op == "ping")
+        peer.documents["/feed.xml"] = Document(ATOM, atom(feed))
+        bodies = await payloads(app)
+        for body in bodies[seen_payloads:]:
+            got = entries(body)
+            if op in ("ping", "poll"):
+                assert not sent.intersection(got), (op, got, sent)
+            sent.update(got)
+        seen_payloads = len(bodies)
+        if op in ("ping", "poll"):
+            assert set(feed.items()) - baseline <= sent, (feed, sent)
+    assert (await topic_row(app)).fetch_failures == 0
