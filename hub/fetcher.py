@@ -40,6 +40,7 @@ ACCEPT = (
 MAX_REDIRECTS = 5
 BATCH = 32
 BASELINE_RETRY = 60.0
+BASELINE_FRESH = 10.0
 # A topic pinged within this long is polled only as a safety net (poll_max_interval).
 PINGED_LATELY = 7 * 24 * 3600.0
 
@@ -64,6 +65,8 @@ class Fetcher:
         self._baselines: dict[str, anyio.Lock] = {}
         # Topics whose baseline fetch failed within BASELINE_RETRY: bounded, since anyone may subscribe.
         self._baseline_failed: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=BASELINE_RETRY, timer=time.monotonic)
+        # Topics whose baseline was taken within BASELINE_FRESH: bounded like the failures.
+        self._fresh: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=BASELINE_FRESH, timer=time.monotonic)
 
     def wake(self) -> None:
         self._wake.set()
@@ -173,35 +176,43 @@ class Fetcher:
                 logger.exception("processing a topic failed")
 
     async def baseline(self, url: str) -> None:
-        """Record what a topic holds now, before its first subscriber is told it is subscribed.
+        """Record what a topic holds now, before a subscriber is told it is subscribed.
 
-        Called between a subscribe request and its verification GET: a publisher that adds an
-        entry and pings once the subscriber is subscribed then finds the entry new. Concurrent
-        subscribers of one new topic share one fetch; a topic that has its baseline costs one read,
-        outside the lock, so that a thousand subscribers of it are not verified one by one, and a
-        topic whose baseline failed a moment ago costs none."""
-        if self._failed_lately(url) or await self._fetched(url):
+        Called between a subscribe request and its verification GET, unless the topic has an
+        active subscriber (then the fetcher keeps what the hub remembers of it current): for a new
+        topic, and for one nobody listened to for a while, whose entries added meanwhile must not
+        reach the new subscriber. A publisher that adds an entry and pings once the subscriber is
+        subscribed then finds the entry new. Subscribers of one topic arriving together share one
+        fetch; a topic with its baseline costs one read, outside the lock, so that a thousand
+        subscribers of it are not verified one by one, and a topic whose baseline failed a moment
+        ago costs none (its next successful fetch is then the baseline)."""
+        if self._failed_lately(url) or self._shared(url) or await self._fetched(url):
             return
         lock = self._baselines.setdefault(url, anyio.Lock())
         try:
             async with lock:
+                if self._failed_lately(url) or self._shared(url):
+                    return
+                started = time.time()
+                async with store.writing(self.services.sessions) as s:
+                    await store.ensure_topic(s, url, started)
                 async with self.services.sessions() as s:
-                    topic = (await s.execute(select(Topic).where(Topic.url == url))).scalar_one_or_none()
-                if topic is not None and topic.fetched_at is not None:
-                    return
-                if self._failed_lately(url):
-                    return
-                if topic is None:
-                    async with store.writing(self.services.sessions) as s:
-                        await store.ensure_topic(s, url, time.time())
-                    async with self.services.sessions() as s:
-                        topic = (await s.execute(select(Topic).where(Topic.url == url))).scalar_one()
+                    topic = (await s.execute(select(Topic).where(Topic.url == url))).scalar_one()
                 await self.process(topic, baseline=True)
-                if not await self._fetched(url):
+                async with self.services.sessions() as s:
+                    fetched_at = (await s.execute(select(Topic.fetched_at).where(Topic.url == url))).scalar_one()
+                if fetched_at is not None and fetched_at >= started:
+                    self._fresh[url] = True
+                else:
                     self._baseline_failed[url] = True
         finally:
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._baselines.pop(url, None)
+
+    def _shared(self, url: str) -> bool:
+        """Whether a baseline of ``url`` was taken in the last BASELINE_FRESH seconds: subscribers
+        that come together share it, however long their verifications take."""
+        return url in self._fresh
 
     def _failed_lately(self, url: str) -> bool:
         """An unreachable topic must not hold up every subscription to it (nor cost each one a read)."""

@@ -7,6 +7,7 @@ fetch is then one awaited call, and an error in it fails the test instead of a l
 from __future__ import annotations
 
 import random
+import time
 
 import feedparser
 import pytest
@@ -132,3 +133,83 @@ async def test_no_sequence_of_fat_pings_pings_and_polls_wedges_a_topic(quiet_hub
         if op in ("ping", "poll"):
             assert set(feed.items()) - baseline <= sent, (feed, sent)
     assert (await topic_row(app)).fetch_failures == 0
+
+
+def gone(peer, path: str = "/feed.xml", status: int = 404) -> None:
+    """The publisher's feed answers ``status``."""
+    peer.documents.pop(path, None)
+    peer.verify_answer[path] = lambda _params: (status, "")
+
+
+def serve(peer, body: bytes, path: str = "/feed.xml") -> None:
+    peer.verify_answer.pop(path, None)
+    peer.documents[path] = Document(ATOM, body)
+
+
+async def test_a_failed_subscribe_time_fetch_makes_the_first_answer_the_baseline(quiet_hub, peer):
+    app, client = await quiet_hub()
+    gone(peer)
+    await subscribe(client, peer, FEED, SUB + "/cb")  # its baseline fetch got a 404
+    serve(peer, atom(dict.fromkeys(range(1, 51), 0)))
+    await fetch(app)  # sent all 50 entries
+    assert await payloads(app) == []
+    serve(peer, atom(dict.fromkeys(range(1, 52), 0)))
+    await fetch(app)
+    assert [entries(body) for body in await payloads(app)] == [[(51, 0)]]
+
+
+async def test_a_new_subscriber_gets_nothing_added_while_nobody_listened(quiet_hub, peer):
+    app, client = await quiet_hub()
+    serve(peer, atom({1: 0}))
+    await subscribe(client, peer, FEED, SUB + "/a")
+    await store.deactivate(app.state.hub.services.sessions, FEED, SUB + "/a", "unsubscribed")
+    serve(peer, atom({3: 0, 2: 0, 1: 1}))  # nobody listens: nobody fetches
+    app.state.hub.fetcher._fresh.clear()  # a while later: subscribers coming together share a baseline
+    await subscribe(client, peer, FEED, SUB + "/b")
+    serve(peer, atom({4: 0, 3: 0, 2: 0, 1: 1}))
+    await fetch(app)
+    assert [entries(body) for body in await payloads(app)] == [[(4, 0)]]
+
+
+async def test_a_returning_subscriber_whose_baseline_fails_gets_no_burst_either(quiet_hub, peer):
+    app, client = await quiet_hub()
+    serve(peer, atom({1: 0}))
+    await subscribe(client, peer, FEED, SUB + "/a")
+    await store.deactivate(app.state.hub.services.sessions, FEED, SUB + "/a", "unsubscribed")
+    gone(peer, status=503)
+    app.state.hub.fetcher._fresh.clear()
+    await subscribe(client, peer, FEED, SUB + "/b")
+    serve(peer, atom({3: 0, 2: 0, 1: 0}))
+    await fetch(app)
+    serve(peer, atom({4: 0, 3: 0, 2: 0, 1: 0}))
+    await fetch(app)
+    assert [entries(body) for body in await payloads(app)] == [[(4, 0)]]
+
+
+async def test_subscribers_of_a_listened_topic_need_no_baseline_fetch(quiet_hub, peer):
+    app, client = await quiet_hub()
+    serve(peer, atom({1: 0}))
+    await subscribe(client, peer, FEED, SUB + "/a")
+    await subscribe(client, peer, FEED, SUB + "/b")
+    assert len(peer.fetches) == 1
+
+
+async def test_a_failing_fetch_backs_off_up_to_the_maximum_and_a_success_resets_it(quiet_hub, peer):
+    app, client = await quiet_hub(poll_min_interval=10.0, poll_max_interval=100.0)
+    serve(peer, atom({1: 0}))
+    await subscribe(client, peer, FEED, SUB + "/cb")
+    for status in (404, 500):
+        gone(peer, status=status)
+        for failures in range(1, 8):
+            started = time.time()
+            await fetch(app, pinged=failures % 2 == 0)
+            topic = await topic_row(app)
+            assert topic.fetch_failures == failures and topic.ping_at is None
+            wait = min(100.0, 10.0 * 2 ** (failures - 1))  # jittered to 50-100 % of it
+            assert started + wait / 2 <= topic.next_poll_at <= time.time() + wait
+        serve(peer, atom({2: 0, 1: 0}))
+        await fetch(app, pinged=False)
+        topic = await topic_row(app)
+        # Answered again: polled as any topic its publisher pings, at the maximum as a safety net.
+        assert topic.fetch_failures == 0 and time.time() + 90.0 <= topic.next_poll_at <= time.time() + 100.0
+    assert [entries(body) for body in await payloads(app)] == [[(2, 0)]]
