@@ -213,3 +213,36 @@ async def test_a_failing_fetch_backs_off_up_to_the_maximum_and_a_success_resets_
         # Answered again: polled as any topic its publisher pings, at the maximum as a safety net.
         assert topic.fetch_failures == 0 and time.time() + 90.0 <= topic.next_poll_at <= time.time() + 100.0
     assert [entries(body) for body in await payloads(app)] == [[(2, 0)]]
+
+
+async def test_a_pinged_topic_stays_at_the_safety_net_poll(quiet_hub, peer):
+    app, client = await quiet_hub(poll_min_interval=10.0, poll_max_interval=1000.0)
+    serve(peer, atom({1: 0}))
+    serve(peer, atom({1: 0}), path="/other.xml")
+    await subscribe(client, peer, FEED, SUB + "/a")
+    await subscribe(client, peer, "http://pub.test/other.xml", SUB + "/b")
+    await fetch(app, pinged=True)
+    for _ in range(3):  # its safety-net polls: it went back to adaptive polling after the first
+        await fetch(app, pinged=False)
+        assert (await topic_row(app)).next_poll_at >= time.time() + 990
+    for _ in range(3):  # a topic nobody pings is polled adaptively
+        await fetch(app, pinged=False, url="http://pub.test/other.xml")
+        assert (await topic_row(app, "http://pub.test/other.xml")).next_poll_at <= time.time() + 80
+
+
+def test_poll_interval_flags_and_variables() -> None:
+    from reversehub.core.settings import Settings
+    from tests.test_security import parse_serve
+
+    code, flagged, output = parse_serve(["--poll-min-interval", "5", "--poll-max-interval", "50"])
+    assert code == 0 and flagged is not None, output
+    assert (flagged.poll_min_interval, flagged.poll_max_interval) == (5.0, 50.0)
+    env = {"REVERSEHUB_POLL_MIN_INTERVAL": "0.5", "REVERSEHUB_POLL_MAX_INTERVAL": "7"}
+    code, from_env, output = parse_serve([], env=env)
+    assert code == 0 and from_env is not None, output
+    assert (from_env.poll_min_interval, from_env.poll_max_interval) == (0.5, 7.0)
+    assert (Settings().poll_min_interval, Settings().poll_max_interval) == (60.0, 3600.0)
+    code, _, output = parse_serve(["--poll-min-interval", "100", "--poll-max-interval", "50"])
+    assert code != 0 and "--poll-min-interval must not exceed --poll-max-interval" in output
+    code, _, output = parse_serve(["--poll-min-interval", "0"])
+    assert code != 0
