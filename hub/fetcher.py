@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any, cast
 from urllib.parse import urljoin
 
 import anyio
 import httpx
 from cachetools import TTLCache
 from sqlalchemy import exists, or_, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub import feeds, store, sup
@@ -41,6 +43,8 @@ MAX_REDIRECTS = 5
 BATCH = 32
 BASELINE_RETRY = 60.0
 BASELINE_FRESH = 10.0
+# The shortest wait between two polls of one SUP document (or poll_min_interval, if shorter).
+SUP_MIN_WAIT = 1.0
 # A topic pinged within this long is polled only as a safety net (poll_max_interval).
 PINGED_LATELY = 7 * 24 * 3600.0
 
@@ -376,18 +380,24 @@ class Fetcher:
         s = self.settings
         period = source.period
         values: dict[str, object] = {}
+        started = time.time()
         try:
             fetched = await self.fetch(source.url, source.etag, source.last_modified)
             if fetched.status == 200:
                 doc = sup.parse(fetched.body)
                 period = doc.period
-                values = {"etag": fetched.headers.get("etag"), "last_modified": fetched.headers.get("last-modified")}
-                await self._apply_sup(source.url, doc)
+                since, until = doc.window(started)
+                values = {
+                    "etag": fetched.headers.get("etag"),
+                    "last_modified": fetched.headers.get("last-modified"),
+                    "updated_time": until,
+                }
+                await self._apply_sup(source.url, doc, every_feed=sup.gap(source.updated_time, since))
         except (FetchFailed, ValueError) as exc:
             logger.info("SUP poll failed: %s", exc)
         except Exception:
             logger.exception("SUP poll failed")
-        wait = max(s.poll_min_interval, min(s.poll_max_interval, period))
+        wait = min(s.poll_max_interval, sup.poll_wait(period, min(SUP_MIN_WAIT, s.poll_min_interval)))
         async with store.writing(self.services.sessions) as session:
             await session.execute(
                 update(SupSource)
@@ -395,12 +405,17 @@ class Fetcher:
                 .values(period=period, next_poll_at=time.time() + wait, **values)
             )
 
-    async def _apply_sup(self, url: str, doc: sup.SupDocument) -> None:
-        if not doc.updates:
+    async def _apply_sup(self, url: str, doc: sup.SupDocument, *, every_feed: bool = False) -> None:
+        """Fetch the feeds ``doc`` lists with an update id not seen before; with ``every_feed``
+        (the document does not reach back to the last one), every feed the document covers."""
+        if not doc.updates and not every_feed:
             return
         now = time.time()
         woke = False
         async with store.writing(self.services.sessions) as s:
+            if every_feed:
+                result = await s.execute(update(Topic).where(Topic.sup_url == url).values(ping_at=now))
+                woke = bool(cast("CursorResult[Any]", result).rowcount)
             rows = (
                 await s.execute(
                     select(Topic.id, Topic.sup_id, Topic.sup_seen).where(
