@@ -264,6 +264,8 @@ class Fetcher:
 
     async def _process(self, topic: Topic, started: float, baseline: bool) -> int:
         fetched = await self.fetch(topic.url, topic.etag, topic.last_modified)
+        # It answers again: its next new subscriber's baseline is worth taking.
+        self._baseline_failed.pop(topic.url, None)
         if fetched.status == 304:
             self.metrics.fetches.labels("unchanged").inc()
             await self._finish(topic, started, changed=False, values={"fetched_at": started})

@@ -186,6 +186,20 @@ async def test_a_returning_subscriber_whose_baseline_fails_gets_no_burst_either(
     assert [entries(body) for body in await payloads(app)] == [[(4, 0)]]
 
 
+async def test_a_feed_that_answers_again_gets_its_next_baseline_at_once(quiet_hub, peer):
+    app, client = await quiet_hub()
+    gone(peer)
+    await subscribe(client, peer, FEED, SUB + "/a")  # failed: the next ones wait a minute to try again
+    serve(peer, atom({2: 0, 1: 0}))
+    await fetch(app)
+    await store.deactivate(app.state.hub.services.sessions, FEED, SUB + "/a", "unsubscribed")
+    serve(peer, atom({3: 0, 2: 0, 1: 0}))  # nobody listens
+    await subscribe(client, peer, FEED, SUB + "/b")
+    serve(peer, atom({4: 0, 3: 0, 2: 0, 1: 0}))
+    await fetch(app)
+    assert [entries(body) for body in await payloads(app)] == [[(4, 0)]]
+
+
 async def test_subscribers_of_a_listened_topic_need_no_baseline_fetch(quiet_hub, peer):
     app, client = await quiet_hub()
     serve(peer, atom({1: 0}))
