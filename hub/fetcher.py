@@ -3,10 +3,14 @@
 A ping (``hub.url``) is a row (``hub_topics.ping_at``) written before the publisher's 204; this
 fetcher takes it from there. Topics with subscribers are also polled with conditional GETs
 (ETag / Last-Modified) at an interval that halves when the topic changed and doubles when it did
-not, within ``poll_min_interval`` and ``poll_max_interval``. A topic pinged by its publisher or
-covered by a SUP document is polled only at the maximum interval, as a safety net. The first fetch
-of a topic that nobody pinged records a baseline and distributes nothing (subscribers must not get
-the whole back catalogue when they subscribe).
+not, within ``poll_min_interval`` and ``poll_max_interval``. A topic its publisher pings, or that a
+SUP document covers (:mod:`hub.sup_sources`), is polled only at the maximum interval, as a safety
+net. A fetch that fails is tried again after an exponential backoff, up to the maximum.
+
+What went out is one record per topic, whoever sent it: the entries (key and content hash) of
+every fetched feed and fat-pinged feed body, and the last body. A fetch sends what that record
+lacks. A topic's first successful fetch, and the one a subscribe makes of a topic nobody listened
+to, only record a baseline: subscribers must not get the back catalogue when they subscribe.
 """
 
 from __future__ import annotations
@@ -14,21 +18,19 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, cast
 from urllib.parse import urljoin
 
 import anyio
 import httpx
 from cachetools import TTLCache
 from sqlalchemy import exists, or_, select, update
-from sqlalchemy.engine import CursorResult
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from hub import feeds, store, sup
 from hub.errors import FetchFailed, URLRefused
 from hub.metrics import HubMetrics
-from hub.models import Subscription, SupSource, Topic
+from hub.models import Subscription, Topic
 from hub.netguard import NetGuard
+from hub.sup_sources import SupSources
 from reversehub.core.backoff import backoff
 from reversehub.core.outbound import OutboundError
 from reversehub.core.services import Services
@@ -43,8 +45,6 @@ MAX_REDIRECTS = 5
 BATCH = 32
 BASELINE_RETRY = 60.0
 BASELINE_FRESH = 10.0
-# The shortest wait between two polls of one SUP document (or poll_min_interval, if shorter).
-SUP_MIN_WAIT = 1.0
 # A topic pinged within this long is polled only as a safety net (poll_max_interval).
 PINGED_LATELY = 7 * 24 * 3600.0
 
@@ -64,6 +64,7 @@ class Fetcher:
         self.metrics = metrics
         self._on_enqueued = on_enqueued
         self._wake = anyio.Event()
+        self.sup_sources = SupSources(services, self.fetch, self.wake)
         self._limit = anyio.Semaphore(16)
         self._closing = False
         self._baselines: dict[str, anyio.Lock] = {}
@@ -87,9 +88,9 @@ class Fetcher:
                     topics = await self._claim_topics()
                     for topic in topics:
                         tg.start_soon(self._process_bounded, topic)
-                    sources = await self._claim_sup_sources()
+                    sources = await self.sup_sources.claim()
                     for source in sources:
-                        tg.start_soon(self._poll_sup, source)
+                        tg.start_soon(self.sup_sources.poll, source)
                 except Exception:
                     logger.exception("fetcher pass failed")
                     topics = []
@@ -309,7 +310,7 @@ class Fetcher:
                     )
                 ).deliveries
             if link is not None:
-                await self._ensure_sup_source(s, link.url)
+                await self.sup_sources.ensure(s, link.url)
         self.metrics.fetches.labels("changed" if out is not None else "unchanged").inc()
         await self._finish(topic, started, changed=out is not None or baseline, values=values, covered=link is not None)
         if queued:
@@ -353,86 +354,3 @@ class Fetcher:
             await session.execute(
                 update(Topic).where(Topic.id == topic.id, Topic.ping_at <= started).values(ping_at=None)
             )
-
-    # -- SUP -----------------------------------------------------------------------------------
-
-    async def _ensure_sup_source(self, s: AsyncSession, url: str) -> None:
-        exists_ = (await s.execute(select(SupSource.id).where(SupSource.url == url))).scalar_one_or_none()
-        if exists_ is None:
-            s.add(SupSource(url=url, period=sup.DEFAULT_PERIOD, next_poll_at=time.time()))
-
-    async def _claim_sup_sources(self) -> list[SupSource]:
-        now = time.time()
-        due = select(SupSource).where(SupSource.next_poll_at <= now).limit(BATCH)
-        async with self.services.sessions() as s:
-            if not (await s.execute(due.with_only_columns(SupSource.id))).first():
-                return []
-        async with store.writing(self.services.sessions) as s:
-            sources = list((await s.execute(due)).scalars())
-            if sources:
-                # Claimed by pushing the next poll out; the poll itself sets the real next time.
-                await s.execute(
-                    update(SupSource)
-                    .where(SupSource.id.in_([x.id for x in sources]))
-                    .values(next_poll_at=now + 3 * self.settings.fetch_timeout)
-                )
-        return sources
-
-    async def _poll_sup(self, source: SupSource) -> None:
-        s = self.settings
-        period = source.period
-        values: dict[str, object] = {}
-        started = time.time()
-        try:
-            fetched = await self.fetch(source.url, source.etag, source.last_modified)
-            if fetched.status == 200:
-                doc = sup.parse(fetched.body)
-                period = doc.period
-                since, until = doc.window(started)
-                values = {
-                    "etag": fetched.headers.get("etag"),
-                    "last_modified": fetched.headers.get("last-modified"),
-                    "updated_time": until,
-                }
-                await self._apply_sup(source.url, doc, every_feed=sup.gap(source.updated_time, since))
-        except (FetchFailed, ValueError) as exc:
-            logger.info("SUP poll failed: %s", exc)
-        except Exception:
-            logger.exception("SUP poll failed")
-        wait = min(s.poll_max_interval, sup.poll_wait(period, min(SUP_MIN_WAIT, s.poll_min_interval)))
-        async with store.writing(self.services.sessions) as session:
-            await session.execute(
-                update(SupSource)
-                .where(SupSource.id == source.id)
-                .values(period=period, next_poll_at=time.time() + wait, **values)
-            )
-
-    async def _apply_sup(self, url: str, doc: sup.SupDocument, *, every_feed: bool = False) -> None:
-        """Fetch the feeds ``doc`` lists with an update id not seen before; with ``every_feed``
-        (the document does not reach back to the last one), every feed the document covers."""
-        if not doc.updates and not every_feed:
-            return
-        now = time.time()
-        woke = False
-        async with store.writing(self.services.sessions) as s:
-            if every_feed:
-                result = await s.execute(update(Topic).where(Topic.sup_url == url).values(ping_at=now))
-                woke = bool(cast("CursorResult[Any]", result).rowcount)
-            rows = (
-                await s.execute(
-                    select(Topic.id, Topic.sup_id, Topic.sup_seen).where(
-                        Topic.sup_url == url, Topic.sup_id.in_(list(doc.updates))
-                    )
-                )
-            ).all()
-            for topic_id, sup_id, seen in rows:
-                if sup_id is None:
-                    continue
-                update_id = doc.updates[sup_id]
-                if seen != update_id:
-                    await s.execute(
-                        update(Topic).where(Topic.id == topic_id).values(ping_at=now, sup_seen=update_id[:255])
-                    )
-                    woke = True
-        if woke:
-            self.wake()

@@ -6,7 +6,6 @@ not when it comes to a topic nobody listened to for a while."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -62,15 +61,16 @@ class Publisher:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
+def server(tmp_path: Path, request: pytest.FixtureRequest) -> Server:
     # Fast polls: a pinged topic's safety-net poll comes within 3 s.
-    flags = ["--allow-private-networks", "--poll-min-interval", "0.5", "--poll-max-interval", "3"]
-    srv = Server(tmp_path, *flags)
-    try:
-        yield srv
-    finally:
+    srv = Server(tmp_path, "--allow-private-networks", "--poll-min-interval", "0.5", "--poll-max-interval", "3")
+
+    def stop() -> None:
         srv.stop()
         print(srv.log.read_text(errors="replace")[-4000:])  # shown when a test fails
+
+    request.addfinalizer(stop)
+    return srv
 
 
 async def _state(client: httpx.AsyncClient, hub: str, callback: str, topic: str) -> str | None:
