@@ -18,12 +18,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any, cast
 from urllib.parse import urljoin
 
 import anyio
 import httpx
 from cachetools import TTLCache
 from sqlalchemy import exists, or_, select, update
+from sqlalchemy.engine import CursorResult
 
 from hub import feeds, store, sup
 from hub.errors import FetchFailed, URLRefused
@@ -181,18 +183,24 @@ class Fetcher:
                 logger.exception("processing a topic failed")
 
     async def baseline(self, url: str) -> None:
-        """Record what a topic holds now, before a subscriber is told it is subscribed.
+        """Fetch a topic before a subscriber is told it is subscribed: its baseline.
 
-        Called between a subscribe request and its verification GET, unless the topic has an
-        active subscriber (then the fetcher keeps what the hub remembers of it current): for a new
-        topic, and for one nobody listened to for a while, whose entries added meanwhile must not
-        reach the new subscriber. A publisher that adds an entry and pings once the subscriber is
-        subscribed then finds the entry new. Subscribers of one topic arriving together share one
-        fetch; a topic with its baseline costs one read, outside the lock, so that a thousand
-        subscribers of it are not verified one by one, and a topic whose baseline failed a moment
-        ago costs none (its next successful fetch is then the baseline)."""
-        if self._failed_lately(url) or self._shared(url) or await self._fetched(url):
+        Called between a subscribe request and its verification GET. The new subscriber's first
+        delivery then holds only entries that appear after this fetch (its activation takes the
+        payloads stored since the verification went out): a publisher that adds an entry and pings
+        once the subscriber is subscribed finds the entry new, and nothing older reaches it.
+
+        A new topic, or one nobody listened to for a while (what the hub remembers of it is old:
+        entries added meanwhile must not reach the new subscriber), is fetched as a baseline: its
+        entries are recorded, nothing is sent. A topic with active subscribers is fetched as a
+        ping would fetch it: what is new goes to them, not yet to the newcomer; if the fetcher has
+        it claimed, that fetch does the same. Subscribers of one topic arriving together share one
+        fetch (one every BASELINE_FRESH seconds), so that a thousand of them are not verified one
+        by one, and a topic whose fetch failed a moment ago costs none (its next successful fetch
+        is then the baseline)."""
+        if self._failed_lately(url) or self._shared(url):
             return
+        listened = await self._fetched(url)
         lock = self._baselines.setdefault(url, anyio.Lock())
         try:
             async with lock:
@@ -203,7 +211,9 @@ class Fetcher:
                     await store.ensure_topic(s, url, started)
                 async with self.services.sessions() as s:
                     topic = (await s.execute(select(Topic).where(Topic.url == url))).scalar_one()
-                await self.process(topic, baseline=True)
+                if listened and not await self._claim(topic.id, started):
+                    return
+                await self.process(topic, baseline=not listened)
                 async with self.services.sessions() as s:
                     fetched_at = (await s.execute(select(Topic.fetched_at).where(Topic.url == url))).scalar_one()
                 if fetched_at is not None and fetched_at >= started:
@@ -213,6 +223,19 @@ class Fetcher:
         finally:
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._baselines.pop(url, None)
+
+    async def _claim(self, topic_id: int, now: float) -> bool:
+        """Claim one topic for a fetch, as :meth:`_claim_topics` does; False if another fetch has it."""
+        async with store.writing(self.services.sessions) as s:
+            result = await s.execute(
+                update(Topic)
+                .where(
+                    Topic.id == topic_id,
+                    or_(Topic.fetch_claimed_until.is_(None), Topic.fetch_claimed_until < now),
+                )
+                .values(fetch_claimed_until=now + 3 * self.settings.fetch_timeout)
+            )
+        return bool(cast("CursorResult[Any]", result).rowcount)
 
     def _shared(self, url: str) -> bool:
         """Whether a baseline of ``url`` was taken in the last BASELINE_FRESH seconds: subscribers

@@ -18,6 +18,7 @@ from hub.models import Payload, Topic
 from tests.hub import documents
 from tests.hub.conftest import SUB, subscribe
 from tests.hub.peers import Document
+from tests.support import wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -200,12 +201,26 @@ async def test_a_feed_that_answers_again_gets_its_next_baseline_at_once(quiet_hu
     assert [entries(body) for body in await payloads(app)] == [[(4, 0)]]
 
 
-async def test_subscribers_of_a_listened_topic_need_no_baseline_fetch(quiet_hub, peer):
+async def test_subscribers_arriving_together_share_one_fetch(quiet_hub, peer):
+    app, client = await quiet_hub()
+    serve(peer, atom({1: 0}))
+    for name in ("a", "b", "c"):
+        await subscribe(client, peer, FEED, SUB + "/" + name)
+    assert len(peer.fetches) == 1
+
+
+async def test_a_new_subscriber_of_a_listened_topic_gets_nothing_older_than_itself(quiet_hub, peer):
     app, client = await quiet_hub()
     serve(peer, atom({1: 0}))
     await subscribe(client, peer, FEED, SUB + "/a")
-    await subscribe(client, peer, FEED, SUB + "/b")
-    assert len(peer.fetches) == 1
+    serve(peer, atom({2: 0, 1: 0}))  # not pinged, not polled yet
+    app.state.hub.fetcher._fresh.clear()  # a while later
+    await subscribe(client, peer, FEED, SUB + "/b")  # its fetch sends entry 2 to a, not to b
+    serve(peer, atom({3: 0, 2: 0, 1: 0}))
+    await fetch(app)
+    await wait_for(lambda: len(peer.to("/a")) == 2 and len(peer.to("/b")) == 1)
+    assert [entries(d.body) for d in peer.to("/a")] == [[(2, 0)], [(3, 0)]]
+    assert [entries(d.body) for d in peer.to("/b")] == [[(3, 0)]]
 
 
 async def test_a_failing_fetch_backs_off_up_to_the_maximum_and_a_success_resets_it(quiet_hub, peer):
