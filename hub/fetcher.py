@@ -72,7 +72,7 @@ class Fetcher:
         self._baselines: dict[str, anyio.Lock] = {}
         # Topics whose baseline fetch failed within BASELINE_RETRY: bounded, since anyone may subscribe.
         self._baseline_failed: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=BASELINE_RETRY, timer=time.monotonic)
-        # Topics whose baseline was taken within BASELINE_FRESH: bounded like the failures.
+        # Topics fetched for a subscriber within BASELINE_FRESH: those arriving meanwhile share it.
         self._fresh: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=BASELINE_FRESH, timer=time.monotonic)
 
     def wake(self) -> None:
