@@ -90,6 +90,6 @@ __all__ = [
     "release",
     "remember_entries",
     "replay",
-    "topic_id",
     "writing",
+    "topic_id",
 ]
