@@ -321,9 +321,10 @@ class Verifier:
             if reason is not None:
                 await self.deny(req, reason)
                 return False
-            # Always: the fetcher decides what the topic needs (a baseline, a fetch, or nothing
-            # when another subscriber's fetch of it just now serves this one too).
-            if self._baseline is not None:
+            # The fetcher decides what the topic needs (a baseline, a fetch, or nothing when
+            # another subscriber's fetch of it just now serves this one too). A renewal needs
+            # none: that subscriber has had every entry all along.
+            if self._baseline is not None and not await self._renewal(req):
                 try:
                     await self._baseline(req.topic)
                 except Exception:
@@ -353,6 +354,12 @@ class Verifier:
                 ),
                 "a verified unsubscribe",
             )
+
+    async def _renewal(self, req: SubscriptionRequest) -> bool:
+        sub = await until_stored(
+            lambda: store.find(self.services.sessions, req.topic, req.callback), "a subscribe's checks (a read)"
+        )
+        return sub is not None and sub.state == SubscriptionState.ACTIVE and sub.expires_at > time.time()
 
     async def _check_subscribe(self, req: SubscriptionRequest) -> str | None:
         """Why the hub refuses ``req`` (None: it does not)."""

@@ -209,6 +209,15 @@ async def test_subscribers_arriving_together_share_one_fetch(quiet_hub, peer):
     assert len(peer.fetches) == 1
 
 
+async def test_a_renewal_needs_no_fetch(quiet_hub, peer):
+    app, client = await quiet_hub()
+    serve(peer, atom({1: 0}))
+    await subscribe(client, peer, FEED, SUB + "/a")
+    app.state.hub.fetcher._fresh.clear()  # a while later
+    await subscribe(client, peer, FEED, SUB + "/a")
+    assert len(peer.fetches) == 1
+
+
 async def test_a_new_subscriber_of_a_listened_topic_gets_nothing_older_than_itself(quiet_hub, peer):
     app, client = await quiet_hub()
     serve(peer, atom({1: 0}))
