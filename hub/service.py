@@ -247,8 +247,8 @@ class Hub:
                     },
                 )
             ).deliveries
-            topic_id = await store.topic_id(s, ping.topic)
-            if entries and topic_id is not None:
+            topic_id = await store.topic_id(s, ping.topic) if entries else None
+            if topic_id is not None:
                 await store.remember_entries(s, topic_id, entries)
         self.metrics.publishes.labels("fat").inc()
         if queued:
