@@ -101,9 +101,9 @@ async def test_a_fat_ping_to_a_topic_never_fetched_then_its_feed(quiet_hub, peer
 
 @pytest.mark.parametrize("seed", range(12))
 async def test_no_sequence_of_fat_pings_pings_and_polls_wedges_a_topic(quiet_hub, peer, seed):
-    """Random sequences of publisher edits, fat pings, pings and polls. After every fetch, every
-    entry version the feed shows has gone out (unless it was there at the baseline), and a fetch
-    never sends a version that went out before (by a fetch or a fat ping)."""
+    """Random sequences of publisher edits, fat pings, pings, polls and failing fetches. After every
+    successful fetch, every entry version the feed shows has gone out (unless it was there at the
+    baseline), and a fetch never sends a version that went out before (by a fetch or a fat ping)."""
     rng = random.Random(seed)
     app, client = await quiet_hub()
     feed = {1: 0, 2: 0}
@@ -113,8 +113,13 @@ async def test_no_sequence_of_fat_pings_pings_and_polls_wedges_a_topic(quiet_hub
     sent: set[tuple[int, int]] = set()
     seen_payloads = 0
     for _ in range(14):
-        op = rng.choice(["add", "edit", "fat", "fat", "ping", "poll"])
-        if op == "add":
+        op = rng.choice(["add", "edit", "fat", "fat", "ping", "poll", "fail"])
+        if op == "fail":  # a fetch that fails sends and records nothing
+            gone(peer, status=rng.choice([404, 500, 503]))
+            await fetch(app, pinged=rng.random() < 0.5)
+            peer.verify_answer.pop("/feed.xml")
+            assert (await topic_row(app)).fetch_failures >= 1
+        elif op == "add":
             feed[max(feed) + 1] = 0
         elif op == "edit":
             feed[rng.choice(list(feed))] += 1
@@ -133,7 +138,7 @@ async def test_no_sequence_of_fat_pings_pings_and_polls_wedges_a_topic(quiet_hub
         seen_payloads = len(bodies)
         if op in ("ping", "poll"):
             assert set(feed.items()) - baseline <= sent, (feed, sent)
-    assert (await topic_row(app)).fetch_failures == 0
+            assert (await topic_row(app)).fetch_failures == 0
 
 
 def gone(peer, path: str = "/feed.xml", status: int = 404) -> None:
