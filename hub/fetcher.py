@@ -46,6 +46,7 @@ ACCEPT = (
 MAX_REDIRECTS = 5
 BATCH = 32
 BASELINE_RETRY = 60.0
+# Subscribers of one topic within this many seconds share its subscribe-time fetch.
 BASELINE_FRESH = 10.0
 # A topic pinged within this long is polled only as a safety net (poll_max_interval).
 PINGED_LATELY = 7 * 24 * 3600.0
@@ -200,7 +201,7 @@ class Fetcher:
         is then the baseline)."""
         if self._failed_lately(url) or self._shared(url):
             return
-        listened = await self._fetched(url)
+        listened = await self._listened(url)
         lock = self._baselines.setdefault(url, anyio.Lock())
         try:
             async with lock:
@@ -238,17 +239,18 @@ class Fetcher:
         return bool(cast("CursorResult[Any]", result).rowcount)
 
     def _shared(self, url: str) -> bool:
-        """Whether a baseline of ``url`` was taken in the last BASELINE_FRESH seconds: subscribers
-        that come together share it, however long their verifications take."""
+        """Whether ``url`` was fetched for a subscriber in the last BASELINE_FRESH seconds:
+        subscribers that come together share that fetch, however long their verifications take."""
         return url in self._fresh
 
     def _failed_lately(self, url: str) -> bool:
         """An unreachable topic must not hold up every subscription to it (nor cost each one a read)."""
         return url in self._baseline_failed
 
-    async def _fetched(self, url: str) -> bool:
-        _, fetched = await store.outlook(self.services.sessions, url)
-        return fetched
+    async def _listened(self, url: str) -> bool:
+        """Whether the topic has a baseline and active subscribers (so the fetcher keeps it current)."""
+        _, current = await store.outlook(self.services.sessions, url)
+        return current
 
     async def process(self, topic: Topic, *, baseline: bool = False) -> int:
         """Fetch one topic and distribute what is new; returns the number of deliveries queued.
