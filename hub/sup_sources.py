@@ -40,9 +40,7 @@ class SupSources:
 
     async def ensure(self, s: AsyncSession, url: str) -> None:
         """Poll the SUP document at ``url`` from now on (a feed advertised it), in ``s``'s transaction."""
-        exists_ = (await s.execute(select(SupSource.id).where(SupSource.url == url))).scalar_one_or_none()
-        if exists_ is None:
-            s.add(SupSource(url=url, period=sup.DEFAULT_PERIOD, next_poll_at=time.time()))
+        await store.ensure_sup_source(s, url, sup.DEFAULT_PERIOD, time.time())
 
     async def claim(self) -> list[SupSource]:
         """The SUP documents due for a poll, claimed for this process."""

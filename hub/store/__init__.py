@@ -46,6 +46,7 @@ from hub.store.subscriptions import (
 )
 from hub.store.topics import (
     bump_topic,
+    ensure_sup_source,
     ensure_topic,
     known_entries,
     lock_topic,
@@ -92,4 +93,5 @@ __all__ = [
     "replay",
     "writing",
     "topic_id",
+    "ensure_sup_source",
 ]

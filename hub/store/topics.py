@@ -19,7 +19,7 @@ from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from hub.models import Entry, Subscription, SubscriptionState, Topic
+from hub.models import Entry, Subscription, SubscriptionState, SupSource, Topic
 from hub.store._sql import dialect, dialect_insert, writing
 
 
@@ -108,6 +108,13 @@ async def known_entries(s: AsyncSession, topic_id: int) -> dict[str, str]:
     """The entries of the topic already distributed: key hash -> content hash."""
     rows = await s.execute(select(Entry.key_hash, Entry.content_hash).where(Entry.topic_id == topic_id))
     return {k: v for k, v in rows.all()}
+
+
+async def ensure_sup_source(s: AsyncSession, url: str, period: float, now: float) -> None:
+    """Poll the SUP document at ``url`` from ``now`` on, unless it is polled already. Two processes
+    may find it in two feeds at once: the second insert is a no-op, not an error in its fetch."""
+    stmt = dialect_insert(s, SupSource).values(url=url, period=period, next_poll_at=now)  # type: ignore[attr-defined]
+    await s.execute(stmt.on_conflict_do_nothing(index_elements=["url"]))
 
 
 async def topic_id(s: AsyncSession, url: str) -> int | None:
