@@ -3,10 +3,14 @@
 A ping (``hub.url``) is a row (``hub_topics.ping_at``) written before the publisher's 204; this
 fetcher takes it from there. Topics with subscribers are also polled with conditional GETs
 (ETag / Last-Modified) at an interval that halves when the topic changed and doubles when it did
-not, within ``poll_min_interval`` and ``poll_max_interval``. A topic pinged by its publisher or
-covered by a SUP document is polled only at the maximum interval, as a safety net. The first fetch
-of a topic that nobody pinged records a baseline and distributes nothing (subscribers must not get
-the whole back catalogue when they subscribe).
+not, within ``poll_min_interval`` and ``poll_max_interval``. A topic its publisher pings, or that a
+SUP document covers (:mod:`hub.sup_sources`), is polled only at the maximum interval, as a safety
+net. A fetch that fails is tried again after an exponential backoff, up to the maximum.
+
+What went out is one record per topic, whoever sent it: the entries (key and content hash) of
+every fetched feed and fat-pinged feed body, and the last body. A fetch sends what that record
+lacks. A topic's first successful fetch, and the one a subscribe makes of a topic nobody listened
+to, only record a baseline: subscribers must not get the back catalogue when they subscribe.
 """
 
 from __future__ import annotations
@@ -14,19 +18,22 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any, cast
 from urllib.parse import urljoin
 
 import anyio
 import httpx
 from cachetools import TTLCache
 from sqlalchemy import exists, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.engine import CursorResult
 
 from hub import feeds, store, sup
 from hub.errors import FetchFailed, URLRefused
 from hub.metrics import HubMetrics
-from hub.models import Subscription, SupSource, Topic
+from hub.models import Subscription, Topic
 from hub.netguard import NetGuard
+from hub.sup_sources import SupSources
+from reversehub.core.backoff import backoff
 from reversehub.core.outbound import OutboundError
 from reversehub.core.services import Services
 
@@ -39,6 +46,10 @@ ACCEPT = (
 MAX_REDIRECTS = 5
 BATCH = 32
 BASELINE_RETRY = 60.0
+# Subscribers of one topic within this many seconds share its subscribe-time fetch.
+BASELINE_FRESH = 10.0
+# A topic pinged within this long is polled only as a safety net (poll_max_interval).
+PINGED_LATELY = 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -56,11 +67,14 @@ class Fetcher:
         self.metrics = metrics
         self._on_enqueued = on_enqueued
         self._wake = anyio.Event()
+        self.sup_sources = SupSources(services, self.fetch, self.wake)
         self._limit = anyio.Semaphore(16)
         self._closing = False
         self._baselines: dict[str, anyio.Lock] = {}
         # Topics whose baseline fetch failed within BASELINE_RETRY: bounded, since anyone may subscribe.
         self._baseline_failed: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=BASELINE_RETRY, timer=time.monotonic)
+        # Topics fetched for a subscriber within BASELINE_FRESH: those arriving meanwhile share it.
+        self._fresh: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=BASELINE_FRESH, timer=time.monotonic)
 
     def wake(self) -> None:
         self._wake.set()
@@ -77,9 +91,9 @@ class Fetcher:
                     topics = await self._claim_topics()
                     for topic in topics:
                         tg.start_soon(self._process_bounded, topic)
-                    sources = await self._claim_sup_sources()
+                    sources = await self.sup_sources.claim()
                     for source in sources:
-                        tg.start_soon(self._poll_sup, source)
+                        tg.start_soon(self.sup_sources.poll, source)
                 except Exception:
                     logger.exception("fetcher pass failed")
                     topics = []
@@ -170,57 +184,114 @@ class Fetcher:
                 logger.exception("processing a topic failed")
 
     async def baseline(self, url: str) -> None:
-        """Record what a topic holds now, before its first subscriber is told it is subscribed.
+        """Fetch a topic before a subscriber is told it is subscribed: its baseline.
 
-        Called between a subscribe request and its verification GET: a publisher that adds an
-        entry and pings once the subscriber is subscribed then finds the entry new. Concurrent
-        subscribers of one new topic share one fetch; a topic that has its baseline costs one read,
-        outside the lock, so that a thousand subscribers of it are not verified one by one, and a
-        topic whose baseline failed a moment ago costs none."""
-        if self._failed_lately(url) or await self._fetched(url):
+        Called between a subscribe request and its verification GET. The new subscriber's first
+        delivery then holds only entries that appear after this fetch (its activation takes the
+        payloads stored since the verification went out): a publisher that adds an entry and pings
+        once the subscriber is subscribed finds the entry new, and nothing older reaches it.
+
+        A new topic, or one nobody listened to for a while (what the hub remembers of it is old:
+        entries added meanwhile must not reach the new subscriber), is fetched as a baseline: its
+        entries are recorded, nothing is sent. A topic with active subscribers is fetched as a
+        ping would fetch it: what is new goes to them, not yet to the newcomer; if the fetcher has
+        it claimed, that fetch does the same. Subscribers of one topic arriving together share one
+        fetch (one every BASELINE_FRESH seconds), so that a thousand of them are not verified one
+        by one, and a topic whose fetch failed a moment ago costs none (its next successful fetch
+        is then the baseline)."""
+        if self._failed_lately(url) or self._shared(url):
             return
+        listened = await self._listened(url)
         lock = self._baselines.setdefault(url, anyio.Lock())
         try:
             async with lock:
+                if self._failed_lately(url) or self._shared(url):
+                    return
+                started = time.time()
+                async with store.writing(self.services.sessions) as s:
+                    await store.ensure_topic(s, url, started)
                 async with self.services.sessions() as s:
-                    topic = (await s.execute(select(Topic).where(Topic.url == url))).scalar_one_or_none()
-                if topic is not None and topic.fetched_at is not None:
+                    topic = (await s.execute(select(Topic).where(Topic.url == url))).scalar_one()
+                if listened and not await self._claim(topic.id, started):
                     return
-                if self._failed_lately(url):
-                    return
-                if topic is None:
-                    async with store.writing(self.services.sessions) as s:
-                        await store.ensure_topic(s, url, time.time())
-                    async with self.services.sessions() as s:
-                        topic = (await s.execute(select(Topic).where(Topic.url == url))).scalar_one()
-                await self.process(topic, baseline=True)
-                if not await self._fetched(url):
+                await self.process(topic, baseline=not listened)
+                async with self.services.sessions() as s:
+                    fetched_at = (await s.execute(select(Topic.fetched_at).where(Topic.url == url))).scalar_one()
+                if fetched_at is not None and fetched_at >= started:
+                    self._fresh[url] = True
+                else:
                     self._baseline_failed[url] = True
         finally:
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._baselines.pop(url, None)
 
+    async def _claim(self, topic_id: int, now: float) -> bool:
+        """Claim one topic for a fetch, as :meth:`_claim_topics` does; False if another fetch has it."""
+        async with store.writing(self.services.sessions) as s:
+            result = await s.execute(
+                update(Topic)
+                .where(
+                    Topic.id == topic_id,
+                    or_(Topic.fetch_claimed_until.is_(None), Topic.fetch_claimed_until < now),
+                )
+                .values(fetch_claimed_until=now + 3 * self.settings.fetch_timeout)
+            )
+        return bool(cast("CursorResult[Any]", result).rowcount)
+
+    def _shared(self, url: str) -> bool:
+        """Whether ``url`` was fetched for a subscriber in the last BASELINE_FRESH seconds:
+        subscribers that come together share that fetch, however long their verifications take."""
+        return url in self._fresh
+
     def _failed_lately(self, url: str) -> bool:
         """An unreachable topic must not hold up every subscription to it (nor cost each one a read)."""
         return url in self._baseline_failed
 
-    async def _fetched(self, url: str) -> bool:
-        _, fetched = await store.outlook(self.services.sessions, url)
-        return fetched
+    async def _listened(self, url: str) -> bool:
+        """Whether the topic has a baseline and active subscribers (so the fetcher keeps it current)."""
+        _, current = await store.outlook(self.services.sessions, url)
+        return current
 
     async def process(self, topic: Topic, *, baseline: bool = False) -> int:
         """Fetch one topic and distribute what is new; returns the number of deliveries queued.
 
-        ``baseline``: only record what is there (entries, validators), distribute nothing."""
+        ``baseline``: only record what is there (entries, validators), distribute nothing. So does
+        any fetch of a topic without a baseline (``fetched_at`` None: its subscribe-time fetch
+        failed): the feed's entries at its first successful answer are what its subscribers had.
+
+        A fetch that fails (an error, a 4xx/5xx, a body that cannot be read) is tried again after
+        an exponential backoff up to ``poll_max_interval``; a success resets it. Whatever the
+        failure, the topic's claim is settled here, so no topic is fetched again at the claim's
+        expiry forever."""
         started = time.time()
-        pinged = topic.ping_at is not None
         try:
-            fetched = await self.fetch(topic.url, topic.etag, topic.last_modified)
-        except FetchFailed as exc:
-            logger.info("topic fetch failed: %s", exc)
+            return await self._process(topic, started, baseline)
+        except Exception as exc:
+            if isinstance(exc, FetchFailed):
+                logger.info("topic fetch failed: %s", exc)
+            else:
+                logger.warning("processing a fetched topic failed", exc_info=True)
             self.metrics.fetches.labels("error").inc()
-            await self._finish(topic, started, changed=False, values={})
+            await self._failed(topic, started, baseline)
             return 0
+
+    async def entries_of(self, content_type: str, body: bytes) -> dict[str, str]:
+        """The entries of a fat ping's body as a fetch would remember them (key hash -> content
+        hash); empty for a body that is not a feed. They are remembered with the fat ping, so that
+        a later fetch of the topic sends none of them again."""
+        if not feeds.is_feed_type(content_type):
+            return {}
+        try:
+            diff = await anyio.to_thread.run_sync(feeds.diff, body, content_type, None)
+        except Exception:  # the publisher's body goes out as it is all the same
+            logger.info("a fat ping's feed could not be read for its entries", exc_info=True)
+            return {}
+        return diff.entries
+
+    async def _process(self, topic: Topic, started: float, baseline: bool) -> int:
+        fetched = await self.fetch(topic.url, topic.etag, topic.last_modified)
+        # It answers again: its next new subscriber's baseline is worth taking.
+        self._baseline_failed.pop(topic.url, None)
         if fetched.status == 304:
             self.metrics.fetches.labels("unchanged").inc()
             await self._finish(topic, started, changed=False, values={"fetched_at": started})
@@ -235,14 +306,16 @@ class Fetcher:
             "fetched_at": started,
         }
         link = sup.from_headers(fetched.headers)
-        async with store.writing(self.services.sessions) as s:
-            known = await store.known_entries(s, topic.id) if topic.fetched_at is not None else None
+        # What went out before, by fetches and fat pings alike: one model, whatever sent it.
+        async with self.services.sessions() as s:
+            known = await store.known_entries(s, topic.id)
         diff = None
         if feeds.is_feed_type(content_type):
             diff = await anyio.to_thread.run_sync(feeds.diff, fetched.body, content_type, known)
             if link is None and diff.sup:
                 link = sup.split(diff.sup)
-        baseline = baseline or (topic.fetched_at is None and not pinged)
+        baseline = baseline or topic.fetched_at is None
+        out: bytes | None
         if diff is not None and diff.kind is not None:
             out = diff.body
         else:
@@ -254,7 +327,7 @@ class Fetcher:
         queued = 0
         async with store.writing(self.services.sessions) as s:
             if diff is not None and diff.entries:
-                await store.remember_entries(s, topic.id, diff.entries, known or {})
+                await store.remember_entries(s, topic.id, diff.entries, known)
             if out is not None:
                 queued = (
                     await store.enqueue(
@@ -262,12 +335,21 @@ class Fetcher:
                     )
                 ).deliveries
             if link is not None:
-                await self._ensure_sup_source(s, link.url)
+                await self.sup_sources.ensure(s, link.url)
         self.metrics.fetches.labels("changed" if out is not None else "unchanged").inc()
         await self._finish(topic, started, changed=out is not None or baseline, values=values, covered=link is not None)
         if queued:
             self._on_enqueued()  # type: ignore[operator]
         return queued
+
+    def _safety_net(self, topic: Topic, started: float, covered: bool) -> bool:
+        """Whether the topic is polled only at ``poll_max_interval``: its publisher pings it (lately)
+        or a SUP document covers it, so a poll is there only for a ping or an update that was lost."""
+        pinged_at = topic.pinged_at
+        if topic.ping_at is not None:
+            pinged_at = max(pinged_at or 0.0, topic.ping_at)
+        pinged = pinged_at is not None and started - pinged_at < PINGED_LATELY
+        return pinged or covered or topic.sup_url is not None
 
     async def _finish(
         self, topic: Topic, started: float, *, changed: bool, values: dict[str, object], covered: bool = False
@@ -276,87 +358,24 @@ class Fetcher:
         interval = topic.poll_interval or s.poll_min_interval
         interval = interval / 2 if changed else interval * 2
         interval = max(s.poll_min_interval, min(s.poll_max_interval, interval))
-        pinged = topic.ping_at is not None or covered or topic.sup_url is not None
-        next_poll = started + (s.poll_max_interval if pinged else interval)
+        next_poll = started + (s.poll_max_interval if self._safety_net(topic, started, covered) else interval)
+        await self._settle(topic, started, {"poll_interval": interval, "next_poll_at": next_poll, **values})
+
+    async def _failed(self, topic: Topic, started: float, baseline: bool) -> None:
+        failures = topic.fetch_failures + 1
+        wait = backoff(failures, self.settings.poll_min_interval, self.settings.poll_max_interval)
+        values: dict[str, object] = {"fetch_failures": failures, "next_poll_at": started + wait}
+        if baseline:
+            # A baseline that could not be taken: what the hub remembers of the topic may be old
+            # (nobody listened for a while), so the next successful fetch is the baseline.
+            values["fetched_at"] = None
+        await self._settle(topic, started, values)
+
+    async def _settle(self, topic: Topic, started: float, values: dict[str, object]) -> None:
+        values.setdefault("fetch_failures", 0)
         async with store.writing(self.services.sessions) as session:
-            await session.execute(
-                update(Topic)
-                .where(Topic.id == topic.id)
-                .values(poll_interval=interval, next_poll_at=next_poll, fetch_claimed_until=None, **values)
-            )
+            await session.execute(update(Topic).where(Topic.id == topic.id).values(fetch_claimed_until=None, **values))
             # A ping that came in while we fetched stays, so that change is fetched too.
             await session.execute(
                 update(Topic).where(Topic.id == topic.id, Topic.ping_at <= started).values(ping_at=None)
             )
-
-    # -- SUP -----------------------------------------------------------------------------------
-
-    async def _ensure_sup_source(self, s: AsyncSession, url: str) -> None:
-        exists_ = (await s.execute(select(SupSource.id).where(SupSource.url == url))).scalar_one_or_none()
-        if exists_ is None:
-            s.add(SupSource(url=url, period=sup.DEFAULT_PERIOD, next_poll_at=time.time()))
-
-    async def _claim_sup_sources(self) -> list[SupSource]:
-        now = time.time()
-        due = select(SupSource).where(SupSource.next_poll_at <= now).limit(BATCH)
-        async with self.services.sessions() as s:
-            if not (await s.execute(due.with_only_columns(SupSource.id))).first():
-                return []
-        async with store.writing(self.services.sessions) as s:
-            sources = list((await s.execute(due)).scalars())
-            if sources:
-                # Claimed by pushing the next poll out; the poll itself sets the real next time.
-                await s.execute(
-                    update(SupSource)
-                    .where(SupSource.id.in_([x.id for x in sources]))
-                    .values(next_poll_at=now + 3 * self.settings.fetch_timeout)
-                )
-        return sources
-
-    async def _poll_sup(self, source: SupSource) -> None:
-        s = self.settings
-        period = source.period
-        values: dict[str, object] = {}
-        try:
-            fetched = await self.fetch(source.url, source.etag, source.last_modified)
-            if fetched.status == 200:
-                doc = sup.parse(fetched.body)
-                period = doc.period
-                values = {"etag": fetched.headers.get("etag"), "last_modified": fetched.headers.get("last-modified")}
-                await self._apply_sup(source.url, doc)
-        except (FetchFailed, ValueError) as exc:
-            logger.info("SUP poll failed: %s", exc)
-        except Exception:
-            logger.exception("SUP poll failed")
-        wait = max(s.poll_min_interval, min(s.poll_max_interval, period))
-        async with store.writing(self.services.sessions) as session:
-            await session.execute(
-                update(SupSource)
-                .where(SupSource.id == source.id)
-                .values(period=period, next_poll_at=time.time() + wait, **values)
-            )
-
-    async def _apply_sup(self, url: str, doc: sup.SupDocument) -> None:
-        if not doc.updates:
-            return
-        now = time.time()
-        woke = False
-        async with store.writing(self.services.sessions) as s:
-            rows = (
-                await s.execute(
-                    select(Topic.id, Topic.sup_id, Topic.sup_seen).where(
-                        Topic.sup_url == url, Topic.sup_id.in_(list(doc.updates))
-                    )
-                )
-            ).all()
-            for topic_id, sup_id, seen in rows:
-                if sup_id is None:
-                    continue
-                update_id = doc.updates[sup_id]
-                if seen != update_id:
-                    await s.execute(
-                        update(Topic).where(Topic.id == topic_id).values(ping_at=now, sup_seen=update_id[:255])
-                    )
-                    woke = True
-        if woke:
-            self.wake()

@@ -80,10 +80,15 @@ class Topic(Base):
     etag: Mapped[str | None] = mapped_column(String(255), nullable=True)
     last_modified: Mapped[str | None] = mapped_column(String(255), nullable=True)
     body_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    # None: never fetched (the first poll only records a baseline, it distributes nothing).
+    # None: no baseline (never fetched, or its last baseline fetch failed): the next successful
+    # fetch only records what the topic holds, it distributes nothing.
     fetched_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     # A publish ping that still has to be fetched (durable: recorded before the 204).
     ping_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+    # When a publisher last pinged (or fat-pinged) it: such a topic is polled only as a safety net.
+    pinged_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Fetches failed in a row (an error, a 4xx/5xx, an undecodable body): the next one backs off.
+    fetch_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     fetch_claimed_until: Mapped[float | None] = mapped_column(Float, nullable=True)
     next_poll_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
     poll_interval: Mapped[float] = mapped_column(Float)
@@ -117,6 +122,8 @@ class SupSource(Base):
     last_modified: Mapped[str | None] = mapped_column(String(255), nullable=True)
     period: Mapped[float] = mapped_column(Float)
     next_poll_at: Mapped[float] = mapped_column(Float, index=True)
+    # The ``updated_time`` of the last document read: the next one's window must reach back to it.
+    updated_time: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Payload(Base):

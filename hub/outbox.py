@@ -33,7 +33,7 @@ import anyio
 from cachetools import LRUCache
 from sqlalchemy.exc import SQLAlchemyError
 
-from hub import store
+from hub import store, sup
 from hub.errors import URLRefused
 from hub.fairness import Slots, netloc
 from hub.metrics import HubMetrics
@@ -377,6 +377,8 @@ class Outbox:
             "Content-Type": payload.content_type,
             "Link": f'<{self.hub_url}>; rel="hub", <{row.topic}>; rel="self"',
             "X-Hub-Sequence": str(row.seq),
+            # SUP (FriendFeed 2008): the topic's id in the hub's own SUP document (GET /sup).
+            "X-SUP-ID": sup.header(self.settings.public_origin + "/sup", row.topic),
             "webhook-id": msg_id,
             "webhook-timestamp": str(timestamp),
         }

@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from hub import store, sup
 from hub.errors import KeyReused, NotOwner
+from hub.feeds import sha
 from hub.fetcher import Fetcher
 from hub.metrics import HubMetrics
 from hub.models import Delivery, DeliveryState, Subscription, Topic
@@ -221,6 +222,7 @@ class Hub:
     async def _fat(self, ping: FatPing, key: tuple[str, str] | None = None) -> int | idempotency.Prior:
         """Store a fat ping: the deliveries queued, or, for a key stored before, what its first
         publish was (then nothing is stored). The key commits with the payload."""
+        entries = await self.fetcher.entries_of(ping.content_type, ping.body)
         now = time.time()
         async with store.writing(self.services.sessions) as s:
             if key is not None:
@@ -236,11 +238,18 @@ class Hub:
                     ping.body,
                     now,
                     self.settings.max_pending_per_subscription,
-                    # A fat-pinged topic's next fetch is a fresh baseline (the body just went
-                    # out), and it needs no polling while its publisher pings.
-                    topic_values={"fetched_at": None, "next_poll_at": now + self.settings.poll_max_interval},
+                    # What went out is remembered as a fetch's would be (its entries, its body),
+                    # so no fetch sends it again; a pinged topic is polled only as a safety net.
+                    topic_values={
+                        "body_hash": sha(ping.body),
+                        "pinged_at": now,
+                        "next_poll_at": now + self.settings.poll_max_interval,
+                    },
                 )
             ).deliveries
+            topic_id = await store.topic_id(s, ping.topic) if entries else None
+            if topic_id is not None:
+                await store.remember_entries(s, topic_id, entries)
         self.metrics.publishes.labels("fat").inc()
         if queued:
             self.outbox.wake()

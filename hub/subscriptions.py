@@ -317,11 +317,14 @@ class Verifier:
         if req.mode == "subscribe":
             # Its checks read the database: one that is away delays the verification (with backoff,
             # logged) instead of dropping it, so a subscribe accepted during an outage still happens.
-            reason, fetched = await until_stored(lambda: self._check_subscribe(req), "a subscribe's checks (a read)")
+            reason = await until_stored(lambda: self._check_subscribe(req), "a subscribe's checks (a read)")
             if reason is not None:
                 await self.deny(req, reason)
                 return False
-            if self._baseline is not None and not fetched:
+            # The fetcher decides what the topic needs (a baseline, a fetch, or nothing when
+            # another subscriber's fetch of it just now serves this one too). A renewal needs
+            # none: that subscriber has had every entry all along.
+            if self._baseline is not None and not await self._renewal(req):
                 try:
                     await self._baseline(req.topic)
                 except Exception:
@@ -352,8 +355,14 @@ class Verifier:
                 "a verified unsubscribe",
             )
 
-    async def _check_subscribe(self, req: SubscriptionRequest) -> tuple[str | None, bool]:
-        """Why the hub refuses ``req`` (None: it does not), and whether its topic has a baseline."""
+    async def _renewal(self, req: SubscriptionRequest) -> bool:
+        sub = await until_stored(
+            lambda: store.find(self.services.sessions, req.topic, req.callback), "a subscribe's checks (a read)"
+        )
+        return sub is not None and sub.state == SubscriptionState.ACTIVE and sub.expires_at > time.time()
+
+    async def _check_subscribe(self, req: SubscriptionRequest) -> str | None:
+        """Why the hub refuses ``req`` (None: it does not)."""
         reason = policy.check_subscription(self.settings, req.topic, req.callback)
         if reason is None:
             try:
@@ -361,23 +370,20 @@ class Verifier:
             except URLRefused as exc:
                 reason = f"topic not allowed: {exc}"
         if reason is not None:
-            return reason, False
+            return reason
         # --max-subscriptions-per-callback-host: one host cannot make the hub fan out without bound.
-        capped = bool(getattr(self.settings, "max_subscriptions_per_callback_host", 0))
-        count, fetched = await store.outlook(
-            self.services.sessions,
-            req.topic,
-            req.callback if capped else None,
-            host=self._cap_host(req.callback),
-        )
-        reason = policy.check_callback_host_cap(self.settings, count) if capped else None
+        if getattr(self.settings, "max_subscriptions_per_callback_host", 0):
+            count, _ = await store.outlook(
+                self.services.sessions, req.topic, req.callback, host=self._cap_host(req.callback)
+            )
+            reason = policy.check_callback_host_cap(self.settings, count)
         if reason is None and req.client is not None and self.settings.max_subscriptions_per_callback_host_per_client:
             # A share of that cap per client: one client must not fill a shared host's cap for the lease.
             mine = await store.client_share(
                 self.services.sessions, req.callback, req.client, host=self._cap_host(req.callback)
             )
             reason = policy.check_callback_host_share(self.settings, mine)
-        return reason, fetched
+        return reason
 
     def _cap_host(self, callback: str) -> str | None:
         """What the per-host cap counts a callback under, when not its host: callbacks on our own

@@ -5,4 +5,4 @@ SELECT and without importing Alembic (``reversehub.core.db.migrate``). Bump it w
 ``tests/test_migrations.py`` fails when it differs from Alembic's own head.
 """
 
-HEAD = "0008_idempotency"
+HEAD = "0009_feed_state"

@@ -48,12 +48,14 @@ from hub.store.subscriptions import (
 )
 from hub.store.topics import (
     bump_topic,
+    ensure_sup_source,
     ensure_topic,
     known_entries,
     lock_topic,
     prune_topics,
     record_pings,
     remember_entries,
+    topic_id,
 )
 from hub.store.workers import DeadWorker, beat, dead, judge_node, retire
 
@@ -99,4 +101,6 @@ __all__ = [
     "replay",
     "retire",
     "writing",
+    "topic_id",
+    "ensure_sup_source",
 ]

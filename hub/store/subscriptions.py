@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import httpx
-from sqlalchemy import bindparam, func, insert, literal, select, tuple_, update
+from sqlalchemy import bindparam, exists, func, insert, literal, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from hub.models import DeliveryState, Subscription, SubscriptionState
@@ -65,8 +65,10 @@ _CLIENT_HOST_COUNT = select(func.count()).where(
     _subs.c.callback != bindparam("callback"),
 )
 _FETCHED = select(_topics.c.fetched_at).where(_topics.c.url == bindparam("topic")).scalar_subquery()
-_OUTLOOK = select(_HOST_COUNT, _FETCHED)
-_OUTLOOK_NO_COUNT = select(literal(0), _FETCHED)
+# A topic nobody listens to is not fetched: what the hub remembers of it may be old.
+_LISTENED = exists().where(_subs.c.topic == bindparam("topic"), _subs.c.state == ACTIVE)
+_OUTLOOK = select(_HOST_COUNT, _FETCHED, _LISTENED)
+_OUTLOOK_NO_COUNT = select(literal(0), _FETCHED, _LISTENED)
 
 
 @dataclass(frozen=True)
@@ -246,14 +248,15 @@ async def outlook(
     """What a subscribe's checks need to know, in one read (one index lookup each): how many active
     subscriptions have their callback on ``callback``'s host (or are counted under ``host``), not
     counting ``callback`` itself (a renewal adds nothing; 0 without a callback), and whether
-    ``topic`` has been fetched (so it has its baseline)."""
+    ``topic`` has a current baseline: it was fetched and someone listens to it, so the fetcher
+    keeps what the hub remembers of it current."""
     async with engine_of(sessions).connect() as c:
         if callback is not None:
             params = {"host": host or host_of(callback), "callback": callback, "topic": topic}
             row = (await c.execute(_OUTLOOK, params)).one()
         else:
             row = (await c.execute(_OUTLOOK_NO_COUNT, {"topic": topic})).one()
-    return int(row[0]), row[1] is not None
+    return int(row[0]), row[1] is not None and bool(row[2])
 
 
 async def client_share(

@@ -12,15 +12,15 @@ could grow the table by gigabytes an hour.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
-from sqlalchemy import and_, bindparam, delete, exists, func, insert, literal, select, update
+from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from hub.models import Entry, Subscription, SubscriptionState, Topic
-from hub.store._sql import dialect, dialect_insert, entries_table, writing
+from hub.models import Entry, Subscription, SubscriptionState, SupSource, Topic
+from hub.store._sql import dialect, dialect_insert, writing
 
 
 async def lock_topic(s: AsyncSession, url: str, now: float) -> None:
@@ -68,7 +68,9 @@ async def record_pings(sessions: async_sessionmaker[AsyncSession], urls: Iterabl
     first subscriber's verification fetches it anyway (a baseline), so its ping creates nothing."""
     now = time.time()
     async with writing(sessions) as s:
-        result = await s.execute(update(Topic).where(Topic.url.in_(list(dict.fromkeys(urls)))).values(ping_at=now))
+        result = await s.execute(
+            update(Topic).where(Topic.url.in_(list(dict.fromkeys(urls)))).values(ping_at=now, pinged_at=now)
+        )
     return cast("CursorResult[Any]", result).rowcount
 
 
@@ -108,17 +110,35 @@ async def known_entries(s: AsyncSession, topic_id: int) -> dict[str, str]:
     return {k: v for k, v in rows.all()}
 
 
-async def remember_entries(s: AsyncSession, topic_id: int, entries: dict[str, str], known: dict[str, str]) -> None:
-    """Record ``entries`` (key hash -> content hash) as distributed; ``known`` is what was before."""
-    new = [{"topic_id": topic_id, "key_hash": k, "content_hash": v} for k, v in entries.items() if k not in known]
-    changed = [{"e_key": k, "e_hash": v} for k, v in entries.items() if k in known and known[k] != v]
-    if new:
-        await s.execute(insert(Entry), new)
-    if changed:
-        t = entries_table
-        await s.execute(
-            update(t)
-            .where(and_(t.c.topic_id == literal(topic_id), t.c.key_hash == bindparam("e_key")))
-            .values(content_hash=bindparam("e_hash")),
-            changed,
-        )
+async def ensure_sup_source(s: AsyncSession, url: str, period: float, now: float) -> None:
+    """Poll the SUP document at ``url`` from ``now`` on, unless it is polled already. Two processes
+    may find it in two feeds at once: the second insert is a no-op, not an error in its fetch."""
+    stmt = dialect_insert(s, SupSource).values(url=url, period=period, next_poll_at=now)  # type: ignore[attr-defined]
+    await s.execute(stmt.on_conflict_do_nothing(index_elements=["url"]))
+
+
+async def topic_id(s: AsyncSession, url: str) -> int | None:
+    return (await s.execute(select(Topic.id).where(Topic.url == url))).scalar_one_or_none()
+
+
+async def remember_entries(
+    s: AsyncSession, topic_id: int, entries: Mapping[str, str], known: Mapping[str, str] | None = None
+) -> None:
+    """Record ``entries`` (key hash -> content hash) as distributed; ``known`` (what was read
+    before, if anything) spares the writes of entries that did not change.
+
+    An upsert: a fat ping and a fetch of one topic may record the same entry at once (in two
+    processes, or one of them between the other's read and write), and neither may fail for it."""
+    rows = [
+        {"topic_id": topic_id, "key_hash": k, "content_hash": v}
+        for k, v in entries.items()
+        if known is None or known.get(k) != v
+    ]
+    if not rows:
+        return
+    stmt = dialect_insert(s, Entry)
+    stmt = stmt.on_conflict_do_update(  # type: ignore[attr-defined]
+        index_elements=["topic_id", "key_hash"],
+        set_={"content_hash": stmt.excluded.content_hash},  # type: ignore[attr-defined]
+    )
+    await s.execute(stmt, rows)

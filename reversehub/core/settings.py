@@ -104,7 +104,9 @@ class Settings:
     delivery_retention: float = 7 * 24 * 3600.0
     # How long a publish's Idempotency-Key is remembered (seconds): a retry within it is stored once.
     publish_idempotency_retention: float = 24 * 3600.0
-    # Feed polling for topics nobody pings: adaptive between these bounds (seconds).
+    # Feed polling (seconds, --poll-min-interval / --poll-max-interval): a topic nobody pings is
+    # polled adaptively between these bounds; a pinged one (or one a SUP document covers) at the
+    # maximum, as a safety net; a failing fetch is retried after a backoff from min up to max.
     poll_min_interval: float = 60.0
     poll_max_interval: float = 3600.0
     # Hub delivery retries: first retry after about delivery_retry_base s (jittered), doubling up to

@@ -322,6 +322,24 @@ def serve_options(f: Any) -> Any:
                 },
             ),
             (
+                "poll-min-interval",
+                {
+                    "default": defaults.poll_min_interval,
+                    "type": click.FloatRange(min=0, min_open=True),
+                    "help": "Seconds: the shortest interval at which a feed nobody pings is polled, "
+                    "and the first retry of a failing fetch.",
+                },
+            ),
+            (
+                "poll-max-interval",
+                {
+                    "default": defaults.poll_max_interval,
+                    "type": click.FloatRange(min=0, min_open=True),
+                    "help": "Seconds: the longest poll interval, the safety-net poll of a pinged feed "
+                    "and the ceiling of a failing fetch's backoff.",
+                },
+            ),
+            (
                 "delivery-claim-seconds",
                 {
                     "default": defaults.delivery_claim_seconds,
@@ -353,7 +371,10 @@ def cors_option(f: Any) -> Any:
 
 
 def settings_from(options: dict[str, Any]) -> Settings:
-    return Settings(**{k: v for k, v in options.items() if v is not None})
+    settings = Settings(**{k: v for k, v in options.items() if v is not None})
+    if settings.poll_min_interval > settings.poll_max_interval:
+        raise click.UsageError("--poll-min-interval must not exceed --poll-max-interval")
+    return settings
 
 
 @main.command()

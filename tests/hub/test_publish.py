@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
@@ -69,7 +70,7 @@ async def test_a_fat_ping_counts_a_version_and_puts_off_polling_the_topic(make_h
     from hub.models import Topic
 
     sessions = app.state.hub.services.sessions
-    async with sessions.begin() as s:  # as if fetched once: the fat ping makes the next fetch a baseline
+    async with sessions.begin() as s:  # as if fetched once: a fat ping keeps that baseline
         await s.execute(update(Topic).values(fetched_at=1.0))
     for version in (1, 2):
         before = time.time()
@@ -79,8 +80,9 @@ async def test_a_fat_ping_counts_a_version_and_puts_off_polling_the_topic(make_h
         assert r.status_code == 204
         async with sessions() as s:
             (topic,) = (await s.execute(select(Topic))).scalars().all()
-        assert topic.version == version and topic.fetched_at is None
-        assert before <= topic.updated_at <= time.time()
+        assert topic.version == version and topic.fetched_at == 1.0
+        assert topic.body_hash == hashlib.sha256(b"x").hexdigest()  # a fetch of the same body sends nothing
+        assert before <= topic.updated_at <= topic.pinged_at <= time.time()
         assert before + 600 <= topic.next_poll_at <= time.time() + 600
     # A fat ping to a topic nobody subscribed to yet creates it the same way.
     r = await client.post(
@@ -89,7 +91,7 @@ async def test_a_fat_ping_counts_a_version_and_puts_off_polling_the_topic(make_h
     assert r.status_code == 204
     async with sessions() as s:
         new = (await s.execute(select(Topic).where(Topic.url == "http://pub.test/new"))).scalar_one()
-    assert new.version == 1 and new.fetched_at is None and new.next_poll_at >= time.time() + 590
+    assert new.version == 1 and new.fetched_at is None and new.next_poll_at >= time.time() + 590  # no baseline yet
 
 
 @pytest.mark.parametrize(
