@@ -129,3 +129,15 @@ def test_expose_to_takes_a_port_host_port_or_url(given: str, url: str) -> None:
 def test_expose_to_refuses_what_is_no_address(given: str) -> None:
     with pytest.raises(ValueError, match="is not a port, HOST:PORT or http"):
         local_url(given)
+
+
+async def test_ownership_with_the_hub_down(down: str) -> None:
+    from clients.ownership import Owner
+
+    async with httpx.AsyncClient() as http:
+        owner = Owner(http, f"{down}/hub", "http://example.com/t", "http://cb.test/x", "secret")
+        with pytest.raises(UnreachableError) as caught:
+            await owner.status()
+        assert str(caught.value) == f"cannot reach {down}/hub/status (connection refused): {hint(down)}"
+        with pytest.raises(UnreachableError):
+            await owner.replay(0)
