@@ -333,9 +333,9 @@ def serve(**options: Any) -> None:
     settings = settings_from(options)
     if settings.workers > 1 and not settings.redis_url:
         raise click.UsageError("--workers > 1 needs --redis-url: processes share transient state through Redis")
-    _usable_database(settings)
     from reversehub.server.serve import serve as run_server
 
+    _usable_database(settings)
     run_server(settings)
 
 
