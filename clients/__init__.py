@@ -19,6 +19,7 @@ from clients.errors import (
     PublishError,
     RelayError,
     SubscriptionError,
+    UnreachableError,
 )
 from clients.publisher import AsyncPublisher, Publisher, ping, publish
 from clients.subscriber import AsyncSubscriber, Subscriber
@@ -39,6 +40,7 @@ __all__ = [
     "RelayError",
     "Subscriber",
     "SubscriptionError",
+    "UnreachableError",
     "Update",
     "discover",
     "ping",

@@ -14,6 +14,7 @@ import base64
 import contextlib
 import json
 import signal
+import socket
 import sys
 import threading
 import time
@@ -166,8 +167,11 @@ def _read_data(data: str | None) -> bytes:
     if data is None or data == "-":
         return sys.stdin.buffer.read()
     if data.startswith("@"):
-        with open(data[1:], "rb") as f:
-            return f.read()
+        try:
+            with open(data[1:], "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise click.ClickException(f"--data {data}: cannot read {data[1:]}: {exc.strerror or exc}") from None
     return data.encode()
 
 
@@ -181,10 +185,20 @@ def publish(topic: str, data: str | None, content_type: str, hub: str) -> None:
     body = _read_data(data)
     try:
         with Publisher(hub) as publisher:
-            publisher.publish(topic, body, content_type)
+            queued = publisher.publish(topic, body, content_type)
     except (ClientError, httpx.HTTPError) as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"published {len(body)} bytes to {topic}", err=True)
+    if queued == 0:
+        # Not an error (a topic may have no subscribers yet), but a typo'd topic looks just like this.
+        click.echo(f"published {len(body)} bytes to {topic}, but nobody subscribes to it: 0 deliveries", err=True)
+    elif queued is not None:
+        click.echo(f"published {len(body)} bytes to {topic}: queued for {_subscriptions(queued)}", err=True)
+    else:
+        click.echo(f"published {len(body)} bytes to {topic}", err=True)
+
+
+def _subscriptions(n: int) -> str:
+    return f"{n} subscription" + ("" if n == 1 else "s")
 
 
 @click.command()
@@ -195,9 +209,11 @@ def ping(url: str, hub: str | None) -> None:
     try:
         with Publisher(hub) as publisher:
             publisher.ping(url)
+    except DiscoveryError as exc:
+        raise click.ClickException(f"{exc}; pass --hub URL") from exc
     except (ClientError, httpx.HTTPError) as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"pinged the hub about {url}", err=True)
+    click.echo(f"pinged the hub about {url}: queued for fetch", err=True)
 
 
 class Forwarder:
@@ -231,9 +247,43 @@ class Forwarder:
         return HttpResponse(answer.status_code, headers, answer.content)
 
 
+def local_url(to: str) -> str:
+    """``--to`` as a URL: a bare port (``3000``, ``:3000``) is on 127.0.0.1, ``host:port`` gets
+    ``http://``, and an ``http(s)://`` URL stays as it is. ValueError for anything else."""
+    text = to.strip()
+    if text.startswith(":"):
+        text = "127.0.0.1" + text
+    if text.isdigit():
+        text = "127.0.0.1:" + text
+    if "://" not in text:
+        text = "http://" + text
+    parts = urlsplit(text)
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or beyond 65535
+        port = 0
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        raise ValueError(f"--to {to!r} is not a port, HOST:PORT or http(s):// URL (e.g. 3000, localhost:3000)")
+    return text.rstrip("/")
+
+
+def check_listening(url: str, timeout: float = 3.0) -> None:
+    """Connect once to the local server, so that a wrong ``--to`` fails now, not as a 502 later."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "", port), timeout=timeout).close()
+    except OSError as exc:
+        reason = "connection refused" if isinstance(exc, ConnectionRefusedError) else (exc.strerror or str(exc))
+        message = f"nothing answers at {url} ({reason}): start the local server first, or fix --to"
+        raise click.ClickException(message) from None
+
+
 @click.command()
 @click.argument("name")
-@click.option("--to", "to", required=True, help="Local server to forward to, e.g. http://127.0.0.1:3000.")
+@click.option(
+    "--to", "to", required=True, help="Local server to forward to: a port (3000), HOST:PORT or an http(s):// URL."
+)
 @click.option("--relay", envvar="REVERSEHUB_RELAY", default=DEFAULT_RELAY, show_default=True, help="Relay URL.")
 @click.option("--token", envvar="REVERSEHUB_TOKEN", default=None, help="Keeps NAME yours across restarts.")
 @click.option("--pollers", default=4, show_default=True, help="Concurrent long-polls.")
@@ -246,6 +296,11 @@ def expose(name: str, to: str, relay: str, token: str | None, pollers: int, mail
 
     if mailbox and token is None:
         raise click.UsageError("--mailbox needs --token: the same token claims NAME and its stored requests again")
+    try:
+        to = local_url(to)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    check_listening(to)
 
     async def run() -> None:
         stop = asyncio.Event()

@@ -15,7 +15,7 @@ from urllib.parse import urljoin
 import httpx
 
 from clients._links import parse_links
-from clients.errors import DiscoveryError
+from clients.errors import DiscoveryError, reason_of
 
 # Enough of a page or feed to find its head; a hub link lives near the top.
 MAX_DISCOVERY_BYTES = 1024 * 1024
@@ -71,7 +71,7 @@ async def discover(topic: str, http: httpx.AsyncClient) -> Discovered:
     try:
         response = await http.get(topic, follow_redirects=True)
     except httpx.HTTPError as exc:
-        raise DiscoveryError(f"could not fetch {topic}: {exc}") from exc
+        raise DiscoveryError(f"could not fetch {topic} to find its hub ({reason_of(exc)})") from exc
     if response.status_code >= 400:
         raise DiscoveryError(f"could not fetch {topic}: HTTP {response.status_code}")
     return discover_from(response)

@@ -38,7 +38,7 @@ import httpx
 
 from clients._asgi import ASGIApp, Lifespan, call_app
 from clients._links import find_link
-from clients.errors import ClosedError, RelayError
+from clients.errors import ClosedError, RelayError, server_hint, unreachable
 from relay.wire import HttpRequest, HttpResponse, WireError, parse_request, serialize_response
 
 logger = logging.getLogger(__name__)
@@ -145,7 +145,8 @@ class Endpoint:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> str:
-        """Register and start polling; returns the public URL. Raises :class:`RelayError` if refused."""
+        """Register and start polling; returns the public URL. Raises :class:`RelayError` if refused,
+        :class:`UnreachableError` if the relay does not answer."""
         if self._closing:
             raise ClosedError("endpoint is closed")
         if self._started:
@@ -154,7 +155,10 @@ class Endpoint:
         try:
             if self._lifespan is not None:
                 await self._lifespan.startup()
-            registration = await self._register()
+            try:
+                registration = await self._register()
+            except httpx.HTTPError as exc:
+                raise unreachable(self.relay, exc, server_hint(self.relay)) from exc
         except BaseException:
             await self.aclose()
             raise

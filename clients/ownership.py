@@ -19,7 +19,7 @@ from urllib.parse import urljoin
 
 import httpx
 
-from clients.errors import OwnershipError
+from clients.errors import OwnershipError, server_hint, unreachable
 
 # Past this difference between our clock and the hub's (its Date header), proofs are timed by the
 # hub's clock: the hub accepts a proof within 300 s, and a client whose clock is off by more would
@@ -60,7 +60,10 @@ class Owner:
         """The subscription's status; None when the hub knows no such subscription for this secret."""
         for _ in range(2):
             skew = self._skew
-            response = await self.http.get(self._status_url, params=self._signed("status"))
+            try:
+                response = await self.http.get(self._status_url, params=self._signed("status"))
+            except httpx.HTTPError as exc:
+                raise unreachable(self._status_url, exc, server_hint(self._status_url)) from exc
             if not self._refused(response):
                 break
             if self._skew == skew:  # not a proof timed by a clock the hub disagrees with
@@ -90,7 +93,10 @@ class Owner:
         for _ in range(2):
             skew = self._skew
             data = {**self._signed("replay", str(since)), "hub.since": str(since)}
-            response = await self.http.post(self._replay_url, data=data)
+            try:
+                response = await self.http.post(self._replay_url, data=data)
+            except httpx.HTTPError as exc:
+                raise unreachable(self._replay_url, exc, server_hint(self._replay_url)) from exc
             if not self._refused(response):
                 break
             if self._skew == skew:

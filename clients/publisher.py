@@ -12,6 +12,11 @@
 ``publish`` POSTs the body to the hub's ``/publish?hub.topic=T`` (reversehub's fat ping);
 ``ping`` is the PubSubHubbub 0.4 ``hub.mode=publish&hub.url=T`` form POSTed to the hub, which any
 WebSub hub that takes pings understands. Without ``hub=``, the hub is discovered from the topic.
+
+``publish`` returns how many deliveries the hub queued (reversehub's ``X-Hub-Deliveries`` header):
+0 means nobody subscribes to the topic, a typo'd topic for instance; None when the hub does not say
+(another hub, or a retry it answered from its ``Idempotency-Key`` record). A ping is fetched later,
+so the hub cannot say yet what it will deliver.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ from urllib.parse import urljoin
 import httpx
 
 from clients.discovery import discover, discover_from
-from clients.errors import PublishError
+from clients.errors import DiscoveryError, PublishError, reason_of, server_hint, unreachable
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
+# reversehub's answer to a fat ping: the number of subscriptions the body was queued for.
+DELIVERIES_HEADER = "X-Hub-Deliveries"
 
 
 def publish_url(hub: str) -> str:
@@ -34,8 +41,20 @@ def publish_url(hub: str) -> str:
 
 def _check(response: httpx.Response, what: str) -> None:
     if response.status_code >= 300:
-        reason = response.text.strip()[:200]
-        raise PublishError(f"hub refused the {what}: HTTP {response.status_code} {reason}", response.status_code)
+        reason = " ".join(response.text.split())[:200]
+        raise PublishError(
+            f"{response.url} refused the {what}: HTTP {response.status_code} {reason}".rstrip(), response.status_code
+        )
+
+
+def deliveries(response: httpx.Response) -> int | None:
+    """The deliveries a publish queued, as the hub told (None when it does not say)."""
+    value = response.headers.get(DELIVERIES_HEADER, "")
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
+def _failed(url: str, exc: httpx.HTTPError) -> Exception:
+    return unreachable(url, exc, server_hint(url))
 
 
 class AsyncPublisher:
@@ -46,19 +65,27 @@ class AsyncPublisher:
     async def _hub_for(self, topic: str) -> str:
         return self.hub or (await discover(topic, self._http)).hub
 
-    async def publish(self, topic: str, body: bytes | str, content_type: str = DEFAULT_CONTENT_TYPE) -> None:
-        """Distribute ``body`` as it is to the subscribers of ``topic``."""
+    async def publish(self, topic: str, body: bytes | str, content_type: str = DEFAULT_CONTENT_TYPE) -> int | None:
+        """Distribute ``body`` as it is to the subscribers of ``topic``; returns the deliveries
+        queued (0: nobody subscribes), None when the hub does not say."""
         content = body.encode() if isinstance(body, str) else body
-        hub = await self._hub_for(topic)
-        response = await self._http.post(
-            publish_url(hub), params={"hub.topic": topic}, content=content, headers={"content-type": content_type}
-        )
+        url = publish_url(await self._hub_for(topic))
+        try:
+            response = await self._http.post(
+                url, params={"hub.topic": topic}, content=content, headers={"content-type": content_type}
+            )
+        except httpx.HTTPError as exc:
+            raise _failed(url, exc) from exc
         _check(response, "publish")
+        return deliveries(response)
 
     async def ping(self, topic_url: str) -> None:
         """Tell the hub ``topic_url`` changed; it fetches it and distributes what is new."""
         hub = await self._hub_for(topic_url)
-        response = await self._http.post(hub, data={"hub.mode": "publish", "hub.url": topic_url})
+        try:
+            response = await self._http.post(hub, data={"hub.mode": "publish", "hub.url": topic_url})
+        except httpx.HTTPError as exc:
+            raise _failed(hub, exc) from exc
         _check(response, "ping")
 
     async def aclose(self) -> None:
@@ -86,21 +113,27 @@ class Publisher:
         try:
             response = self._http.get(topic, follow_redirects=True)
         except httpx.HTTPError as exc:
-            raise PublishError(f"could not fetch {topic} to find its hub: {exc}") from exc
+            raise DiscoveryError(f"could not fetch {topic} to find its hub ({reason_of(exc)})") from exc
         return discover_from(response).hub
 
-    def publish(self, topic: str, body: bytes | str, content_type: str = DEFAULT_CONTENT_TYPE) -> None:
+    def publish(self, topic: str, body: bytes | str, content_type: str = DEFAULT_CONTENT_TYPE) -> int | None:
         content = body.encode() if isinstance(body, str) else body
-        response = self._http.post(
-            publish_url(self._hub_for(topic)),
-            params={"hub.topic": topic},
-            content=content,
-            headers={"content-type": content_type},
-        )
+        url = publish_url(self._hub_for(topic))
+        try:
+            response = self._http.post(
+                url, params={"hub.topic": topic}, content=content, headers={"content-type": content_type}
+            )
+        except httpx.HTTPError as exc:
+            raise _failed(url, exc) from exc
         _check(response, "publish")
+        return deliveries(response)
 
     def ping(self, topic_url: str) -> None:
-        response = self._http.post(self._hub_for(topic_url), data={"hub.mode": "publish", "hub.url": topic_url})
+        hub = self._hub_for(topic_url)
+        try:
+            response = self._http.post(hub, data={"hub.mode": "publish", "hub.url": topic_url})
+        except httpx.HTTPError as exc:
+            raise _failed(hub, exc) from exc
         _check(response, "ping")
 
     def close(self) -> None:
@@ -115,10 +148,13 @@ class Publisher:
         self.close()
 
 
-def publish(topic: str, body: bytes | str, content_type: str = DEFAULT_CONTENT_TYPE, *, hub: str | None = None) -> None:
-    """One fat ping: distribute ``body`` (with ``content_type``) to the subscribers of ``topic``."""
+def publish(
+    topic: str, body: bytes | str, content_type: str = DEFAULT_CONTENT_TYPE, *, hub: str | None = None
+) -> int | None:
+    """One fat ping: distribute ``body`` (with ``content_type``) to the subscribers of ``topic``;
+    returns the deliveries queued (0: nobody subscribes), None when the hub does not say."""
     with Publisher(hub) as publisher:
-        publisher.publish(topic, body, content_type)
+        return publisher.publish(topic, body, content_type)
 
 
 def ping(topic_url: str, *, hub: str | None = None) -> None:

@@ -60,7 +60,16 @@ from clients._links import find_link
 from clients._sync import LoopThread
 from clients.discovery import discover
 from clients.endpoint import CONNECTED, RECONNECTING, Endpoint, backoff_sleep, random_name
-from clients.errors import ClientError, ClosedError, MissedUpdates, OwnershipError, SubscriptionError
+from clients.errors import (
+    ClientError,
+    ClosedError,
+    MissedUpdates,
+    OwnershipError,
+    SubscriptionError,
+    UnreachableError,
+    server_hint,
+    unreachable,
+)
 from clients.ownership import Owner
 from clients.sequence import Sequencer
 from clients.state import SubscriberState
@@ -202,7 +211,8 @@ class AsyncSubscriber:
         challenge, which it passes on to the hub. Raises :class:`SubscriptionError` when the hub
         refused, denied or did not verify within ``verify_timeout``, or when the echo did not reach
         the relay (the subscription was then not made: calling ``start()`` again is safe);
-        ``httpx`` errors when the hub or relay cannot be reached; :class:`RelayError` when the
+        :class:`UnreachableError` when the hub or relay does not answer (:class:`DiscoveryError`
+        when the topic, fetched to find its hub, does not); :class:`RelayError` when the
         relay refused the name; :class:`ClosedError` once stopped; ``ValueError`` when the state
         file is not one, or was made for another topic, hub or secret.
 
@@ -317,7 +327,7 @@ class AsyncSubscriber:
         if self._started and not durable:
             try:
                 await self._subscribe("unsubscribe")
-            except (httpx.HTTPError, SubscriptionError) as exc:
+            except (httpx.HTTPError, SubscriptionError, UnreachableError) as exc:
                 logger.warning("unsubscribe from %s failed: %s", self.topic, exc)
         await self._teardown(release=not durable)
         if self._state_lock is not None:
@@ -328,7 +338,7 @@ class AsyncSubscriber:
         """End the subscription (``hub.mode=unsubscribe``), relinquish the relay name and delete the
         state file. A subscriber not started yet starts first (so a state file's subscription can be
         ended; updates still pending may reach the callback meanwhile). If the hub does not verify
-        the unsubscription, this raises :class:`SubscriptionError` (or an ``httpx`` error) after
+        the unsubscription, this raises :class:`SubscriptionError` (or :class:`UnreachableError`) after
         detaching, and the name and the state file are kept, so it can be tried again."""
         if self._closed:
             raise ClosedError("subscriber was stopped")
@@ -467,7 +477,10 @@ class AsyncSubscriber:
                     data["hub.secret"] = self.secret
                     if self.requested_lease is not None:
                         data["hub.lease_seconds"] = str(self.requested_lease)
-                response = await self._http.post(self.hub, data=data)
+                try:
+                    response = await self._http.post(self.hub, data=data)
+                except httpx.HTTPError as exc:
+                    raise unreachable(self.hub, exc, server_hint(self.hub)) from exc
                 if response.status_code >= 300:
                     reason = response.text.strip()[:200]
                     raise SubscriptionError(f"hub refused to {mode}: HTTP {response.status_code} {reason}")
@@ -529,7 +542,7 @@ class AsyncSubscriber:
         while True:
             try:
                 await self._subscribe("subscribe")
-            except (httpx.HTTPError, SubscriptionError) as exc:
+            except (httpx.HTTPError, SubscriptionError, UnreachableError) as exc:
                 logger.warning("renewing the subscription to %s failed (%s); retrying", self.topic, exc)
                 self._set_state(RECONNECTING)
                 delay = await backoff_sleep(delay, self._backoff[1])

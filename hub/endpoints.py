@@ -1,7 +1,9 @@
 """HTTP endpoints: parse, authorize, call :class:`hub.service.Hub`, map the result. Errors map here only.
 
 - ``POST /hub``: ``hub.mode=subscribe|unsubscribe`` -> 202 (verification follows), ``publish`` -> 204.
-- ``POST /publish``: a ping or a fat ping (:mod:`hub.publish`) -> 204 once recorded durably.
+- ``POST /publish``: a ping or a fat ping (:mod:`hub.publish`) -> 204 once recorded durably; a fat
+  ping's answer says in ``X-Hub-Deliveries`` for how many subscriptions it was queued (0: nobody
+  subscribes to the topic).
 - ``GET /sup``: our SUP document. ``GET /hub/status`` and ``POST /hub/replay``: a subscription's
   state and a replay of its retained deliveries, for the owner of its secret (:mod:`hub.signing`).
 
@@ -144,14 +146,17 @@ async def _publish(hub: Hub, request: Request, ping: publish.Ping | publish.FatP
     await _count(hub, request, "publish", cost=len(topics) - 1)
     await _count(hub, request, "publish:topic", (f"topic={t}" for t in topics))
     key = idempotency_key(request.headers.get("idempotency-key"))
-    if key is None or not isinstance(ping, publish.FatPing):
+    if not isinstance(ping, publish.FatPing):
         # A ping names topics to fetch: the hub diffs what it fetches, so a repeated ping
-        # distributes nothing twice and needs no key.
+        # distributes nothing twice and needs no key. What it delivers is known only after the fetch.
         await hub.publish(ping)
         return Response(status_code=PUBLISHED)
-    if await hub.publish_once(ping, key):
+    queued = await (hub.publish(ping) if key is None else hub.publish_once(ping, key))
+    if queued is None:
         return Response(status_code=PUBLISHED, headers={"Idempotent-Replayed": "true"})
-    return Response(status_code=PUBLISHED)
+    # The publisher learns at once that a topic has nobody to deliver to (a typo'd topic, a
+    # subscriber that is gone) instead of a 204 that looks like success.
+    return Response(status_code=PUBLISHED, headers={publish.DELIVERIES_HEADER: str(queued)})
 
 
 def idempotency_key(value: str | None) -> str | None:

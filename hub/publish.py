@@ -19,6 +19,8 @@ from hub.subscriptions import check_url
 
 FORM = "application/x-www-form-urlencoded"
 MAX_PING_URLS = 100
+# The answer to a fat ping names how many subscriptions it was queued for (docs/errors.md).
+DELIVERIES_HEADER = "X-Hub-Deliveries"
 # A form is parsed whole before anything looks at it: bound the work one request can ask for.
 MAX_FIELDS = 1000
 

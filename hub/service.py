@@ -198,10 +198,11 @@ class Hub:
         assert isinstance(queued, int)  # no key, no prior publish
         return queued
 
-    async def publish_once(self, ping: FatPing, key: str) -> bool:
+    async def publish_once(self, ping: FatPing, key: str) -> int | None:
         """:meth:`publish` a fat ping with the publisher's ``Idempotency-Key``
-        (:mod:`hub.store.idempotency`); True when the key's publish was stored before, and this
-        retry stored nothing. :class:`KeyReused` when that publish was another request."""
+        (:mod:`hub.store.idempotency`); the deliveries queued, or None when the key's publish was
+        stored before, and this retry stored nothing. :class:`KeyReused` when that publish was
+        another request."""
         key_digest = idempotency.digest(ping.topic, key)
         request = idempotency.fingerprint(ping.content_type, ping.body)
         try:
@@ -213,11 +214,11 @@ class Hub:
                 raise
             outcome = found
         if isinstance(outcome, int):
-            return False
+            return outcome
         if outcome.fingerprint != request:
             raise KeyReused("this Idempotency-Key was used for another request to this topic")
         self.metrics.publishes.labels("retried").inc()
-        return True
+        return None
 
     async def _fat(self, ping: FatPing, key: tuple[str, str] | None = None) -> int | idempotency.Prior:
         """Store a fat ping: the deliveries queued, or, for a key stored before, what its first

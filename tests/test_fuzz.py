@@ -5,6 +5,10 @@ fuzzed too. The app runs once per test on a blocking portal (hypothesis drives s
 outbound HTTP is an in-process app, so random callbacks and topics reach nobody real. Every request has
 a deadline, and /healthz must still answer 200 after each one.
 
+Endless responses (the dashboard's event stream, :data:`STREAMS`) are fuzzed apart: the in-process
+client buffers a whole response, so a valid request to a stream would only end at the deadline.
+Their test reads the response head and the first chunk, then goes away as a browser tab does.
+
 Values are malformed on purpose (issue 13, L1): digits that ``str.isdigit`` takes and ``int``
 refuses (``²``), 5,000-digit numbers, non-ASCII signatures, header values with bytes outside ASCII
 and control characters, replies whose headers hold control characters. The app has a subscription
@@ -29,6 +33,7 @@ from hypothesis import strategies as st
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp
 
 from hub.signing import ownership_proof
 from relay import wire
@@ -38,6 +43,8 @@ from tests.conftest import started
 
 FEED = b'<feed xmlns="http://www.w3.org/2005/Atom"><id>t</id><entry><id>1</id><title>x</title></entry></feed>'
 REQUEST_DEADLINE = 5.0  # seconds; held polls end after poll_timeout (1 s in tests)
+# Responses that never end while the server runs (server-sent events).
+STREAMS = frozenset({"/dashboard/events"})
 FUZZ = hsettings(
     max_examples=400,
     deadline=None,  # each request has its own deadline (REQUEST_DEADLINE)
@@ -274,6 +281,7 @@ def requests(draw: st.DrawFn, templates: list[tuple[str, frozenset[str]]]) -> tu
 
 def test_every_endpoint_survives_fuzzing(live_app) -> None:
     portal, client, templates = live_app
+    templates = [t for t in templates if t[0] not in STREAMS]
     assert len(templates) >= 5
 
     async def send(method: str, url: str, headers: dict, body: bytes) -> int:
@@ -330,7 +338,9 @@ def test_proofs_and_numbers_never_answer_5xx(live_app) -> None:
 
 
 @pytest.fixture
-def live_admin(settings: Settings) -> Iterator[tuple[BlockingPortal, httpx.AsyncClient, httpx.AsyncClient, list]]:
+def live_admin(
+    settings: Settings,
+) -> Iterator[tuple[BlockingPortal, httpx.AsyncClient, httpx.AsyncClient, list, ASGIApp]]:
     """The admin side (reversehub.server.app.create_admin_app) of a started app, and its main client."""
     from reversehub.server.app import create_admin_app
 
@@ -347,13 +357,12 @@ def live_admin(settings: Settings) -> Iterator[tuple[BlockingPortal, httpx.Async
             with portal.wrap_async_context_manager(
                 httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8001")
             ) as admin:
-                # The live events stream until the server stops: their own tests cover them.
-                templates = [t for t in route_templates(admin_app.routes) if t[0] != "/dashboard/events"]
-                yield portal, client, admin, templates
+                yield portal, client, admin, route_templates(admin_app.routes), admin_app
 
 
 def test_every_admin_endpoint_survives_fuzzing(live_admin) -> None:
-    portal, client, admin, templates = live_admin
+    portal, client, admin, templates, _ = live_admin
+    templates = [t for t in templates if t[0] not in STREAMS]
     assert len(templates) >= 10
 
     async def send(method: str, url: str, headers: dict, body: bytes) -> int:
@@ -368,5 +377,80 @@ def test_every_admin_endpoint_survives_fuzzing(live_admin) -> None:
     def check(request: tuple[str, str, dict, bytes]) -> None:
         status = portal.call(send, *request)
         assert status < 500, f"{request[0]} {request[1]} -> {status}"
+
+    check()
+
+
+async def response_head(app: ASGIApp, method: str, url: str, headers: dict, body: bytes) -> int:
+    """The status of a response that may never end: the app runs until its first body chunk (or its
+    end), then the request is abandoned, as a client that closes the connection."""
+    target = httpx.URL(url)
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "headers": [(k.lower().encode("latin-1"), v if isinstance(v, bytes) else v.encode("utf-8")) for k, v in
+                    headers.items()],
+        "scheme": "http",
+        "path": target.path,
+        "raw_path": target.raw_path.split(b"?")[0],
+        "query_string": target.query,
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 50000),
+        "root_path": "",
+    }  # fmt: skip
+    status: list[int] = []
+    answered = anyio.Event()
+    sent = False
+
+    async def receive() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await answered.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            status.append(message["status"])
+        elif message["type"] == "http.response.body":
+            answered.set()
+
+    async with anyio.create_task_group() as tg:
+
+        async def run() -> None:
+            await app(scope, receive, send)
+            answered.set()
+
+        tg.start_soon(run)
+        await answered.wait()
+        tg.cancel_scope.cancel()
+    assert status, "the app ended without a response"
+    return status[0]
+
+
+def test_streams_survive_fuzzing(live_admin) -> None:
+    """The endless endpoints, fuzzed like the others (a valid token included), each request bounded."""
+    portal, client, _, templates, app = live_admin
+    streams = [t for t in templates if t[0] in STREAMS]
+    assert streams, "the stream endpoints moved: update STREAMS"
+
+    async def send(method: str, url: str, headers: dict, body: bytes) -> int:
+        with anyio.fail_after(REQUEST_DEADLINE):
+            status = await response_head(app, method, url, headers, body)
+        with anyio.fail_after(REQUEST_DEADLINE):
+            assert (await client.get("/healthz")).status_code == 200, "server unhealthy after the request"
+        return status
+
+    @hsettings(FUZZ, max_examples=100)
+    @given(request=requests(streams), token=st.booleans())
+    def check(request: tuple[str, str, dict, bytes], token: bool) -> None:
+        method, url, headers, body = request
+        if token:  # the stream itself, not only its refusals
+            headers = {**headers, "authorization": "Bearer fuzz-admin"}
+        status = portal.call(send, method, url, headers, body)
+        assert status < 500, f"{method} {url} -> {status}"
 
     check()

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase
 
 import migrations
-from reversehub.core import sqlite
+from reversehub.core import extras, sqlite
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -77,6 +77,8 @@ def async_url(url: str | URL) -> URL:
         raise DatabaseURLError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
     if parsed.drivername in (backend, "postgres"):
         parsed = parsed.set(drivername=ASYNC_DRIVERS[backend])
+    if parsed.drivername == ASYNC_DRIVERS["postgresql"]:
+        extras.require("asyncpg", "a postgresql:// database URL")
     return parsed
 
 

@@ -7,6 +7,7 @@ Every ``serve`` flag also reads ``REVERSEHUB_<FLAG>`` (DESIGN.md), given explici
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -391,7 +392,70 @@ def serve(**options: Any) -> None:
         raise click.ClickException(reason)  # one line ("Error: ..."), exit status 1
     from reversehub.server.serve import serve as run_server
 
+    _usable_database(settings)
     run_server(settings)
+
+
+# A database that does not answer within this long at start is reported, not waited for.
+DATABASE_PROBE_TIMEOUT = 15.0
+
+
+def _usable_database(settings: Settings) -> None:
+    """Before ``serve`` starts: the drivers the URLs need are installed, and a PostgreSQL server
+    answers; otherwise one line that says what to do, instead of a start-up traceback."""
+    from reversehub.core import db as dbmod
+    from reversehub.core.extras import MissingExtra, require
+
+    try:
+        if settings.redis_url:
+            require("redis", "--redis-url")
+        if dbmod.is_sqlite(settings.database_url):
+            return  # a file: serve creates it, and its own errors say which path failed
+        dbmod.async_url(settings.database_url)
+    except (MissingExtra, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+    async def probe() -> None:
+        engine = dbmod.create_engine(settings.database_url)
+        try:
+            async with engine.connect():
+                pass
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(asyncio.wait_for(probe(), DATABASE_PROBE_TIMEOUT))
+    except Exception as exc:
+        raise _database_error(settings.database_url, exc) from None
+
+
+def _database_error(url: str, exc: BaseException) -> click.ClickException:
+    """One line for a database that cannot be used: where (without the password), why, what to check."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        where = make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        where = "--database-url"
+    causes: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(causes) < 10:
+        causes.append(cause)
+        cause = cause.__cause__ or getattr(cause, "orig", None)
+    if any(isinstance(c, ConnectionRefusedError) for c in causes):
+        reason = "connection refused"
+    elif any(isinstance(c, socket.gaierror) for c in causes):
+        reason = "unknown host"
+    elif any(isinstance(c, TimeoutError) for c in causes):
+        reason = "no answer"
+    else:
+        # The driver's own words ("password authentication failed", "database ... does not exist").
+        text = str(causes[-1]).strip() or type(causes[-1]).__name__
+        reason = text.splitlines()[0][:200]
+    hint = "is --database-url right?"
+    if not where.startswith("sqlite"):
+        hint = "is PostgreSQL running there, and is --database-url right?"
+    return click.ClickException(f"cannot use the database at {where} ({reason}): {hint}")
 
 
 @main.group()
@@ -403,7 +467,10 @@ def db() -> None:
 @_option("database-url", default=Settings().database_url)
 def db_upgrade(database_url: str) -> None:
     """Bring the schema to the newest revision (serve also does this at start)."""
+    from sqlalchemy.exc import DBAPIError
+
     from reversehub.core import db as dbmod
+    from reversehub.core.extras import MissingExtra
 
     async def run() -> None:
         engine = dbmod.create_engine(database_url)
@@ -412,7 +479,12 @@ def db_upgrade(database_url: str) -> None:
         finally:
             await engine.dispose()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except (MissingExtra, dbmod.DatabaseURLError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except (DBAPIError, OSError) as exc:
+        raise _database_error(database_url, exc) from None
     click.echo("database at head")
 
 

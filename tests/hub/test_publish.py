@@ -246,3 +246,29 @@ async def test_metrics_count_publishes_and_deliveries(hub, peer):
 
 async def _metric(client, line):
     return line in (await client.get("/metrics")).text
+
+
+async def test_a_fat_ping_says_how_many_subscriptions_it_was_queued_for(hub, peer):
+    """X-Hub-Deliveries (docs/errors.md): 0 tells a publisher that nobody subscribes (a typo'd topic)."""
+    from clients import AsyncPublisher
+
+    app, client = hub
+    url = "/publish?hub.topic=http://pub.test/deliveries"
+    r = await client.post(url, content=b"x", headers=TEXT)
+    assert (r.status_code, r.headers["x-hub-deliveries"]) == (204, "0")
+    await subscribe(client, peer, "http://pub.test/deliveries", SUB + "/one")
+    await subscribe(client, peer, "http://pub.test/deliveries", SUB + "/two")
+    r = await client.post(url, content=b"x", headers=TEXT)
+    assert r.headers["x-hub-deliveries"] == "2"
+    # With an Idempotency-Key: the count the first time, nothing counted again on a retry.
+    keyed = {**TEXT, "Idempotency-Key": '"k1"'}
+    r = await client.post(url, content=b"y", headers=keyed)
+    assert (r.headers["x-hub-deliveries"], r.headers.get("idempotent-replayed")) == ("2", None)
+    r = await client.post(url, content=b"y", headers=keyed)
+    assert ("x-hub-deliveries" in r.headers, r.headers["idempotent-replayed"]) == (False, "true")
+    # A ping is fetched later: the hub cannot say yet.
+    r = await client.post("/publish", data={"hub.mode": "publish", "hub.url": "http://pub.test/deliveries"})
+    assert (r.status_code, "x-hub-deliveries" in r.headers) == (204, False)
+    async with AsyncPublisher(str(client.base_url.join("/hub")), transport=client._transport) as publisher:
+        assert await publisher.publish("http://pub.test/deliveries", b"z") == 2
+        assert await publisher.publish("http://pub.test/nobody", b"z") == 0

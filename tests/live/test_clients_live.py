@@ -670,7 +670,8 @@ async def test_cli_expose_forwards_to_a_local_server(server: Server) -> None:
 
     local_app = Starlette(routes=[Route("/{path:path}", hello, methods=["GET", "POST"])])
     async with serve_live(local_app) as local:
-        proc = await Process.start("expose", "webapp", "--to", local, "--relay", f"{server.url}/reversehttp")
+        port = local.rsplit(":", 1)[1]  # --to takes a bare port for a server on 127.0.0.1
+        proc = await Process.start("expose", "webapp", "--to", port, "--relay", f"{server.url}/reversehttp")
         try:
             assert await proc.line() == f"{server.url}/relay/webapp/ -> {local}"
             async with httpx.AsyncClient() as http:

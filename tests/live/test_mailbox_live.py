@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pty
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -170,7 +171,9 @@ def test_expose_mailbox_needs_a_token() -> None:
 async def test_expose_prints_the_inspector_link_only_on_a_terminal(server: Server) -> None:
     server.start()
     controller, terminal = pty.openpty()
-    command = [REVERSEHUB, "expose", "--to", "http://127.0.0.1:9", "--relay", server.base + "/reversehttp"]
+    local = socket.create_server(("127.0.0.1", 0))  # expose checks that something listens at --to
+    to = f"http://127.0.0.1:{local.getsockname()[1]}"
+    command = [REVERSEHUB, "expose", "--to", to, "--relay", server.base + "/reversehttp"]
     async with httpx.AsyncClient(timeout=30) as client:
         await server.ready(client)
         expose = subprocess.Popen(
@@ -200,3 +203,4 @@ async def test_expose_prints_the_inspector_link_only_on_a_terminal(server: Serve
         finally:
             piped.terminate()
             piped.wait(20)
+            local.close()

@@ -6,6 +6,7 @@ as one. Durable state never goes through here: that is the database's job.
 
 from __future__ import annotations
 
+from reversehub.core import extras
 from reversehub.core.broker.base import Broker, BrokerClosed, BrokerUnavailable, Subscription
 
 __all__ = ["Broker", "BrokerClosed", "BrokerUnavailable", "Subscription", "make_broker"]
@@ -14,6 +15,7 @@ __all__ = ["Broker", "BrokerClosed", "BrokerUnavailable", "Subscription", "make_
 def make_broker(redis_url: str | None) -> Broker:
     """The in-process broker, or the Redis one when a URL is given (imported only then)."""
     if redis_url:
+        extras.require("redis", "--redis-url")
         from reversehub.core.broker.redis import RedisBroker
 
         return RedisBroker(redis_url)
