@@ -53,6 +53,8 @@ CONNECTED = "connected"
 RECONNECTING = "reconnecting"
 REREGISTERED = "reregistered"
 CLOSED = "closed"
+# Seconds between the attempts to post one reply (see Endpoint._reply).
+REPLY_RETRIES = (0.25, 0.5, 1.0, 2.0)
 
 
 @dataclass(frozen=True)
@@ -333,18 +335,32 @@ class Endpoint:
             return request, HttpResponse(500, [("content-type", "text/plain")], b"Internal Server Error\n")
 
     async def _reply(self, url: str, reply: HttpResponse) -> bool:
-        """POST the reply to the request URL it answers; True if the relay accepted it."""
+        """POST the reply to the request URL it answers; True if the relay accepted it.
+
+        A reply that cannot be posted (the serving process died, its database or broker is away:
+        a connection error, 502 or 503) is posted again a few times: the relay keeps the delivery
+        bound to its request URL until the reply timeout, so another process behind the same
+        address takes it, and the requester gets its answer instead of a 504 a minute later."""
         body = serialize_response(reply)
-        try:
-            answer = await self._http.post(url, content=body, headers={"content-type": "message/http"})
-        except httpx.HTTPError as exc:
-            # The requester will see 504 and, if it is a hub, retry the delivery.
-            logger.warning("could not post the reply to the relay: %s", exc)
-            return False
-        if answer.status_code >= 300:
-            logger.warning("relay refused the reply: HTTP %s", answer.status_code)
-            return False
-        return True
+        for attempt, delay in enumerate((*REPLY_RETRIES, None)):
+            try:
+                answer = await self._http.post(url, content=body, headers={"content-type": "message/http"})
+            except httpx.HTTPError as exc:
+                problem = f"could not post the reply to the relay: {exc}"
+                retry = isinstance(exc, httpx.TransportError)
+            else:
+                if answer.status_code < 300:
+                    return True
+                if answer.status_code == 404 and attempt:
+                    return False  # an earlier attempt may have got through: its answer was lost
+                problem = f"relay refused the reply: HTTP {answer.status_code}"
+                retry = answer.status_code in (502, 503)
+            if not retry or delay is None or self._closing:
+                # The requester will see 504 and, if it is a hub, retry the delivery.
+                logger.warning("%s", problem)
+                return False
+            await asyncio.sleep(delay)
+        return False
 
     def _replied(self, request: HttpRequest, accepted: bool) -> None:
         if self._on_replied is not None:

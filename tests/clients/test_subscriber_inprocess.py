@@ -49,18 +49,23 @@ async def test_endpoint_in_process(make_app: MakeApp) -> None:
 
 
 class RefusedEchoes(httpx.AsyncBaseTransport):
-    """The app, except that replies to the relay (``message/http`` POSTs) carrying a 200 get 503
-    and never reach it: a relay that refuses the subscriber's echo of the hub's challenge."""
+    """The app, except that replies to the relay (``message/http`` POSTs) carrying a 200 get
+    ``status`` and never reach it (or, with ``status`` None, fail to connect), ``times`` times: a
+    relay that refuses the subscriber's echo of the hub's challenge, or is away for a moment."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+    def __init__(self, inner: httpx.AsyncBaseTransport, status: int | None = 400, times: int = 1_000_000) -> None:
         self.inner = inner
+        self.status = status
+        self.times = times
         self.refused = 0
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if request.method == "POST" and request.headers.get("content-type") == "message/http":
-            if (await request.aread()).startswith(b"HTTP/1.1 200"):
+            if (await request.aread()).startswith(b"HTTP/1.1 200") and self.refused < self.times:
                 self.refused += 1
-                return httpx.Response(503, text="relay unavailable\n")
+                if self.status is None:
+                    raise httpx.ConnectError("connection refused", request=request)
+                return httpx.Response(self.status, text="reply refused\n")
         return await self.inner.handle_async_request(request)
 
 
@@ -96,3 +101,23 @@ async def test_endpoint_reports_whether_the_relay_took_each_reply(make_app: Make
         await wait_for(lambda: len(replied) == 1)
         assert (await client.get("/relay/acks/ok")).status_code == 504  # the relay never got the reply
     assert replied == [("/relay/acks/fine", True), ("/relay/acks/ok", False)]
+
+
+@pytest.mark.parametrize("status", [None, 502, 503])
+async def test_a_reply_the_relay_could_not_take_for_a_moment_is_posted_again(make_app: MakeApp, status) -> None:
+    """A reply that met a dead process or an unavailable relay is posted again: the delivery stays
+    bound to its request URL, and the requester gets the application's answer, not a 504."""
+    app, client = await make_app()
+    transport = RefusedEchoes(httpx.ASGITransport(app=app, client=("127.0.0.1", 4000)), status=status, times=2)
+    replied: list[bool] = []
+
+    async def handler(request: HttpRequest) -> HttpResponse:
+        return HttpResponse(200, [("content-type", "text/plain")], b"answered")
+
+    def on_replied(_request: HttpRequest, accepted: bool) -> None:
+        replied.append(accepted)
+
+    async with Endpoint(f"{PUBLIC}/reversehttp", handler, name="again", transport=transport, on_replied=on_replied):
+        r = await client.get("/relay/again/x")
+    assert (r.status_code, r.text) == (200, "answered")
+    assert transport.refused == 2 and replied == [True]
