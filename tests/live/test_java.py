@@ -1,0 +1,118 @@
+"""The Java library (clients/java) against a real server on a socket: compiled with plain javac
+(JDK 17, no third-party jars), its Endpoint relays a GET and a POST, its Subscriber gets a signed
+publish and drops a forged one. Without javac this skips locally and fails in CI."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import shutil
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from reversehub.server.app import create_app
+from tests.support import bound_socket, live_settings, serve_live, unavailable
+
+pytestmark = [pytest.mark.anyio, pytest.mark.live]
+
+JAVA = Path(__file__).resolve().parents[2] / "clients" / "java"
+
+
+@pytest.fixture(scope="module")
+def classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    javac, java = shutil.which("javac"), shutil.which("java")
+    if javac is None or java is None:
+        unavailable("javac/java (JDK 17) not found (apt-get install openjdk-17-jdk-headless)")
+    out = tmp_path_factory.mktemp("java-classes")
+    sources = sorted(str(p) for p in (JAVA / "src").rglob("*.java")) + [str(JAVA / "example" / "LiveCheck.java")]
+    # -Werror on -Xlint:all keeps the library free of unchecked and deprecated calls.
+    subprocess.run([javac, "--release", "17", "-Xlint:all", "-Werror", "-d", str(out), *sources], check=True)
+    return out
+
+
+@pytest.fixture
+async def server(database_url: str) -> AsyncIterator[str]:
+    sock = bound_socket()
+    async with serve_live(create_app(live_settings(database_url, sock.getsockname()[1])), sock=sock) as url:
+        yield url
+
+
+class Java:
+    """The LiveCheck main as a subprocess: its stdout read line by line, killed if it outlives the test."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    async def line(self, prefix: str, timeout: float = 30.0) -> str:
+        assert self.process.stdout is not None
+        while True:
+            raw = await asyncio.wait_for(self.process.stdout.readline(), timeout)
+            if not raw:
+                raise AssertionError(f"java exited (code {self.process.returncode}) before printing {prefix!r}")
+            text = raw.decode().rstrip("\n")
+            if text.startswith(prefix + " ") or text == prefix:
+                return text[len(prefix) + 1 :]
+
+
+async def start_java(classes: Path, server: str, topic: str) -> Java:
+    process = await asyncio.create_subprocess_exec(
+        "java", "-cp", str(classes), "LiveCheck", server, topic,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    return Java(process)
+
+
+async def test_java_endpoint_and_subscriber(classes: Path, server: str) -> None:
+    topic = f"{server}/topics/java-{uuid.uuid4().hex[:8]}"
+    java = await start_java(classes, server, topic)
+    try:
+        public = await java.line("ENDPOINT")
+        callback = await java.line("SUBSCRIBED")
+        async with httpx.AsyncClient(timeout=20.0) as http:
+            got = await http.get(public + "hello?x=1", headers={"X-Test-Header": "t1"})
+            assert got.status_code == 299
+            assert got.headers["x-echo-method"] == "GET"
+            assert got.headers["x-echo-target"].endswith("/hello?x=1")
+            assert got.headers["x-echo-header"] == "t1"  # looked up case-insensitively
+            posted = await http.post(public + "data", content=b"\x00binary\xffbody")
+            assert posted.status_code == 299
+            assert posted.headers["x-echo-method"] == "POST"
+            assert posted.content == b"\x00binary\xffbody"
+
+            # Forged (a wrong key) and unsigned bodies: 2xx, so a forger learns nothing, and dropped.
+            forged = b"forged"
+            bad = "sha256=" + hmac.new(b"not the secret", forged, hashlib.sha256).hexdigest()
+            answer = await http.post(callback, content=forged, headers={"X-Hub-Signature": bad})
+            assert 200 <= answer.status_code < 300
+            answer = await http.post(callback, content=b"unsigned")
+            assert 200 <= answer.status_code < 300
+            # A verification for a topic it never asked for is refused (WebSub 5.3).
+            other = await http.get(
+                callback, params={"hub.mode": "subscribe", "hub.topic": f"{server}/topics/other", "hub.challenge": "c"}
+            )
+            assert other.status_code == 404
+
+            published = await http.post(f"{server}/publish", params={"hub.topic": topic}, content=b"from the hub")
+            assert published.status_code < 300
+            # The first update printed is the hub's: the forged and unsigned bodies never reached it.
+            assert base64.b64decode(await java.line("UPDATE")) == b"from the hub"
+
+            assert java.process.stdin is not None
+            java.process.stdin.write(b"quit\n")
+            await java.process.stdin.drain()
+            await java.line("CLOSED")
+            assert await asyncio.wait_for(java.process.wait(), 20) == 0
+            # Closing gave the name up (DELETE on the private URL).
+            gone = await http.get(public + "hello")
+            assert gone.status_code == 404
+    finally:
+        if java.process.returncode is None:
+            java.process.kill()
+            await java.process.wait()
