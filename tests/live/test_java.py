@@ -8,6 +8,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import re
 import shutil
 import subprocess
 import uuid
@@ -37,10 +38,27 @@ def classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture
-async def server(database_url: str) -> AsyncIterator[str]:
+def test_docs_example_compiles(classes: Path, tmp_path: Path) -> None:
+    """The example in docs/java.md, wrapped in a main, compiles against the library."""
+    text = (JAVA.parents[1] / "docs" / "java.md").read_text()
+    block = re.search(r"```java\n(.*?)```", text, re.S)
+    assert block is not None
+    lines = block.group(1).splitlines()
+    imports = "".join(line + "\n" for line in lines if line.startswith("import "))
+    body = "".join(line + "\n" for line in lines if not line.startswith("import "))
+    source = tmp_path / "DocExample.java"
+    source.write_text(
+        f"{imports}public class DocExample {{\npublic static void main(String[] a) throws Exception {{\n{body}}}}}\n"
+    )
+    subprocess.run(["javac", "-cp", str(classes), "-d", str(tmp_path), str(source)], check=True)
+
+
+# WebSub 8: the hub picks the algorithm, so the subscriber must check each of them.
+@pytest.fixture(params=["sha256", "sha1", "sha384", "sha512"])
+async def server(database_url: str, request: pytest.FixtureRequest) -> AsyncIterator[str]:
     sock = bound_socket()
-    async with serve_live(create_app(live_settings(database_url, sock.getsockname()[1])), sock=sock) as url:
+    settings = live_settings(database_url, sock.getsockname()[1], signature_algorithm=request.param)
+    async with serve_live(create_app(settings), sock=sock) as url:
         yield url
 
 
