@@ -32,10 +32,16 @@ def classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if javac is None or java is None:
         unavailable("javac/java (JDK 17) not found (apt-get install openjdk-17-jdk-headless)")
     out = tmp_path_factory.mktemp("java-classes")
-    sources = sorted(str(p) for p in (JAVA / "src").rglob("*.java")) + [str(JAVA / "example" / "LiveCheck.java")]
+    sources = sorted(str(p) for folder in ("src", "test", "example") for p in (JAVA / folder).rglob("*.java"))
     # -Werror on -Xlint:all keeps the library free of unchecked and deprecated calls.
     subprocess.run([javac, "--release", "17", "-Xlint:all", "-Werror", "-d", str(out), *sources], check=True)
     return out
+
+
+def test_parsing_and_framing(classes: Path) -> None:
+    """Link headers, message/http requests and replies, without a server (clients/java/test)."""
+    result = subprocess.run(["java", "-cp", str(classes), "reversehub.SelfCheck"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "OK", result.stdout + result.stderr
 
 
 def test_docs_example_compiles(classes: Path, tmp_path: Path) -> None:
