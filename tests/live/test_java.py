@@ -13,7 +13,9 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -62,8 +64,14 @@ def test_docs_example_compiles(classes: Path, tmp_path: Path) -> None:
 # WebSub 8: the hub picks the algorithm, so the subscriber must check each of them.
 @pytest.fixture(params=["sha256", "sha1", "sha384", "sha512"])
 async def server(database_url: str, request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    async with serving(database_url, signature_algorithm=request.param) as url:
+        yield url
+
+
+@asynccontextmanager
+async def serving(database_url: str, **overrides: Any) -> AsyncIterator[str]:
     sock = bound_socket()
-    settings = live_settings(database_url, sock.getsockname()[1], signature_algorithm=request.param)
+    settings = live_settings(database_url, sock.getsockname()[1], **overrides)
     async with serve_live(create_app(settings), sock=sock) as url:
         yield url
 
@@ -140,3 +148,21 @@ async def test_java_endpoint_and_subscriber(classes: Path, server: str) -> None:
         if java.process.returncode is None:
             java.process.kill()
             await java.process.wait()
+
+
+async def test_java_subscriber_renews_its_lease(classes: Path, database_url: str) -> None:
+    """A 2 s hub lease: without renewals the subscription would have expired before the publish."""
+    async with serving(database_url, hub_lease_min=1, hub_lease_default=2) as server:
+        topic = f"{server}/topics/java-{uuid.uuid4().hex[:8]}"
+        java = await start_java(classes, server, topic)
+        try:
+            await java.line("SUBSCRIBED")
+            await asyncio.sleep(5)
+            async with httpx.AsyncClient(timeout=20.0) as http:
+                published = await http.post(f"{server}/publish", params={"hub.topic": topic}, content=b"later")
+                assert published.status_code < 300
+            assert base64.b64decode(await java.line("UPDATE")) == b"later"
+        finally:
+            if java.process.returncode is None:
+                java.process.kill()
+                await java.process.wait()

@@ -15,6 +15,8 @@ import java.util.LinkedHashMap;
 import java.util.Locale;
 import java.util.Map;
 import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.Executors;
+import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
 import java.util.function.Consumer;
 import java.util.logging.Logger;
@@ -45,6 +47,12 @@ public class Subscriber implements AutoCloseable {
     private final HttpClient http = Endpoint.newClient();
     private volatile String expectedMode = "subscribe";
     private volatile CountDownLatch verified = new CountDownLatch(1);
+    private volatile long leaseSeconds;
+    private final ScheduledExecutorService renewer = Executors.newSingleThreadScheduledExecutor(task -> {
+        Thread thread = new Thread(task, "reversehub-renewer");
+        thread.setDaemon(true);
+        return thread;
+    });
 
     public Subscriber(String relay, String hub, String topic, Consumer<Update> callback) {
         this.hub = hub;
@@ -58,21 +66,52 @@ public class Subscriber implements AutoCloseable {
         return endpoint.publicUrl();
     }
 
-    /** Claims a relay name, subscribes, and waits up to {@code timeout} for the hub's verification. */
+    /** The lease the hub granted at the last verification (seconds), 0 before it. */
+    public long leaseSeconds() {
+        return leaseSeconds;
+    }
+
+    /**
+     * Claims a relay name, subscribes, and waits up to {@code timeout} for the hub's verification;
+     * then renews the subscription at 80% of each granted lease, since hubs never keep one forever.
+     */
     public void start(Duration timeout) throws IOException, InterruptedException {
         endpoint.start();
         try {
             request("subscribe", timeout);
         } catch (IOException | InterruptedException | RuntimeException e) {
+            renewer.shutdownNow();
             endpoint.close();
             throw e;
         }
+        scheduleRenewal(leaseSeconds * 800);
+    }
+
+    private void scheduleRenewal(long delayMillis) {
+        if (leaseSeconds <= 0 || renewer.isShutdown()) {
+            return;
+        }
+        renewer.schedule(() -> {
+            try {
+                request("subscribe", Duration.ofSeconds(30));
+                scheduleRenewal(leaseSeconds * 800);
+            } catch (IOException | RuntimeException e) {
+                // The lease still runs: try again soon rather than at the next 80%.
+                LOG.warning("could not renew the subscription to " + topic + " (" + e.getMessage() + "); retrying");
+                scheduleRenewal(Math.min(leaseSeconds * 100, 30_000));
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt(); // closing
+            }
+        }, Math.max(delayMillis, 1), TimeUnit.MILLISECONDS);
     }
 
     /** Unsubscribes (waiting a few seconds for the hub to verify it) and gives the relay name up. */
     @Override
     public void close() {
+        renewer.shutdownNow();
         try {
+            // A renewal under way must not re-subscribe after the unsubscribe below.
+            renewer.awaitTermination(5, TimeUnit.SECONDS);
             request("unsubscribe", Duration.ofSeconds(5));
         } catch (IOException e) {
             LOG.warning("could not unsubscribe from " + topic + ": " + e.getMessage());
@@ -138,6 +177,10 @@ public class Subscriber implements AutoCloseable {
         // Echoing any challenge would let anyone subscribe us to topics we never asked for (WebSub 5.3).
         if (!mode.equals(expectedMode) || !topic.equals(params.get("hub.topic")) || challenge.isEmpty()) {
             return Response.text(404, "no such subscription\n");
+        }
+        String lease = params.getOrDefault("hub.lease_seconds", "");
+        if (mode.equals("subscribe") && lease.matches("[0-9]{1,9}")) {
+            leaseSeconds = Long.parseLong(lease);
         }
         verified.countDown();
         return Response.text(200, challenge);
