@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import re
 import shutil
+import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
@@ -69,8 +70,8 @@ async def server(database_url: str, request: pytest.FixtureRequest) -> AsyncIter
 
 
 @asynccontextmanager
-async def serving(database_url: str, **overrides: Any) -> AsyncIterator[str]:
-    sock = bound_socket()
+async def serving(database_url: str, port: int | None = None, **overrides: Any) -> AsyncIterator[str]:
+    sock = bound_socket() if port is None else socket.create_server(("127.0.0.1", port), reuse_port=False)
     settings = live_settings(database_url, sock.getsockname()[1], **overrides)
     async with serve_live(create_app(settings), sock=sock) as url:
         yield url
@@ -166,3 +167,29 @@ async def test_java_subscriber_renews_its_lease(classes: Path, database_url: str
             if java.process.returncode is None:
                 java.process.kill()
                 await java.process.wait()
+
+
+async def test_java_endpoint_comes_back_after_a_server_restart(classes: Path, database_url: str) -> None:
+    """Registrations are rows: after a restart on the same port the pollers reconnect by themselves."""
+    topic = f"http://127.0.0.1/topics/java-{uuid.uuid4().hex[:8]}"
+    async with serving(database_url) as server:
+        port = int(server.rsplit(":", 1)[1])
+        java = await start_java(classes, server, topic)
+        try:
+            public = await java.line("ENDPOINT")
+            await java.line("SUBSCRIBED")
+            async with httpx.AsyncClient(timeout=20.0) as http:
+                assert (await http.get(public + "before")).status_code == 299
+        except BaseException:
+            java.process.kill()
+            raise
+    try:
+        async with serving(database_url, port=port) as server, httpx.AsyncClient(timeout=20.0) as http:
+            deadline = asyncio.get_running_loop().time() + 20
+            while (status := (await http.get(public + "after")).status_code) != 299:
+                assert asyncio.get_running_loop().time() < deadline, f"still {status} 20 s after the restart"
+                await asyncio.sleep(0.2)
+    finally:
+        if java.process.returncode is None:
+            java.process.kill()
+            await java.process.wait()
