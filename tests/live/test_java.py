@@ -114,6 +114,10 @@ async def test_java_endpoint_and_subscriber(classes: Path, server: str) -> None:
             assert got.headers["x-echo-method"] == "GET"
             assert got.headers["x-echo-target"].endswith("/hello?x=1")
             assert got.headers["x-echo-header"] == "t1"  # looked up case-insensitively
+            head = await http.head(public + "hello")
+            assert head.status_code == 299
+            assert head.headers["x-echo-method"] == "HEAD"
+            assert head.content == b""
             posted = await http.post(public + "data", content=b"\x00binary\xffbody")
             assert posted.status_code == 299
             assert posted.headers["x-echo-method"] == "POST"

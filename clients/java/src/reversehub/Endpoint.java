@@ -197,29 +197,30 @@ public class Endpoint implements AutoCloseable {
         }
     }
 
-    private Response handle(byte[] raw) {
+    /** The reply to the delivered request, in its {@code message/http} form. */
+    private byte[] handle(byte[] raw) {
         Request request;
         try {
             request = Request.parse(raw);
         } catch (IllegalArgumentException e) {
             LOG.warning("relay sent an unparseable request: " + e.getMessage());
-            return Response.text(400, "Bad Request\n");
+            return Response.text(400, "Bad Request\n").serialize();
         }
+        boolean head = request.method.equals("HEAD");
         try {
-            Response response = handler.apply(request);
-            response.serialize(); // a handler's invalid header is its 500, not the poller's failure
-            return response;
+            // Serialized here, so that a handler's invalid header is its 500, not the poller's failure.
+            return handler.apply(request).serialize(head);
         } catch (RuntimeException e) {
             LOG.log(Level.SEVERE, "handler failed on " + request.method + " " + request.path(), e);
-            return Response.text(500, "Internal Server Error\n");
+            return Response.text(500, "Internal Server Error\n").serialize(head);
         }
     }
 
-    private void reply(String url, Response response) throws IOException, InterruptedException {
+    private void reply(String url, byte[] reply) throws IOException, InterruptedException {
         HttpResponse<Void> answer = http.send(
                 HttpRequest.newBuilder(URI.create(url)).timeout(Duration.ofSeconds(10))
                         .header("Content-Type", "message/http")
-                        .POST(HttpRequest.BodyPublishers.ofByteArray(response.serialize())).build(),
+                        .POST(HttpRequest.BodyPublishers.ofByteArray(reply)).build(),
                 HttpResponse.BodyHandlers.discarding());
         if (answer.statusCode() >= 300) {
             // The requester gets an error from the relay instead; nothing to retry here.

@@ -32,6 +32,16 @@ public final class Response {
 
     /** The {@code message/http} form; Content-Length is added unless the handler gave one. */
     public byte[] serialize() {
+        return serialize(false);
+    }
+
+    /**
+     * The {@code message/http} form of the answer to a HEAD request ({@code toHead}) or not. Replies to
+     * HEAD and 1xx, 204 and 304 replies have no body (RFC 9112 6.3), so none is written, and no
+     * Content-Length is made up for them (204 must not have one, RFC 9110 8.6).
+     */
+    public byte[] serialize(boolean toHead) {
+        boolean bodiless = toHead || status < 200 || status == 204 || status == 304;
         StringBuilder head = new StringBuilder();
         head.append("HTTP/1.1 ").append(status).append(' ').append(reason).append("\r\n");
         List<Map.Entry<String, String>> lines = new ArrayList<>(headers);
@@ -46,13 +56,15 @@ public final class Response {
             hasLength |= name.equalsIgnoreCase("content-length");
             head.append(name).append(": ").append(value).append("\r\n");
         }
-        if (!hasLength) {
+        if (!hasLength && !bodiless) {
             head.append("Content-Length: ").append(body.length).append("\r\n");
         }
         head.append("\r\n");
         ByteArrayOutputStream out = new ByteArrayOutputStream();
         out.writeBytes(head.toString().getBytes(StandardCharsets.ISO_8859_1));
-        out.writeBytes(body);
+        if (!bodiless) {
+            out.writeBytes(body);
+        }
         return out.toByteArray();
     }
 }

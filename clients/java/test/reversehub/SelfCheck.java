@@ -34,6 +34,10 @@ public final class SelfCheck {
         Response response = new Response(299, "Custom Reason", List.of(Map.entry("X-A", "1")), new byte[] {1, 2});
         check(new String(response.serialize(), StandardCharsets.ISO_8859_1),
                 "HTTP/1.1 299 Custom Reason\r\nX-A: 1\r\nContent-Length: 2\r\n\r\n\u0001\u0002");
+        check(new String(response.serialize(true), StandardCharsets.ISO_8859_1),
+                "HTTP/1.1 299 Custom Reason\r\nX-A: 1\r\n\r\n");
+        check(new String(new Response(204, "No Content", List.of(), new byte[] {1}).serialize(), StandardCharsets.ISO_8859_1),
+                "HTTP/1.1 204 No Content\r\n\r\n");
         try {
             new Response(200, "", List.of(Map.entry("X-A", "1\r\nSet-Cookie: x=1")), null).serialize();
             fail("a header value with CRLF was serialized");
