@@ -141,9 +141,13 @@ async def test_java_endpoint_and_subscriber(classes: Path, server: str) -> None:
             # The first update printed is the hub's: the forged and unsigned bodies never reached it.
             assert base64.b64decode(await java.line("UPDATE")) == b"from the hub"
 
+            # Closing while a request is being handled: it is answered first.
+            slow = asyncio.create_task(http.get(public + "slow"))
+            await java.line("HANDLING")
             assert java.process.stdin is not None
             java.process.stdin.write(b"quit\n")
             await java.process.stdin.drain()
+            assert (await slow).status_code == 299
             await java.line("CLOSED")
             assert await asyncio.wait_for(java.process.wait(), 20) == 0
             # Closing gave the name up (DELETE on the private URL).

@@ -18,12 +18,24 @@ public final class LiveCheck {
     public static void main(String[] args) throws Exception {
         String server = args[0];
         String topic = args[1];
-        Endpoint echo = new Endpoint(server + "/reversehttp", request -> new Response(
+        Endpoint echo = new Endpoint(server + "/reversehttp", request -> {
+            if (request.path().endsWith("/slow")) {
+                // Still being handled when the test says "quit": close() must let it finish.
+                System.out.println("HANDLING");
+                System.out.flush();
+                try {
+                    Thread.sleep(1000);
+                } catch (InterruptedException e) {
+                    return Response.text(500, "interrupted\n");
+                }
+            }
+            return new Response(
                 299, "Echo Reason",
                 List.of(Map.entry("Content-Type", "text/plain"), Map.entry("X-Echo-Method", request.method),
                         Map.entry("X-Echo-Target", request.target),
                         Map.entry("X-Echo-Header", String.valueOf(request.header("x-test-header")))),
-                request.body));
+                request.body);
+        });
         System.out.println("ENDPOINT " + echo.start());
         Subscriber subscriber = new Subscriber(server + "/reversehttp", server + "/hub", topic, update -> {
             synchronized (System.out) {
@@ -39,8 +51,8 @@ public final class LiveCheck {
         while ((line = in.readLine()) != null && !line.equals("quit")) {
             // keep serving until told to stop
         }
-        subscriber.close();
         echo.close();
+        subscriber.close();
         System.out.println("CLOSED");
     }
 }

@@ -14,6 +14,8 @@ import java.util.HexFormat;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
+import java.util.concurrent.ConcurrentHashMap;
 import java.util.function.Function;
 import java.util.logging.Level;
 import java.util.logging.Logger;
@@ -39,6 +41,7 @@ public class Endpoint implements AutoCloseable {
     private final int pollers;
     private final HttpClient http;
     private final List<Thread> threads = new ArrayList<>();
+    private final Set<Thread> busy = ConcurrentHashMap.newKeySet(); // pollers handling a request
     private volatile boolean closing;
     private volatile String publicUrl;
     private volatile String privateUrl;
@@ -100,12 +103,16 @@ public class Endpoint implements AutoCloseable {
             }
             closing = true;
         }
+        // A poller that is handling a request is left to send its reply; the others stop at once.
         for (Thread thread : threads) {
-            thread.interrupt();
+            if (!busy.contains(thread)) {
+                thread.interrupt();
+            }
         }
         try {
             for (Thread thread : threads) {
                 thread.join(10_000);
+                thread.interrupt();
             }
             if (privateUrl != null) {
                 http.send(HttpRequest.newBuilder(URI.create(privateUrl)).timeout(Duration.ofSeconds(5)).DELETE().build(),
@@ -174,7 +181,12 @@ public class Endpoint implements AutoCloseable {
                 delay = 100;
                 String next = Links.find(answer.headers().allValues("Link"), "next", URI.create(url));
                 if (status == 200) {
-                    reply(url, handle(answer.body()));
+                    busy.add(Thread.currentThread());
+                    try {
+                        reply(url, handle(answer.body()));
+                    } finally {
+                        busy.remove(Thread.currentThread());
+                    }
                 }
                 if (next != null) {
                     url = next;
