@@ -1,0 +1,268 @@
+package reversehub;
+
+import java.io.IOException;
+import java.net.URI;
+import java.net.URLEncoder;
+import java.net.http.HttpClient;
+import java.net.http.HttpRequest;
+import java.net.http.HttpResponse;
+import java.nio.charset.StandardCharsets;
+import java.security.SecureRandom;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.HexFormat;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Set;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.function.Function;
+import java.util.logging.Level;
+import java.util.logging.Logger;
+
+/**
+ * Serves a handler on a ReverseHttp relay name over long polls (docs/relay.md).
+ *
+ * <p>{@code POST} name/token/lease to the gateway; the answer's {@code Link rel="first"} is a request URL,
+ * {@code rel="related"} the public URL, {@code Location} the private URL. A {@code GET} on a request URL
+ * holds until a request arrives (200 {@code message/http}) or times out (204); the reply is
+ * {@code POST}ed to the URL the request came from, and polling goes on at {@code rel="next"}. Each
+ * poller gets its own chain of request URLs by registering again with the same name and token.
+ */
+public class Endpoint implements AutoCloseable {
+    private static final Logger LOG = Logger.getLogger(Endpoint.class.getName());
+    private static final SecureRandom RANDOM = new SecureRandom();
+
+    private final URI relay;
+    private final Function<Request, Response> handler;
+    private final String name;
+    private final String token;
+    private final Integer lease;
+    private final int pollers;
+    private final HttpClient http;
+    private final List<Thread> threads = new ArrayList<>();
+    private final Set<Thread> busy = ConcurrentHashMap.newKeySet(); // pollers handling a request
+    private volatile boolean closing;
+    private volatile String publicUrl;
+    private volatile String privateUrl;
+
+    /** An endpoint on a random name with a random token, two pollers and the relay's default lease. */
+    public Endpoint(String relay, Function<Request, Response> handler) {
+        this(relay, handler, null, null, null, 2);
+    }
+
+    /** {@code name}, {@code token} and {@code lease} (seconds) may be null: random name and token, default lease. */
+    public Endpoint(String relay, Function<Request, Response> handler, String name, String token, Integer lease, int pollers) {
+        if (pollers < 1) {
+            throw new IllegalArgumentException("pollers must be at least 1");
+        }
+        this.relay = URI.create(relay);
+        this.handler = handler;
+        this.name = name != null ? name : "rh-" + randomHex(8);
+        // 192 random bits: the token is what proves the name is ours.
+        this.token = token != null ? token : randomHex(24);
+        this.lease = lease;
+        this.pollers = pollers;
+        this.http = newClient();
+    }
+
+    public String name() {
+        return name;
+    }
+
+    /** The public URL (the relay's {@code rel="related"}), null before {@link #start()}. */
+    public String publicUrl() {
+        return publicUrl;
+    }
+
+    /** Registers the name and starts the pollers; returns the public URL. */
+    public synchronized String start() throws IOException, InterruptedException {
+        if (closing) {
+            throw new IllegalStateException("endpoint is closed");
+        }
+        if (publicUrl != null) {
+            return publicUrl;
+        }
+        String first = register();
+        for (int i = 0; i < pollers; i++) {
+            String url = i == 0 ? first : null;
+            Thread thread = new Thread(() -> poll(url), "reversehub-poller-" + name + "-" + i);
+            thread.setDaemon(true);
+            threads.add(thread);
+            thread.start();
+        }
+        return publicUrl;
+    }
+
+    /** Stops polling (a request being handled is answered first) and gives the name up (DELETE). */
+    @Override
+    public void close() {
+        synchronized (this) {
+            if (closing) {
+                return;
+            }
+            closing = true;
+        }
+        // A poller that is handling a request is left to send its reply; the others stop at once.
+        for (Thread thread : threads) {
+            if (!busy.contains(thread)) {
+                thread.interrupt();
+            }
+        }
+        try {
+            for (Thread thread : threads) {
+                thread.join(10_000);
+                thread.interrupt();
+            }
+            if (privateUrl != null) {
+                http.send(HttpRequest.newBuilder(URI.create(privateUrl)).timeout(Duration.ofSeconds(5)).DELETE().build(),
+                        HttpResponse.BodyHandlers.discarding());
+            }
+        } catch (IOException e) {
+            LOG.warning("could not relinquish relay name " + name + ": " + e);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
+    }
+
+    /** Registers (or refreshes) the name; returns a fresh request URL. */
+    private String register() throws IOException, InterruptedException {
+        Map<String, String> form = new LinkedHashMap<>();
+        form.put("name", name);
+        form.put("token", token);
+        if (lease != null) {
+            form.put("lease", lease.toString());
+        }
+        HttpResponse<String> answer = http.send(
+                HttpRequest.newBuilder(relay).timeout(Duration.ofSeconds(10))
+                        .header("Content-Type", "application/x-www-form-urlencoded")
+                        .POST(HttpRequest.BodyPublishers.ofString(formEncode(form))).build(),
+                HttpResponse.BodyHandlers.ofString());
+        if (answer.statusCode() == 403) {
+            throw new IOException("relay name " + name + " is held by someone else (token mismatch)");
+        }
+        if (answer.statusCode() >= 300) {
+            throw new IOException("relay refused " + name + ": HTTP " + answer.statusCode() + " " + answer.body().strip());
+        }
+        // HttpHeaders looks names up case-insensitively, so "Link" and "link" are the same header.
+        List<String> links = answer.headers().allValues("Link");
+        URI base = answer.uri();
+        String first = Links.find(links, "first", base);
+        String related = Links.find(links, "related", base);
+        String location = answer.headers().firstValue("Location").orElse(null);
+        if (first == null || related == null || location == null) {
+            throw new IOException("relay answered without Link rel=first/related and Location");
+        }
+        privateUrl = base.resolve(location).toString();
+        publicUrl = related;
+        return first;
+    }
+
+    private void poll(String start) {
+        String url = start;
+        long delay = 100;
+        while (!closing) {
+            try {
+                if (url == null) {
+                    url = register();
+                }
+                HttpResponse<byte[]> answer = http.send(
+                        HttpRequest.newBuilder(URI.create(url)).timeout(Duration.ofSeconds(120))
+                                .header("Accept", "message/http").GET().build(),
+                        HttpResponse.BodyHandlers.ofByteArray());
+                int status = answer.statusCode();
+                if (status == 404 || status == 410) {
+                    url = null; // the registration is gone: register again for a new request URL
+                    continue;
+                }
+                if (status != 200 && status != 204) {
+                    throw new IOException("relay poll answered HTTP " + status);
+                }
+                delay = 100;
+                String next = Links.find(answer.headers().allValues("Link"), "next", URI.create(url));
+                if (status == 200) {
+                    busy.add(Thread.currentThread());
+                    try {
+                        reply(url, handle(answer.body()));
+                    } finally {
+                        busy.remove(Thread.currentThread());
+                    }
+                }
+                if (next != null) {
+                    url = next;
+                }
+            } catch (InterruptedException e) {
+                return;
+            } catch (IOException e) {
+                if (closing) {
+                    return;
+                }
+                LOG.log(Level.WARNING, "relay poll failed ({0}); retrying in {1} ms", new Object[] {e, delay});
+                try {
+                    // Jitter, so that many clients do not come back at the same moment.
+                    Thread.sleep(delay / 2 + RANDOM.nextInt((int) delay / 2 + 1));
+                } catch (InterruptedException stop) {
+                    return;
+                }
+                delay = Math.min(delay * 2, 30_000);
+            }
+        }
+    }
+
+    /** The reply to the delivered request, in its {@code message/http} form. */
+    private byte[] handle(byte[] raw) {
+        Request request;
+        try {
+            request = Request.parse(raw);
+        } catch (IllegalArgumentException e) {
+            LOG.warning("relay sent an unparseable request: " + e.getMessage());
+            return Response.text(400, "Bad Request\n").serialize();
+        }
+        boolean head = request.method.equals("HEAD");
+        try {
+            // Serialized here, so that a handler's invalid header is its 500, not the poller's failure.
+            return handler.apply(request).serialize(head);
+        } catch (RuntimeException e) {
+            LOG.log(Level.SEVERE, "handler failed on " + request.method + " " + request.path(), e);
+            return Response.text(500, "Internal Server Error\n").serialize(head);
+        }
+    }
+
+    private void reply(String url, byte[] reply) throws IOException, InterruptedException {
+        HttpResponse<Void> answer = http.send(
+                HttpRequest.newBuilder(URI.create(url)).timeout(Duration.ofSeconds(10))
+                        .header("Content-Type", "message/http")
+                        .POST(HttpRequest.BodyPublishers.ofByteArray(reply)).build(),
+                HttpResponse.BodyHandlers.discarding());
+        if (answer.statusCode() >= 300) {
+            // The requester gets an error from the relay instead; nothing to retry here.
+            LOG.warning("relay refused the reply: HTTP " + answer.statusCode());
+        }
+    }
+
+    /**
+     * HTTP/1.1 only: the JDK's default (HTTP/2) sends {@code Upgrade: h2c} on cleartext requests, which
+     * uvicorn does not speak and answers by dropping the request body.
+     */
+    static HttpClient newClient() {
+        return HttpClient.newBuilder().version(HttpClient.Version.HTTP_1_1).connectTimeout(Duration.ofSeconds(10)).build();
+    }
+
+    static String formEncode(Map<String, String> form) {
+        StringBuilder out = new StringBuilder();
+        for (Map.Entry<String, String> e : form.entrySet()) {
+            if (out.length() > 0) {
+                out.append('&');
+            }
+            out.append(URLEncoder.encode(e.getKey(), StandardCharsets.UTF_8)).append('=')
+                    .append(URLEncoder.encode(e.getValue(), StandardCharsets.UTF_8));
+        }
+        return out.toString();
+    }
+
+    static String randomHex(int bytes) {
+        byte[] data = new byte[bytes];
+        RANDOM.nextBytes(data);
+        return HexFormat.of().formatHex(data);
+    }
+}
