@@ -67,10 +67,19 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> None:
-    if status not in (204, 304):
-        headers.append((b"content-length", b"%d" % len(body)))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+async def _send(
+    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b"", reason: bytes = b""
+) -> None:
+    """One whole response. Header names go with their case, and ``reason`` (the application's reason
+    phrase) as an extra key of ``http.response.start``: ``reversehub serve``'s protocol writes both
+    as given (reversehub.server.protocol); another ASGI server lowercases the names and writes its
+    own phrase. A Content-Length already there is kept (a HEAD's tells the size of the GET's body)."""
+    if status not in (204, 304) and not any(k.lower() == b"content-length" for k, _ in headers):
+        headers.append((b"Content-Length", b"%d" % len(body)))
+    start: dict[str, Any] = {"type": "http.response.start", "status": status, "headers": headers}
+    if reason:
+        start["reason"] = reason
+    await send(start)
     await send({"type": "http.response.body", "body": body})
 
 
@@ -191,17 +200,20 @@ def _packed(lines: list[bytes], has_length: bool, chunks: list[bytes], size: int
     return b"".join([b"\r\n".join(lines), *chunks])
 
 
-def _unpack_reply(raw: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """A response the relay serialized itself (validated, Content-Length framed) -> ASGI parts."""
+def _unpack_reply(raw: bytes, method: str = "GET") -> tuple[int, list[tuple[bytes, bytes]], bytes, bytes]:
+    """A response the relay serialized itself (validated, Content-Length framed) -> its status, its
+    headers (names as the application wrote them), its body and its reason phrase. The Content-Length
+    of a reply to a HEAD is kept: it tells the size a GET would have got (RFC 9110 8.6)."""
     head, _, body = raw.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     headers = []
     for line in lines[1:]:
         key, _, value = line.partition(b": ")
-        key = key.lower()
-        if key not in _HOP_BY_HOP and key != b"content-length":
-            headers.append((key, value))
-    return int(lines[0][9:12]), headers, body
+        lower = key.lower()
+        if lower in _HOP_BY_HOP or (lower == b"content-length" and method != "HEAD"):
+            continue
+        headers.append((key, value))
+    return int(lines[0][9:12]), headers, body, lines[0][13:]
 
 
 async def public(scope: Scope, receive: Receive, send: Send) -> None:
@@ -229,11 +241,11 @@ async def public(scope: Scope, receive: Receive, send: Send) -> None:
         return item_id, _packed(lines, has_length, chunks, size)
 
     try:
-        status, headers, body = await _forward(relay, name, scope["method"], item, scope.get(ON_LOST))
+        status, headers, body, reason = await _forward(relay, name, scope["method"], item, scope.get(ON_LOST))
     finally:
         hold.release()
     if status != REQUESTER_GONE:
-        await _send(send, status, headers, body)
+        await _send(send, status, headers, body, reason)
 
 
 async def post_here(relay: Relay, url: str, headers: dict[str, str], body: bytes) -> int | None:
@@ -261,7 +273,7 @@ async def post_here(relay: Relay, url: str, headers: dict[str, str], body: bytes
         return item_id, _packed(lines, has_length, [body], len(body))
 
     try:
-        status, _, _ = await _forward(relay, name, "POST", item)
+        status, *_ = await _forward(relay, name, "POST", item)
     finally:
         hold.release()
     return status
@@ -310,8 +322,9 @@ async def _forward(
     method: str,
     item: Callable[[], Awaitable[tuple[str, bytes]]],
     on_lost: OnLost | None = None,
-) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """Relay one request to ``name``'s application: the reply's status, headers and body, or the
+) -> tuple[int, list[tuple[bytes, bytes]], bytes, bytes]:
+    """Relay one request to ``name``'s application: the reply's status, headers, body and reason
+    phrase, or the
     relay's own answer (404 no such name, 504 no poller, ...). Counted, timed and logged here.
 
     ``item()`` reads the request and packs it (:class:`relay.queue.Item`); it is called only once
@@ -334,18 +347,18 @@ async def _forward(
             reply = await relay.relay(name, item_id, raw)
         else:
             reply = await _relay_while_connected(relay, name, item_id, raw, on_lost)
-        status, headers, body = _unpack_reply(reply)
+        status, headers, body, reason = _unpack_reply(reply, method)
         outcome = "stored" if stored else "replied"
-        return status, headers, body
+        return status, headers, body, reason
     except _RequesterGone:
         status, outcome = REQUESTER_GONE, "RequesterGone"
-        return status, [], b""
+        return status, [], b"", b""
     except RelayError as exc:
         status, outcome = exc.status, type(exc).__name__
-        return error_response(exc)
+        return (*error_response(exc), b"")
     except (BrokerUnavailable, BrokerClosed) as exc:
         status, outcome = 503, "Unavailable"
-        return error_response(exc)
+        return (*error_response(exc), b"")
     finally:
         elapsed = time.perf_counter() - start
         relay.metrics.count(outcome)
@@ -618,7 +631,7 @@ def _contained(status: int, headers: list[tuple[bytes, bytes]], body: bytes, *ex
     """An application's response served on the main host: contained as above, and without its
     cookies (they would be the main origin's)."""
     response = Response(body, status_code=status)
-    response.raw_headers.extend([*(h for h in headers if h[0] != b"set-cookie"), *_CONTAINED, *extra])
+    response.raw_headers.extend([*(h for h in headers if h[0].lower() != b"set-cookie"), *_CONTAINED, *extra])
     return response
 
 
@@ -637,7 +650,7 @@ async def mail(request: Request) -> Response:
             media_type="text/plain",
             headers={"Retry-After": "5", "Cache-Control": "no-store"},
         )
-    status, headers, body = _unpack_reply(found)
+    status, headers, body, _ = _unpack_reply(found)
     return _contained(status, headers, body, (b"cache-control", b"no-store"))
 
 
@@ -719,7 +732,7 @@ async def replay(request: Request) -> Response:
         return item_id, Item.packed_head(item_id, row.client) + row.request
 
     try:
-        status, headers, body = await _forward(relay, reg.name, method, item)
+        status, headers, body, _ = await _forward(relay, reg.name, method, item)
     finally:
         hold.release()
     return _contained(status, headers, body, (b"x-replay-of", str(row.id).encode()))
