@@ -43,7 +43,7 @@ from relay.registry import Reg, cap_name, is_label
 from relay.service import Park, Relay
 from reversehub.core import limits
 from reversehub.core.broker import BrokerClosed, BrokerUnavailable
-from reversehub.core.connection import ON_LOST, OnLost
+from reversehub.core.connection import ON_LOST, RAW_HEADER_NAMES, OnLost
 from reversehub.core.contracts import IN_PROCESS_CLIENT
 
 logger = logging.getLogger(__name__)
@@ -181,9 +181,10 @@ def _head(
     size = 0
     for key, value in headers:
         size += len(key) + len(value) + 4
-        if key == b"transfer-encoding":
+        lower = key.lower()
+        if lower == b"transfer-encoding":
             continue  # the server de-chunked the body; it goes with a Content-Length instead
-        if key == b"content-length":
+        if lower == b"content-length":
             has_length = True
         lines.append(key + b": " + value)
     if size > max_size:
@@ -191,11 +192,21 @@ def _head(
     return lines, has_length, size + len(first) + 4
 
 
+def _as_sent(scope: Scope) -> list[tuple[bytes, bytes]]:
+    """The request's headers with their names as the requester wrote them, where the server kept
+    them (reversehub.core.connection.RAW_HEADER_NAMES); else as ASGI has them, lowercased."""
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    names: list[bytes] | None = scope.get(RAW_HEADER_NAMES)
+    if names is None or len(names) != len(headers):
+        return headers
+    return [(name, value) for name, (_, value) in zip(names, headers, strict=True)]
+
+
 def _packed(lines: list[bytes], has_length: bool, chunks: list[bytes], size: int) -> bytes:
     """The packed item (queue.Item): the head's lines and the body's chunks joined once, so the
     body is never held twice while its requester waits."""
     if size and not has_length:
-        lines.append(b"content-length: %d" % size)
+        lines.append(b"Content-Length: %d" % size)
     lines += [b"", b""]
     return b"".join([b"\r\n".join(lines), *chunks])
 
@@ -231,7 +242,7 @@ async def public(scope: Scope, receive: Receive, send: Send) -> None:
         item_id = new_item_id()
         first = Item.packed_head(item_id, _client(scope)) + _request_line(scope)
         lines, has_length, head_size = _head(
-            first, scope["headers"], settings.max_header_count, settings.max_header_size
+            first, _as_sent(scope), settings.max_header_count, settings.max_header_size
         )
         declared = _declared_length(scope)
         if declared is not None and declared > relay.body_limit:
@@ -452,10 +463,11 @@ async def _poll(relay: Relay, cap: str, scope: Scope, receive: Receive, send: Se
             on_lost.callback = None  # the only request waiting on this connection was this one
     else:
         delivery = await _poll_watching(relay, cap, kind, park, receive)
-    headers = [(b"cache-control", b"no-store")]
+    # Names as the spec writes them: the original Java client looks ``Link`` up case-sensitively.
+    headers = [(b"Cache-Control", b"no-store")]
     if delivery is None:
         # The same URL stays usable: the original clients poll it again after a 204.
-        headers.append((b"link", b'<%s>; rel="next"' % relay.request_url(cap).encode()))
+        headers.append((b"Link", b'<%s>; rel="next"' % relay.request_url(cap).encode()))
         await _send(send, 204, headers)
         return
     if park.reason == "disconnect":
@@ -467,9 +479,9 @@ async def _poll(relay: Relay, cap: str, scope: Scope, receive: Receive, send: Se
     else:
         body = items[0].message if len(items) == 1 else b"".join(i.message for i in items)
     headers += [
-        (b"content-type", delivery.content_type.encode()),
-        (b"link", b'<%s>; rel="next"' % relay.request_url(delivery.next_cap).encode()),
-        (b"requesting-client", ", ".join(i.client for i in items).encode("latin-1")),
+        (b"Content-Type", delivery.content_type.encode()),
+        (b"Link", b'<%s>; rel="next"' % relay.request_url(delivery.next_cap).encode()),
+        (b"Requesting-Client", ", ".join(i.client for i in items).encode("latin-1")),
     ]
     await _send(send, 200, headers, body)
 
@@ -532,8 +544,9 @@ def _share_holder(relay: Relay, request: Request) -> str | None:
 
 def _link_response(relay: Relay, reg: Reg, status: int) -> Response:
     response = Response(status_code=status)
-    for key, value in relay.links(reg):
-        response.headers.append(key, value)
+    # Raw, not through ``response.headers``, which lowercases: ``Link`` and ``Location`` as the spec
+    # writes them, for clients that look them up case-sensitively.
+    response.raw_headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in relay.links(reg)]
     return response
 
 

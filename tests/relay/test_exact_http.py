@@ -16,7 +16,7 @@ import anyio
 import httpx
 import pytest
 
-from tests.relay.helpers import register
+from tests.relay.helpers import links, register
 
 pytestmark = pytest.mark.anyio
 
@@ -99,3 +99,22 @@ async def test_a_reply_without_content_length_runs_to_the_end(client):
     r, ack = await through(client, "noclen", "GET", "/custom")
     assert ack == 202
     assert r.status_code == 299 and r.content == b"no length: to the end"
+
+
+async def test_link_location_and_requesting_client_are_written_as_the_spec_writes_them(client):
+    r = await client.post("/reversehttp", data={"name": "cased", "token": "t"})
+    names = [k for k, _ in r.headers.raw]
+    assert b"Link" in names and b"Location" in names and b"link" not in names
+    result: dict[str, Any] = {}
+    async with anyio.create_task_group() as tg:
+
+        async def requester() -> None:
+            result["r"] = await client.get("/relay/cased/")
+
+        tg.start_soon(requester)
+        first = links(r)["first"]
+        poll = await client.get(first)
+        names = [k for k, _ in poll.headers.raw]
+        assert b"Link" in names and b"Requesting-Client" in names, names
+        await client.post(first, content=stock_reply(poll.content), headers={"content-type": "message/http"})
+    assert result["r"].content == PAGE
