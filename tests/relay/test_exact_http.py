@@ -16,6 +16,7 @@ import anyio
 import httpx
 import pytest
 
+from relay.wire import HttpResponse, parse_responses, serialize_response
 from tests.relay.helpers import links, register
 
 pytestmark = pytest.mark.anyio
@@ -118,3 +119,16 @@ async def test_link_location_and_requesting_client_are_written_as_the_spec_write
         assert b"Link" in names and b"Requesting-Client" in names, names
         await client.post(first, content=stock_reply(poll.content), headers={"content-type": "message/http"})
     assert result["r"].content == PAGE
+
+
+def test_a_pipeline_of_replies_frames_each_by_its_requests_method():
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+    got = parse_responses(head + head + b"hello", request_methods=["HEAD", "GET"])
+    assert [r.body for r in got] == [b"", b"hello"]
+    assert got[0].header("content-length") == "5"
+
+
+def test_a_reply_to_head_is_written_with_its_content_length_and_no_body():
+    reply = HttpResponse(200, [("Content-Length", "5"), ("Transfer-Encoding", "chunked")], b"", "OK")
+    assert serialize_response(reply, "HEAD").endswith(b"Transfer-Encoding: chunked\r\n\r\n")
+    assert serialize_response(HttpResponse(200, [("Content-Length", "5")]), "HEAD").endswith(b"\r\n\r\n")
