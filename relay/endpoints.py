@@ -68,13 +68,19 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 async def _send(
-    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b"", reason: bytes = b""
+    send: Send,
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes = b"",
+    reason: bytes = b"",
+    head: bool = False,
 ) -> None:
     """One whole response. Header names go with their case, and ``reason`` (the application's reason
     phrase) as an extra key of ``http.response.start``: ``reversehub serve``'s protocol writes both
     as given (reversehub.server.protocol); another ASGI server lowercases the names and writes its
-    own phrase. A Content-Length already there is kept (a HEAD's tells the size of the GET's body)."""
-    if status not in (204, 304) and not any(k.lower() == b"content-length" for k, _ in headers):
+    own phrase. A Content-Length already there is kept (a HEAD's tells the size of the GET's body);
+    a reply to a ``head`` request gets none made up (0 would be a wrong size: it tells the GET's)."""
+    if status not in (204, 304) and not head and not any(k.lower() == b"content-length" for k, _ in headers):
         headers.append((b"Content-Length", b"%d" % len(body)))
     start: dict[str, Any] = {"type": "http.response.start", "status": status, "headers": headers}
     if reason:
@@ -256,7 +262,7 @@ async def public(scope: Scope, receive: Receive, send: Send) -> None:
     finally:
         hold.release()
     if status != REQUESTER_GONE:
-        await _send(send, status, headers, body, reason)
+        await _send(send, status, headers, body, reason, head=scope["method"] == "HEAD")
 
 
 async def post_here(relay: Relay, url: str, headers: dict[str, str], body: bytes) -> int | None:

@@ -132,3 +132,18 @@ def test_a_reply_to_head_is_written_with_its_content_length_and_no_body():
     reply = HttpResponse(200, [("Content-Length", "5"), ("Transfer-Encoding", "chunked")], b"", "OK")
     assert serialize_response(reply, "HEAD").endswith(b"Transfer-Encoding: chunked\r\n\r\n")
     assert serialize_response(HttpResponse(200, [("Content-Length", "5")]), "HEAD").endswith(b"\r\n\r\n")
+
+
+async def test_a_reply_to_head_without_content_length_gets_none_made_up(client):
+    urls = await register(client, "headnolen")
+    result: dict[str, Any] = {}
+    async with anyio.create_task_group() as tg:
+
+        async def requester() -> None:
+            result["r"] = await client.head("/relay/headnolen/")
+
+        tg.start_soon(requester)
+        assert (await client.get(urls["first"])).status_code == 200
+        reply = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n"
+        await client.post(urls["first"], content=reply, headers={"content-type": "message/http"})
+    assert result["r"].status_code == 200 and "content-length" not in result["r"].headers
