@@ -43,7 +43,7 @@ from relay.registry import Reg, cap_name, is_label
 from relay.service import Park, Relay
 from reversehub.core import limits
 from reversehub.core.broker import BrokerClosed, BrokerUnavailable
-from reversehub.core.connection import ON_LOST, OnLost
+from reversehub.core.connection import ON_LOST, RAW_HEADER_NAMES, OnLost
 from reversehub.core.contracts import IN_PROCESS_CLIENT
 
 logger = logging.getLogger(__name__)
@@ -67,10 +67,25 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> None:
-    if status not in (204, 304):
-        headers.append((b"content-length", b"%d" % len(body)))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+async def _send(
+    send: Send,
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes = b"",
+    reason: bytes = b"",
+    head: bool = False,
+) -> None:
+    """One whole response. Header names go with their case, and ``reason`` (the application's reason
+    phrase) as an extra key of ``http.response.start``: ``reversehub serve``'s protocol writes both
+    as given (reversehub.server.protocol); another ASGI server lowercases the names and writes its
+    own phrase. A Content-Length already there is kept (a HEAD's tells the size of the GET's body);
+    a reply to a ``head`` request gets none made up (0 would be a wrong size: it tells the GET's)."""
+    if status not in (204, 304) and not head and not any(k.lower() == b"content-length" for k, _ in headers):
+        headers.append((b"Content-Length", b"%d" % len(body)))
+    start: dict[str, Any] = {"type": "http.response.start", "status": status, "headers": headers}
+    if reason:
+        start["reason"] = reason
+    await send(start)
     await send({"type": "http.response.body", "body": body})
 
 
@@ -172,9 +187,10 @@ def _head(
     size = 0
     for key, value in headers:
         size += len(key) + len(value) + 4
-        if key == b"transfer-encoding":
+        lower = key.lower()
+        if lower == b"transfer-encoding":
             continue  # the server de-chunked the body; it goes with a Content-Length instead
-        if key == b"content-length":
+        if lower == b"content-length":
             has_length = True
         lines.append(key + b": " + value)
     if size > max_size:
@@ -182,26 +198,39 @@ def _head(
     return lines, has_length, size + len(first) + 4
 
 
+def _as_sent(scope: Scope) -> list[tuple[bytes, bytes]]:
+    """The request's headers with their names as the requester wrote them, where the server kept
+    them (reversehub.core.connection.RAW_HEADER_NAMES); else as ASGI has them, lowercased."""
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    names: list[bytes] | None = scope.get(RAW_HEADER_NAMES)
+    if names is None or len(names) != len(headers):
+        return headers
+    return [(name, value) for name, (_, value) in zip(names, headers, strict=True)]
+
+
 def _packed(lines: list[bytes], has_length: bool, chunks: list[bytes], size: int) -> bytes:
     """The packed item (queue.Item): the head's lines and the body's chunks joined once, so the
     body is never held twice while its requester waits."""
     if size and not has_length:
-        lines.append(b"content-length: %d" % size)
+        lines.append(b"Content-Length: %d" % size)
     lines += [b"", b""]
     return b"".join([b"\r\n".join(lines), *chunks])
 
 
-def _unpack_reply(raw: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """A response the relay serialized itself (validated, Content-Length framed) -> ASGI parts."""
+def _unpack_reply(raw: bytes, method: str = "GET") -> tuple[int, list[tuple[bytes, bytes]], bytes, bytes]:
+    """A response the relay serialized itself (validated, Content-Length framed) -> its status, its
+    headers (names as the application wrote them), its body and its reason phrase. The Content-Length
+    of a reply to a HEAD is kept: it tells the size a GET would have got (RFC 9110 8.6)."""
     head, _, body = raw.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     headers = []
     for line in lines[1:]:
         key, _, value = line.partition(b": ")
-        key = key.lower()
-        if key not in _HOP_BY_HOP and key != b"content-length":
-            headers.append((key, value))
-    return int(lines[0][9:12]), headers, body
+        lower = key.lower()
+        if lower in _HOP_BY_HOP or (lower == b"content-length" and method != "HEAD"):
+            continue
+        headers.append((key, value))
+    return int(lines[0][9:12]), headers, body, lines[0][13:]
 
 
 async def public(scope: Scope, receive: Receive, send: Send) -> None:
@@ -219,7 +248,7 @@ async def public(scope: Scope, receive: Receive, send: Send) -> None:
         item_id = new_item_id()
         first = Item.packed_head(item_id, _client(scope)) + _request_line(scope)
         lines, has_length, head_size = _head(
-            first, scope["headers"], settings.max_header_count, settings.max_header_size
+            first, _as_sent(scope), settings.max_header_count, settings.max_header_size
         )
         declared = _declared_length(scope)
         if declared is not None and declared > relay.body_limit:
@@ -229,11 +258,11 @@ async def public(scope: Scope, receive: Receive, send: Send) -> None:
         return item_id, _packed(lines, has_length, chunks, size)
 
     try:
-        status, headers, body = await _forward(relay, name, scope["method"], item, scope.get(ON_LOST))
+        status, headers, body, reason = await _forward(relay, name, scope["method"], item, scope.get(ON_LOST))
     finally:
         hold.release()
     if status != REQUESTER_GONE:
-        await _send(send, status, headers, body)
+        await _send(send, status, headers, body, reason, head=scope["method"] == "HEAD")
 
 
 async def post_here(relay: Relay, url: str, headers: dict[str, str], body: bytes) -> int | None:
@@ -261,7 +290,7 @@ async def post_here(relay: Relay, url: str, headers: dict[str, str], body: bytes
         return item_id, _packed(lines, has_length, [body], len(body))
 
     try:
-        status, _, _ = await _forward(relay, name, "POST", item)
+        status, *_ = await _forward(relay, name, "POST", item)
     finally:
         hold.release()
     return status
@@ -310,8 +339,9 @@ async def _forward(
     method: str,
     item: Callable[[], Awaitable[tuple[str, bytes]]],
     on_lost: OnLost | None = None,
-) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """Relay one request to ``name``'s application: the reply's status, headers and body, or the
+) -> tuple[int, list[tuple[bytes, bytes]], bytes, bytes]:
+    """Relay one request to ``name``'s application: the reply's status, headers, body and reason
+    phrase, or the
     relay's own answer (404 no such name, 504 no poller, ...). Counted, timed and logged here.
 
     ``item()`` reads the request and packs it (:class:`relay.queue.Item`); it is called only once
@@ -334,18 +364,18 @@ async def _forward(
             reply = await relay.relay(name, item_id, raw)
         else:
             reply = await _relay_while_connected(relay, name, item_id, raw, on_lost)
-        status, headers, body = _unpack_reply(reply)
+        status, headers, body, reason = _unpack_reply(reply, method)
         outcome = "stored" if stored else "replied"
-        return status, headers, body
+        return status, headers, body, reason
     except _RequesterGone:
         status, outcome = REQUESTER_GONE, "RequesterGone"
-        return status, [], b""
+        return status, [], b"", b""
     except RelayError as exc:
         status, outcome = exc.status, type(exc).__name__
-        return error_response(exc)
+        return (*error_response(exc), b"")
     except (BrokerUnavailable, BrokerClosed) as exc:
         status, outcome = 503, "Unavailable"
-        return error_response(exc)
+        return (*error_response(exc), b"")
     finally:
         elapsed = time.perf_counter() - start
         relay.metrics.count(outcome)
@@ -439,10 +469,11 @@ async def _poll(relay: Relay, cap: str, scope: Scope, receive: Receive, send: Se
             on_lost.callback = None  # the only request waiting on this connection was this one
     else:
         delivery = await _poll_watching(relay, cap, kind, park, receive)
-    headers = [(b"cache-control", b"no-store")]
+    # Names as the spec writes them: the original Java client looks ``Link`` up case-sensitively.
+    headers = [(b"Cache-Control", b"no-store")]
     if delivery is None:
         # The same URL stays usable: the original clients poll it again after a 204.
-        headers.append((b"link", b'<%s>; rel="next"' % relay.request_url(cap).encode()))
+        headers.append((b"Link", b'<%s>; rel="next"' % relay.request_url(cap).encode()))
         await _send(send, 204, headers)
         return
     if park.reason == "disconnect":
@@ -454,9 +485,9 @@ async def _poll(relay: Relay, cap: str, scope: Scope, receive: Receive, send: Se
     else:
         body = items[0].message if len(items) == 1 else b"".join(i.message for i in items)
     headers += [
-        (b"content-type", delivery.content_type.encode()),
-        (b"link", b'<%s>; rel="next"' % relay.request_url(delivery.next_cap).encode()),
-        (b"requesting-client", ", ".join(i.client for i in items).encode("latin-1")),
+        (b"Content-Type", delivery.content_type.encode()),
+        (b"Link", b'<%s>; rel="next"' % relay.request_url(delivery.next_cap).encode()),
+        (b"Requesting-Client", ", ".join(i.client for i in items).encode("latin-1")),
     ]
     await _send(send, 200, headers, body)
 
@@ -519,8 +550,9 @@ def _share_holder(relay: Relay, request: Request) -> str | None:
 
 def _link_response(relay: Relay, reg: Reg, status: int) -> Response:
     response = Response(status_code=status)
-    for key, value in relay.links(reg):
-        response.headers.append(key, value)
+    # Raw, not through ``response.headers``, which lowercases: ``Link`` and ``Location`` as the spec
+    # writes them, for clients that look them up case-sensitively.
+    response.raw_headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in relay.links(reg)]
     return response
 
 
@@ -618,7 +650,7 @@ def _contained(status: int, headers: list[tuple[bytes, bytes]], body: bytes, *ex
     """An application's response served on the main host: contained as above, and without its
     cookies (they would be the main origin's)."""
     response = Response(body, status_code=status)
-    response.raw_headers.extend([*(h for h in headers if h[0] != b"set-cookie"), *_CONTAINED, *extra])
+    response.raw_headers.extend([*(h for h in headers if h[0].lower() != b"set-cookie"), *_CONTAINED, *extra])
     return response
 
 
@@ -637,7 +669,7 @@ async def mail(request: Request) -> Response:
             media_type="text/plain",
             headers={"Retry-After": "5", "Cache-Control": "no-store"},
         )
-    status, headers, body = _unpack_reply(found)
+    status, headers, body, _ = _unpack_reply(found)
     return _contained(status, headers, body, (b"cache-control", b"no-store"))
 
 
@@ -719,7 +751,7 @@ async def replay(request: Request) -> Response:
         return item_id, Item.packed_head(item_id, row.client) + row.request
 
     try:
-        status, headers, body = await _forward(relay, reg.name, method, item)
+        status, headers, body, _ = await _forward(relay, reg.name, method, item)
     finally:
         hold.release()
     return _contained(status, headers, body, (b"x-replay-of", str(row.id).encode()))

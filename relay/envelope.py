@@ -124,8 +124,16 @@ def _form_reply(body: bytes) -> bytes:
     return body
 
 
-def parse_reply(body: bytes, content_type: str | None, count: int) -> list[HttpResponse]:
-    """The ``count`` responses a reply carries, or InvalidInput (the poller gets 400)."""
+def request_method(message: bytes) -> str:
+    """The method of a queued request (its bytes begin with the request line)."""
+    return message[: message.find(b" ")].decode("latin-1")
+
+
+def parse_reply(body: bytes, content_type: str | None, methods: list[str]) -> list[HttpResponse]:
+    """The responses a reply carries, one per request, whose ``methods`` are given in order (a reply
+    to a HEAD has no body whatever its Content-Length says, RFC 9112 6.3); or InvalidInput (the
+    poller gets 400)."""
+    count = len(methods)
     media = (content_type or "").split(";")[0].strip().lower()
     try:
         if media == JSON:
@@ -135,7 +143,10 @@ def parse_reply(body: bytes, content_type: str | None, count: int) -> list[HttpR
         else:
             if media == FORM:
                 body = _form_reply(body)
-            responses = [parse_response(body)] if count == 1 else parse_responses(body, max_count=count)
+            if count == 1:
+                responses = [parse_response(body, request_method=methods[0])]
+            else:
+                responses = parse_responses(body, max_count=count, request_methods=methods)
     except (WireError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
         raise InvalidInput(f"invalid reply: {exc}") from None
     if len(responses) != count:

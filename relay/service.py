@@ -349,10 +349,11 @@ class Relay:
         """POST on a request URL: relay the response(s) to the requester(s) of the claimed
         ``delivery`` (spec "Replying")."""
         try:
-            responses = envelope.parse_reply(body, content_type, len(delivery.items))
+            methods = [envelope.request_method(item.message) for item in delivery.items]
+            responses = envelope.parse_reply(body, content_type, methods)
             # Written out before any is relayed: a header value parsing lets through (a lone CR)
             # fails here, and then the whole reply is refused, never half relayed or a 500.
-            packed = [serialize_response(response) for response in responses]
+            packed = [serialize_response(r, m) for r, m in zip(responses, methods, strict=True)]
         except (InvalidInput, WireError) as exc:
             for item in delivery.items:
                 await self._fail(item, BadReply())

@@ -24,6 +24,7 @@ __all__ = [
     "HttpRequest",
     "HttpResponse",
     "WireError",
+    "bodiless",
     "parse_request",
     "parse_requests",
     "parse_response",
@@ -229,11 +230,9 @@ def _read_response(reader: _Reader, request_method: str | None = None) -> HttpRe
         raise WireError("invalid reason phrase")
     te = _first(headers, "transfer-encoding", None)
     chunked = te is not None
-    if status < 200 or status in _NO_BODY_STATUS or request_method == "HEAD":
-        body = b""
-    else:
-        body = reader.body(headers, to_end=True, te=te)
-    if chunked:
+    no_body = bodiless(status, request_method)
+    body = b"" if no_body else reader.body(headers, to_end=True, te=te)
+    if chunked and not no_body:
         headers = [*_strip_framing(headers), ("Content-Length", str(len(body)))]
     return HttpResponse(status, headers, body, reason.decode("latin-1").strip(), _version(version))
 
@@ -275,13 +274,21 @@ def parse_response(
 
 
 def parse_responses(
-    data: bytes, *, max_headers: int = MAX_HEADERS, max_head: int = MAX_HEAD_SIZE, max_count: int = 1000
+    data: bytes,
+    *,
+    max_headers: int = MAX_HEADERS,
+    max_head: int = MAX_HEAD_SIZE,
+    max_count: int = 1000,
+    request_methods: list[str] | None = None,
 ) -> list[HttpResponse]:
-    """A pipeline of responses (``application/http``), in order; the last may run to the end."""
+    """A pipeline of responses (``application/http``), in order; the last may run to the end.
+    ``request_methods``: the methods of the requests they answer, in order (a HEAD's has no body)."""
     reader = _Reader(data, max_headers, max_head)
     responses: list[HttpResponse] = []
+    methods = request_methods or []
     while True:
-        responses.append(_read_response(reader))
+        method = methods[len(responses)] if len(responses) < len(methods) else None
+        responses.append(_read_response(reader, method))
         reader.skip_blank_lines()
         if reader.at_end():
             return responses
@@ -300,23 +307,25 @@ def _check_headers(headers: list[tuple[str, str]]) -> None:
             raise WireError(f"invalid value for header {name!r}")
 
 
-def _write(first: str, headers: list[tuple[str, str]], body: bytes, bodiless: bool, length_if_empty: bool) -> bytes:
+def _write(first: str, headers: list[tuple[str, str]], body: bytes, no_body: bool, length_if_empty: bool) -> bytes:
     _check_headers(headers)
     lower = [k.lower() for k, _ in headers]
     chunked = "transfer-encoding" in lower
     out = [first]
     for name, value in headers:
         out.append(f"{name}: {value}")
-    if chunked:
+    if chunked and no_body:
+        out_body = b""
+    elif chunked:
         out_body = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
     else:
         if "content-length" in lower:
             declared = {v.strip() for k, v in headers if k.lower() == "content-length"}
-            if declared != {str(len(body))} and not bodiless:
+            if declared != {str(len(body))} and not no_body:
                 raise WireError("content-length does not match the body")
-        elif not bodiless and (body or length_if_empty):
+        elif not no_body and (body or length_if_empty):
             out.append(f"Content-Length: {len(body)}")
-        out_body = b"" if bodiless else body
+        out_body = b"" if no_body else body
     try:
         head = ("\r\n".join(out) + "\r\n\r\n").encode("latin-1")
     except UnicodeEncodeError:
@@ -332,10 +341,17 @@ def serialize_request(r: HttpRequest) -> bytes:
     return _write(f"{r.method} {r.target} HTTP/{r.version}", r.headers, r.body, False, length_if_empty=False)
 
 
-def serialize_response(r: HttpResponse) -> bytes:
-    """The response as ``message/http`` bytes (self-delimiting, so it also fits a pipeline)."""
+def bodiless(status: int, request_method: str | None = None) -> bool:
+    """Whether a response has no body whatever its Content-Length says (RFC 9112 6.3 rule 1): one to
+    a HEAD, a 1xx, a 204 or a 304. Its Content-Length, if any, tells the size a GET would have got."""
+    return status < 200 or status in _NO_BODY_STATUS or request_method == "HEAD"
+
+
+def serialize_response(r: HttpResponse, request_method: str | None = None) -> bytes:
+    """The response as ``message/http`` bytes (self-delimiting, so it also fits a pipeline);
+    ``request_method``: the method of the request it answers (a HEAD's is written without body)."""
     if not 100 <= r.status <= 599 or _BAD_VALUE.search(r.reason):
         raise WireError("invalid status line")
-    bodiless = r.status < 200 or r.status in _NO_BODY_STATUS
+    no_body = bodiless(r.status, request_method)
     # A response without Content-Length runs to the end, so even an empty body gets one (pipelines).
-    return _write(f"HTTP/{r.version} {r.status} {r.reason}", r.headers, r.body, bodiless, length_if_empty=True)
+    return _write(f"HTTP/{r.version} {r.status} {r.reason}", r.headers, r.body, no_body, length_if_empty=True)

@@ -15,6 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 ON_LOST = "reversehub.on_lost"
+# The request's header names as the client wrote them (ASGI lowercases them), in the order of the
+# scope's ``headers``: the relay hands a requester's headers on unaltered (ReverseHttp spec: "The
+# Gateway Service MUST NOT alter the embedded HTTP headers"). Absent under another server.
+RAW_HEADER_NAMES = "reversehub.raw_header_names"
 
 
 class OnLost:

@@ -47,14 +47,15 @@ import asyncio
 import http
 import logging
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from reversehub.core.connection import ON_LOST, OnLost
+from reversehub.core.connection import ON_LOST, RAW_HEADER_NAMES, OnLost
 
 logger = logging.getLogger(__name__)
 
@@ -262,8 +263,14 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self._head_started = self.loop.time()
         super().on_message_begin()
         self.scope[ON_LOST] = self.on_lost  # type: ignore[literal-required]
+        self._raw_names: list[bytes] = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._raw_names.append(name)
+        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        self.scope[RAW_HEADER_NAMES] = self._raw_names  # type: ignore[literal-required]
         self._awaiting_head = False
         self._head_started = None
         self._restarted = True
@@ -271,6 +278,10 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self._head_timer.cancel()
             self._head_timer = None
         super().on_headers_complete()
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        cycle.__class__ = ExactCycle  # adds to the response head only; see ExactCycle
+        super()._start_asgi_task(cycle, app)
 
     def on_body(self, body: bytes) -> None:
         self._body_fed += len(body)
@@ -363,3 +374,63 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             if timer is not None:
                 timer.cancel()
         self._idle_timer = self._head_timer = self._linger_timer = None
+
+
+_REASON = re.compile(rb"^[\t\x20-\x7e\x80-\xff]*$")  # RFC 9112 4: HTAB, SP, VCHAR, obs-text
+
+
+class _Capture:
+    """Stands in for the transport while uvicorn writes a response head, which it writes in one call."""
+
+    __slots__ = ("head",)
+
+    def __init__(self) -> None:
+        self.head = b""
+
+    def write(self, data: bytes) -> None:
+        self.head += data
+
+
+class ExactCycle(RequestResponseCycle):
+    """uvicorn's request-response cycle, with a response head written as the app gave it.
+
+    ReverseHttp relays an application's response as the application wrote it, and its original
+    clients look ``Link`` up case-sensitively: so header names keep their case, a ``reason`` key in
+    ``http.response.start`` is the status line's reason phrase (``299 Custom Reason``), and the
+    server's ``Date`` and ``Server`` are left out when the app sends its own (one of each). uvicorn
+    still does the framing (Content-Length, chunked, Connection): its head is rewritten line by line,
+    as it writes one line per header, in order, after its status line.
+    """
+
+    async def send(self, message: Any) -> None:
+        if message["type"] != "http.response.start" or self.response_started:
+            await super().send(message)
+            return
+        headers = list(message.get("headers", []))
+        own = {name.lower() for name, _ in headers}
+        if (
+            "reason" not in message
+            and b"date" not in own
+            and b"server" not in own
+            and own.issuperset(k for k, _ in headers)
+        ):
+            # Lowercase names only: what uvicorn writes needs no change (most responses).
+            await super().send(message)
+            return
+        defaults = [(k, v) for k, v in self.default_headers if k not in own]
+        self.default_headers = defaults
+        capture = _Capture()
+        transport, self.transport = self.transport, capture  # type: ignore[assignment]
+        try:
+            await super().send(message)
+        finally:
+            self.transport = transport
+        if not capture.head:
+            return  # disconnected: nothing was written
+        lines = capture.head.split(b"\r\n")
+        reason = message.get("reason")
+        if isinstance(reason, bytes) and _REASON.match(reason):
+            lines[0] = b"HTTP/1.1 %d %s" % (message["status"], reason)
+        for i, (name, value) in enumerate([*defaults, *headers], start=1):
+            lines[i] = name + b": " + value
+        self.transport.write(b"\r\n".join(lines))
