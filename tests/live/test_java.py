@@ -47,9 +47,10 @@ def test_parsing_and_framing(classes: Path) -> None:
     assert result.returncode == 0 and result.stdout.strip() == "OK", result.stdout + result.stderr
 
 
-def test_docs_example_compiles(classes: Path, tmp_path: Path) -> None:
-    """The example in docs/java.md, wrapped in a main, compiles against the library."""
-    text = (JAVA.parents[1] / "docs" / "java.md").read_text()
+@pytest.mark.parametrize("page", ["docs/java.md", "README.md"])
+def test_docs_example_compiles(classes: Path, tmp_path: Path, page: str) -> None:
+    """The Java example of ``page``, wrapped in a main, compiles against the library."""
+    text = (JAVA.parents[1] / page).read_text()
     block = re.search(r"```java\n(.*?)```", text, re.S)
     assert block is not None
     lines = block.group(1).splitlines()
