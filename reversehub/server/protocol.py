@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
@@ -209,6 +210,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._body_fed = 0  # body bytes in the piece being fed
         self._restarted = False  # one of those points fell inside the piece being fed
         self._refused = False
+        self._raw_names: list[bytes] = []  # set here so every instance has the same attributes
         self._idle_timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
         cap = self._limits.max_connections
@@ -263,7 +265,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self._head_started = self.loop.time()
         super().on_message_begin()
         self.scope[ON_LOST] = self.on_lost  # type: ignore[literal-required]
-        self._raw_names: list[bytes] = []
+        self._raw_names = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._raw_names.append(name)
@@ -277,11 +279,15 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
-        super().on_headers_complete()
-
-    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
-        cycle.__class__ = ExactCycle  # adds to the response head only; see ExactCycle
-        super()._start_asgi_task(cycle, app)
+        # uvicorn builds the request's cycle here: built as an ExactCycle (which adds to the
+        # response head only), not re-classed afterwards, since an instance whose __class__ is
+        # assigned loses CPython's fast attribute access for every one of uvicorn's lines.
+        # The event loop runs nothing else during this call.
+        httptools_impl.RequestResponseCycle = ExactCycle  # type: ignore[misc]
+        try:
+            super().on_headers_complete()
+        finally:
+            httptools_impl.RequestResponseCycle = RequestResponseCycle  # type: ignore[misc]
 
     def on_body(self, body: bytes) -> None:
         self._body_fed += len(body)
