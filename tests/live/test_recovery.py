@@ -31,6 +31,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from tests import pgdb
+from tests.live.test_scaleout import Proc
 from tests.support import free_port, serve_live, unavailable, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.live, pytest.mark.timeout(300)]
@@ -53,21 +54,6 @@ from reversehub.server.cli import main
 sys.argv[0] = "reversehub"
 main(prog_name="reversehub")
 """
-
-
-@dataclass
-class Proc:
-    """One ``reversehub serve`` process."""
-
-    popen: subprocess.Popen[bytes]
-    base: str
-    log: Path
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
 
 
 @pytest.fixture
