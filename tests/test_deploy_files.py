@@ -1,6 +1,6 @@
 """The deployment recipe's files (deploy/) say only what reversehub, Caddy and systemd understand:
 every REVERSEHUB_* variable is one of ``serve``'s, every Caddy variable one the Caddyfile reads, and
-the systemd unit passes ``systemd-analyze verify`` without a warning (where systemd is installed).
+the systemd unit passes ``systemd-analyze verify`` without a warning (required in CI, like every tool a test needs).
 tests/live/test_caddy.py runs the Caddyfile itself."""
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from reversehub.server.cli import serve
+from tests.support import unavailable
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
@@ -50,7 +49,7 @@ def test_caddy_variables_are_the_ones_the_caddyfile_reads():
 def test_the_systemd_unit_verifies(tmp_path: Path):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
-        pytest.skip("systemd-analyze not installed")
+        unavailable("systemd-analyze not installed")
     reversehub = Path(sys.executable).with_name("reversehub")
     unit = (DEPLOY / "reversehub.service").read_text().replace("/opt/reversehub/bin/reversehub", str(reversehub))
     (tmp_path / "reversehub.service").write_text(unit)

@@ -81,14 +81,7 @@ def launch(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
         yield start
     finally:
         for proc in procs:
-            if proc.alive():
-                proc.popen.terminate()
-                try:
-                    proc.popen.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.popen.kill()
-            proc.popen.wait(10)
-            print(f"--- {proc.base} exited {proc.popen.returncode}:\n{proc.output()}")  # shown when a test fails
+            proc.stop()
 
 
 class Subscribers:

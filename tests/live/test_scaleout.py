@@ -63,6 +63,18 @@ class Proc:
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
 
+    def stop(self) -> None:
+        """SIGTERM (a supervisor drains its workers; SIGKILL would leave them to notice alone), then
+        SIGKILL after 20 s; prints its log, which pytest shows when the test failed."""
+        if self.alive():
+            self.popen.terminate()
+            try:
+                self.popen.wait(20)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+        self.popen.wait(10)
+        print(f"--- {self.base} exited {self.popen.returncode}:\n{self.output()}")
+
 
 @pytest.fixture
 async def database(postgres_url: str) -> AsyncIterator[str]:
@@ -99,15 +111,7 @@ def launch(tmp_path: Path, database: str) -> Iterator[Callable[..., Proc]]:
 
     yield start
     for proc in procs:
-        if proc.alive():
-            # SIGTERM: a supervisor drains its workers (SIGKILL would leave them to notice alone).
-            proc.popen.terminate()
-            try:
-                proc.popen.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.popen.kill()
-        proc.popen.wait(10)
-        print(f"--- {proc.base} exited {proc.popen.returncode}:\n{proc.output()}")  # shown when a test fails
+        proc.stop()
 
 
 async def started(client: httpx.AsyncClient, *procs: Proc) -> None:
