@@ -8,6 +8,7 @@ by :func:`netloc`, so a tarpit fills its own slots while every other host goes o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections import deque
 from collections.abc import AsyncIterator
@@ -68,7 +69,10 @@ class Slots:
             if fut.done() and not fut.cancelled():
                 self._release()  # the slot came with the cancellation: pass it on
             else:
-                self._waiters.remove(fut)
+                # A release that ran between the cancellation and this line has taken the
+                # cancelled future off the queue already (it skips done futures).
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(fut)
             raise
 
     async def __aexit__(self, *exc: object) -> None:

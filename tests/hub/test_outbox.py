@@ -86,6 +86,36 @@ async def test_slots_survive_cancelled_waiters():
     assert got == [3, 4]
 
 
+async def test_slots_release_passing_over_a_cancelled_waiter_before_it_runs():
+    # The holder leaves after a waiter was cancelled but before that waiter ran: the release skips
+    # the cancelled future (taking it off the queue), and the waiter's own cleanup must not fail.
+    slots = Slots(1)
+    got = []
+
+    async def take(i: int) -> None:
+        async with slots:
+            got.append(i)
+
+    holder_done = asyncio.Event()
+
+    async def holder() -> None:
+        async with slots:
+            await holder_done.wait()
+
+    held = asyncio.create_task(holder())
+    await asyncio.sleep(0)
+    waiting = asyncio.create_task(take(1))
+    last = asyncio.create_task(take(2))
+    await asyncio.sleep(0.01)
+    holder_done.set()  # the holder is woken first ...
+    waiting.cancel()  # ... and leaves before this cancelled waiter runs its cleanup
+    await asyncio.gather(held, waiting, last, return_exceptions=True)
+    assert waiting.cancelled() and got == [2]
+    async with slots:
+        got.append(3)
+    assert got == [2, 3]
+
+
 async def test_failures_are_retried_with_the_same_webhook_id(hub, peer):
     app, client = hub
     await subscribe(client, peer, TOPIC, SUB + "/cb", secret="k")
