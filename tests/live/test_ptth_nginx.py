@@ -15,7 +15,7 @@ import pytest
 
 from tests.live.test_ptth import DRAFT, Server, _ready, _start, _stop, handshake
 from tests.relay.helpers import links
-from tests.support import free_port, wait_for
+from tests.support import free_port
 
 pytestmark = [pytest.mark.anyio, pytest.mark.live]
 
@@ -83,14 +83,7 @@ async def test_both_handshakes_and_requests_pass_nginx_as_documented(upstream, n
     await _ready(upstream)
     proxy = Server(f"http://127.0.0.1:{nginx}", nginx, upstream.log, upstream.popen)
 
-    async def up() -> bool:
-        try:
-            async with httpx.AsyncClient() as client:
-                return (await client.get(proxy.base + "/healthz")).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    await wait_for(up, timeout=20, interval=0.05)
+    await _ready(proxy)  # through nginx
     async with httpx.AsyncClient(timeout=10) as client:
         r = await client.post(proxy.base + "/reversehttp", data={"name": "behindnginx", "token": "t"})
         assert r.status_code == 201, (r.status_code, r.text)
