@@ -84,6 +84,21 @@ class Java:
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
 
+    async def say(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line.encode() + b"\n")
+        await self.process.stdin.drain()
+
+    async def transport(self) -> str:
+        """The endpoint's transport() (and the subscriber's, or "-")."""
+        await self.say("transport")
+        return await self.line("TRANSPORT")
+
+    async def stop(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
     async def line(self, prefix: str, timeout: float = 30.0) -> str:
         assert self.process.stdout is not None
         while True:
@@ -95,9 +110,9 @@ class Java:
                 return text[len(prefix) + 1 :]
 
 
-async def start_java(classes: Path, server: str, topic: str) -> Java:
+async def start_java(classes: Path, server: str, topic: str, transport: str = "auto") -> Java:
     process = await asyncio.create_subprocess_exec(
-        "java", "-cp", str(classes), "LiveCheck", server, topic,
+        "java", "-cp", str(classes), "LiveCheck", server, topic, transport,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     return Java(process)
@@ -202,3 +217,143 @@ async def test_java_endpoint_comes_back_after_a_server_restart(classes: Path, da
         if java.process.returncode is None:
             java.process.kill()
             await java.process.wait()
+
+
+# PTTH on the wire ------------------------------------------------------------------------------------
+# A relay of a few lines, written from draft-kazuho-ptth-ptth-00's text, so that the test decides
+# exactly what reaches the Java endpoint: several requests in one write (pipelined), a malformed one,
+# a poll's answer to the upgrade request. The Java side is what is under test here.
+
+
+async def read_head(reader: asyncio.StreamReader) -> tuple[str, dict[str, str]]:
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)).decode("latin-1")
+    start, *lines = head[:-4].split("\r\n")
+    return start, {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
+
+
+async def read_response(reader: asyncio.StreamReader, method: str) -> tuple[str, dict[str, str], bytes]:
+    start, headers = await read_head(reader)
+    assert "transfer-encoding" not in headers  # the endpoint always sends Content-Length
+    body = b"" if method == "HEAD" else await reader.readexactly(int(headers["content-length"]))
+    return start, headers, body
+
+
+class WireRelay:
+    """Registration, upgrade and DELETE; each upgrade on /req/1 is handed to the test's ``upgrades`` queue."""
+
+    def __init__(self) -> None:
+        self.upgrades: asyncio.Queue[tuple[dict[str, str], asyncio.StreamReader, asyncio.StreamWriter]] = (
+            asyncio.Queue()
+        )
+        self.polls: asyncio.Queue[tuple[str, dict[str, str], bytes]] = asyncio.Queue()
+        self.deleted = asyncio.Event()
+        self.registrations = 0
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            start, headers = await read_head(reader)
+            method, target, _ = start.split(" ")
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+            if target == "/reversehttp":
+                self.registrations += 1
+                writer.write(
+                    b'HTTP/1.1 201 Created\r\nLink: </req/%d>; rel="first"\r\nLink: </relay/x/>; rel="related"\r\n'
+                    b"Location: /priv/x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n" % self.registrations
+                )
+            elif target == "/priv/x" and method == "DELETE":
+                self.deleted.set()
+                writer.write(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+            elif target == "/req/1" and "upgrade" in headers:
+                await self.upgrades.put((headers, reader, writer))
+                return  # the test owns the connection now
+            elif target == "/req/1" or target == "/req/1/next":
+                await self.polls.put((method + " " + target, headers, body))
+                if method == "POST":
+                    writer.write(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                else:
+                    await asyncio.sleep(30)  # a long poll that the test never answers
+            else:  # other pollers' request URLs: held like a poll with nothing to deliver
+                await asyncio.sleep(30)
+            await writer.drain()
+            writer.close()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            writer.close()
+
+
+@asynccontextmanager
+async def wire_relay() -> AsyncIterator[tuple[WireRelay, str]]:
+    relay = WireRelay()
+    server = await asyncio.start_server(relay, "127.0.0.1", 0)
+    try:
+        yield relay, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+
+
+async def test_java_endpoint_over_ptth_on_the_wire(classes: Path) -> None:
+    """The handshake as the draft writes it, pipelined requests answered in order with exact framing,
+    a malformed request closing the connection, and a poll's answer to the upgrade served as a poll."""
+    async with wire_relay() as (relay, url):
+        java = await start_java(classes, url, "-", "auto")
+        try:
+            await java.line("ENDPOINT")
+            headers, reader, writer = await asyncio.wait_for(relay.upgrades.get(), 20)
+            assert headers["connection"].lower() == "upgrade"
+            assert headers["upgrade"] == "ptth"
+            assert headers["alpn"] == "http%2F1.1"
+            assert headers["host"] == url.removeprefix("http://")
+            writer.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: ptth\r\nALPN: http%2F1.1\r\n\r\n"
+            )
+            # Three requests in one write: Content-Length, chunked (with a trailer), and HEAD.
+            writer.write(
+                b"POST /relay/x/one?a=1 HTTP/1.1\r\nHost: relay\r\nX-Test-Header: first\r\n"
+                b"Content-Length: 5\r\n\r\nhello"
+                b"PUT /relay/x/two HTTP/1.1\r\nHost: relay\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"3\r\nabc\r\n4;x=y\r\n\x00\xff\r\n\r\n0\r\nTrailer: z\r\n\r\n"
+                b"HEAD /relay/x/three HTTP/1.1\r\nHost: relay\r\n\r\n"
+            )
+            await writer.drain()
+            start, got, body = await read_response(reader, "POST")
+            assert start == "HTTP/1.1 299 Echo Reason"
+            assert (got["x-echo-method"], got["x-echo-target"], got["x-echo-header"], body) == (
+                "POST", "/relay/x/one?a=1", "first", b"hello",
+            )  # fmt: skip
+            start, got, body = await read_response(reader, "PUT")
+            assert (got["x-echo-method"], got["x-echo-target"], body) == ("PUT", "/relay/x/two", b"abc\x00\xff\r\n")
+            start, got, body = await read_response(reader, "HEAD")
+            assert (start, got["x-echo-method"], body) == ("HTTP/1.1 299 Echo Reason", "HEAD", b"")
+            assert await java.transport() == "PTTH -"
+
+            # A request it cannot frame (Content-Length and Transfer-Encoding at once): closed, unanswered.
+            writer.write(
+                b"POST /relay/x/bad HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            )
+            await writer.drain()
+            assert await asyncio.wait_for(reader.read(), 20) == b""
+            writer.close()
+
+            # It comes back on the same request URL; this time the upgrade is answered as a long poll
+            # (a relay without PTTH): the request is served by POSTing the reply, then it long-polls.
+            headers, reader, writer = await asyncio.wait_for(relay.upgrades.get(), 20)
+            request = b"GET /relay/x/polled HTTP/1.1\r\nHost: relay\r\nX-Test-Header: polled\r\n\r\n"
+            writer.write(
+                b'HTTP/1.1 200 OK\r\nContent-Type: message/http\r\nLink: </req/1/next>; rel="next"\r\n'
+                b"Content-Length: %d\r\n\r\n%s" % (len(request), request)
+            )
+            await writer.drain()
+            writer.close()
+            what, headers, body = await asyncio.wait_for(relay.polls.get(), 20)
+            assert what == "POST /req/1"
+            assert headers["content-type"] == "message/http"
+            assert body.startswith(b"HTTP/1.1 299 Echo Reason\r\n") and b"X-Echo-Header: polled\r\n" in body
+            what, headers, _ = await asyncio.wait_for(relay.polls.get(), 20)
+            assert what == "GET /req/1/next" and "upgrade" not in headers
+            assert await java.transport() == "LONG_POLL -"
+
+            await java.say("quit")
+            await java.line("CLOSED")
+            assert await asyncio.wait_for(java.process.wait(), 20) == 0
+            assert relay.deleted.is_set()
+        finally:
+            await java.stop()

@@ -30,7 +30,10 @@ public final class Response {
                 text.getBytes(StandardCharsets.UTF_8));
     }
 
-    /** The {@code message/http} form; Content-Length is added unless the handler gave one. */
+    /**
+     * The {@code message/http} form; Content-Length is added unless the handler gave one (which must
+     * be the body's length). Transfer-Encoding is refused: the body is always sent whole.
+     */
     public byte[] serialize() {
         return serialize(false);
     }
@@ -53,7 +56,17 @@ public final class Response {
             if (name.isEmpty() || name.matches(".*[\\s:].*") || value.matches("(?s).*[\\r\\n\\x00].*")) {
                 throw new IllegalArgumentException("header with a control character, blank or colon: " + name);
             }
-            hasLength |= name.equalsIgnoreCase("content-length");
+            if (name.equalsIgnoreCase("content-length")) {
+                // The body is written as it is, so a length that is not its length would misframe it,
+                // and on a PTTH connection make the relay read our next response as this one's rest.
+                if (!bodiless && !value.strip().equals(String.valueOf(body.length))) {
+                    throw new IllegalArgumentException("Content-Length " + value + " for a body of " + body.length + " bytes");
+                }
+                hasLength = true;
+            }
+            if (name.equalsIgnoreCase("transfer-encoding")) {
+                throw new IllegalArgumentException("Transfer-Encoding: the body is sent whole, with Content-Length");
+            }
             head.append(name).append(": ").append(value).append("\r\n");
         }
         if (!hasLength && !bodiless) {
