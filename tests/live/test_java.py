@@ -1,6 +1,7 @@
 """The Java library (clients/java) against a real server on a socket: compiled with plain javac
-(JDK 17, no third-party jars), its Endpoint relays a GET and a POST, its Subscriber gets a signed
-publish and drops a forged one. Without javac this skips locally and fails in CI."""
+(JDK 17, no third-party jars), its Endpoint relays a GET and a POST over PTTH (and over long polls
+where the server does not offer PTTH), its Subscriber gets a signed publish and drops a forged one.
+Without javac this skips locally and fails in CI."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import httpx
 import pytest
 
 from reversehub.server.app import create_app
+from reversehub.server.serve import http_protocol
 from tests.support import bound_socket, live_settings, serve_live, unavailable
 
 pytestmark = [pytest.mark.anyio, pytest.mark.live]
@@ -71,10 +73,14 @@ async def server(database_url: str, request: pytest.FixtureRequest) -> AsyncIter
 
 
 @asynccontextmanager
-async def serving(database_url: str, port: int | None = None, **overrides: Any) -> AsyncIterator[str]:
+async def serving(
+    database_url: str, port: int | None = None, ptth: bool = True, **overrides: Any
+) -> AsyncIterator[str]:
+    """A live server; with ``ptth`` on ``reversehub serve``'s own HTTP protocol, which can take a
+    connection over, else on uvicorn's, where an upgrade request is served as the poll it also is."""
     sock = bound_socket() if port is None else socket.create_server(("127.0.0.1", port), reuse_port=False)
     settings = live_settings(database_url, sock.getsockname()[1], **overrides)
-    async with serve_live(create_app(settings), sock=sock) as url:
+    async with serve_live(create_app(settings), sock=sock, http=http_protocol() if ptth else "httptools") as url:
         yield url
 
 
@@ -130,14 +136,12 @@ async def test_java_endpoint_and_subscriber(classes: Path, server: str) -> None:
             assert got.headers["x-echo-method"] == "GET"
             assert got.headers["x-echo-target"].endswith("/hello?x=1")
             assert got.headers["x-echo-header"] == "t1"  # looked up case-insensitively
-            head = await http.head(public + "hello")
-            assert head.status_code == 299
-            assert head.headers["x-echo-method"] == "HEAD"
-            assert head.content == b""
             posted = await http.post(public + "data", content=b"\x00binary\xffbody")
             assert posted.status_code == 299
             assert posted.headers["x-echo-method"] == "POST"
             assert posted.content == b"\x00binary\xffbody"
+            # The server offers PTTH: the endpoint and the subscriber's endpoint both use it.
+            assert await java.transport() == "PTTH PTTH"
 
             # Forged (a wrong key) and unsigned bodies: 2xx, so a forger learns nothing, and dropped.
             forged = b"forged"
@@ -193,8 +197,13 @@ async def test_java_subscriber_renews_its_lease(classes: Path, database_url: str
                 await java.process.wait()
 
 
-async def test_java_endpoint_comes_back_after_a_server_restart(classes: Path, database_url: str) -> None:
-    """Registrations are rows: after a restart on the same port the pollers reconnect by themselves."""
+@pytest.mark.parametrize("fresh", [False, True], ids=["same-database", "fresh-database"])
+async def test_java_endpoint_comes_back_after_a_server_restart(
+    classes: Path, database_url: str, _template_db: Path, tmp_path: Path, fresh: bool
+) -> None:
+    """The PTTH connections drop with the server; they come back by themselves on the same port: on
+    their request URLs where the registration survived (its row), by registering again (404) where
+    it did not."""
     topic = f"http://127.0.0.1/topics/java-{uuid.uuid4().hex[:8]}"
     async with serving(database_url) as server:
         port = int(server.rsplit(":", 1)[1])
@@ -204,19 +213,87 @@ async def test_java_endpoint_comes_back_after_a_server_restart(classes: Path, da
             await java.line("SUBSCRIBED")
             async with httpx.AsyncClient(timeout=20.0) as http:
                 assert (await http.get(public + "before")).status_code == 299
+            assert await java.transport() == "PTTH PTTH"
         except BaseException:
-            java.process.kill()
+            await java.stop()
             raise
+    if fresh:
+        shutil.copyfile(_template_db, tmp_path / "fresh.db")
+        database_url = f"sqlite:///{tmp_path / 'fresh.db'}"
     try:
         async with serving(database_url, port=port) as server, httpx.AsyncClient(timeout=20.0) as http:
             deadline = asyncio.get_running_loop().time() + 20
             while (status := (await http.get(public + "after")).status_code) != 299:
                 assert asyncio.get_running_loop().time() < deadline, f"still {status} 20 s after the restart"
                 await asyncio.sleep(0.2)
+            assert await java.transport() == "PTTH PTTH"
     finally:
-        if java.process.returncode is None:
-            java.process.kill()
-            await java.process.wait()
+        await java.stop()
+
+
+async def exercise(public: str) -> None:
+    """A HEAD, a GET with a header, and a binary POST through the echo endpoint at ``public``."""
+    async with httpx.AsyncClient(timeout=20.0) as http:
+        # First, so that over PTTH it is the first request on its connection.
+        head = await http.head(public + "hello")
+        assert (head.status_code, head.headers.get("x-echo-method"), head.content) == (299, "HEAD", b"")
+        got = await http.get(public + "hello?x=1", headers={"X-Test-Header": "t1"})
+        assert (got.status_code, got.headers["x-echo-method"], got.headers["x-echo-header"]) == (299, "GET", "t1")
+        assert got.headers["x-echo-target"].endswith("/hello?x=1")
+        body = bytes(range(256)) * 4096  # 1 MiB, every byte value
+        posted = await http.post(public + "data", content=body)
+        assert (posted.status_code, posted.headers["x-echo-method"]) == (299, "POST")
+        assert posted.content == body
+
+
+@pytest.mark.parametrize(
+    ("offers_ptth", "transport", "used"),
+    [
+        (False, "auto", "LONG_POLL"),
+        (False, "long_poll", "LONG_POLL"),
+        (True, "long_poll", "LONG_POLL"),
+        (True, "ptth", "PTTH"),
+    ],
+    ids=["auto-without-ptth", "long-poll-without-ptth", "long-poll-with-ptth", "ptth"],
+)
+async def test_java_endpoint_transports(
+    classes: Path, database_url: str, offers_ptth: bool, transport: str, used: str
+) -> None:
+    """A server that does not offer PTTH answers the upgrade request as a poll: the endpoint serves
+    that request and long-polls from then on. LONG_POLL never asks for PTTH, PTTH always does."""
+    async with serving(database_url, ptth=offers_ptth) as server:
+        java = await start_java(classes, server, "-", transport)
+        try:
+            public = await java.line("ENDPOINT")
+            await exercise(public)
+            assert await java.transport() == f"{used} -"
+            await java.say("quit")
+            await java.line("CLOSED")
+            assert await asyncio.wait_for(java.process.wait(), 20) == 0
+        finally:
+            await java.stop()
+
+
+async def test_java_endpoint_serves_pipelined_requests_over_ptth(classes: Path, database_url: str) -> None:
+    """More requests at once than PTTH connections: the server writes several on one connection
+    (--ptth-pipeline), and each requester gets the answer to its own request."""
+    async with serving(database_url, ptth_pipeline=8) as server:
+        java = await start_java(classes, server, "-", "ptth")
+        try:
+            public = await java.line("ENDPOINT")
+            async with httpx.AsyncClient(timeout=20.0, limits=httpx.Limits(max_connections=64)) as http:
+
+                async def one(i: int) -> None:
+                    body = f"body {i} ".encode() * (i + 1)
+                    answer = await http.post(f"{public}n/{i}", content=body, headers={"X-Test-Header": str(i)})
+                    assert answer.status_code == 299
+                    assert answer.headers["x-echo-target"].endswith(f"/n/{i}")
+                    assert (answer.headers["x-echo-header"], answer.content) == (str(i), body)
+
+                await asyncio.gather(*(one(i) for i in range(48)))
+            assert await java.transport() == "PTTH -"
+        finally:
+            await java.stop()
 
 
 # PTTH on the wire ------------------------------------------------------------------------------------

@@ -41,7 +41,9 @@ public final class Response {
     /**
      * The {@code message/http} form of the answer to a HEAD request ({@code toHead}) or not. Replies to
      * HEAD and 1xx, 204 and 304 replies have no body (RFC 9112 6.3), so none is written, and no
-     * Content-Length is made up for them (204 must not have one, RFC 9110 8.6).
+     * Content-Length is made up for them (204 must not have one, RFC 9110 8.6), except that a HEAD
+     * answered with the body a GET would get says that body's length, as a GET's answer would (RFC
+     * 9110 9.3.2): a recipient then frames the reply by its length, not by its method alone.
      */
     public byte[] serialize(boolean toHead) {
         boolean bodiless = toHead || status < 200 || status == 204 || status == 304;
@@ -69,7 +71,8 @@ public final class Response {
             }
             head.append(name).append(": ").append(value).append("\r\n");
         }
-        if (!hasLength && !bodiless) {
+        boolean headOfGet = toHead && status >= 200 && status != 204 && status != 304 && body.length > 0;
+        if (!hasLength && (!bodiless || headOfGet)) {
             head.append("Content-Length: ").append(body.length).append("\r\n");
         }
         head.append("\r\n");

@@ -37,8 +37,11 @@ public final class SelfCheck {
         Response response = new Response(299, "Custom Reason", List.of(Map.entry("X-A", "1")), new byte[] {1, 2});
         check(new String(response.serialize(), StandardCharsets.ISO_8859_1),
                 "HTTP/1.1 299 Custom Reason\r\nX-A: 1\r\nContent-Length: 2\r\n\r\n\u0001\u0002");
+        // HEAD answered like GET: the GET's Content-Length (RFC 9110 9.3.2), no body.
         check(new String(response.serialize(true), StandardCharsets.ISO_8859_1),
-                "HTTP/1.1 299 Custom Reason\r\nX-A: 1\r\n\r\n");
+                "HTTP/1.1 299 Custom Reason\r\nX-A: 1\r\nContent-Length: 2\r\n\r\n");
+        check(new String(new Response(200, "OK", List.of(), null).serialize(true), StandardCharsets.ISO_8859_1),
+                "HTTP/1.1 200 OK\r\n\r\n");
         check(new String(new Response(204, "No Content", List.of(), new byte[] {1}).serialize(), StandardCharsets.ISO_8859_1),
                 "HTTP/1.1 204 No Content\r\n\r\n");
         try {
