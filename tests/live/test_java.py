@@ -12,6 +12,7 @@ import hmac
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
@@ -116,10 +117,12 @@ class Java:
                 return text[len(prefix) + 1 :]
 
 
-async def start_java(classes: Path, server: str, topic: str, transport: str = "auto") -> Java:
+async def start_java(
+    classes: Path, server: str, topic: str, transport: str = "auto", *jvm: str, stderr: int | None = None
+) -> Java:
     process = await asyncio.create_subprocess_exec(
-        "java", "-cp", str(classes), "LiveCheck", server, topic, transport,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        "java", *jvm, "-cp", str(classes), "LiveCheck", server, topic, transport,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=stderr,
     )  # fmt: skip
     return Java(process)
 
@@ -231,9 +234,9 @@ async def test_java_endpoint_comes_back_after_a_server_restart(
         await java.stop()
 
 
-async def exercise(public: str) -> None:
+async def exercise(public: str, verify: ssl.SSLContext | bool = True) -> None:
     """A HEAD, a GET with a header, and a binary POST through the echo endpoint at ``public``."""
-    async with httpx.AsyncClient(timeout=20.0) as http:
+    async with httpx.AsyncClient(timeout=20.0, verify=verify) as http:
         # First, so that over PTTH it is the first request on its connection.
         head = await http.head(public + "hello")
         assert (head.status_code, head.headers.get("x-echo-method"), head.content) == (299, "HEAD", b"")
@@ -292,6 +295,60 @@ async def test_java_endpoint_serves_pipelined_requests_over_ptth(classes: Path, 
 
                 await asyncio.gather(*(one(i) for i in range(48)))
             assert await java.transport() == "PTTH -"
+        finally:
+            await java.stop()
+
+
+@pytest.fixture
+def localhost_tls(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A self-signed certificate for ``localhost`` only (key, certificate, a Java trust store of it)."""
+    openssl, keytool = shutil.which("openssl"), shutil.which("keytool")
+    if openssl is None or keytool is None:
+        unavailable("openssl and keytool not found")
+    key, cert, store = tmp_path / "key.pem", tmp_path / "cert.pem", tmp_path / "trust.p12"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    subprocess.run(
+        [keytool, "-importcert", "-noprompt", "-alias", "relay", "-file", str(cert), "-keystore", str(store),
+         "-storetype", "PKCS12", "-storepass", "changeit"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return key, cert, store
+
+
+@pytest.mark.parametrize("public_host", ["localhost", "127.0.0.1"])
+async def test_java_endpoint_over_ptth_with_tls(
+    classes: Path, database_url: str, localhost_tls: tuple[Path, Path, Path], public_host: str
+) -> None:
+    """PTTH over TLS with the JDK's trust store (here one holding the test's certificate). The
+    certificate names ``localhost`` only: where the relay's request URLs say ``127.0.0.1`` the
+    endpoint refuses the connection (host name verification), and no request reaches it."""
+    key, cert, store = localhost_tls
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    settings = live_settings(database_url, port, public_url=f"https://{public_host}:{port}")
+    async with serve_live(
+        create_app(settings), sock=sock, http=http_protocol(), ssl_certfile=str(cert), ssl_keyfile=str(key)
+    ):
+        trust = [f"-Djavax.net.ssl.trustStore={store}", "-Djavax.net.ssl.trustStorePassword=changeit"]
+        java = await start_java(
+            classes, f"https://localhost:{port}", "-", "auto", *trust, stderr=asyncio.subprocess.PIPE
+        )
+        try:
+            public = await java.line("ENDPOINT")
+            if public_host == "localhost":
+                await exercise(public, verify=ssl.create_default_context(cafile=str(cert)))
+                assert await java.transport() == "PTTH -"
+                return
+            assert java.process.stderr is not None
+            while b"No subject alternative names matching IP address 127.0.0.1" not in (
+                await asyncio.wait_for(java.process.stderr.readline(), 20)
+            ):
+                pass
+            assert await java.transport() == "null -"
         finally:
             await java.stop()
 
