@@ -52,18 +52,20 @@ def test_parsing_and_framing(classes: Path) -> None:
 
 @pytest.mark.parametrize("page", ["docs/java.md", "README.md"])
 def test_docs_example_compiles(classes: Path, tmp_path: Path, page: str) -> None:
-    """The Java example of ``page``, wrapped in a main, compiles against the library."""
+    """Each Java example of ``page``, wrapped in a main, compiles against the library."""
     text = (JAVA.parents[1] / page).read_text()
-    block = re.search(r"```java\n(.*?)```", text, re.S)
-    assert block is not None
-    lines = block.group(1).splitlines()
-    imports = "".join(line + "\n" for line in lines if line.startswith("import "))
-    body = "".join(line + "\n" for line in lines if not line.startswith("import "))
-    source = tmp_path / "DocExample.java"
-    source.write_text(
-        f"{imports}public class DocExample {{\npublic static void main(String[] a) throws Exception {{\n{body}}}}}\n"
-    )
-    subprocess.run(["javac", "-cp", str(classes), "-d", str(tmp_path), str(source)], check=True)
+    blocks = re.findall(r"```java\n(.*?)```", text, re.S)
+    assert blocks
+    for i, block in enumerate(blocks):
+        lines = block.splitlines()
+        imports = "".join(line + "\n" for line in lines if line.startswith("import "))
+        body = "".join(line + "\n" for line in lines if not line.startswith("import "))
+        source = tmp_path / f"DocExample{i}.java"
+        source.write_text(
+            f"{imports}public class DocExample{i} {{\n"
+            f"public static void main(String[] a) throws Exception {{\n{body}}}}}\n"
+        )
+        subprocess.run(["javac", "-cp", str(classes), "-d", str(tmp_path), str(source)], check=True)
 
 
 # WebSub 8: the hub picks the algorithm, so the subscriber must check each of them.
