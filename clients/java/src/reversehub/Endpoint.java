@@ -217,7 +217,12 @@ public class Endpoint implements AutoCloseable {
                             return;
                         }
                         // Reconnect on the same URL (it stays valid); a 404/410 then registers again.
-                        throw new IOException("the PTTH connection ended");
+                        LOG.log(Level.INFO, "PTTH connection ended; reconnecting in {0} ms", delay);
+                        if (!pause(delay)) {
+                            return;
+                        }
+                        delay = Math.min(delay * 2, 30_000);
+                        continue;
                     }
                     status = answer.head().status();
                     links = Http1.values(answer.head().headers(), "Link");
@@ -273,14 +278,22 @@ public class Endpoint implements AutoCloseable {
                 // A network error may mean a new server: ask it for PTTH again.
                 upgrade = transport != Transport.LONG_POLL;
                 LOG.log(Level.WARNING, "relay poll failed ({0}); retrying in {1} ms", new Object[] {e, delay});
-                try {
-                    // Jitter, so that many clients do not come back at the same moment.
-                    Thread.sleep(delay / 2 + RANDOM.nextInt((int) delay / 2 + 1));
-                } catch (InterruptedException stop) {
+                if (!pause(delay)) {
                     return;
                 }
                 delay = Math.min(delay * 2, 30_000);
             }
+        }
+    }
+
+    /** Sleeps about {@code delay} ms; false if interrupted (the endpoint is closing). */
+    private static boolean pause(long delay) {
+        try {
+            // Jitter, so that many clients do not come back at the same moment.
+            Thread.sleep(delay / 2 + RANDOM.nextInt((int) delay / 2 + 1));
+            return true;
+        } catch (InterruptedException stop) {
+            return false;
         }
     }
 

@@ -29,6 +29,7 @@ import jdk.net.ExtendedSocketOptions;
 final class Ptth implements AutoCloseable {
     /** RFC 7639: the protocol we offer on the transposed connection, percent-encoded as the header needs. */
     static final String ALPN = "http%2F1.1";
+    private static final int MESSAGE_MILLIS = 60_000;
 
     /** The answer to the upgrade request: a connection (status 101), or the poll answer it got instead. */
     record Answer(Http1.Head head, byte[] body, Ptth connection) {}
@@ -107,8 +108,19 @@ final class Ptth implements AutoCloseable {
         }
     }
 
-    /** The next request, or null when the relay closed the connection between requests. */
+    /**
+     * The next request, or null when the relay closed the connection between requests. The wait for
+     * its first byte is unbounded (the relay writes when someone calls); a request that stops midway
+     * for a minute ends the connection, so a stalled one does not hold the poller for ever.
+     */
     Request next() throws IOException {
+        socket.setSoTimeout(0);
+        in.mark(1);
+        if (in.read() < 0) {
+            return null;
+        }
+        in.reset();
+        socket.setSoTimeout(MESSAGE_MILLIS);
         return Http1.readRequest(in);
     }
 
