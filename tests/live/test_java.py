@@ -427,7 +427,8 @@ async def wire_relay() -> AsyncIterator[tuple[WireRelay, str]]:
 
 
 async def test_java_endpoint_over_ptth_on_the_wire(classes: Path) -> None:
-    """The handshake as the draft writes it, pipelined requests answered in order with exact framing,
+    """The handshake as the draft writes it (a 101 with another ALPN refused), pipelined requests
+    answered in order with exact framing,
     a malformed request closing the connection, and a poll's answer to the upgrade served as a poll."""
     async with wire_relay() as (relay, url):
         java = await start_java(classes, url, "-", "auto")
@@ -438,6 +439,14 @@ async def test_java_endpoint_over_ptth_on_the_wire(classes: Path) -> None:
             assert headers["upgrade"] == "ptth"
             assert headers["alpn"] == "http%2F1.1"
             assert headers["host"] == url.removeprefix("http://")
+            # A 101 choosing a protocol it did not offer: the endpoint hangs up and asks again.
+            writer.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: ptth\r\nALPN: h2\r\n\r\n"
+            )
+            await writer.drain()
+            assert await asyncio.wait_for(reader.read(), 20) == b""
+            writer.close()
+            headers, reader, writer = await asyncio.wait_for(relay.upgrades.get(), 20)
             writer.write(
                 b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: ptth\r\nALPN: http%2F1.1\r\n\r\n"
             )
