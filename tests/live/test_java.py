@@ -428,8 +428,8 @@ async def wire_relay() -> AsyncIterator[tuple[WireRelay, str]]:
 
 async def test_java_endpoint_over_ptth_on_the_wire(classes: Path) -> None:
     """The handshake as the draft writes it (a 101 with another ALPN refused), pipelined requests
-    answered in order with exact framing,
-    a malformed request closing the connection, and a poll's answer to the upgrade served as a poll."""
+    answered in order with exact framing, a malformed request closing the connection, and a poll's
+    answer to the upgrade served as a poll."""
     async with wire_relay() as (relay, url):
         java = await start_java(classes, url, "-", "auto")
         try:
