@@ -510,3 +510,23 @@ async def test_shutdown_closes_ptth_connections_cleanly(tmp_path):
         assert await asyncio.to_thread(server.popen.wait, 15) == 0
     finally:
         _stop(server)
+
+
+async def test_the_requesters_hop_by_hop_fields_stay_off_the_ptth_connection(live):
+    """A requester's ``Connection: close`` (or HTTP/1.0) is about its own connection: passed on, it
+    would make the application close the one that serves everybody (RFC 9110 7.6.1)."""
+    name, path, _ = await register(live)
+    backend = await connect(live, path)
+    sent = (
+        f"GET /relay/{name}/old HTTP/1.0\r\nHost: h\r\nConnection: close, X-Private\r\nX-Private: 1\r\n"
+        "Keep-Alive: timeout=5\r\nX-Kept: Yes\r\n\r\n"
+    ).encode()
+    requester = asyncio.ensure_future(raw_request(live, sent))
+    assert await backend.request() == f"GET /relay/{name}/old HTTP/1.1\r\nHost: h\r\nX-Kept: Yes\r\n\r\n".encode()
+    backend.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert (await requester).endswith(b"\r\n\r\nok")
+    requester = _get(live, name, "after")
+    assert _target(await backend.request()) == f"/relay/{name}/after"
+    backend.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nafter")
+    assert (await requester).endswith(b"after")
+    await backend.close()
