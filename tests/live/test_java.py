@@ -103,6 +103,17 @@ class Java:
         await self.say("transport")
         return await self.line("TRANSPORT")
 
+    async def transports(self, want: str, timeout: float = 20) -> None:
+        """Waits until the endpoint's transports() (each poller's) print as ``want``."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            await self.say("transport")
+            got = await self.line("TRANSPORTS")
+            if got == want:
+                return
+            assert asyncio.get_running_loop().time() < deadline, f"transports {got}, not {want}"
+            await asyncio.sleep(0.1)
+
     async def stop(self) -> None:
         if self.process.returncode is None:
             self.process.kill()
@@ -272,6 +283,7 @@ async def test_java_endpoint_transports(
             public = await java.line("ENDPOINT")
             await exercise(public)
             assert await java.transport() == f"{used} -"
+            await java.transports(f"[{used}, {used}]")  # both pollers
             await java.say("quit")
             await java.line("CLOSED")
             assert await asyncio.wait_for(java.process.wait(), 20) == 0

@@ -15,7 +15,7 @@ import reversehub.Transport;
  * Driven by tests/live/test_java.py: {@code LiveCheck SERVER_URL TOPIC [TRANSPORT]} serves an echo
  * handler (over TRANSPORT: auto, ptth or long_poll) and subscribes to TOPIC (a dash: no subscriber),
  * prints "ENDPOINT url" and "SUBSCRIBED url", one "UPDATE base64" line per verified notification,
- * "TRANSPORT name" when stdin says "transport", and stops cleanly (unsubscribe, DELETE) when stdin
+ * "TRANSPORT endpoint's subscriber's" and "TRANSPORTS [each poller's]" when stdin says "transport", and stops cleanly (unsubscribe, DELETE) when stdin
  * closes or says "quit".
  */
 public final class LiveCheck {
@@ -60,6 +60,7 @@ public final class LiveCheck {
             if (line.equals("transport")) {
                 synchronized (System.out) {
                     System.out.println("TRANSPORT " + echo.transport() + " " + (subscriber == null ? "-" : subscriber.transport()));
+                    System.out.println("TRANSPORTS " + echo.transports());
                     System.out.flush();
                 }
             }

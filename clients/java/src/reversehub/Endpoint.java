@@ -17,6 +17,7 @@ import java.util.List;
 import java.util.Map;
 import java.util.Set;
 import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.atomic.AtomicReferenceArray;
 import java.util.function.Function;
 import java.util.logging.Level;
 import java.util.logging.Logger;
@@ -54,7 +55,7 @@ public class Endpoint implements AutoCloseable {
     private final Set<Thread> busy = ConcurrentHashMap.newKeySet(); // pollers handling a request
     private final Set<Ptth> connections = ConcurrentHashMap.newKeySet(); // open or opening
     private volatile boolean closing;
-    private volatile Transport inUse;
+    private final AtomicReferenceArray<Transport> inUse; // each poller's, null until it got through
     private volatile String publicUrl;
     private volatile String privateUrl;
 
@@ -85,6 +86,7 @@ public class Endpoint implements AutoCloseable {
         this.lease = lease;
         this.pollers = pollers;
         this.transport = transport == null ? Transport.AUTO : transport;
+        this.inUse = new AtomicReferenceArray<>(pollers);
         this.http = newClient();
     }
 
@@ -98,12 +100,30 @@ public class Endpoint implements AutoCloseable {
     }
 
     /**
-     * The transport requests arrive by: {@link Transport#PTTH} once a poller holds a transposed
-     * connection, {@link Transport#LONG_POLL} once one got a poll's answer (the last of the two to
-     * happen); null before either.
+     * The transport requests arrive by: {@link Transport#PTTH} or {@link Transport#LONG_POLL} when every
+     * poller that got through uses it, {@link Transport#AUTO} while they differ (one came back on the
+     * other after a reconnect), null before any got through. {@link #transports()} has each poller's.
      */
     public Transport transport() {
-        return inUse;
+        Transport common = null;
+        for (Transport t : transports()) {
+            if (t != null) {
+                if (common != null && common != t) {
+                    return Transport.AUTO;
+                }
+                common = t;
+            }
+        }
+        return common;
+    }
+
+    /** Each poller's transport ({@code PTTH} or {@code LONG_POLL}; null until it got through). */
+    public List<Transport> transports() {
+        List<Transport> all = new ArrayList<>();
+        for (int i = 0; i < inUse.length(); i++) {
+            all.add(inUse.get(i));
+        }
+        return all;
     }
 
     /** Registers the name and starts the pollers; returns the public URL. */
@@ -117,7 +137,8 @@ public class Endpoint implements AutoCloseable {
         String first = register();
         for (int i = 0; i < pollers; i++) {
             String url = i == 0 ? first : null;
-            Thread thread = new Thread(() -> poll(url), "reversehub-poller-" + name + "-" + i);
+            int index = i;
+            Thread thread = new Thread(() -> poll(index, url), "reversehub-poller-" + name + "-" + i);
             thread.setDaemon(true);
             threads.add(thread);
             thread.start();
@@ -193,7 +214,7 @@ public class Endpoint implements AutoCloseable {
         return first;
     }
 
-    private void poll(String start) {
+    private void poll(int index, String start) {
         String url = start;
         long delay = 100;
         boolean upgrade = transport != Transport.LONG_POLL; // ask for PTTH on the next GET of url
@@ -209,7 +230,7 @@ public class Endpoint implements AutoCloseable {
                     Ptth connection = new Ptth(URI.create(url));
                     Ptth.Answer answer = open(connection);
                     if (answer.connection() != null) {
-                        inUse = Transport.PTTH;
+                        inUse.set(index, Transport.PTTH);
                         if (serve(connection)) {
                             delay = 100;
                         }
@@ -268,7 +289,7 @@ public class Endpoint implements AutoCloseable {
                     // What the relay sent was served; PTTH is asked for again after the backoff.
                     throw new IOException("relay does not offer PTTH");
                 }
-                inUse = Transport.LONG_POLL;
+                inUse.set(index, Transport.LONG_POLL);
             } catch (InterruptedException e) {
                 return;
             } catch (IOException e) {
