@@ -508,8 +508,10 @@ async def test_java_endpoint_over_ptth_on_the_wire(classes: Path) -> None:
             assert what == "GET /req/1/next" and "upgrade" not in headers
             assert await java.transport() == "LONG_POLL -"
 
+            # The other poller waits for the answer to its upgrade request, which never comes: close()
+            # ends that wait by closing the socket (a join would give up only after 10 s).
             await java.say("quit")
-            await java.line("CLOSED")
+            await java.line("CLOSED", timeout=6)
             assert await asyncio.wait_for(java.process.wait(), 20) == 0
             assert relay.deleted.is_set()
         finally:
