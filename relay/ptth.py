@@ -124,6 +124,7 @@ class _Pending(NamedTuple):
     raw: bytes  # the packed queue item (relay.queue.Item)
     method: bytes
     future: asyncio.Future[bytes] | None  # a requester of this process waiting here, or None: the broker
+    deadline: float  # monotonic time its requester stops waiting (504), if it waits here
 
 
 # Hop-by-hop fields (RFC 9110 7.6.1) describe the requester's connection, not the PTTH one: a
@@ -189,6 +190,7 @@ class PtthConnection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Future[None] | None = None
         self._held: bytes | None = None  # taken from the queue, not written yet (no room, or a HEAD)
+        self.popping = False  # waiting for the queue: it is empty (in-process broker)
         self._parser = httptools.HttpResponseParser(self)
         self._head_only = False  # the response in flight answers a HEAD (see data_received)
         self._head_buffer = b""
@@ -357,7 +359,7 @@ class PtthConnection(asyncio.Protocol):
             return not self.in_flight
         return len(self.in_flight) < self.depth
 
-    def write(self, raw: bytes, method: bytes, future: asyncio.Future[bytes] | None) -> None:
+    def write(self, raw: bytes, method: bytes, future: asyncio.Future[bytes] | None, deadline: float = 0.0) -> None:
         """Write the packed request ``raw`` (its message, as the requester sent it)."""
         transport = self.transport
         if transport is None or transport.is_closing():
@@ -366,7 +368,7 @@ class PtthConnection(asyncio.Protocol):
             elif not future.done():
                 future.set_exception(NotProcessed())
             return
-        self.in_flight.append(_Pending(raw, method, future))
+        self.in_flight.append(_Pending(raw, method, future, deadline))
         if method == b"HEAD":
             self._head_only = True
         transport.write(_message(raw))
@@ -397,7 +399,11 @@ class PtthConnection(asyncio.Protocol):
                 elif self._head_only or len(self.in_flight) >= self.depth:
                     await self._wait(refresh)
                 else:
-                    raw = await broker.pop(queue, settings.poll_timeout)
+                    self.popping = True
+                    try:
+                        raw = await broker.pop(queue, settings.poll_timeout)
+                    finally:
+                        self.popping = False
                     if raw is not None:
                         if self._stopping:
                             self._requeue([raw])
@@ -473,11 +479,6 @@ def _settle(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def _expire(future: asyncio.Future[bytes]) -> None:
-    if not future.done():
-        future.set_exception(NoReply())
-
-
 class PtthPool:
     """The PTTH connections open in this process, by name: their bounds, their gauge, their end."""
 
@@ -495,6 +496,8 @@ class PtthPool:
         self._direct = not relay.broker.spans_processes
         self._tasks: set[asyncio.Task[None]] = set()
         self._answers: list[tuple[bytes, bytes]] = []
+        self._reply_timeout = settings.reply_timeout
+        self._clock: asyncio.Task[None] | None = None
         self._emptied = asyncio.Event()
         gauge = Gauge(
             "relay_ptth_connections", "PTTH connections open on this process", registry=relay.services.metrics
@@ -553,18 +556,38 @@ class PtthPool:
                 break
         else:
             return None
-        if await self.relay.broker.length(queue_key(name)):
+        if not conn.popping and await self.relay.broker.length(queue_key(name)):
             return None
-        loop = conn.loop
-        future: asyncio.Future[bytes] = loop.create_future()
-        conn.write(raw, method, future)
-        timer = loop.call_later(self.relay.settings.reply_timeout, _expire, future)
+        future: asyncio.Future[bytes] = conn.loop.create_future()
+        conn.write(raw, method, future, time.monotonic() + self._reply_timeout)
+        if self._clock is None:
+            self._clock = asyncio.get_running_loop().create_task(self._expire())
         try:
             return await future
         except NotProcessed:
             return None
+
+    async def _expire(self) -> None:
+        """Requesters waiting here get 504 once ``reply_timeout`` has passed: one clock for all of
+        them (a timer per request cost as much as the rest of its wait). Responses come in the order
+        of the requests, so only the oldest of each connection need a look."""
+        tick = min(0.25, max(0.005, self._reply_timeout / 20))
+        try:
+            while self.count:
+                await asyncio.sleep(tick)
+                now = time.monotonic()
+                for conns in self.by_name.values():
+                    for conn in conns:
+                        for pending in conn.in_flight:
+                            future = pending.future
+                            if future is None:
+                                continue
+                            if pending.deadline > now:
+                                break
+                            if not future.done():
+                                future.set_exception(NoReply())
         finally:
-            timer.cancel()
+            self._clock = None
 
     # What the connections tell requesters of the broker's queue ----------------------------------
     def answer(self, raw: bytes, response: bytes) -> None:
@@ -601,6 +624,8 @@ class PtthPool:
                 await asyncio.wait_for(self._emptied.wait(), grace)
         for conn in [conn for conns in self.by_name.values() for conn in conns]:
             conn._close("the relay is shutting down")
+        if self._clock is not None:
+            self._clock.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 

@@ -169,3 +169,26 @@ async def test_a_mailbox_name_is_polled_not_taken_over(live):
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         assert head.startswith(b"HTTP/1.1 200 ")
         writer.close()
+
+
+async def test_a_request_unanswered_within_the_reply_timeout_is_504_and_the_late_answer_dropped(live):
+    app, url, port = live
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        urls = await register(client, "slow")
+        reader, writer = await _connect(port, httpx.URL(urls["first"]).raw_path.decode())
+        await wait_for(lambda: "slow" in app.state.relay.ptth.by_name)
+        started = time.monotonic()
+        r = await client.get("/relay/slow/late")
+        assert r.status_code == 504
+        assert time.monotonic() - started < app.state.settings.reply_timeout + 1
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).startswith(b"GET /relay/slow/late ")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate")  # nobody waits for it any more
+        async with anyio.create_task_group() as tg:
+
+            async def answer() -> None:
+                assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).startswith(b"GET /relay/slow/next ")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext")
+
+            tg.start_soon(answer)
+            assert (await client.get("/relay/slow/next")).text == "next"
+        writer.close()
