@@ -248,11 +248,13 @@ async def test_java_endpoint_comes_back_after_a_server_restart(
 
 
 async def exercise(public: str, verify: ssl.SSLContext | bool = True) -> None:
-    """A HEAD, a GET with a header, and a binary POST through the echo endpoint at ``public``."""
+    """Two HEADs, a GET with a header, and a binary POST through the echo endpoint at ``public``."""
     async with httpx.AsyncClient(timeout=20.0, verify=verify) as http:
         # First, so that over PTTH it is the first request on its connection.
         head = await http.head(public + "hello")
         assert (head.status_code, head.headers.get("x-echo-method"), head.content) == (299, "HEAD", b"")
+        sized = await http.head(public + "sized")  # answered with a body: its length, not the body
+        assert (sized.status_code, sized.headers["content-length"], sized.content) == (200, "10", b"")
         got = await http.get(public + "hello?x=1", headers={"X-Test-Header": "t1"})
         assert (got.status_code, got.headers["x-echo-method"], got.headers["x-echo-header"]) == (299, "GET", "t1")
         assert got.headers["x-echo-target"].endswith("/hello?x=1")

@@ -34,6 +34,10 @@ public final class LiveCheck {
                     return Response.text(500, "interrupted\n");
                 }
             }
+            if (request.path().endsWith("/sized")) {
+                // Answered the same whatever the method: a HEAD gets the GET's length and no body.
+                return Response.text(200, "sized body");
+            }
             return new Response(
                 299, "Echo Reason",
                 List.of(Map.entry("Content-Type", "text/plain"), Map.entry("X-Echo-Method", request.method),
