@@ -260,6 +260,12 @@ class PtthConnection(asyncio.Protocol):
         if buffer:
             self._parser.feed_data(buffer)
 
+    def _declared_persistent(self) -> bool:
+        tokens = [t.strip().lower() for k, v in self._headers if k.lower() == b"connection" for t in v.split(b",")]
+        if self._parser.get_http_version() == "1.0":
+            return b"keep-alive" in tokens
+        return b"close" not in tokens
+
     def _until_eof(self) -> bool:
         return not any(k.lower() in (b"content-length", b"transfer-encoding") for k, _ in self._headers)
 
@@ -284,10 +290,14 @@ class PtthConnection(asyncio.Protocol):
             raise _Invalid("101 on a PTTH connection")
         self._status = status
         self._headers_done = True
-        self._persist = self._parser.should_keep_alive() or status < 200
         if self._head_only and status >= 200:
+            # httptools thinks a response without Content-Length runs to the end of the connection,
+            # but this one has no body: only Connection and the version say whether it persists.
+            self._persist = self._declared_persistent()
             self._head_only = False
             self._complete()
+        else:
+            self._persist = self._parser.should_keep_alive() or status < 200
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)

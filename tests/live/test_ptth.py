@@ -374,11 +374,12 @@ async def test_a_name_is_served_by_a_poller_and_a_ptth_connection_at_once(live):
     ("method", "response", "expect_head", "expect_body"),
     [
         ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n", b"\r\nContent-Length: 42\r\n", b""),
+        ("HEAD", b"HTTP/1.1 200 OK\r\nX-Length: unknown\r\n\r\n", b"\r\nX-Length: unknown\r\n", b""),
         ("GET", b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n", b"HTTP/1.1 204 No Content\r\n", b""),
         ("GET", b'HTTP/1.1 304 Not Modified\r\nETag: "x"\r\nContent-Length: 42\r\n\r\n', b"HTTP/1.1 304 ", b""),
         ("GET", b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", b"200 OK", b"hi"),
     ],
-    ids=["HEAD", "204", "304", "100-then-200"],
+    ids=["HEAD", "HEAD-without-length", "204", "304", "100-then-200"],
 )
 async def test_bodiless_responses_are_framed_per_rfc_9112(live, method, response, expect_head, expect_body):
     name, path, _ = await register(live)

@@ -192,3 +192,21 @@ async def test_a_request_unanswered_within_the_reply_timeout_is_504_and_the_late
             tg.start_soon(answer)
             assert (await client.get("/relay/slow/next")).text == "next"
         writer.close()
+
+
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+async def test_under_uvicorns_own_protocols_an_upgrade_is_a_poll(settings, http):
+    """uvicorn's h11 fallback and its plain httptools protocol cannot hand a connection over: the
+    handshake gets the poll's answer (204 here), and a client falls back to long-polling."""
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    app = create_app(replace(settings, public_url=f"http://127.0.0.1:{port}", port=port, poll_timeout=0.2))
+    async with serve_live(app, sock=sock, http=http) as url, httpx.AsyncClient(base_url=url) as client:
+        urls = await register(client, "plain")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        path = httpx.URL(urls["first"]).raw_path.decode()
+        offer = "Connection: upgrade\r\nUpgrade: ptth\r\nALPN: http%2F1.1"
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: h\r\n{offer}\r\n\r\n".encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 204 "), head
+        writer.close()
