@@ -346,12 +346,16 @@ public class Endpoint implements AutoCloseable {
         try {
             while (!closing) {
                 Request request = connection.next();
-                if (request == null || !connection.begin()) {
+                if (request == null) {
                     break;
                 }
+                // Marked busy before begin(), so that close() does not interrupt a handler it lets finish.
                 busy.add(Thread.currentThread());
                 Reply reply;
                 try {
+                    if (!connection.begin()) {
+                        break;
+                    }
                     reply = respond(request, true);
                     connection.send(reply.bytes());
                 } finally {
