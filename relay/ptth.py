@@ -33,6 +33,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import re
 import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
@@ -131,7 +132,7 @@ class _Pending(NamedTuple):
 # requester's "Connection: close" passed on would make the application close the connection that
 # serves everybody. The relay's own (this connection's) framing is HTTP/1.1, persistent.
 _HOP_BY_HOP = (b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrade")
-_HOP_MARKS = tuple(b"\n" + name + b":" for name in _HOP_BY_HOP)
+_HOP_FIELD = re.compile(rb"\n(?:%s)[ \t]*:" % b"|".join(_HOP_BY_HOP))  # in a lowercased head
 
 
 def _message(raw: bytes) -> bytes:
@@ -141,7 +142,7 @@ def _message(raw: bytes) -> bytes:
     end = message.find(b"\r\n\r\n")
     head = message[:end].lower()
     line_end = head.find(b"\r\n")
-    if head[line_end - 8 if line_end >= 0 else -8 :][:8] == b"http/1.1" and not any(m in head for m in _HOP_MARKS):
+    if head[line_end - 8 if line_end >= 0 else -8 :][:8] == b"http/1.1" and _HOP_FIELD.search(head) is None:
         return message
     lines = message[:end].split(b"\r\n")
     method, target, _ = lines[0].split(b" ", 2)

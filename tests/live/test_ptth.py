@@ -531,3 +531,26 @@ async def test_the_requesters_hop_by_hop_fields_stay_off_the_ptth_connection(liv
     backend.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nafter")
     assert (await requester).endswith(b"after")
     await backend.close()
+
+
+async def test_a_response_without_framing_ends_with_the_connection(live):
+    """RFC 9112 6.3 rule 8: without Content-Length or chunked, the body runs to the connection's end."""
+    name, path, _ = await register(live)
+    backend = await connect(live, path)
+    requester = _get(live, name)
+    await backend.request()
+    backend.respond(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end")
+    await backend.close()
+    answer = await requester
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"\r\n\r\nuntil the end")
+
+
+async def test_too_many_response_headers_are_502(live):
+    name, path, _ = await register(live)
+    backend = await connect(live, path)
+    requester = _get(live, name)
+    await backend.request()
+    many = b"".join(b"X-H%d: v\r\n" % i for i in range(101))
+    backend.respond(b"HTTP/1.1 200 OK\r\n" + many + b"Content-Length: 0\r\n\r\n")
+    assert (await requester).startswith(b"HTTP/1.1 502 ")
+    assert await backend.closed_by_peer()
