@@ -1,6 +1,7 @@
 package reversehub;
 
 import java.io.IOException;
+import java.net.ProtocolException;
 import java.net.URI;
 import java.net.URLEncoder;
 import java.net.http.HttpClient;
@@ -16,22 +17,31 @@ import java.util.List;
 import java.util.Map;
 import java.util.Set;
 import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.atomic.AtomicReferenceArray;
 import java.util.function.Function;
 import java.util.logging.Level;
 import java.util.logging.Logger;
 
 /**
- * Serves a handler on a ReverseHttp relay name over long polls (docs/relay.md).
+ * Serves a handler on a ReverseHttp relay name, over PTTH where the relay offers it and over long
+ * polls where it does not (docs/relay.md, docs/ptth.md).
  *
  * <p>{@code POST} name/token/lease to the gateway; the answer's {@code Link rel="first"} is a request URL,
  * {@code rel="related"} the public URL, {@code Location} the private URL. A {@code GET} on a request URL
  * holds until a request arrives (200 {@code message/http}) or times out (204); the reply is
  * {@code POST}ed to the URL the request came from, and polling goes on at {@code rel="next"}. Each
  * poller gets its own chain of request URLs by registering again with the same name and token.
+ *
+ * <p>With PTTH (draft-kazuho-ptth-ptth-00) the same {@code GET} on the request URL carries
+ * {@code Upgrade: ptth}; after {@code 101 Switching Protocols} the relay writes requests on that
+ * connection and reads the responses. A relay without PTTH answers that {@code GET} as the poll it
+ * also is, which is served as such, and the poller goes on long-polling.
  */
 public class Endpoint implements AutoCloseable {
     private static final Logger LOG = Logger.getLogger(Endpoint.class.getName());
     private static final SecureRandom RANDOM = new SecureRandom();
+    /** How long a poll (or an upgrade request the relay answers as one) may be held. */
+    private static final int POLL_MILLIS = 120_000;
 
     private final URI relay;
     private final Function<Request, Response> handler;
@@ -39,10 +49,13 @@ public class Endpoint implements AutoCloseable {
     private final String token;
     private final Integer lease;
     private final int pollers;
+    private final Transport transport;
     private final HttpClient http;
     private final List<Thread> threads = new ArrayList<>();
     private final Set<Thread> busy = ConcurrentHashMap.newKeySet(); // pollers handling a request
+    private final Set<Ptth> connections = ConcurrentHashMap.newKeySet(); // open or opening
     private volatile boolean closing;
+    private final AtomicReferenceArray<Transport> inUse; // each poller's, null until it got through
     private volatile String publicUrl;
     private volatile String privateUrl;
 
@@ -53,6 +66,15 @@ public class Endpoint implements AutoCloseable {
 
     /** {@code name}, {@code token} and {@code lease} (seconds) may be null: random name and token, default lease. */
     public Endpoint(String relay, Function<Request, Response> handler, String name, String token, Integer lease, int pollers) {
+        this(relay, handler, name, token, lease, pollers, Transport.AUTO);
+    }
+
+    /**
+     * As above, with a {@link Transport}: {@code AUTO} (PTTH where offered), {@code PTTH} or
+     * {@code LONG_POLL}. Each of the {@code pollers} holds one PTTH connection or one poll at a time.
+     */
+    public Endpoint(String relay, Function<Request, Response> handler, String name, String token, Integer lease, int pollers,
+            Transport transport) {
         if (pollers < 1) {
             throw new IllegalArgumentException("pollers must be at least 1");
         }
@@ -63,6 +85,8 @@ public class Endpoint implements AutoCloseable {
         this.token = token != null ? token : randomHex(24);
         this.lease = lease;
         this.pollers = pollers;
+        this.transport = transport == null ? Transport.AUTO : transport;
+        this.inUse = new AtomicReferenceArray<>(pollers);
         this.http = newClient();
     }
 
@@ -73,6 +97,33 @@ public class Endpoint implements AutoCloseable {
     /** The public URL (the relay's {@code rel="related"}), null before {@link #start()}. */
     public String publicUrl() {
         return publicUrl;
+    }
+
+    /**
+     * The transport requests arrive by: {@link Transport#PTTH} or {@link Transport#LONG_POLL} when every
+     * poller that got through uses it, {@link Transport#AUTO} while they differ (one came back on the
+     * other after a reconnect), null before any got through. {@link #transports()} has each poller's.
+     */
+    public Transport transport() {
+        Transport common = null;
+        for (Transport t : transports()) {
+            if (t != null) {
+                if (common != null && common != t) {
+                    return Transport.AUTO;
+                }
+                common = t;
+            }
+        }
+        return common;
+    }
+
+    /** Each poller's transport ({@code PTTH} or {@code LONG_POLL}; null until it got through). */
+    public List<Transport> transports() {
+        List<Transport> all = new ArrayList<>();
+        for (int i = 0; i < inUse.length(); i++) {
+            all.add(inUse.get(i));
+        }
+        return all;
     }
 
     /** Registers the name and starts the pollers; returns the public URL. */
@@ -86,7 +137,8 @@ public class Endpoint implements AutoCloseable {
         String first = register();
         for (int i = 0; i < pollers; i++) {
             String url = i == 0 ? first : null;
-            Thread thread = new Thread(() -> poll(url), "reversehub-poller-" + name + "-" + i);
+            int index = i;
+            Thread thread = new Thread(() -> poll(index, url), "reversehub-poller-" + name + "-" + i);
             thread.setDaemon(true);
             threads.add(thread);
             thread.start();
@@ -108,6 +160,10 @@ public class Endpoint implements AutoCloseable {
             if (!busy.contains(thread)) {
                 thread.interrupt();
             }
+        }
+        // A socket read is not interruptible: close the connections (a busy one after its response).
+        for (Ptth connection : connections) {
+            connection.closeIdle();
         }
         try {
             for (Thread thread : threads) {
@@ -158,19 +214,57 @@ public class Endpoint implements AutoCloseable {
         return first;
     }
 
-    private void poll(String start) {
+    private void poll(int index, String start) {
         String url = start;
         long delay = 100;
+        boolean upgrade = transport != Transport.LONG_POLL; // ask for PTTH on the next GET of url
         while (!closing) {
             try {
                 if (url == null) {
                     url = register();
                 }
-                HttpResponse<byte[]> answer = http.send(
-                        HttpRequest.newBuilder(URI.create(url)).timeout(Duration.ofSeconds(120))
-                                .header("Accept", "message/http").GET().build(),
-                        HttpResponse.BodyHandlers.ofByteArray());
-                int status = answer.statusCode();
+                int status;
+                List<String> links;
+                byte[] body;
+                if (upgrade) {
+                    Ptth connection = new Ptth(URI.create(url));
+                    Ptth.Answer answer = open(connection);
+                    if (answer.connection() != null) {
+                        inUse.set(index, Transport.PTTH);
+                        if (serve(connection)) {
+                            delay = 100;
+                        }
+                        if (closing) {
+                            return;
+                        }
+                        // Reconnect on the same URL (it stays valid); a 404/410 then registers again.
+                        LOG.log(Level.INFO, "PTTH connection ended; reconnecting in {0} ms", delay);
+                        if (!pause(delay)) {
+                            return;
+                        }
+                        delay = Math.min(delay * 2, 30_000);
+                        continue;
+                    }
+                    status = answer.head().status();
+                    links = Http1.values(answer.head().headers(), "Link");
+                    body = answer.body();
+                    if (transport == Transport.AUTO && status != 404 && status != 410) {
+                        // No PTTH here: this answer is a poll's (or a refusal); long-poll from now on.
+                        upgrade = false;
+                        if (status != 200 && status != 204) {
+                            LOG.warning("relay refused PTTH (HTTP " + status + "); long-polling instead");
+                            continue;
+                        }
+                    }
+                } else {
+                    HttpResponse<byte[]> answer = http.send(
+                            HttpRequest.newBuilder(URI.create(url)).timeout(Duration.ofMillis(POLL_MILLIS))
+                                    .header("Accept", "message/http").GET().build(),
+                            HttpResponse.BodyHandlers.ofByteArray());
+                    status = answer.statusCode();
+                    links = answer.headers().allValues("Link");
+                    body = answer.body();
+                }
                 if (status == 404 || status == 410) {
                     url = null; // the registration is gone: register again for a new request URL
                     continue;
@@ -179,11 +273,11 @@ public class Endpoint implements AutoCloseable {
                     throw new IOException("relay poll answered HTTP " + status);
                 }
                 delay = 100;
-                String next = Links.find(answer.headers().allValues("Link"), "next", URI.create(url));
+                String next = Links.find(links, "next", URI.create(url));
                 if (status == 200) {
                     busy.add(Thread.currentThread());
                     try {
-                        reply(url, handle(answer.body()));
+                        reply(url, handle(body));
                     } finally {
                         busy.remove(Thread.currentThread());
                     }
@@ -191,22 +285,100 @@ public class Endpoint implements AutoCloseable {
                 if (next != null) {
                     url = next;
                 }
+                if (transport == Transport.PTTH) {
+                    // What the relay sent was served; PTTH is asked for again after the backoff.
+                    throw new IOException("relay does not offer PTTH");
+                }
+                inUse.set(index, Transport.LONG_POLL);
             } catch (InterruptedException e) {
                 return;
             } catch (IOException e) {
                 if (closing) {
                     return;
                 }
+                // A network error may mean a new server: ask it for PTTH again.
+                upgrade = transport != Transport.LONG_POLL;
                 LOG.log(Level.WARNING, "relay poll failed ({0}); retrying in {1} ms", new Object[] {e, delay});
-                try {
-                    // Jitter, so that many clients do not come back at the same moment.
-                    Thread.sleep(delay / 2 + RANDOM.nextInt((int) delay / 2 + 1));
-                } catch (InterruptedException stop) {
+                if (!pause(delay)) {
                     return;
                 }
                 delay = Math.min(delay * 2, 30_000);
             }
         }
+    }
+
+    /** Sleeps about {@code delay} ms; false if interrupted (the endpoint is closing). */
+    private static boolean pause(long delay) {
+        try {
+            // Jitter, so that many clients do not come back at the same moment.
+            Thread.sleep(delay / 2 + RANDOM.nextInt((int) delay / 2 + 1));
+            return true;
+        } catch (InterruptedException stop) {
+            return false;
+        }
+    }
+
+    /** Opens {@code connection}, which {@link #close()} can end while it waits. */
+    private Ptth.Answer open(Ptth connection) throws IOException {
+        connections.add(connection);
+        try {
+            if (closing) {
+                throw new IOException("endpoint is closing");
+            }
+            Ptth.Answer answer = connection.open(POLL_MILLIS);
+            if (answer.connection() == null) {
+                connections.remove(connection);
+            }
+            return answer;
+        } catch (IOException | RuntimeException e) {
+            connections.remove(connection);
+            throw e;
+        }
+    }
+
+    /**
+     * Serves the requests of a transposed connection one after another (pipelined ones in order, as
+     * HTTP/1.1 requires) until the relay closes it, it breaks, or the endpoint closes; true if it
+     * served a request or lasted a while, so that a reconnect starts from the shortest backoff.
+     */
+    private boolean serve(Ptth connection) {
+        long opened = System.nanoTime();
+        try {
+            while (!closing) {
+                Request request = connection.next();
+                if (request == null) {
+                    break;
+                }
+                // Marked busy before begin(), so that close() does not interrupt a handler it lets finish.
+                busy.add(Thread.currentThread());
+                Reply reply;
+                try {
+                    if (!connection.begin()) {
+                        break;
+                    }
+                    reply = respond(request, true);
+                    connection.send(reply.bytes());
+                } finally {
+                    busy.remove(Thread.currentThread());
+                }
+                // RFC 9112 9.3, 9.6: either side's "close", or HTTP/1.0 without keep-alive, ends it.
+                boolean close = reply.close() || Http1.lists(request.headers, "Connection", "close")
+                        || (request.version.equals("HTTP/1.0") && !Http1.lists(request.headers, "Connection", "keep-alive"));
+                if (close) {
+                    break;
+                }
+            }
+        } catch (ProtocolException e) {
+            LOG.warning("relay sent a malformed request on the PTTH connection (" + e.getMessage() + "); closing it");
+        } catch (IOException e) {
+            if (!closing) {
+                LOG.log(Level.FINE, "PTTH connection lost", e);
+            }
+        } finally {
+            connections.remove(connection);
+            connection.close();
+        }
+        return connection.served > 0 || System.nanoTime() - opened > 10_000_000_000L;
     }
 
     /** The reply to the delivered request, in its {@code message/http} form. */
@@ -218,13 +390,27 @@ public class Endpoint implements AutoCloseable {
             LOG.warning("relay sent an unparseable request: " + e.getMessage());
             return Response.text(400, "Bad Request\n").serialize();
         }
+        return respond(request, false).bytes();
+    }
+
+    /** A serialized response, and whether it asks to close the connection after it. */
+    private record Reply(byte[] bytes, boolean close) {}
+
+    private Reply respond(Request request, boolean transposed) {
         boolean head = request.method.equals("HEAD");
         try {
+            Response response = handler.apply(request);
+            // On a connection of our own an interim status would be taken for the start of a response
+            // that never comes (RFC 9110 15.2): the relay's next request would be answered by the wrong one.
+            if (transposed && response.status < 200) {
+                throw new IllegalArgumentException("interim status " + response.status + " as a final response");
+            }
             // Serialized here, so that a handler's invalid header is its 500, not the poller's failure.
-            return handler.apply(request).serialize(head);
+            byte[] bytes = response.serialize(head);
+            return new Reply(bytes, Http1.lists(response.headers, "Connection", "close"));
         } catch (RuntimeException e) {
             LOG.log(Level.SEVERE, "handler failed on " + request.method + " " + request.path(), e);
-            return Response.text(500, "Internal Server Error\n").serialize(head);
+            return new Reply(Response.text(500, "Internal Server Error\n").serialize(head), false);
         }
     }
 

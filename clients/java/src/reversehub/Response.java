@@ -30,7 +30,10 @@ public final class Response {
                 text.getBytes(StandardCharsets.UTF_8));
     }
 
-    /** The {@code message/http} form; Content-Length is added unless the handler gave one. */
+    /**
+     * The {@code message/http} form; Content-Length is added unless the handler gave one (which must
+     * be the body's length). Transfer-Encoding is refused: the body is always sent whole.
+     */
     public byte[] serialize() {
         return serialize(false);
     }
@@ -38,7 +41,9 @@ public final class Response {
     /**
      * The {@code message/http} form of the answer to a HEAD request ({@code toHead}) or not. Replies to
      * HEAD and 1xx, 204 and 304 replies have no body (RFC 9112 6.3), so none is written, and no
-     * Content-Length is made up for them (204 must not have one, RFC 9110 8.6).
+     * Content-Length is made up for them (204 must not have one, RFC 9110 8.6), except that a HEAD
+     * answered with the body a GET would get says that body's length, as a GET's answer would (RFC
+     * 9110 9.3.2): a recipient then frames the reply by its length, not by its method alone.
      */
     public byte[] serialize(boolean toHead) {
         boolean bodiless = toHead || status < 200 || status == 204 || status == 304;
@@ -53,10 +58,21 @@ public final class Response {
             if (name.isEmpty() || name.matches(".*[\\s:].*") || value.matches("(?s).*[\\r\\n\\x00].*")) {
                 throw new IllegalArgumentException("header with a control character, blank or colon: " + name);
             }
-            hasLength |= name.equalsIgnoreCase("content-length");
+            if (name.equalsIgnoreCase("content-length")) {
+                // The body is written as it is, so a length that is not its length would misframe it,
+                // and on a PTTH connection make the relay read our next response as this one's rest.
+                if (!bodiless && !value.strip().equals(String.valueOf(body.length))) {
+                    throw new IllegalArgumentException("Content-Length " + value + " for a body of " + body.length + " bytes");
+                }
+                hasLength = true;
+            }
+            if (name.equalsIgnoreCase("transfer-encoding")) {
+                throw new IllegalArgumentException("Transfer-Encoding: the body is sent whole, with Content-Length");
+            }
             head.append(name).append(": ").append(value).append("\r\n");
         }
-        if (!hasLength && !bodiless) {
+        boolean headOfGet = toHead && status >= 200 && status != 204 && status != 304 && body.length > 0;
+        if (!hasLength && (!bodiless || headOfGet)) {
             head.append("Content-Length: ").append(body.length).append("\r\n");
         }
         head.append("\r\n");

@@ -66,6 +66,11 @@ public class Subscriber implements AutoCloseable {
         return endpoint.publicUrl();
     }
 
+    /** The transport the subscriber's endpoint gets deliveries by ({@link Endpoint#transport()}). */
+    public Transport transport() {
+        return endpoint.transport();
+    }
+
     /** The lease the hub granted at the last verification (seconds), 0 before it. */
     public long leaseSeconds() {
         return leaseSeconds;
