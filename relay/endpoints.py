@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from relay import envelope
+from relay import envelope, ptth
 from relay.authz import authorize_name, authorize_registrar
 from relay.errors import (
     BodyTooLarge,
@@ -404,6 +404,12 @@ async def request_url(scope: Scope, receive: Receive, send: Send) -> None:
     cap = scope["path_params"]["cap"]
     method = scope["method"]
     try:
+        if method in ("GET", "POST") and (upgrade := _header(scope, b"upgrade")) is not None:
+            taken = await ptth.handshake(relay, cap, scope, receive, upgrade, _header(scope, b"alpn"))
+            if taken:
+                return
+            if taken is False:
+                method = "GET"  # a PTTH offer this server cannot take: a poll (relay.ptth.handshake)
         if method == "POST":
             await _reply(relay, cap, scope, receive)
             await _send(send, 202, [(b"content-type", b"text/plain")], b"accepted\n")

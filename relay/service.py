@@ -32,6 +32,7 @@ from relay.errors import (
 from relay.held import HeldBytes
 from relay.inspector import Inspector
 from relay.mailbox import NUDGE, Mailbox, accepted, mail_id
+from relay.ptth import PtthPool
 from relay.queue import CHANGED_CHANNEL, Delivery, Dispatcher, Item, queue_key, seen_key
 from relay.registry import CACHE_TTL, SOLO_CACHE_TTL, Reg, Registry, cap_name, private_cap
 from relay.routes import RelayUrls
@@ -119,6 +120,7 @@ class Relay:
         self.body_limit = int(min(settings.max_body_size, bound))
         self.reply_limit = int(min(settings.max_body_size * settings.max_pipeline, bound))
         self._parked: dict[str, set[Park]] = {}
+        self.ptth = PtthPool(self)  # PTTH connections open here (relay.ptth): pollers too
         self._active: set[str] = set()
         # Names whose lease this process extended, and when (wall clock): see sweep().
         self._touched: dict[str, float] = {}
@@ -185,6 +187,7 @@ class Relay:
         self._touched.pop(name, None)
         for park in list(self._parked.get(name, ())):
             park.end("gone")
+        self.ptth.gone(name)
         await self.broker.delete(seen_key(name))
         await self.dispatcher.drain(name, Withdrawn())
         try:
@@ -420,7 +423,7 @@ class Relay:
 
     async def sweep(self, now: float | None = None) -> list[str]:
         """Extend the leases of names polled here, then delete dormant registrations."""
-        active = self._active | set(self._parked)
+        active = self._active | set(self._parked) | self.ptth.names()
         self._active = set()
         wall = time.time() if now is None else now
         due, dormant = self._due_for_touch(active, wall)
@@ -490,6 +493,7 @@ class Relay:
                         if what == b"deleted":
                             for park in list(self._parked.get(name, ())):
                                 park.end("gone")
+                            self.ptth.gone(name)
             except Exception:
                 logger.warning("relay change listener failed; resubscribing", exc_info=True)
                 await anyio.sleep(1)
@@ -514,6 +518,7 @@ class Relay:
         for parked in list(self._parked.values()):
             for park in list(parked):
                 park.end("closing")
+        await self.ptth.aclose()
 
 
 __all__ = ["Park", "Relay", "RelayError"]

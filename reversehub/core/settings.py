@@ -61,6 +61,11 @@ class Settings:
     max_header_count: int = 100
     max_header_size: int = 64 * 1024
     max_pipeline: int = 32
+    # PTTH connections (relay.ptth): requests in flight on one (1: one at a time), and how many may
+    # be open per name and per process (0: no bound; past one, 503).
+    ptth_pipeline: int = 8
+    max_ptth_per_name: int = 64
+    max_ptth_connections: int = 10000
     # Bytes of relayed requests this process holds until they are answered, per name and in all
     # (0: no bound). Past one, a requester gets 503 with Retry-After before its body is read.
     max_queued_bytes_per_name: int = 64 * MiB

@@ -12,6 +12,8 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from reversehub.core.takeover import TAKEN_OVER
+
 logger = logging.getLogger("reversehub.access")
 
 # A path segment that looks like a capability (long, from a token alphabet) is replaced by "…".
@@ -43,6 +45,8 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             client = scope.get("client")
+            if not status and scope.get(TAKEN_OVER):
+                status = 101  # written by the server as it handed the connection over (PTTH)
             logger.info(
                 "%s %s %s %d %.1fms",
                 f"{client[0]}:{client[1]}" if client else "-",

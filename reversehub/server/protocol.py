@@ -48,6 +48,7 @@ import http
 import logging
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,7 @@ from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from reversehub.core.connection import ON_LOST, RAW_HEADER_NAMES, OnLost
+from reversehub.core.takeover import TAKEN_OVER, TAKEOVER
 
 logger = logging.getLogger(__name__)
 
@@ -265,6 +267,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self._head_started = self.loop.time()
         super().on_message_begin()
         self.scope[ON_LOST] = self.on_lost  # type: ignore[literal-required]
+        self.scope[TAKEOVER] = self._take_over  # type: ignore[literal-required]
         self._raw_names = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -319,6 +322,39 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_timers()
         super().connection_lost(exc)
         self.on_lost.fire()
+
+    # Taking the connection over (PTTH) --------------------------------------------------------------
+    def _take_over(self, head: bytes, factory: Callable[[], asyncio.Protocol]) -> asyncio.Protocol | None:
+        """Write ``head`` and hand the connection to ``factory()``'s protocol (reversehub.core.takeover)."""
+        transport = self.transport
+        if transport.is_closing() or self.on_lost.lost:
+            return None
+        cycle = self.cycle
+        if cycle is not None:
+            cycle.scope[TAKEN_OVER] = True  # type: ignore[literal-required]
+            # The endpoint returns without a response: uvicorn must neither answer 500 for it nor
+            # arm the keep-alive timer, and whatever it would still write goes nowhere.
+            cycle.disconnected = True
+            cycle.keep_alive = False
+        self._refused = True  # what the parser still holds is dropped, not parsed as requests
+        self._cancel_timers()
+        self._unset_keepalive_if_required()
+        # No longer an HTTP connection of this server: its graceful shutdown does not wait for it
+        # (the new owner closes it when the app shuts down).
+        self.connections.discard(self)
+        self.pipeline.clear()
+        transport.write(head)
+        if self.flow.read_paused:
+            self.flow.resume_reading()
+        protocol = factory()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        return protocol
+
+    def _unsupported_upgrade_warning(self) -> None:
+        if self._get_upgrade() in (b"ptth", b"ptth/1.0"):
+            return  # the request URL takes these over (relay.ptth); the request goes to the app
+        super()._unsupported_upgrade_warning()
 
     # Timeouts and refusals ---------------------------------------------------------------------------
     def _idle_timed_out(self) -> None:
