@@ -1,6 +1,7 @@
 """Relayed versus bare requests per second, on one machine, in one run.
 
     .venv/bin/python bench/relay_throughput.py [--seconds 5] [--concurrency 64] [--pollers 16] [--rounds 3] [--pipeline]
+    .venv/bin/python bench/relay_throughput.py --ptth [--pollers 4]
 
 1. bare: a one-route Starlette "hello" app under uvicorn (httptools, uvloop), loaded by
    ``--concurrency`` keep-alive connections;
@@ -18,6 +19,12 @@ two ``send()`` calls (head, body); ``reversehub serve`` sends a response in one 
 so a relayed request costs the server three writes, one per exchange. A pipeline (application/http)
 carries up to ``Settings.max_pipeline`` (32) requests in one poll and one reply, so per relayed
 request the server handles little more than the requester's own exchange.
+
+``--ptth``: the name is served by ``--pollers`` PTTH connections (draft-kazuho-ptth-ptth-00 handshake
+on the request URL, docs/ptth.md) instead of pollers: a raw-socket backend answers "hello" to each
+request written on them (the load's requests have no body, so it answers one response per request
+head it reads, in order, pipelined or not). A relayed request is then one HTTP exchange on the server
+plus a write and a read on a connection that stays open.
 """
 
 from __future__ import annotations
@@ -127,6 +134,35 @@ async def pollers(first: str, n: int, pipeline: bool) -> None:
     await asyncio.gather(*(poller(u) for u in urls))
 
 
+async def ptth_backends(first: str, n: int) -> None:
+    """``n`` PTTH connections on request URL ``first``, each answering "hello" to every request."""
+    target = urlsplit(first)
+    reply = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
+
+    async def backend() -> None:
+        reader, writer = await asyncio.open_connection(target.hostname, target.port)
+        writer.write(
+            b"GET %s HTTP/1.1\r\nHost: %s:%d\r\nConnection: upgrade\r\nUpgrade: ptth\r\nALPN: http%%2F1.1\r\n\r\n"
+            % (target.path.encode(), target.hostname.encode(), target.port)
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 101 "):
+            print("PTTH handshake got", head[:12], file=sys.stderr)
+            return
+        pending = b""
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                return
+            pending += data
+            count = pending.count(b"\r\n\r\n")
+            if count:
+                pending = pending[pending.rindex(b"\r\n\r\n") + 4 :]
+                writer.write(reply * count)
+
+    await asyncio.gather(*(backend() for _ in range(n)))
+
+
 def first_gateway(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}/reversehttp"
@@ -206,6 +242,8 @@ def main() -> None:
     parser.add_argument("--pollers", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pipeline", action="store_true")
+    parser.add_argument("--ptth", action="store_true", help="serve the name by --pollers PTTH connections")
+    parser.add_argument("--ptth-for")
     parser.add_argument("--serve-bare", type=int)
     parser.add_argument("--load")
     parser.add_argument("--pollers-for")
@@ -223,6 +261,10 @@ def main() -> None:
         import uvloop
 
         return uvloop.run(pollers(args.pollers_for, args.pollers, args.pipeline))
+    if args.ptth_for:
+        import uvloop
+
+        return uvloop.run(ptth_backends(args.ptth_for, args.pollers))
 
     bare_port, port = free_port(), free_port()
     origin = f"http://127.0.0.1:{port}"
@@ -243,8 +285,11 @@ def main() -> None:
             wait_up(f"http://127.0.0.1:{bare_port}/")
             wait_up(origin + "/healthz")
             first = register(origin + "/reversehttp", "bench")
-            poll_args = ["--pollers-for", first, "--pollers", str(args.pollers)]
-            poll = spawn(__file__, *poll_args, *(["--pipeline"] if args.pipeline else []))
+            if args.ptth:
+                poll = spawn(__file__, "--ptth-for", first, "--pollers", str(args.pollers))
+            else:
+                poll_args = ["--pollers-for", first, "--pollers", str(args.pollers)]
+                poll = spawn(__file__, *poll_args, *(["--pipeline"] if args.pipeline else []))
             # Alternate the two loads and keep each one's best round: other work on the machine
             # moves single figures a lot, and it hits both sides alike this way.
             for _ in range(args.rounds):
@@ -262,8 +307,9 @@ def main() -> None:
             stop(bare)
     bare_rps, relayed_rps = max(bare_runs), max(relayed_runs)
     mode = "application/http pipelines" if args.pipeline else "message/http"
+    who = f"{args.pollers} PTTH connections" if args.ptth else f"{args.pollers} pollers, {mode}"
     print(f"bare:    {bare_rps:8.0f} rps  (concurrency {args.concurrency}, {args.seconds:g} s, rounds {bare_runs})")
-    print(f"relayed: {relayed_rps:8.0f} rps  ({args.pollers} pollers, {mode}, rounds {relayed_runs}, {failed} non-200)")
+    print(f"relayed: {relayed_rps:8.0f} rps  ({who}, rounds {relayed_runs}, {failed} non-200)")
     median = statistics.median(relayed_runs) / statistics.median(bare_runs)
     print(f"relayed/bare = {relayed_rps / bare_rps:.3f} (best rounds; {median:.3f} from the medians)")
     # Server CPU per request (approximate: the load's requests over its warm-up and measured time).

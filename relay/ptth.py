@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import socket
 import time
@@ -42,8 +43,8 @@ from urllib.parse import unquote
 import httptools
 from prometheus_client import Gauge
 
-from relay.errors import BadReply, BodyTooLarge, Busy, InvalidInput, NotFound
-from relay.queue import Item, queue_key
+from relay.errors import BadReply, BodyTooLarge, Busy, InvalidInput, NoReply, NotFound
+from relay.queue import Item, queue_key, reply_channel
 from reversehub.core.broker import BrokerClosed, BrokerUnavailable
 from reversehub.core.takeover import TAKEOVER, Takeover
 
@@ -114,17 +115,38 @@ class _Invalid(Exception):
     """The application broke HTTP on its PTTH connection: its requests in flight get 502."""
 
 
+class NotProcessed(Exception):
+    """A request written directly (:meth:`PtthPool.direct`) that the application did not process
+    (written after its ``Connection: close``): the requester queues it the usual way."""
+
+
 class _Pending(NamedTuple):
-    item: Item
+    raw: bytes  # the packed queue item (relay.queue.Item)
     method: bytes
+    future: asyncio.Future[bytes] | None  # a requester of this process waiting here, or None: the broker
 
 
-def _method(message: bytes) -> bytes:
-    return message[: message.find(b" ")]
+def _message(raw: bytes) -> bytes:
+    return raw[raw.index(b"\n") + 1 :]
+
+
+def _method(raw: bytes) -> bytes:
+    start = raw.index(b"\n") + 1
+    return raw[start : raw.index(b" ", start)]
+
+
+def _item_id(raw: bytes) -> str:
+    return raw[: raw.index(b" ")].decode("ascii")
 
 
 class PtthConnection(asyncio.Protocol):
-    """One application connection after the 101: the relay writes requests, reads responses."""
+    """One application connection after the 101: the relay writes requests, reads responses.
+
+    Requests come two ways: its consumer task takes them from the name's queue (the broker), and a
+    requester of this process may write its own directly when the queue is empty and no poll of the
+    name waits here (:meth:`PtthPool.direct`), sparing the broker's round trips. Either way at most
+    ``ptth_pipeline`` are in flight, in the order written, which is the order of the responses.
+    """
 
     def __init__(self, pool: PtthPool, name: str, kind: str) -> None:
         self.pool = pool
@@ -143,7 +165,7 @@ class PtthConnection(asyncio.Protocol):
         self._stopping = False  # take no more requests; close once those in flight are answered
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Future[None] | None = None
-        self._held: bytes | None = None  # a request taken and not written yet (a HEAD's barrier)
+        self._held: bytes | None = None  # taken from the queue, not written yet (no room, or a HEAD)
         self._parser = httptools.HttpResponseParser(self)
         self._head_only = False  # the response in flight answers a HEAD (see data_received)
         self._head_buffer = b""
@@ -206,8 +228,8 @@ class PtthConnection(asyncio.Protocol):
                 return
             head, buffer = buffer[: end + 4], buffer[end + 4 :]
             parser = httptools.HttpResponseParser(self)
-            parser.feed_data(head)  # an interim 1xx completes and the loop looks for the next head
             self._parser = parser
+            parser.feed_data(head)  # an interim 1xx completes and the loop looks for the next head
         self._head_buffer = b""
         self._parser = httptools.HttpResponseParser(self)
         if buffer:
@@ -256,22 +278,30 @@ class PtthConnection(asyncio.Protocol):
 
     # Responses -----------------------------------------------------------------------------------
     def _complete(self) -> None:
+        """The response to the oldest request in flight is in: relay it, serialized as the relay's
+        replies are (relay.endpoints ``_unpack_reply``): status line, the application's header lines
+        as written (but framing), a Content-Length for the body read."""
         pending = self.in_flight.popleft()
         self._headers_done = False
         head = pending.method == b"HEAD"
-        lines = [b"HTTP/1.1 %d %s" % (self._status, self._reason.strip())]
+        lines = [b"HTTP/1.1 %d %s" % (self._status, self._reason)]
         for name, value in self._headers:
-            lower = name.lower()
-            if lower == b"transfer-encoding" or (lower == b"content-length" and not head):
-                continue  # de-chunked; framed by the length of what was read
+            if (name[0] | 32) in (99, 116):  # c, t: cheap first look, most headers are neither
+                lower = name.lower()
+                if lower == b"transfer-encoding" or (lower == b"content-length" and not head):
+                    continue  # de-chunked; framed by the length of what was read
             lines.append(name + b": " + value)
         if not head:
             lines.append(b"Content-Length: %d" % self._size)
-        lines += [b"", b""]
+        lines.append(b"\r\n")
         body = self._body
         response = b"\r\n".join(lines) + (body[0] if len(body) == 1 else b"".join(body))
         self._body = []
-        self.pool.answer(pending.item, response)
+        future = pending.future
+        if future is None:
+            self.pool.answer(pending.raw, response)
+        elif not future.done():
+            future.set_result(response)
         if not self._persist:
             self._stop_after_close()
         elif self._wake is not None and not self._wake.done():
@@ -280,14 +310,44 @@ class PtthConnection(asyncio.Protocol):
             self._close("")
 
     def _stop_after_close(self) -> None:
-        """The application said ``Connection: close`` (or spoke HTTP/1.0): it processes nothing
-        after that response (RFC 9112 9.6), so what was written after it goes back to the queue."""
-        unprocessed = [p.item for p in self.in_flight]
+        """The application said ``Connection: close`` (or spoke HTTP/1.0 without keep-alive): it
+        processes nothing after that response (RFC 9112 9.6), so what was written after it is
+        queued again, for another consumer."""
+        unprocessed = list(self.in_flight)
         self.in_flight.clear()
-        self._requeue(unprocessed)
+        queued = []
+        for pending in unprocessed:
+            if pending.future is None:
+                queued.append(pending.raw)
+            elif not pending.future.done():
+                pending.future.set_exception(NotProcessed())
+        self._requeue(queued)
         self._close("")
 
     # Taking requests -----------------------------------------------------------------------------
+    def room_for(self, method: bytes) -> bool:
+        """Whether a request with ``method`` may be written now (a HEAD only alone: see
+        :meth:`_feed_head_only`)."""
+        if self._head_only or self._held is not None or self._stopping or self.closed:
+            return False
+        if method == b"HEAD":
+            return not self.in_flight
+        return len(self.in_flight) < self.depth
+
+    def write(self, raw: bytes, method: bytes, future: asyncio.Future[bytes] | None) -> None:
+        """Write the packed request ``raw`` (its message, as the requester sent it)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            if future is None:
+                self._requeue([raw])
+            elif not future.done():
+                future.set_exception(NotProcessed())
+            return
+        self.in_flight.append(_Pending(raw, method, future))
+        if method == b"HEAD":
+            self._head_only = True
+        transport.write(_message(raw))
+
     async def _consume(self) -> None:
         relay = self.relay
         dispatcher = relay.dispatcher
@@ -300,23 +360,26 @@ class PtthConnection(asyncio.Protocol):
             await dispatcher.mark_polling(name, relay.public_url(name))
             marked = time.monotonic()
             while not self._stopping:
-                if len(self.in_flight) >= self.depth or self._head_only or self._held is not None:
+                held = self._held
+                if held is not None:
+                    self._held = None
+                    method = _method(held)
+                    if self.room_for(method):
+                        self.write(held, method, None)
+                    else:
+                        self._held = held
+                        await self._wait(settings.poll_timeout)
+                elif self._head_only or len(self.in_flight) >= self.depth:
                     await self._wait(settings.poll_timeout)
-                    held = self._held
-                    if held is not None and not self.in_flight and not self._stopping:
-                        self._held = None
-                        self._write(Item.unpack(held))
                 else:
                     raw = await broker.pop(queue, settings.poll_timeout)
-                    if raw is None:
-                        pass
-                    elif self._stopping:
-                        self._requeue([Item.unpack(raw)])
-                        break
-                    elif self.in_flight and raw[raw.find(b"\n") + 1 :].startswith(b"HEAD "):
-                        self._held = raw  # written once the responses before it are in
-                    else:
-                        self._write(Item.unpack(raw))
+                    if raw is not None:
+                        if self._stopping:
+                            self._requeue([raw])
+                            break
+                        # Requesters of this process may have filled the room meanwhile.
+                        self._held = raw
+                        continue
                 if time.monotonic() - marked >= refresh:
                     await dispatcher.mark_polling(name, relay.public_url(name))
                     marked = time.monotonic()
@@ -335,24 +398,13 @@ class PtthConnection(asyncio.Protocol):
             timer.cancel()
             self._wake = None
 
-    def _write(self, item: Item) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            self._requeue([item])
-            return
-        method = _method(item.message)
-        self.in_flight.append(_Pending(item, method))
-        if method == b"HEAD":
-            self._head_only = True
-        transport.write(item.message)
-
     # Ending --------------------------------------------------------------------------------------
     def stop(self) -> None:
         """Take no more requests; close once those in flight are answered (DELETE, shutdown)."""
         self._stopping = True
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
-        if self._task is not None and not self.in_flight:
+        if not self.in_flight:
             self._close("")
 
     def _broken(self, why: str) -> None:
@@ -370,23 +422,32 @@ class PtthConnection(asyncio.Protocol):
             self._wake.set_result(None)
         held, self._held = self._held, None
         if held is not None:
-            self._requeue([Item.unpack(held)])
-        failed = [p.item for p in self.in_flight]
+            self._requeue([held])
+        failed = list(self.in_flight)
         self.in_flight.clear()
-        for item in failed:
-            self.pool.fail(item, why or "the application's PTTH connection closed")
+        reason = why or "the application's PTTH connection closed"
+        for pending in failed:
+            if pending.future is None:
+                self.pool.fail(pending.raw, reason)
+            elif not pending.future.done():
+                pending.future.set_exception(BadReply(reason))
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         self.pool.remove(self)
 
-    def _requeue(self, items: list[Item]) -> None:
-        if items:
-            self.pool.requeue(self.name, items)
+    def _requeue(self, raws: list[bytes]) -> None:
+        if raws:
+            self.pool.requeue(self.name, raws)
 
 
 def _settle(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def _expire(future: asyncio.Future[bytes]) -> None:
+    if not future.done():
+        future.set_exception(NoReply())
 
 
 class PtthPool:
@@ -397,10 +458,16 @@ class PtthPool:
         settings = relay.settings
         self.per_name = settings.max_ptth_per_name
         self.total = settings.max_ptth_connections
-        self.by_name: dict[str, set[PtthConnection]] = {}
+        self.by_name: dict[str, list[PtthConnection]] = {}
         self.count = 0
         self.closing = False
+        self._turn = 0
+        # Requests are written directly only where the queue is this process's own: with a broker
+        # shared by processes, the name's consumers elsewhere must get their turn.
+        self._direct = not relay.broker.spans_processes
         self._tasks: set[asyncio.Task[None]] = set()
+        self._answers: list[tuple[bytes, bytes]] = []
+        self._emptied = asyncio.Event()
         gauge = Gauge(
             "relay_ptth_connections", "PTTH connections open on this process", registry=relay.services.metrics
         )
@@ -417,17 +484,20 @@ class PtthPool:
             raise Busy("too many PTTH connections for this name", 5)
 
     def add(self, conn: PtthConnection) -> None:
-        self.by_name.setdefault(conn.name, set()).add(conn)
+        self.by_name.setdefault(conn.name, []).append(conn)
         self.count += 1
+        self._emptied.clear()
 
     def remove(self, conn: PtthConnection) -> None:
         conns = self.by_name.get(conn.name)
         if conns is None or conn not in conns:
             return
-        conns.discard(conn)
+        conns.remove(conn)
         self.count -= 1
         if not conns:
             del self.by_name[conn.name]
+        if not self.count:
+            self._emptied.set()
         if not self.closing:
             # Like a poller that disconnected: queued requests are not waited for long.
             self._spawn(self.relay.dispatcher.mark_gone(conn.name))
@@ -437,15 +507,55 @@ class PtthPool:
         for conn in list(self.by_name.get(name, ())):
             conn.stop()
 
-    # What the connections tell requesters --------------------------------------------------------
-    def answer(self, item: Item, response: bytes) -> None:
-        self._spawn(self.relay.dispatcher.answer(item, response))
+    # Requests of this process --------------------------------------------------------------------
+    async def direct(self, name: str, raw: bytes) -> bytes | None:
+        """The reply to packed request ``raw``, written by its requester directly on a connection of
+        ``name`` with room; None when there is none, or the broker's queue must have it: a request
+        is queued there already (it goes first), or a poll of the name waits here (pollers and PTTH
+        connections take turns through the queue, as the broker hands requests out in arrival order)."""
+        conns = self.by_name.get(name)
+        if not conns or not self._direct or name in self.relay._parked:
+            return None
+        method = _method(raw)
+        self._turn += 1
+        count = len(conns)
+        for i in range(count):
+            conn = conns[(self._turn + i) % count]
+            if conn.room_for(method):
+                break
+        else:
+            return None
+        if await self.relay.broker.length(queue_key(name)):
+            return None
+        loop = conn.loop
+        future: asyncio.Future[bytes] = loop.create_future()
+        conn.write(raw, method, future)
+        timer = loop.call_later(self.relay.settings.reply_timeout, _expire, future)
+        try:
+            return await future
+        except NotProcessed:
+            return None
+        finally:
+            timer.cancel()
 
-    def fail(self, item: Item, reason: str) -> None:
-        self._spawn(self.relay.dispatcher.fail(item, BadReply(reason)))
+    # What the connections tell requesters of the broker's queue ----------------------------------
+    def answer(self, raw: bytes, response: bytes) -> None:
+        if not self._answers:
+            self._spawn(self._send_answers())
+        self._answers.append((raw, response))
 
-    def requeue(self, name: str, items: list[Item]) -> None:
-        self._spawn(self.relay.dispatcher.put_back(name, [item.pack() for item in items]))
+    async def _send_answers(self) -> None:
+        """The answers of one turn of the event loop, published in one task."""
+        answers, self._answers = self._answers, []
+        publish = self.relay.broker.publish
+        for raw, response in answers:
+            await publish(reply_channel(_item_id(raw)), b"R" + response)
+
+    def fail(self, raw: bytes, reason: str) -> None:
+        self._spawn(self.relay.dispatcher.fail(Item.unpack(raw), BadReply(reason)))
+
+    def requeue(self, name: str, raws: list[bytes]) -> None:
+        self._spawn(self.relay.dispatcher.put_back(name, raws))
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:
         task = asyncio.get_running_loop().create_task(_logged(coro))
@@ -456,12 +566,11 @@ class PtthPool:
         """Shutdown: every connection stops taking requests and closes once its requests in flight
         are answered, within ``grace`` seconds (then the rest get 502)."""
         self.closing = True
-        conns = [conn for conns in self.by_name.values() for conn in conns]
-        for conn in conns:
+        for conn in [conn for conns in self.by_name.values() for conn in conns]:
             conn.stop()
-        deadline = time.monotonic() + grace
-        while self.by_name and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        if self.count:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._emptied.wait(), grace)
         for conn in [conn for conns in self.by_name.values() for conn in conns]:
             conn._close("the relay is shutting down")
         if self._tasks:

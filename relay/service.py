@@ -379,6 +379,10 @@ class Relay:
 
     async def relay(self, name: str, item_id: str, raw: bytes) -> bytes:
         """Queue the packed request ``raw`` for ``name``'s pollers and wait for its reply."""
+        if self.ptth.count:  # a PTTH connection of the name here may take it directly (relay.ptth)
+            reply = await self.ptth.direct(name, raw)
+            if reply is not None:
+                return reply
         return await self.dispatcher.relay(name, item_id, raw)
 
     async def mail(self, reg: Reg, raw: bytes, live: Callable[[], Awaitable[bytes]]) -> tuple[bytes, bool]:

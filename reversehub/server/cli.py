@@ -159,6 +159,37 @@ def security_options(defaults: Settings) -> list[tuple[str, Any]]:
             },
         ),
         *mailbox_options(defaults),
+        *ptth_options(defaults),
+    ]
+
+
+def ptth_options(defaults: Settings) -> list[tuple[str, Any]]:
+    """PTTH connections (docs/ptth.md)."""
+    return [
+        (
+            "ptth-pipeline",
+            {
+                "default": defaults.ptth_pipeline,
+                "type": click.IntRange(min=1),
+                "help": "Requests in flight at once on one PTTH connection (HTTP/1.1 pipelining); 1: one at a time.",
+            },
+        ),
+        (
+            "max-ptth-per-name",
+            {
+                "default": defaults.max_ptth_per_name,
+                "type": click.IntRange(min=0),
+                "help": "PTTH connections open per name and process (503 past it); 0: no cap.",
+            },
+        ),
+        (
+            "max-ptth-connections",
+            {
+                "default": defaults.max_ptth_connections,
+                "type": click.IntRange(min=0),
+                "help": "PTTH connections open per process (503 past it); 0: no cap.",
+            },
+        ),
     ]
 
 
