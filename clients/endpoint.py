@@ -40,7 +40,7 @@ import secrets
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import urljoin
@@ -380,7 +380,7 @@ class Endpoint:
                 self._busy.add(task)
                 try:
                     request, reply = await self._handle(response)
-                    accepted = await self._reply(url, reply)
+                    accepted = await self._reply(url, reply, request.method if request is not None else None)
                     if request is not None:
                         self._replied(request, accepted)
                 finally:
@@ -443,19 +443,24 @@ class Endpoint:
             result = self._handler(request)
             if inspect.isawaitable(result):
                 result = await result
-            return result
         except Exception:
             logger.exception("handler failed on %s %s", request.method, request.target.partition("?")[0])
             return HttpResponse(500, [("content-type", "text/plain")], b"Internal Server Error\n")
+        framed = result.header("content-length") is not None or result.header("transfer-encoding") is not None
+        if request.method == "HEAD" and result.body and not framed:
+            # A handler that answers HEAD as GET: its Content-Length is the size GET would get
+            # (RFC 9110 9.3.2); the body itself is never sent.
+            return replace(result, headers=[*result.headers, ("Content-Length", str(len(result.body)))])
+        return result
 
-    async def _reply(self, url: str, reply: HttpResponse) -> bool:
+    async def _reply(self, url: str, reply: HttpResponse, method: str | None) -> bool:
         """POST the reply to the request URL it answers; True if the relay accepted it.
 
         A reply that cannot be posted (the serving process died, its database or broker is away:
         a connection error, 502 or 503) is posted again a few times: the relay keeps the delivery
         bound to its request URL until the reply timeout, so another process behind the same
         address takes it, and the requester gets its answer instead of a 504 a minute later."""
-        body = serialize_response(reply)
+        body = serialize_response(reply, method)  # a HEAD's reply goes without its body (RFC 9110 9.3.2)
         for attempt, delay in enumerate((*REPLY_RETRIES, None)):
             try:
                 answer = await self._http.post(url, content=body, headers={"content-type": "message/http"})

@@ -48,12 +48,14 @@ async def healthy(url: str) -> bool:
         return False
 
 
-async def check_served(public_url: str) -> None:
-    """GET, POST and HEAD through the relay reach the handler :func:`echo` and come back exact."""
+async def check_served(public_url: str, exact: bool = True) -> None:
+    """GET, POST and HEAD through the relay reach the handler :func:`echo` and come back exact
+    (``exact=False``: reason phrase and header case as a stock uvicorn, which drops them)."""
     async with httpx.AsyncClient() as http:
         r = await http.get(public_url + "a?x=1")
-        assert (r.status_code, r.reason_phrase) == (299, "Custom Reason")
-        assert (b"X-Backend-Case", b"Kept") in r.headers.raw
+        assert r.status_code == 299
+        if exact:
+            assert r.reason_phrase == "Custom Reason" and (b"X-Backend-Case", b"Kept") in r.headers.raw
         path = public_url.split("://", 1)[1].split("/", 1)[1]
         assert r.text == f"GET /{path}a?x=1 0"
         r = await http.post(public_url + "b", content=b"x" * 70_000)
@@ -223,7 +225,7 @@ async def test_fallback_to_long_polling_under_a_stock_uvicorn(database_url: str,
     async with serve_live(app, sock=sock, http=http) as url:
         async with Endpoint(f"{url}/reversehttp", echo, on_state=states.append, **FAST) as endpoint:
             assert endpoint.public_url is not None
-            await check_served(endpoint.public_url)
+            await check_served(endpoint.public_url, exact=False)
             await wait_for(lambda: endpoint.transport == "long-poll")
             assert "ptth" not in states and "long-poll" in states
 
