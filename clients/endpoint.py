@@ -175,6 +175,7 @@ class Endpoint:
         self._ssl: ssl.SSLContext | None = None  # made when first needed (loading the CAs takes a while)
         self._transports: list[str | None] = [None] * pollers  # each poller's transport, once it has one
         self._reported_transport: str | None = None
+        self._ptth_refused = False
         self._backoff = backoff
         self._on_state = on_state
         self._on_reregistered = on_reregistered
@@ -338,12 +339,12 @@ class Endpoint:
                         else:
                             delay = self._backoff[0]
                         continue
-                    if self.transport_choice == "auto":
-                        logger.info("the relay does not offer PTTH: long-polling")
-                        try_ptth = False
-                    else:
-                        logger.warning("the relay answered a PTTH upgrade as a poll: it does not offer PTTH")
-                    self._use(index, LONG_POLL)
+                    if response.status_code in (200, 204):  # served as a poll: PTTH is not offered
+                        try_ptth = self._no_ptth(index, "answered the PTTH upgrade as a poll")
+                    elif response.status_code == 400:  # offered, but not on our terms (the body says why)
+                        try_ptth = self._no_ptth(index, f"refused the PTTH upgrade: {response.text.strip()[:200]}")
+                        if not try_ptth:
+                            continue  # the request URL is still good for a poll
                 else:
                     response = await self._http.get(url, headers={"accept": "message/http"}, timeout=self._poll_timeout)
                     self._use(index, LONG_POLL)
@@ -503,6 +504,18 @@ class Endpoint:
 
     async def _sleep(self, delay: float) -> float:
         return await backoff_sleep(delay, self._backoff[1])
+
+    def _no_ptth(self, index: int, why: str) -> bool:
+        """The relay does not take this poller's PTTH upgrade: whether to keep asking (``"ptth"``)."""
+        self._use(index, LONG_POLL)
+        if self._ptth_refused:
+            return self.transport_choice == "ptth"
+        self._ptth_refused = True  # said once, not at every poll
+        if self.transport_choice == "auto":
+            logger.info("the relay %s: long-polling", why)
+            return False
+        logger.warning("the relay %s; transport='ptth' keeps asking", why)
+        return True
 
     def _use(self, index: int, kind: str) -> None:
         """Poller ``index`` now uses transport ``kind``: tell ``on_state`` if the endpoint's changed."""

@@ -156,6 +156,22 @@ async def test_the_endpoint_comes_back_after_the_server_was_killed(tmp_path: Pat
         print((tmp_path / "serve.log").read_text(errors="replace")[-3000:])
 
 
+async def test_a_registration_deleted_under_a_ptth_connection_is_made_again(tmp_path: Path) -> None:
+    """DELETE closes the name's PTTH connections; the upgrade on the old request URL is then 404,
+    and the endpoint registers again (telling its owner, as after a lost long-poll registration)."""
+    states: list[str] = []
+    async with serving(tmp_path) as hub:
+        async with Endpoint(hub.relay, echo, on_state=states.append, **FAST) as endpoint:
+            await wait_for(lambda: endpoint.transport == "ptth")
+            assert endpoint._private_url is not None
+            async with httpx.AsyncClient() as http:
+                assert (await http.delete(endpoint._private_url)).status_code == 204
+            await wait_for(lambda: "reregistered" in states, timeout=30)
+            assert endpoint.public_url is not None
+            await check_served(endpoint.public_url)
+            assert endpoint.transport == "ptth"
+
+
 async def test_a_subscriber_receives_signed_deliveries_over_ptth(tmp_path: Path) -> None:
     updates: list[Update] = []
     states: list[str] = []
