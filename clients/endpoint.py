@@ -224,6 +224,11 @@ class Endpoint:
         return kinds.pop() if len(kinds) == 1 else MIXED
 
     @property
+    def transports(self) -> tuple[str | None, ...]:
+        """Each poller's transport (``ptth`` or ``long-poll``; None until it got through)."""
+        return tuple(self._transports)
+
+    @property
     def inspector_url(self) -> str | None:
         """The name's request inspector (a capability URL: show it only to the owner, never log it)."""
         return None if self._private_url is None else self._private_url + "/requests"

@@ -74,7 +74,7 @@ async def test_endpoint_serves_a_handler_over_ptth(tmp_path: Path) -> None:
             await wait_for(lambda: endpoint.transport == "ptth")
             assert endpoint.public_url is not None
             await check_served(endpoint.public_url)
-            assert endpoint.transport == "ptth" and states == ["registered", "ptth"]
+            assert endpoint.transports == ("ptth", "ptth") and states == ["registered", "ptth"]
 
 
 async def test_endpoint_serves_an_asgi_app_over_ptth(tmp_path: Path) -> None:
