@@ -345,9 +345,10 @@ class Endpoint:
                             delay = self._backoff[0]
                         continue
                     if response.status_code in (200, 204):  # served as a poll: PTTH is not offered
-                        try_ptth = self._no_ptth(index, "answered the PTTH upgrade as a poll")
+                        try_ptth = self._no_ptth(index, "answered the PTTH upgrade as a poll", polled=True)
                     elif response.status_code == 400:  # offered, but not on our terms (the body says why)
-                        try_ptth = self._no_ptth(index, f"refused the PTTH upgrade: {response.text.strip()[:200]}")
+                        why = f"refused the PTTH upgrade: {response.text.strip()[:200]}"
+                        try_ptth = self._no_ptth(index, why, polled=False)
                         if not try_ptth:
                             continue  # the request URL is still good for a poll
                 else:
@@ -510,9 +511,11 @@ class Endpoint:
     async def _sleep(self, delay: float) -> float:
         return await backoff_sleep(delay, self._backoff[1])
 
-    def _no_ptth(self, index: int, why: str) -> bool:
-        """The relay does not take this poller's PTTH upgrade: whether to keep asking (``"ptth"``)."""
-        self._use(index, LONG_POLL)
+    def _no_ptth(self, index: int, why: str, *, polled: bool) -> bool:
+        """The relay does not take this poller's PTTH upgrade (``polled``: it served it as a poll):
+        whether to keep asking (``"ptth"``)."""
+        if polled or self.transport_choice == "auto":
+            self._use(index, LONG_POLL)
         if self._ptth_refused:
             return self.transport_choice == "ptth"
         self._ptth_refused = True  # said once, not at every poll

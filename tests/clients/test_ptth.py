@@ -208,3 +208,63 @@ def test_a_proxy_in_the_environment_means_long_polling(monkeypatch: pytest.Monke
     assert ptth.proxied("https://relay.example/r") and not ptth.proxied("http://relay.example/r")
     monkeypatch.setenv("NO_PROXY", "relay.example")
     assert not ptth.proxied("https://relay.example/r")
+
+
+@pytest.mark.parametrize(("choice", "keeps_asking"), [("auto", False), ("ptth", True)])
+async def test_an_offer_the_relay_refuses_means_long_polling_under_auto(
+    choice: str, keeps_asking: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A relay that offers PTTH but refuses our offer (400, say an ALPN it does not speak) is
+    long-polled under ``auto`` at once; ``transport="ptth"`` keeps asking. Either says it once."""
+    import logging
+
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from clients import Endpoint
+    from tests.support import serve_live, wait_for
+
+    caplog.set_level(logging.INFO, "clients.endpoint")
+    upgrades = polls = 0
+
+    async def register(request: Request) -> Response:
+        base = str(request.base_url).rstrip("/")
+        links = f'<{base}/r>; rel="first", <{base}/pub/>; rel="related"'
+        return Response(status_code=201, headers={"Link": links, "Location": f"{base}/p"})
+
+    async def request_url(request: Request) -> Response:
+        nonlocal upgrades, polls
+        if request.headers.get("upgrade"):
+            upgrades += 1
+            return Response(b"no protocol in ALPN that this relay speaks\n", status_code=400)
+        polls += 1
+        await asyncio.sleep(0.05)
+        return Response(status_code=204, headers={"Link": f'<{request.url}>; rel="next"'})
+
+    async def private(request: Request) -> Response:
+        return Response(status_code=204)
+
+    app = Starlette(
+        routes=[
+            Route("/reversehttp", register, methods=["POST"]),
+            Route("/r", request_url),
+            Route("/p", private, methods=["DELETE"]),
+        ]
+    )
+    states: list[str] = []
+    async with serve_live(app) as url:
+        endpoint = Endpoint(
+            f"{url}/reversehttp", echo, pollers=1, transport=choice, on_state=states.append, backoff=(0.01, 0.02)
+        )  # type: ignore[arg-type]
+        async with endpoint:
+            if keeps_asking:  # and serves nothing meanwhile: it is not long-polling
+                await wait_for(lambda: upgrades >= 3)
+                assert polls == 0 and endpoint.transport is None and states == ["registered", "reconnecting"]
+            else:
+                await wait_for(lambda: polls >= 3)
+                assert upgrades == 1
+                assert endpoint.transport == "long-poll" and states == ["registered", "long-poll"]
+    said = [r for r in caplog.records if "refused the PTTH upgrade" in r.getMessage()]
+    assert len(said) == 1 and "ALPN" in said[0].getMessage()
