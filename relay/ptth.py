@@ -126,8 +126,31 @@ class _Pending(NamedTuple):
     future: asyncio.Future[bytes] | None  # a requester of this process waiting here, or None: the broker
 
 
+# Hop-by-hop fields (RFC 9110 7.6.1) describe the requester's connection, not the PTTH one: a
+# requester's "Connection: close" passed on would make the application close the connection that
+# serves everybody. The relay's own (this connection's) framing is HTTP/1.1, persistent.
+_HOP_BY_HOP = (b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrade")
+_HOP_MARKS = tuple(b"\n" + name + b":" for name in _HOP_BY_HOP)
+
+
 def _message(raw: bytes) -> bytes:
-    return raw[raw.index(b"\n") + 1 :]
+    """The request to write: the requester's message, as sent but for its hop-by-hop fields and
+    its version (HTTP/1.1 here, whatever the requester spoke)."""
+    message = raw[raw.index(b"\n") + 1 :]
+    end = message.find(b"\r\n\r\n")
+    head = message[:end].lower()
+    line_end = head.find(b"\r\n")
+    if head[line_end - 8 if line_end >= 0 else -8 :][:8] == b"http/1.1" and not any(m in head for m in _HOP_MARKS):
+        return message
+    lines = message[:end].split(b"\r\n")
+    method, target, _ = lines[0].split(b" ", 2)
+    drop = set(_HOP_BY_HOP)
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.lower() == b"connection":
+            drop.update(token.strip().lower() for token in value.split(b","))
+    kept = [line for line in lines[1:] if line.partition(b":")[0].lower() not in drop]
+    return b"\r\n".join([method + b" " + target + b" HTTP/1.1", *kept]) + message[end:]
 
 
 def _method(raw: bytes) -> bytes:
@@ -355,7 +378,9 @@ class PtthConnection(asyncio.Protocol):
         name = self.name
         queue = queue_key(name)
         settings = relay.settings
-        refresh = settings.poll_timeout / 2
+        # A busy connection (no room) is not taking from the queue, so it says it is there often
+        # enough that a requester waiting for it is never given up as having no poller.
+        refresh = min(settings.poll_timeout, settings.unavailable_timeout) / 2
         try:
             await dispatcher.mark_polling(name, relay.public_url(name))
             marked = time.monotonic()
@@ -368,9 +393,9 @@ class PtthConnection(asyncio.Protocol):
                         self.write(held, method, None)
                     else:
                         self._held = held
-                        await self._wait(settings.poll_timeout)
+                        await self._wait(refresh)
                 elif self._head_only or len(self.in_flight) >= self.depth:
-                    await self._wait(settings.poll_timeout)
+                    await self._wait(refresh)
                 else:
                     raw = await broker.pop(queue, settings.poll_timeout)
                     if raw is not None:
@@ -383,8 +408,11 @@ class PtthConnection(asyncio.Protocol):
                 if time.monotonic() - marked >= refresh:
                     await dispatcher.mark_polling(name, relay.public_url(name))
                     marked = time.monotonic()
-        except (BrokerUnavailable, BrokerClosed):
-            logger.warning("PTTH connection of %s: the broker failed; closing it", name, exc_info=True)
+        except Exception as exc:
+            if isinstance(exc, BrokerUnavailable | BrokerClosed):
+                logger.warning("PTTH connection of %s: the broker failed; closing it", name, exc_info=True)
+            else:
+                logger.exception("PTTH connection of %s failed; closing it", name)
             self._stopping = True
             if not self.in_flight:
                 self._close("")
@@ -402,8 +430,8 @@ class PtthConnection(asyncio.Protocol):
     def stop(self) -> None:
         """Take no more requests; close once those in flight are answered (DELETE, shutdown)."""
         self._stopping = True
-        if self._wake is not None and not self._wake.done():
-            self._wake.set_result(None)
+        if self._task is not None and not self._task.done() and self._task is not asyncio.current_task():
+            self._task.cancel()  # waiting for the queue loses nothing when cancelled (broker contract)
         if not self.in_flight:
             self._close("")
 
@@ -498,8 +526,8 @@ class PtthPool:
             del self.by_name[conn.name]
         if not self.count:
             self._emptied.set()
-        if not self.closing:
-            # Like a poller that disconnected: queued requests are not waited for long.
+        if not self.closing and not conns:
+            # Like the last poller gone: queued requests are not waited for long.
             self._spawn(self.relay.dispatcher.mark_gone(conn.name))
 
     def gone(self, name: str) -> None:

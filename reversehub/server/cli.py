@@ -165,31 +165,16 @@ def security_options(defaults: Settings) -> list[tuple[str, Any]]:
 
 def ptth_options(defaults: Settings) -> list[tuple[str, Any]]:
     """PTTH connections (docs/ptth.md)."""
+
+    def count(default: int, least: int, help: str) -> dict[str, Any]:
+        return {"default": default, "type": click.IntRange(min=least), "help": help}
+
+    pipeline = "Requests in flight at once on one PTTH connection (HTTP/1.1 pipelining); 1: one at a time."
+    cap = "PTTH connections open {} (503 past it); 0: no cap."
     return [
-        (
-            "ptth-pipeline",
-            {
-                "default": defaults.ptth_pipeline,
-                "type": click.IntRange(min=1),
-                "help": "Requests in flight at once on one PTTH connection (HTTP/1.1 pipelining); 1: one at a time.",
-            },
-        ),
-        (
-            "max-ptth-per-name",
-            {
-                "default": defaults.max_ptth_per_name,
-                "type": click.IntRange(min=0),
-                "help": "PTTH connections open per name and process (503 past it); 0: no cap.",
-            },
-        ),
-        (
-            "max-ptth-connections",
-            {
-                "default": defaults.max_ptth_connections,
-                "type": click.IntRange(min=0),
-                "help": "PTTH connections open per process (503 past it); 0: no cap.",
-            },
-        ),
+        ("ptth-pipeline", count(defaults.ptth_pipeline, 1, pipeline)),
+        ("max-ptth-per-name", count(defaults.max_ptth_per_name, 0, cap.format("per name and process"))),
+        ("max-ptth-connections", count(defaults.max_ptth_connections, 0, cap.format("per process"))),
     ]
 
 
