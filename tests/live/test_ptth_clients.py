@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import tarfile
@@ -25,6 +26,8 @@ from clients import AsyncSubscriber, Endpoint, Update
 from relay.wire import HttpRequest, HttpResponse
 from reversehub.server.app import create_app
 from tests.live.test_durable_subscriber import REVERSEHUB, Process, publish, serving
+from tests.live.test_tls import serve_tls  # noqa: F401  (reversehub serve over TLS)
+from tests.live.test_tls_trust import Pki, pki  # noqa: F401  (the throwaway CA and a cert for 127.0.0.1)
 from tests.support import bound_socket, free_port, live_settings, serve_live, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.live]
@@ -226,6 +229,42 @@ async def test_cli_expose_over_ptth(tmp_path: Path) -> None:
             assert r.text == "local /x"
         finally:
             await proc.stop()
+
+
+async def test_ptth_over_tls_verifies_the_relay_as_httpx_does(
+    serve_tls: tuple[int, int, Path, subprocess.Popen[bytes]],  # noqa: F811
+    pki: Pki,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    port, _, log, proc = serve_tls
+    base = f"https://127.0.0.1:{port}"
+    trust = ssl.create_default_context(cafile=str(pki.ca))
+    async with httpx.AsyncClient(verify=trust, timeout=10) as http:
+
+        async def up() -> bool:
+            assert proc.poll() is None, log.read_text(errors="replace")
+            try:
+                return (await http.get(base + "/healthz")).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await wait_for(up, timeout=60)
+        async with Endpoint(base + "/reversehttp", echo, verify=trust, **FAST) as endpoint:
+            await wait_for(lambda: endpoint.transport == "ptth")
+            r = await http.get(f"{endpoint.public_url}x")
+            assert r.text == "GET /relay/" + endpoint.name + "/x 0"
+        # The certificate is checked on the PTTH connection: with httpx's default CAs (certifi)
+        # the throwaway CA is unknown, so no connection is made (registering went through `http`).
+        states: list[str] = []
+        async with Endpoint(
+            base + "/reversehttp", echo, http=http, transport="ptth", on_state=states.append, **FAST
+        ) as endpoint:
+            await wait_for(lambda: "reconnecting" in states)
+            assert endpoint.transport is None
+        # And SSL_CERT_FILE is honoured as httpx honours it.
+        monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca))
+        async with Endpoint(base + "/reversehttp", echo, **FAST) as endpoint:
+            await wait_for(lambda: endpoint.transport == "ptth")
 
 
 # -- servers that do not offer it ----------------------------------------------------------------
