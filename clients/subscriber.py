@@ -445,6 +445,13 @@ class AsyncSubscriber:
         with self._save_lock:
             state_file.save(self.state_path, self._saved)
 
+    def _save_quietly(self) -> None:
+        """:meth:`_save` for a change nobody waits for (the transport): a failure is only logged."""
+        try:
+            self._save()
+        except OSError as exc:
+            logger.warning("could not write %s: %s", self.state_path, exc)
+
     def _persist(self, seq: int) -> None:
         if self._saved is None or self.state_path is None:
             return
@@ -688,7 +695,7 @@ class AsyncSubscriber:
             self.transport = state
             if self._saved is not None and self._saved.transport != state:
                 self._saved.transport = state
-                asyncio.get_running_loop().run_in_executor(None, self._save)
+                asyncio.get_running_loop().run_in_executor(None, self._save_quietly)
             self._report(state)
 
     def _set_state(self, state: str) -> None:
