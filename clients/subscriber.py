@@ -331,6 +331,8 @@ class AsyncSubscriber:
         self._started = True
         self._renewer = asyncio.create_task(self._renew_forever())
         self._set_state(SUBSCRIBED)
+        if self.transport is not None:
+            self._report(self.transport)  # held back until now (see _endpoint_state)
         self._sequencer.expect(expected)
         return self
 
@@ -696,7 +698,8 @@ class AsyncSubscriber:
             if self._saved is not None and self._saved.transport != state:
                 self._saved.transport = state
                 asyncio.get_running_loop().run_in_executor(None, self._save_quietly)
-            self._report(state)
+            if self._started:  # before, a start() that fails would report how it was not reached
+                self._report(state)
 
     def _set_state(self, state: str) -> None:
         self.state = state
