@@ -10,41 +10,30 @@ poll; docs/ptth.md):
 - PTTH/1.0 (Second Life, draft-lentczner-rhttp-00): ``GET`` or ``POST`` with ``Upgrade: PTTH/1.0``
   (with or without ``Connection: Upgrade``); ``101`` with ``Upgrade: PTTH/1.0``, ``Connection: Upgrade``.
 
-After the ``101`` the relay is the HTTP/1.1 client on that connection: a :class:`PtthConnection` is a
-consumer of the name's queue (``relay.q.{name}``, relay.queue) beside its long-poll pollers, so the
-broker's arrival-order hand-over makes them share the name's requests round-robin, across processes
-with the Redis broker. It writes each request as its requester sent it (the queued ``message/http``
-bytes), up to ``ptth_pipeline`` at once (HTTP/1.1 pipelining, RFC 9112 9.3.2: responses come back in
-order), and relays each response as the application wrote it.
-
-What happens to requests when a connection ends:
-
-- taken from the queue but not written: back to the front of the queue, in order (another consumer
-  serves them);
-- written after a response that said ``Connection: close``: the application must not have processed
-  them (RFC 9112 9.6), so they go back to the front of the queue too;
-- written and unanswered when the connection is lost or breaks the protocol: 502 to their requesters
-  (they may have been processed; the relay does not send them twice).
+After the ``101`` the relay is the HTTP/1.1 client on that connection
+(:class:`relay.ptth_connection.PtthConnection`): a consumer of the name's queue (``relay.q.{name}``,
+relay.queue) beside its long-poll pollers, so the broker's arrival-order hand-over makes them share
+the name's requests round-robin, across processes with the Redis broker. :class:`PtthPool` holds
+this process's connections: their bounds, their gauge, their end, and the direct way in for
+requesters of this process.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
-import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import unquote
 
-import httptools
 from prometheus_client import Gauge
 
 from relay.errors import BadReply, BodyTooLarge, Busy, InvalidInput, NoReply, NotFound
-from relay.queue import Item, queue_key, reply_channel
+from relay.ptth_connection import NotProcessed, PtthConnection, method_of
+from relay.queue import Item, queue_key
 from reversehub.core.broker import BrokerClosed, BrokerUnavailable
 from reversehub.core.takeover import TAKEOVER, Takeover
 
@@ -60,11 +49,6 @@ HTTP11 = "http/1.1"  # the ALPN protocol id we choose (RFC 7301), written percen
 _DRAFT_101 = b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: ptth\r\nALPN: http%2F1.1\r\n\r\n"
 _LEGACY_101 = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: PTTH/1.0\r\nConnection: Upgrade\r\n\r\n"
 
-# TCP keep-alive on a PTTH connection (seconds, probes): an idle one behind a NAT or a stateful
-# firewall is forgotten by it after a few minutes, and neither end would hear of it.
-KEEPALIVE_IDLE = 60
-KEEPALIVE_INTERVAL = 15
-KEEPALIVE_COUNT = 4
 # Bytes of a PTTH/1.0 POST handshake's body read (and dropped) before the 101.
 MAX_HANDSHAKE_BODY = 64 * 1024
 
@@ -96,388 +80,6 @@ def offered(method: str, upgrade: str, alpn: str | None) -> Offer | None:
     return Offer(DRAFT, _DRAFT_101)
 
 
-def keep_alive(transport: asyncio.BaseTransport) -> None:
-    """Turn TCP keep-alive on for the connection (where the platform lets us)."""
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        if hasattr(socket, "TCP_KEEPIDLE"):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
-    except OSError:  # not a TCP socket (a Unix socket in tests): nothing to keep alive
-        pass
-
-
-class _Invalid(Exception):
-    """The application broke HTTP on its PTTH connection: its requests in flight get 502."""
-
-
-class NotProcessed(Exception):
-    """A request written directly (:meth:`PtthPool.direct`) that the application did not process
-    (written after its ``Connection: close``): the requester queues it the usual way."""
-
-
-class _Pending(NamedTuple):
-    raw: bytes  # the packed queue item (relay.queue.Item)
-    method: bytes
-    future: asyncio.Future[bytes] | None  # a requester of this process waiting here, or None: the broker
-
-
-# Hop-by-hop fields (RFC 9110 7.6.1) describe the requester's connection, not the PTTH one: a
-# requester's "Connection: close" passed on would make the application close the connection that
-# serves everybody. The relay's own (this connection's) framing is HTTP/1.1, persistent.
-_HOP_BY_HOP = (b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrade")
-_HOP_MARKS = tuple(b"\n" + name + b":" for name in _HOP_BY_HOP)
-
-
-def _message(raw: bytes) -> bytes:
-    """The request to write: the requester's message, as sent but for its hop-by-hop fields and
-    its version (HTTP/1.1 here, whatever the requester spoke)."""
-    message = raw[raw.index(b"\n") + 1 :]
-    end = message.find(b"\r\n\r\n")
-    head = message[:end].lower()
-    line_end = head.find(b"\r\n")
-    if head[line_end - 8 if line_end >= 0 else -8 :][:8] == b"http/1.1" and not any(m in head for m in _HOP_MARKS):
-        return message
-    lines = message[:end].split(b"\r\n")
-    method, target, _ = lines[0].split(b" ", 2)
-    drop = set(_HOP_BY_HOP)
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        if name.lower() == b"connection":
-            drop.update(token.strip().lower() for token in value.split(b","))
-    kept = [line for line in lines[1:] if line.partition(b":")[0].lower() not in drop]
-    return b"\r\n".join([method + b" " + target + b" HTTP/1.1", *kept]) + message[end:]
-
-
-def _method(raw: bytes) -> bytes:
-    start = raw.index(b"\n") + 1
-    return raw[start : raw.index(b" ", start)]
-
-
-def _item_id(raw: bytes) -> str:
-    return raw[: raw.index(b" ")].decode("ascii")
-
-
-class PtthConnection(asyncio.Protocol):
-    """One application connection after the 101: the relay writes requests, reads responses.
-
-    Requests come two ways: its consumer task takes them from the name's queue (the broker), and a
-    requester of this process may write its own directly when the queue is empty and no poll of the
-    name waits here (:meth:`PtthPool.direct`), sparing the broker's round trips. Either way at most
-    ``ptth_pipeline`` are in flight, in the order written, which is the order of the responses.
-    """
-
-    def __init__(self, pool: PtthPool, name: str, kind: str) -> None:
-        self.pool = pool
-        self.relay = pool.relay
-        self.name = name
-        self.kind = kind
-        settings = self.relay.settings
-        self.depth = max(1, settings.ptth_pipeline)
-        self._max_headers = settings.max_header_count
-        self._max_head = settings.max_header_size
-        self._max_body = self.relay.reply_limit
-        self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
-        self.in_flight: collections.deque[_Pending] = collections.deque()
-        self.closed = False
-        self._stopping = False  # take no more requests; close once those in flight are answered
-        self._task: asyncio.Task[None] | None = None
-        self._wake: asyncio.Future[None] | None = None
-        self._held: bytes | None = None  # taken from the queue, not written yet (no room, or a HEAD)
-        self._parser = httptools.HttpResponseParser(self)
-        self._head_only = False  # the response in flight answers a HEAD (see data_received)
-        self._head_buffer = b""
-        self._reset()
-
-    def _reset(self) -> None:
-        self._status = 0
-        self._reason = b""
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._head_size = 0
-        self._body: list[bytes] = []
-        self._size = 0
-        self._persist = True
-        self._headers_done = False
-
-    # The connection ------------------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        keep_alive(transport)
-        self.pool.add(self)
-        self._task = self.loop.create_task(self._consume())
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._headers_done and self.in_flight and self._until_eof():
-            # A response without framing ends where the connection does (RFC 9112 6.3 rule 8).
-            self._complete()
-        self._close("the application's PTTH connection was lost")
-
-    def eof_received(self) -> bool | None:
-        return None  # close our side too: nothing more can be answered
-
-    def data_received(self, data: bytes) -> None:
-        if self.closed:
-            return
-        try:
-            if self._head_only:
-                self._feed_head_only(data)
-            else:
-                self._parser.feed_data(data)
-        except _Invalid as exc:
-            self._broken(str(exc))
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__ if isinstance(exc.__context__, _Invalid) else None
-            self._broken(str(cause) if cause is not None else "invalid response")
-        except httptools.HttpParserError as exc:
-            self._broken(f"invalid response ({exc})")
-
-    def _feed_head_only(self, data: bytes) -> None:
-        """The response to a HEAD has no body whatever its Content-Length says (RFC 9110 9.3.2), and
-        httptools cannot be told so: its head alone is fed to a parser of its own. Nothing else is in
-        flight meanwhile (a HEAD is written only when nothing is), so the bytes are all its own."""
-        buffer = self._head_buffer + data
-        while self._head_only:
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buffer) > self._max_head + 1024:
-                    raise _Invalid("response head too large")
-                self._head_buffer = buffer
-                return
-            head, buffer = buffer[: end + 4], buffer[end + 4 :]
-            parser = httptools.HttpResponseParser(self)
-            self._parser = parser
-            parser.feed_data(head)  # an interim 1xx completes and the loop looks for the next head
-        self._head_buffer = b""
-        self._parser = httptools.HttpResponseParser(self)
-        if buffer:
-            self._parser.feed_data(buffer)
-
-    def _until_eof(self) -> bool:
-        return not any(k.lower() in (b"content-length", b"transfer-encoding") for k, _ in self._headers)
-
-    # Parser callbacks (httptools) ----------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        if not self.in_flight:
-            raise _Invalid("a response to no request")
-        self._reset()
-
-    def on_status(self, status: bytes) -> None:
-        self._reason += status
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
-        self._head_size += len(name) + len(value) + 4
-        if len(self._headers) > self._max_headers or self._head_size > self._max_head:
-            raise _Invalid("response headers too large")
-
-    def on_headers_complete(self) -> None:
-        status = self._parser.get_status_code()
-        if status == 101:
-            raise _Invalid("101 on a PTTH connection")
-        self._status = status
-        self._headers_done = True
-        self._persist = self._parser.should_keep_alive() or status < 200
-        if self._head_only and status >= 200:
-            self._head_only = False
-            self._complete()
-
-    def on_body(self, body: bytes) -> None:
-        self._size += len(body)
-        if self._size > self._max_body:
-            raise _Invalid(f"response larger than {self._max_body} bytes")
-        self._body.append(body)
-
-    def on_message_complete(self) -> None:
-        if self._status < 200 or not self._headers_done:
-            self._headers_done = False
-            return  # an interim response (100 Continue, 103 Early Hints): the final one follows
-        self._complete()
-
-    # Responses -----------------------------------------------------------------------------------
-    def _complete(self) -> None:
-        """The response to the oldest request in flight is in: relay it, serialized as the relay's
-        replies are (relay.endpoints ``_unpack_reply``): status line, the application's header lines
-        as written (but framing), a Content-Length for the body read."""
-        pending = self.in_flight.popleft()
-        self._headers_done = False
-        head = pending.method == b"HEAD"
-        lines = [b"HTTP/1.1 %d %s" % (self._status, self._reason)]
-        for name, value in self._headers:
-            if (name[0] | 32) in (99, 116):  # c, t: cheap first look, most headers are neither
-                lower = name.lower()
-                if lower == b"transfer-encoding" or (lower == b"content-length" and not head):
-                    continue  # de-chunked; framed by the length of what was read
-            lines.append(name + b": " + value)
-        if not head:
-            lines.append(b"Content-Length: %d" % self._size)
-        lines.append(b"\r\n")
-        body = self._body
-        response = b"\r\n".join(lines) + (body[0] if len(body) == 1 else b"".join(body))
-        self._body = []
-        future = pending.future
-        if future is None:
-            self.pool.answer(pending.raw, response)
-        elif not future.done():
-            future.set_result(response)
-        if not self._persist:
-            self._stop_after_close()
-        elif self._wake is not None and not self._wake.done():
-            self._wake.set_result(None)
-        if self._stopping and not self.in_flight:
-            self._close("")
-
-    def _stop_after_close(self) -> None:
-        """The application said ``Connection: close`` (or spoke HTTP/1.0 without keep-alive): it
-        processes nothing after that response (RFC 9112 9.6), so what was written after it is
-        queued again, for another consumer."""
-        unprocessed = list(self.in_flight)
-        self.in_flight.clear()
-        queued = []
-        for pending in unprocessed:
-            if pending.future is None:
-                queued.append(pending.raw)
-            elif not pending.future.done():
-                pending.future.set_exception(NotProcessed())
-        self._requeue(queued)
-        self._close("")
-
-    # Taking requests -----------------------------------------------------------------------------
-    def room_for(self, method: bytes) -> bool:
-        """Whether a request with ``method`` may be written now (a HEAD only alone: see
-        :meth:`_feed_head_only`)."""
-        if self._head_only or self._held is not None or self._stopping or self.closed:
-            return False
-        if method == b"HEAD":
-            return not self.in_flight
-        return len(self.in_flight) < self.depth
-
-    def write(self, raw: bytes, method: bytes, future: asyncio.Future[bytes] | None) -> None:
-        """Write the packed request ``raw`` (its message, as the requester sent it)."""
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            if future is None:
-                self._requeue([raw])
-            elif not future.done():
-                future.set_exception(NotProcessed())
-            return
-        self.in_flight.append(_Pending(raw, method, future))
-        if method == b"HEAD":
-            self._head_only = True
-        transport.write(_message(raw))
-
-    async def _consume(self) -> None:
-        relay = self.relay
-        dispatcher = relay.dispatcher
-        broker = relay.broker
-        name = self.name
-        queue = queue_key(name)
-        settings = relay.settings
-        # A busy connection (no room) is not taking from the queue, so it says it is there often
-        # enough that a requester waiting for it is never given up as having no poller.
-        refresh = min(settings.poll_timeout, settings.unavailable_timeout) / 2
-        try:
-            await dispatcher.mark_polling(name, relay.public_url(name))
-            marked = time.monotonic()
-            while not self._stopping:
-                held = self._held
-                if held is not None:
-                    self._held = None
-                    method = _method(held)
-                    if self.room_for(method):
-                        self.write(held, method, None)
-                    else:
-                        self._held = held
-                        await self._wait(refresh)
-                elif self._head_only or len(self.in_flight) >= self.depth:
-                    await self._wait(refresh)
-                else:
-                    raw = await broker.pop(queue, settings.poll_timeout)
-                    if raw is not None:
-                        if self._stopping:
-                            self._requeue([raw])
-                            break
-                        # Requesters of this process may have filled the room meanwhile.
-                        self._held = raw
-                        continue
-                if time.monotonic() - marked >= refresh:
-                    await dispatcher.mark_polling(name, relay.public_url(name))
-                    marked = time.monotonic()
-        except Exception as exc:
-            if isinstance(exc, BrokerUnavailable | BrokerClosed):
-                logger.warning("PTTH connection of %s: the broker failed; closing it", name, exc_info=True)
-            else:
-                logger.exception("PTTH connection of %s failed; closing it", name)
-            self._stopping = True
-            if not self.in_flight:
-                self._close("")
-
-    async def _wait(self, timeout: float) -> None:
-        wake = self._wake = self.loop.create_future()
-        timer = self.loop.call_later(timeout, _settle, wake)
-        try:
-            await wake
-        finally:
-            timer.cancel()
-            self._wake = None
-
-    # Ending --------------------------------------------------------------------------------------
-    def stop(self) -> None:
-        """Take no more requests; close once those in flight are answered (DELETE, shutdown)."""
-        self._stopping = True
-        if self._task is not None and not self._task.done() and self._task is not asyncio.current_task():
-            self._task.cancel()  # waiting for the queue loses nothing when cancelled (broker contract)
-        if not self.in_flight:
-            self._close("")
-
-    def _broken(self, why: str) -> None:
-        logger.info("PTTH connection of %s closed: %s", self.name, why)
-        self._close(f"invalid response from the application: {why}")
-
-    def _close(self, why: str) -> None:
-        """Close the connection; requests written and unanswered get 502 with ``why``."""
-        if self.closed:
-            return
-        self.closed = True
-        if self._task is not None and self._task is not asyncio.current_task():
-            self._task.cancel()
-        if self._wake is not None and not self._wake.done():
-            self._wake.set_result(None)
-        held, self._held = self._held, None
-        if held is not None:
-            self._requeue([held])
-        failed = list(self.in_flight)
-        self.in_flight.clear()
-        reason = why or "the application's PTTH connection closed"
-        for pending in failed:
-            if pending.future is None:
-                self.pool.fail(pending.raw, reason)
-            elif not pending.future.done():
-                pending.future.set_exception(BadReply(reason))
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
-        self.pool.remove(self)
-
-    def _requeue(self, raws: list[bytes]) -> None:
-        if raws:
-            self.pool.requeue(self.name, raws)
-
-
-def _settle(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-def _expire(future: asyncio.Future[bytes]) -> None:
-    if not future.done():
-        future.set_exception(NoReply())
-
-
 class PtthPool:
     """The PTTH connections open in this process, by name: their bounds, their gauge, their end."""
 
@@ -495,6 +97,8 @@ class PtthPool:
         self._direct = not relay.broker.spans_processes
         self._tasks: set[asyncio.Task[None]] = set()
         self._answers: list[tuple[bytes, bytes]] = []
+        self._reply_timeout = settings.reply_timeout
+        self._clock: asyncio.Task[None] | None = None
         self._emptied = asyncio.Event()
         gauge = Gauge(
             "relay_ptth_connections", "PTTH connections open on this process", registry=relay.services.metrics
@@ -544,7 +148,7 @@ class PtthPool:
         conns = self.by_name.get(name)
         if not conns or not self._direct or name in self.relay._parked:
             return None
-        method = _method(raw)
+        method = method_of(raw)
         self._turn += 1
         count = len(conns)
         for i in range(count):
@@ -553,18 +157,38 @@ class PtthPool:
                 break
         else:
             return None
-        if await self.relay.broker.length(queue_key(name)):
+        if not conn.popping and await self.relay.broker.length(queue_key(name)):
             return None
-        loop = conn.loop
-        future: asyncio.Future[bytes] = loop.create_future()
-        conn.write(raw, method, future)
-        timer = loop.call_later(self.relay.settings.reply_timeout, _expire, future)
+        future: asyncio.Future[bytes] = conn.loop.create_future()
+        conn.write(raw, method, future, time.monotonic() + self._reply_timeout)
+        if self._clock is None:
+            self._clock = asyncio.get_running_loop().create_task(self._expire())
         try:
             return await future
         except NotProcessed:
             return None
+
+    async def _expire(self) -> None:
+        """Requesters waiting here get 504 once ``reply_timeout`` has passed: one clock for all of
+        them (a timer per request cost as much as the rest of its wait). Responses come in the order
+        of the requests, so only the oldest of each connection need a look."""
+        tick = min(0.25, max(0.005, self._reply_timeout / 20))
+        try:
+            while self.count:
+                await asyncio.sleep(tick)
+                now = time.monotonic()
+                for conns in self.by_name.values():
+                    for conn in conns:
+                        for pending in conn.in_flight:
+                            future = pending.future
+                            if future is None:
+                                continue
+                            if pending.deadline > now:
+                                break
+                            if not future.done():
+                                future.set_exception(NoReply())
         finally:
-            timer.cancel()
+            self._clock = None
 
     # What the connections tell requesters of the broker's queue ----------------------------------
     def answer(self, raw: bytes, response: bytes) -> None:
@@ -575,9 +199,9 @@ class PtthPool:
     async def _send_answers(self) -> None:
         """The answers of one turn of the event loop, published in one task."""
         answers, self._answers = self._answers, []
-        publish = self.relay.broker.publish
+        answer = self.relay.dispatcher.answer
         for raw, response in answers:
-            await publish(reply_channel(_item_id(raw)), b"R" + response)
+            await answer(Item.unpack(raw), response)
 
     def fail(self, raw: bytes, reason: str) -> None:
         self._spawn(self.relay.dispatcher.fail(Item.unpack(raw), BadReply(reason)))
@@ -601,6 +225,8 @@ class PtthPool:
                 await asyncio.wait_for(self._emptied.wait(), grace)
         for conn in [conn for conns in self.by_name.values() for conn in conns]:
             conn._close("the relay is shutting down")
+        if self._clock is not None:
+            self._clock.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 

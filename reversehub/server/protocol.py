@@ -267,7 +267,6 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self._head_started = self.loop.time()
         super().on_message_begin()
         self.scope[ON_LOST] = self.on_lost  # type: ignore[literal-required]
-        self.scope[TAKEOVER] = self._take_over  # type: ignore[literal-required]
         self._raw_names = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -276,6 +275,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.scope[RAW_HEADER_NAMES] = self._raw_names  # type: ignore[literal-required]
+        self.scope[TAKEOVER] = self._take_over  # type: ignore[literal-required]
         self._awaiting_head = False
         self._head_started = None
         self._restarted = True

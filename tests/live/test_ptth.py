@@ -374,11 +374,12 @@ async def test_a_name_is_served_by_a_poller_and_a_ptth_connection_at_once(live):
     ("method", "response", "expect_head", "expect_body"),
     [
         ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n", b"\r\nContent-Length: 42\r\n", b""),
+        ("HEAD", b"HTTP/1.1 200 OK\r\nX-Length: unknown\r\n\r\n", b"\r\nX-Length: unknown\r\n", b""),
         ("GET", b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n", b"HTTP/1.1 204 No Content\r\n", b""),
         ("GET", b'HTTP/1.1 304 Not Modified\r\nETag: "x"\r\nContent-Length: 42\r\n\r\n', b"HTTP/1.1 304 ", b""),
         ("GET", b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", b"200 OK", b"hi"),
     ],
-    ids=["HEAD", "204", "304", "100-then-200"],
+    ids=["HEAD", "HEAD-without-length", "204", "304", "100-then-200"],
 )
 async def test_bodiless_responses_are_framed_per_rfc_9112(live, method, response, expect_head, expect_body):
     name, path, _ = await register(live)
@@ -530,3 +531,26 @@ async def test_the_requesters_hop_by_hop_fields_stay_off_the_ptth_connection(liv
     backend.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nafter")
     assert (await requester).endswith(b"after")
     await backend.close()
+
+
+async def test_a_response_without_framing_ends_with_the_connection(live):
+    """RFC 9112 6.3 rule 8: without Content-Length or chunked, the body runs to the connection's end."""
+    name, path, _ = await register(live)
+    backend = await connect(live, path)
+    requester = _get(live, name)
+    await backend.request()
+    backend.respond(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end")
+    await backend.close()
+    answer = await requester
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"\r\n\r\nuntil the end")
+
+
+async def test_too_many_response_headers_are_502(live):
+    name, path, _ = await register(live)
+    backend = await connect(live, path)
+    requester = _get(live, name)
+    await backend.request()
+    many = b"".join(b"X-H%d: v\r\n" % i for i in range(101))
+    backend.respond(b"HTTP/1.1 200 OK\r\n" + many + b"Content-Length: 0\r\n\r\n")
+    assert (await requester).startswith(b"HTTP/1.1 502 ")
+    assert await backend.closed_by_peer()

@@ -169,3 +169,44 @@ async def test_a_mailbox_name_is_polled_not_taken_over(live):
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         assert head.startswith(b"HTTP/1.1 200 ")
         writer.close()
+
+
+async def test_a_request_unanswered_within_the_reply_timeout_is_504_and_the_late_answer_dropped(live):
+    app, url, port = live
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        urls = await register(client, "slow")
+        reader, writer = await _connect(port, httpx.URL(urls["first"]).raw_path.decode())
+        await wait_for(lambda: "slow" in app.state.relay.ptth.by_name)
+        started = time.monotonic()
+        r = await client.get("/relay/slow/late")
+        assert r.status_code == 504
+        assert time.monotonic() - started < app.state.settings.reply_timeout + 1
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).startswith(b"GET /relay/slow/late ")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate")  # nobody waits for it any more
+        async with anyio.create_task_group() as tg:
+
+            async def answer() -> None:
+                assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).startswith(b"GET /relay/slow/next ")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext")
+
+            tg.start_soon(answer)
+            assert (await client.get("/relay/slow/next")).text == "next"
+        writer.close()
+
+
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+async def test_under_uvicorns_own_protocols_an_upgrade_is_a_poll(settings, http):
+    """uvicorn's h11 fallback and its plain httptools protocol cannot hand a connection over: the
+    handshake gets the poll's answer (204 here), and a client falls back to long-polling."""
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    app = create_app(replace(settings, public_url=f"http://127.0.0.1:{port}", port=port, poll_timeout=0.2))
+    async with serve_live(app, sock=sock, http=http) as url, httpx.AsyncClient(base_url=url) as client:
+        urls = await register(client, "plain")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        path = httpx.URL(urls["first"]).raw_path.decode()
+        offer = "Connection: upgrade\r\nUpgrade: ptth\r\nALPN: http%2F1.1"
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: h\r\n{offer}\r\n\r\n".encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 204 "), head
+        writer.close()
