@@ -130,6 +130,31 @@ async def test_many_requests_at_once_on_one_connection(tmp_path: Path) -> None:
         assert most == 1  # in order, one at a time, on the one connection
 
 
+async def test_closing_answers_the_request_in_hand(tmp_path: Path) -> None:
+    """aclose() while a request is being handled on a PTTH connection: it is answered (with
+    ``Connection: close``), not cut off with a 502."""
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def held(request: HttpRequest) -> HttpResponse:
+        entered.set()
+        await release.wait()
+        return HttpResponse(200, [], b"finished")
+
+    async with serving(tmp_path) as hub, httpx.AsyncClient(timeout=30) as http:
+        endpoint = Endpoint(hub.relay, held, pollers=1, **FAST)
+        await endpoint.start()
+        await wait_for(lambda: endpoint.transport == "ptth")
+        request = asyncio.ensure_future(http.get(f"{endpoint.public_url}slow"))
+        await asyncio.wait_for(entered.wait(), 20)
+        closing = asyncio.ensure_future(endpoint.aclose())
+        done, _ = await asyncio.wait({closing}, timeout=0.2)
+        assert not done  # aclose() waits for the request in hand
+        release.set()
+        await closing
+        r = await request
+        assert (r.status_code, r.text) == (200, "finished")
+
+
 async def test_the_endpoint_comes_back_after_the_server_was_killed(tmp_path: Path) -> None:
     port = free_port()
     command = [REVERSEHUB, "serve", "--port", str(port), "--database-url", f"sqlite:///{tmp_path}/hub.db"]
