@@ -346,7 +346,9 @@ class Endpoint:
                         continue
                     if response.status_code in (200, 204):  # served as a poll: PTTH is not offered
                         try_ptth = self._no_ptth(index, "answered the PTTH upgrade as a poll", polled=True)
-                    elif response.status_code == 400:  # offered, but not on our terms (the body says why)
+                    elif response.status_code in (400, 503):
+                        # Offered, but not on our terms (400, the body says why) or not now: the
+                        # relay's PTTH connections are at their bound (503). A poll still gets through.
                         why = f"refused the PTTH upgrade: {response.text.strip()[:200]}"
                         try_ptth = self._no_ptth(index, why, polled=False)
                         if not try_ptth:

@@ -130,6 +130,19 @@ async def test_many_requests_at_once_on_one_connection(tmp_path: Path) -> None:
         assert most == 1  # in order, one at a time, on the one connection
 
 
+async def test_pollers_past_the_relays_ptth_bound_long_poll(tmp_path: Path) -> None:
+    """One PTTH connection per name allowed: the second poller's upgrade is refused (503) and it
+    long-polls; the name is served over both, and the endpoint says so."""
+    states: list[str] = []
+    async with serving(tmp_path, "--max-ptth-per-name", "1") as hub:
+        async with Endpoint(hub.relay, echo, pollers=2, on_state=states.append, **FAST) as endpoint:
+            await wait_for(lambda: endpoint.transport == "ptth+long-poll")
+            assert sorted(endpoint.transports, key=str) == ["long-poll", "ptth"]
+            assert endpoint.public_url is not None
+            await check_served(endpoint.public_url)
+            assert "ptth+long-poll" in states and "reconnecting" not in states
+
+
 async def test_closing_answers_the_request_in_hand(tmp_path: Path) -> None:
     """aclose() while a request is being handled on a PTTH connection: it is answered (with
     ``Connection: close``), not cut off with a 502."""
