@@ -5,11 +5,15 @@
     .venv/bin/python bench/fanout.py --callbacks http 1000 10000  # plain HTTP callbacks
     .venv/bin/python bench/fanout.py --rounds 3 --setup-timeout 1500 10000  # 3 publishes, median
     .venv/bin/python bench/fanout.py --baseline --rounds 3 1000 10000  # and a bare relay, and the ratio
+    .venv/bin/python bench/fanout.py --ptth-share 0.5 1000 10000  # half the subscribers over PTTH
 
 Relay mode (the mission path): each subscriber claims its own relay name (``POST /reversehttp``),
 subscribes with its public URL as ``hub.callback``, answers the verification over its long-poll,
 and keeps one poll waiting; the hub's deliveries reach it in-process through the relay. HTTP mode:
-every callback is a path on one asyncio HTTP server in this process.
+every callback is a path on one asyncio HTTP server in this process. ``--ptth-share F`` (relay mode)
+makes that share of the subscribers hold a PTTH connection (draft-kazuho-ptth-ptth-00: an upgrade
+on the request URL, then requests written to them on it) instead of a long-poll, spread evenly
+among the long-pollers; the bare relay of ``--baseline`` long-polls them all.
 
 The hub is ``reversehub serve`` in a subprocess (SQLite in a temporary directory), so its CPU is
 its own; ``--in-process`` runs it in this process instead (with ``--profile FILE`` for cProfile).
@@ -228,9 +232,11 @@ async def relay_subscriber(
     stop: asyncio.Event,
     callbacks: dict[str, str],
     bare: bool = False,
+    ptth: bool = False,
 ) -> None:
     """Claim a relay name, queue its public URL for subscribing, then poll: answer the verification
-    and the deliveries, each reply posted back to the request URL the request came from."""
+    and the deliveries, each reply posted back to the request URL the request came from (``ptth``:
+    take them over a PTTH connection instead, :func:`ptth_subscriber`)."""
     conn = Conn(host, port)
     name = f"fan{i}x{os.getpid()}"
     async with gate:  # new connections in bounded waves: the listen backlog is finite
@@ -248,6 +254,17 @@ async def relay_subscriber(
     callbacks[str(i)] = link["related"].rstrip("/") + "/cb"
     if bare:
         sink.verify(str(i))  # the bare relay has no hub: nothing to subscribe or verify
+    elif ptth:
+        conn.close()
+        # Subscribed once the transposed connection stands, so the verification finds it there.
+        ready = asyncio.Event()
+        connection = asyncio.ensure_future(ptth_subscriber(i, host, port, poll_target, sink, gate, ready))
+        await asyncio.wait([connection, asyncio.ensure_future(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
+        if connection.done():
+            connection.result()  # the upgrade failed: its error
+        to_subscribe.put_nowait(callbacks[str(i)])
+        await connection
+        return
     else:
         to_subscribe.put_nowait(callbacks[str(i)])
     while not stop.is_set():
@@ -270,6 +287,48 @@ async def relay_subscriber(
         if nxt:
             u = urllib.parse.urlsplit(nxt)
             poll_target = u.path + ("?" + u.query if u.query else "")
+
+
+PTTH_UPGRADE = "Connection: upgrade\r\nUpgrade: ptth\r\nALPN: http%2F1.1\r\n"
+
+
+async def ptth_subscriber(
+    i: int, host: str, port: int, poll_target: str, sink: Sink, gate: asyncio.Semaphore, ready: asyncio.Event
+) -> None:
+    """The relay subscriber's PTTH form: one upgrade on its request URL (``ready`` once it stands),
+    then answer the requests the relay writes on that connection (Content-Length framing, which the
+    hub's requests carry)."""
+    async with gate:
+        reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
+        writer.write(f"GET {poll_target} HTTP/1.1\r\nHost: {host}:{port}\r\n{PTTH_UPGRADE}\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise RuntimeError(f"the server does not offer PTTH: {head.split(b' ', 2)[1].decode()} to the upgrade")
+    ready.set()
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head[:-4].decode("latin-1").split("\r\n")
+            method, target, _ = lines[0].split(" ", 2)
+            length = 0
+            for line in lines[1:]:
+                k, _, v = line.partition(":")
+                if k.strip().lower() == "content-length":
+                    length = int(v)
+                elif k.strip().lower() == "transfer-encoding":
+                    raise RuntimeError("a chunked request on the PTTH connection: this bench reads Content-Length only")
+            body = await reader.readexactly(length) if length else b""
+            out = b""
+            if method == "GET":
+                q = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query)
+                out = q.get("hub.challenge", [""])[0].encode()
+                if q.get("hub.mode", [""])[0] == "subscribe":
+                    sink.verify(str(i))
+            else:
+                sink.deliver(str(i), body)
+            writer.write(REPLY_OK % len(out) + out)
+    finally:
+        writer.close()
 
 
 async def subscriber_pool(
@@ -591,9 +650,22 @@ async def run_one(n: int, args: argparse.Namespace, bare: bool = False) -> list[
                     for _ in range(16)
                 ]
             t_sub = time.monotonic()
+            ptth_every = 1 / args.ptth_share if args.ptth_share and not bare else 0.0
             tasks += [
                 asyncio.ensure_future(
-                    relay_subscriber(i, "127.0.0.1", port, sink, gate, to_subscribe, stop, callbacks, bare)
+                    relay_subscriber(
+                        i,
+                        "127.0.0.1",
+                        port,
+                        sink,
+                        gate,
+                        to_subscribe,
+                        stop,
+                        callbacks,
+                        bare,
+                        # Spread evenly: subscriber i is PTTH when it crosses the next multiple of 1/share.
+                        ptth=bool(ptth_every) and int(i / ptth_every) != int((i + 1) / ptth_every),
+                    )
                 )
                 for i in range(n)
             ]
@@ -681,6 +753,12 @@ def main() -> int:
         action="store_true",
         help="relay callbacks: run the same N on a bare Starlette relay too (serve_bare_relay) and print the ratio",
     )
+    p.add_argument(
+        "--ptth-share",
+        type=float,
+        default=0.0,
+        help="relay callbacks: the share of subscribers (0 to 1) that hold a PTTH connection instead of a long-poll",
+    )
     p.add_argument("--serve-bare-relay", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve_bare_relay:
@@ -688,6 +766,8 @@ def main() -> int:
         return 0
     if not args.n:
         p.error("give at least one number of subscribers")
+    if not 0 <= args.ptth_share <= 1 or (args.ptth_share and args.callbacks != "relay"):
+        p.error("--ptth-share is a share of relay subscribers, from 0 to 1")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     print(
@@ -698,7 +778,8 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in args.n:
         results = asyncio.run(run_one(n, args))
-        report(args.callbacks, n, results)
+        label = args.callbacks + (f" ({args.ptth_share:.0%} PTTH)" if args.ptth_share else "")
+        report(label, n, results)
         if args.baseline and args.callbacks == "relay":
             bare = asyncio.run(run_one(n, args, bare=True))
             report("bare relay", n, bare)

@@ -19,13 +19,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import click
 import httpx
 
-from clients.endpoint import Endpoint
+from clients.endpoint import LONG_POLL, MIXED, PTTH, Endpoint
 from clients.errors import ClientError, DiscoveryError
 from clients.publisher import Publisher
 from clients.subscriber import Subscriber
@@ -44,8 +44,22 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
+# How each transport is announced on stderr when it is taken into use.
+TRANSPORT_LINES = {PTTH: "serving over PTTH", LONG_POLL: "long-polling", MIXED: "serving over PTTH and long-polling"}
+
+
 def _state(state: str) -> None:
-    click.echo(f"[{state}]", err=True)
+    click.echo(f"[{TRANSPORT_LINES.get(state, state)}]", err=True)
+
+
+TRANSPORT_OPTION = click.option(
+    "--transport",
+    type=click.Choice(["auto", "ptth", "long-poll"]),
+    envvar="REVERSEHUB_TRANSPORT",
+    default="auto",
+    show_default=True,
+    help="How to receive from the relay: PTTH where it offers it (auto), PTTH only, or long-polling.",
+)
 
 
 @contextlib.contextmanager
@@ -100,6 +114,7 @@ def update_as_text(update: Update) -> str:
     help="Resume from (and keep) this state file: updates published while stopped are not lost.",
 )
 @click.option("--unsubscribe", "end", is_flag=True, help="End the subscription kept in --state, then exit.")
+@TRANSPORT_OPTION
 def subscribe(
     topic: str,
     hub: str | None,
@@ -108,6 +123,7 @@ def subscribe(
     lease_seconds: int | None,
     state_path: str | None,
     end: bool,
+    transport: Literal["auto", "ptth", "long-poll"],
 ) -> None:
     """Print each update to TOPIC as it arrives (connection state goes to stderr)."""
     if end and state_path is None:
@@ -139,6 +155,7 @@ def subscribe(
         on_state=_state,
         state=state_path,
         on_gap=missed,
+        transport=transport,
     )
     if end:
         try:
@@ -286,11 +303,20 @@ def check_listening(url: str, timeout: float = 3.0) -> None:
 )
 @click.option("--relay", envvar="REVERSEHUB_RELAY", default=DEFAULT_RELAY, show_default=True, help="Relay URL.")
 @click.option("--token", envvar="REVERSEHUB_TOKEN", default=None, help="Keeps NAME yours across restarts.")
-@click.option("--pollers", default=4, show_default=True, help="Concurrent long-polls.")
+@click.option("--pollers", default=4, show_default=True, help="Concurrent long-polls or PTTH connections.")
 @click.option(
     "--mailbox", is_flag=True, help="While this is not running, the relay stores requests (202) for the next start."
 )
-def expose(name: str, to: str, relay: str, token: str | None, pollers: int, mailbox: bool) -> None:
+@TRANSPORT_OPTION
+def expose(
+    name: str,
+    to: str,
+    relay: str,
+    token: str | None,
+    pollers: int,
+    mailbox: bool,
+    transport: Literal["auto", "ptth", "long-poll"],
+) -> None:
     """Make the local server at --to reachable at the relay's public URL for NAME."""
     import asyncio
 
@@ -310,7 +336,15 @@ def expose(name: str, to: str, relay: str, token: str | None, pollers: int, mail
         forwarder = Forwarder(to)
         lease = MAILBOX_LEASE if mailbox else None
         endpoint = Endpoint(
-            relay, forwarder, name=name, token=token, lease=lease, pollers=pollers, on_state=_state, mailbox=mailbox
+            relay,
+            forwarder,
+            name=name,
+            token=token,
+            lease=lease,
+            pollers=pollers,
+            on_state=_state,
+            mailbox=mailbox,
+            transport=transport,
         )
         forwarder.endpoint = endpoint
         try:

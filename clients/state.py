@@ -41,6 +41,8 @@ class SubscriberState:
     last_seq: int = 0
     lease_seconds: int | None = None
     lease_expires_at: float | None = None
+    # How the subscriber reached the relay when it last wrote the file (ptth, long-poll): shown, never read.
+    transport: str | None = None
     # Fields a newer writer added, kept as they were so that writing back loses nothing.
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -46,6 +46,7 @@ import inspect
 import logging
 import os
 import secrets
+import ssl
 import threading
 import time
 from collections import OrderedDict
@@ -59,7 +60,15 @@ from clients import state as state_file
 from clients._links import find_link
 from clients._sync import LoopThread
 from clients.discovery import discover
-from clients.endpoint import CONNECTED, RECONNECTING, Endpoint, backoff_sleep, random_name
+from clients.endpoint import (
+    CONNECTED,
+    RECONNECTING,
+    TRANSPORTS,
+    Endpoint,
+    TransportChoice,
+    backoff_sleep,
+    random_name,
+)
 from clients.errors import (
     ClientError,
     ClosedError,
@@ -88,7 +97,8 @@ SEEN_DELIVERIES = 10_000  # how many delivery ids we remember to drop duplicates
 # claimed by someone else, who would then receive the deliveries the hub keeps sending it.
 DURABLE_NAME_LEASE = 30 * 24 * 3600
 
-# Subscriber states, reported to ``on_state`` (besides the endpoint's ``connected``/``reconnecting``).
+# Subscriber states, reported to ``on_state`` (besides the endpoint's ``connected``/``reconnecting``,
+# and its transport, ``ptth``/``long-poll``/``ptth+long-poll``, whenever that changes).
 DISCOVERING = "discovering"
 SUBSCRIBING = "subscribing"
 SUBSCRIBED = "subscribed"
@@ -136,6 +146,9 @@ class AsyncSubscriber:
     among the updates (``last`` None: how many is unknown); each report is also logged and kept in
     :attr:`missed`. ``gap_wait``: seconds without any delivery before the hub is asked about a gap
     again.
+    ``transport`` and ``verify`` are :class:`~clients.Endpoint`'s: ``"auto"`` (default) receives over
+    PTTH where the relay offers it and long-polls elsewhere; an httpx transport carries every
+    request (long-polling). :attr:`transport` then says which is in use (also in the state file).
     """
 
     def __init__(
@@ -149,7 +162,8 @@ class AsyncSubscriber:
         lease_seconds: int | None = None,
         on_state: Callable[[str], None] | None = None,
         pollers: int = 2,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: TransportChoice | httpx.AsyncBaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
         verify_timeout: float = 30.0,
         renew_fraction: float = 0.8,
         backoff: tuple[float, float] = (0.1, 30.0),
@@ -169,6 +183,7 @@ class AsyncSubscriber:
         self.lease_seconds: int | None = None  # as granted by the hub's verification
         self.callback_url: str | None = None
         self.state = "new"
+        self.transport: str | None = None  # ptth, long-poll, ptth+long-poll: what the relay name is served over
         self.rejected = 0  # deliveries ignored for a bad signature
         self.missed: list[MissedUpdates] = []  # gaps reported (see on_gap)
         self.state_path = os.fspath(state) if state is not None else None
@@ -183,6 +198,7 @@ class AsyncSubscriber:
         self._on_state = on_state
         self._pollers = pollers
         self._transport = transport
+        self._tls_verify = verify
         self._verify_timeout = verify_timeout
         self._renew_fraction = renew_fraction
         self._backoff = backoff
@@ -226,7 +242,8 @@ class AsyncSubscriber:
         self._subscribe_lock = asyncio.Lock()
         self._callback_lock = asyncio.Lock()
         self._lease_changed = asyncio.Event()
-        self._http = httpx.AsyncClient(transport=self._transport, timeout=httpx.Timeout(10.0))
+        http_transport = None if isinstance(self._transport, str) else self._transport
+        self._http = httpx.AsyncClient(transport=http_transport, verify=self._tls_verify, timeout=httpx.Timeout(10.0))
         saved: SubscriberState | None = None
         try:
             if self._state_lock is not None and self.state_path is not None:
@@ -266,7 +283,8 @@ class AsyncSubscriber:
                 token=saved.token if saved is not None else secrets.token_urlsafe(24),
                 lease=DURABLE_NAME_LEASE if self.state_path is not None else None,
                 pollers=self._pollers,
-                http=self._http,
+                transport=self._transport,
+                verify=self._tls_verify,
                 poll_read_timeout=self._poll_read_timeout,
                 backoff=self._backoff,
                 on_state=self._endpoint_state,
@@ -296,6 +314,7 @@ class AsyncSubscriber:
                     last_seq=self._sequencer.last,
                     lease_seconds=saved.lease_seconds if saved is not None else None,
                     lease_expires_at=saved.lease_expires_at if saved is not None else None,
+                    transport=self.transport,
                     extra=saved.extra if saved is not None else {},
                 )
                 await asyncio.to_thread(self._save)
@@ -312,6 +331,8 @@ class AsyncSubscriber:
         self._started = True
         self._renewer = asyncio.create_task(self._renew_forever())
         self._set_state(SUBSCRIBED)
+        if self.transport is not None:
+            self._report(self.transport)  # held back until now (see _endpoint_state)
         self._sequencer.expect(expected)
         return self
 
@@ -425,6 +446,13 @@ class AsyncSubscriber:
             return
         with self._save_lock:
             state_file.save(self.state_path, self._saved)
+
+    def _save_quietly(self) -> None:
+        """:meth:`_save` for a change nobody waits for (the transport): a failure is only logged."""
+        try:
+            self._save()
+        except OSError as exc:
+            logger.warning("could not write %s: %s", self.state_path, exc)
 
     def _persist(self, seq: int) -> None:
         if self._saved is None or self.state_path is None:
@@ -665,9 +693,19 @@ class AsyncSubscriber:
     def _endpoint_state(self, state: str) -> None:
         if state in (CONNECTED, RECONNECTING):
             self._set_state(state)
+        elif state in TRANSPORTS:
+            self.transport = state
+            if self._saved is not None and self._saved.transport != state:
+                self._saved.transport = state
+                asyncio.get_running_loop().run_in_executor(None, self._save_quietly)
+            if self._started:  # before, a start() that fails would report how it was not reached
+                self._report(state)
 
     def _set_state(self, state: str) -> None:
         self.state = state
+        self._report(state)
+
+    def _report(self, state: str) -> None:
         if self._on_state is not None:
             try:
                 self._on_state(state)
@@ -696,7 +734,8 @@ class Subscriber:
         lease_seconds: int | None = None,
         on_state: Callable[[str], None] | None = None,
         pollers: int = 2,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: TransportChoice | httpx.AsyncBaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
         verify_timeout: float = 30.0,
         renew_fraction: float = 0.8,
         backoff: tuple[float, float] = (0.1, 30.0),
@@ -715,6 +754,7 @@ class Subscriber:
             on_state=on_state,
             pollers=pollers,
             transport=transport,
+            verify=verify,
             verify_timeout=verify_timeout,
             renew_fraction=renew_fraction,
             backoff=backoff,
@@ -802,6 +842,11 @@ class Subscriber:
     def state(self) -> str:
         """The latest state, as reported to ``on_state``."""
         return self._subscriber.state
+
+    @property
+    def transport(self) -> str | None:
+        """What the relay name is served over now: ``ptth``, ``long-poll`` or ``ptth+long-poll``."""
+        return self._subscriber.transport
 
     @property
     def last_seq(self) -> int:

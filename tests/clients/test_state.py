@@ -90,3 +90,10 @@ def test_one_subscriber_at_a_time_per_state(tmp_path: Path) -> None:
     second.acquire()
     second.release(remove=True)
     assert not (tmp_path / "sub.state.lock").exists()
+
+
+def test_the_transport_is_kept_and_read_back() -> None:
+    base = {"version": 1, "hub": "h", "topic": "t", "relay": "r", "name": "n", "token": "k", "secret": "s"}
+    state = SubscriberState.from_json({**base, "callback": "c", "transport": "ptth"})
+    assert state.transport == "ptth" and state.to_json()["transport"] == "ptth"
+    assert SubscriberState.from_json({**base, "callback": "c"}).transport is None  # files from before it

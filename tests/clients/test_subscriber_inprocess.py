@@ -48,6 +48,20 @@ async def test_endpoint_in_process(make_app: MakeApp) -> None:
         assert (r.status_code, r.text) == (200, "GET /relay/inproc/x?y=1")
 
 
+async def test_a_handler_answering_head_as_get_is_relayed_without_the_body(make_app: MakeApp) -> None:
+    """A handler that gives HEAD the body GET would get (BaseHTTPRequestHandler-style): the reply is
+    posted without it (the relay refuses a HEAD reply with a body), with the Content-Length GET gets."""
+    app, client = await make_app()
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 4000))
+
+    async def handler(request: HttpRequest) -> HttpResponse:
+        return HttpResponse(200, [("content-type", "text/plain")], b"the whole page")
+
+    async with Endpoint(f"{PUBLIC}/reversehttp", handler, name="head", transport=transport):
+        r = await client.head("/relay/head/x")
+    assert (r.status_code, r.content, r.headers["content-length"]) == (200, b"", "14")
+
+
 class RefusedEchoes(httpx.AsyncBaseTransport):
     """The app, except that replies to the relay (``message/http`` POSTs) carrying a 200 get
     ``status`` and never reach it (or, with ``status`` None, fail to connect), ``times`` times: a
