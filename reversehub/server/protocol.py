@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -61,6 +62,8 @@ from reversehub.core.connection import ON_LOST, RAW_HEADER_NAMES, OnLost
 
 logger = logging.getLogger(__name__)
 
+# Request header names on_header looks out for.
+_NOTED = frozenset([b"expect", b"x-forwarded-for", b"x-forwarded-proto"])
 # Seconds a refused connection is still read (and what arrives dropped) after its answer.
 LINGER = 1.0
 # At most one warning this often (seconds) that connections are refused for the cap.
@@ -214,6 +217,12 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._raw_names: list[bytes] = []  # set here so every instance has the same attributes
         self._idle_timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
+        # uvicorn's proxy-headers layer (``--forwarded-allow-ips``) changes nothing in a request
+        # without X-Forwarded-For or X-Forwarded-Proto: such a request (from a client talking to
+        # us directly, and every exchange of a relayed request) goes straight to the app beneath it.
+        self._with_proxy_headers = self.app
+        self._direct = self.app.app if type(self.app) is ProxyHeadersMiddleware else self.app
+        self._forwarded = False
         cap = self._limits.max_connections
         over_cap = cap > 0 and len(self.connections) >= cap
         super().connection_made(CoalescingTransport(transport, self.loop))
@@ -267,10 +276,21 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self.scope[ON_LOST] = self.on_lost  # type: ignore[literal-required]
         self._raw_names = []
+        self._forwarded = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # uvicorn's, plus the name as the client wrote it and whether a proxy header came.
         self._raw_names.append(name)
-        super().on_header(name, value)
+        name = name.lower()
+        # llhttp keeps trailing OWS, which RFC 9110 5.5 excludes from the value.
+        value = value.rstrip(b" \t")
+        if name in _NOTED:
+            if name == b"expect":
+                if value.lower() == b"100-continue":
+                    self.expect_100_continue = True
+            else:
+                self._forwarded = True
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self.scope[RAW_HEADER_NAMES] = self._raw_names  # type: ignore[literal-required]
@@ -285,6 +305,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         # assigned loses CPython's fast attribute access for every one of uvicorn's lines.
         # The event loop runs nothing else during this call.
         httptools_impl.RequestResponseCycle = ExactCycle  # type: ignore[misc]
+        self.app = self._with_proxy_headers if self._forwarded else self._direct
         try:
             super().on_headers_complete()
         finally:

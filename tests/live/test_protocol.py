@@ -411,3 +411,29 @@ async def test_names_keep_their_case_and_the_apps_date_and_server_win():
         b"HTTP/1.1 299 Custom Reason\r\nServer: App/1\r\nX-Mixed: Yes\r\nContent-Length: 2\r\nDATE: then\r\n"
         b"connection: close\r\n\r\nok"
     )
+
+
+async def test_proxy_headers_still_apply_per_request():
+    """uvicorn's proxy-headers layer runs for a request that carries X-Forwarded-* (from a trusted
+    address: 127.0.0.1 by default) and is skipped for one without, on the same connection."""
+
+    async def whoami(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        out = b"%s %s" % (scope["client"][0].encode(), scope["scheme"].encode())
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(out))]})
+        await send({"type": "http.response.body", "body": out})
+
+    async with serve_live(whoami, http=CoalescingHttpToolsProtocol) as url:
+        port = int(url.rsplit(":", 1)[1])
+        async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+            buffered = bytearray()
+            seen = []
+            for extra in [
+                b"X-Forwarded-For: 203.0.113.5\r\nX-Forwarded-Proto: https\r\n",
+                b"",
+                b"x-forwarded-proto: https\r\n",
+            ]:
+                await stream.send(b"GET / HTTP/1.1\r\nHost: x\r\n%s\r\n" % extra)
+                seen.append((await read_response(stream, buffered))[1])
+    assert seen == [b"203.0.113.5 https", b"127.0.0.1 http", b"127.0.0.1 https"]
