@@ -80,8 +80,12 @@ async def _send(
     as given (reversehub.server.protocol); another ASGI server lowercases the names and writes its
     own phrase. A Content-Length already there is kept (a HEAD's tells the size of the GET's body);
     a reply to a ``head`` request gets none made up (0 would be a wrong size: it tells the GET's)."""
-    if status not in (204, 304) and not head and not any(k.lower() == b"content-length" for k, _ in headers):
-        headers.append((b"Content-Length", b"%d" % len(body)))
+    if status not in (204, 304) and not head:
+        for name, _ in headers:
+            if name.lower() == b"content-length":
+                break
+        else:
+            headers.append((b"Content-Length", b"%d" % len(body)))
     start: dict[str, Any] = {"type": "http.response.start", "status": status, "headers": headers}
     if reason:
         start["reason"] = reason

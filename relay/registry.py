@@ -28,10 +28,10 @@ import hmac
 import re
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 import anyio
-from cachetools import LRUCache
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -197,7 +197,9 @@ class Registry:
         self.settings = settings
         self.cache_ttl = cache_ttl
         # name -> (registration or None, fresh until): bounded, the least recently used go first.
-        self._cache: LRUCache[str, tuple[Reg | None, float]] = LRUCache(maxsize=CACHED_NAMES)
+        # OrderedDicts kept by hand rather than cachetools' LRUCache, whose every get and set is
+        # several Python calls: both maps are read or written on each poll and relayed request.
+        self._cache: OrderedDict[str, tuple[Reg | None, float]] = OrderedDict()
         # One database read per name at a time: concurrent misses wait for it (no thundering herd).
         self._loading: dict[str, asyncio.Future[Reg | None]] = {}
         # Request capabilities this process made and nobody has used yet, with the secret they were
@@ -205,10 +207,17 @@ class Registry:
         # their URL). A registration made anew has a new secret, so its old URLs still fail.
         # Bounded: the URLs that go are the oldest never polled (their pollers left), and a URL no
         # longer here is still accepted, only checked.
-        self._issued: LRUCache[str, tuple[str, bytes]] = LRUCache(maxsize=ISSUED_CAPS)
+        self._issued: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
 
     def forget(self, name: str) -> None:
         self._cache.pop(name, None)
+
+    def _remember(self, name: str, reg: Reg | None) -> None:
+        cache = self._cache
+        cache[name] = (reg, time.monotonic() + self.cache_ttl)
+        cache.move_to_end(name)
+        if len(cache) > CACHED_NAMES:
+            cache.popitem(last=False)
 
     def cached_lease(self, name: str) -> float | None:
         """The lease of ``name`` as last read or written here, if it is cached (no database read)."""
@@ -219,6 +228,7 @@ class Registry:
         """The live registration of ``name`` (already lowercased), from the cache when fresh."""
         hit = self._cache.get(name)
         if hit is not None and hit[1] > time.monotonic():
+            self._cache.move_to_end(name)
             reg = hit[0]
             if reg is not None and reg.expires_at < time.time() - CACHE_TTL:
                 reg = await self._load(name)  # the lease may have been extended since it was cached
@@ -240,7 +250,7 @@ class Registry:
                 async with self.sessions() as session:
                     row = await session.get(Registration, name)
                     reg = _snapshot(row) if row is not None else None
-            self._cache[name] = (reg, time.monotonic() + self.cache_ttl)
+            self._remember(name, reg)
             future.set_result(reg)
             return reg
         except Exception as exc:
@@ -253,7 +263,10 @@ class Registry:
     def issue_request_cap(self, reg: Reg) -> str:
         """A fresh request URL capability for ``reg`` (see :func:`request_cap`)."""
         cap = request_cap(reg)
-        self._issued[cap] = (reg.name, reg.secret)
+        issued = self._issued
+        issued[cap] = (reg.name, reg.secret)
+        if len(issued) > ISSUED_CAPS:
+            issued.popitem(last=False)
         return cap
 
     async def by_request_cap(self, cap: str) -> Reg | None:
@@ -351,7 +364,7 @@ class Registry:
                     row.mailbox = mailbox
                 created = False
             reg = _snapshot(row)
-        self._cache[name] = (reg, time.monotonic() + self.cache_ttl)
+        self._remember(name, reg)
         return reg, created
 
     async def reconfigure(self, reg: Reg, token: str | None, raw_lease: str | None) -> Reg:

@@ -20,7 +20,6 @@ from contextlib import asynccontextmanager
 
 import anyio
 import httpx
-from cachetools import LRUCache
 from prometheus_client import CollectorRegistry
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -53,6 +52,8 @@ from reversehub.server.web import routes as client_routes
 
 logger = logging.getLogger(__name__)
 
+# Client addresses whose rate-limit exemption is remembered (ReverseHub._is_unlimited).
+UNLIMITED_CACHED = 4096
 # Seconds a client is asked to wait when the database or the broker cannot serve.
 UNAVAILABLE_RETRY_AFTER = 5
 
@@ -124,8 +125,10 @@ class ReverseHub(Starlette):
         self._hot: dict[int, ASGIApp] = {}
         self._settings = settings
         self._limits = RateLimitMiddleware(self.router, settings=settings)  # only asked whether limits apply
-        # Per client address (host, port), once started; bounded, since every connection brings one.
-        self._unlimited: LRUCache[tuple[str, int], bool] = LRUCache(maxsize=4096)
+        # Per client address (host, port), once started; bounded, since every connection brings one
+        # (emptied when full: a plain dict's lookup costs a fraction of an LRU cache's, and three
+        # exchanges per relayed request ask it).
+        self._unlimited: dict[tuple[str, int], bool] = {}
         # Why the app's background work ended while it serves (None while it runs): the process
         # is on its way out, and answers nothing but 503 meanwhile.
         self.failed: str | None = None
@@ -180,6 +183,8 @@ class ReverseHub(Starlette):
         if unlimited is None:
             unlimited = self._limits.unlimited(scope)
             if self.state.services is not None:
+                if len(self._unlimited) >= UNLIMITED_CACHED:
+                    self._unlimited.clear()
                 self._unlimited[client] = unlimited
         return unlimited
 

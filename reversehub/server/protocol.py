@@ -53,15 +53,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from reversehub.core.connection import ON_LOST, RAW_HEADER_NAMES, OnLost
 from reversehub.core.takeover import TAKEN_OVER, TAKEOVER
 
 logger = logging.getLogger(__name__)
 
+# Request header names on_header looks out for.
+_NOTED = frozenset([b"expect", b"x-forwarded-for", b"x-forwarded-proto"])
 # Seconds a refused connection is still read (and what arrives dropped) after its answer.
 LINGER = 1.0
 # At most one warning this often (seconds) that connections are refused for the cap.
@@ -215,6 +219,12 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._raw_names: list[bytes] = []  # set here so every instance has the same attributes
         self._idle_timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
+        # uvicorn's proxy-headers layer (``--forwarded-allow-ips``) changes nothing in a request
+        # without X-Forwarded-For or X-Forwarded-Proto: such a request (from a client talking to
+        # us directly, and every exchange of a relayed request) goes straight to the app beneath it.
+        self._with_proxy_headers = self.app
+        self._direct = self.app.app if type(self.app) is ProxyHeadersMiddleware else self.app
+        self._forwarded = False
         cap = self._limits.max_connections
         over_cap = cap > 0 and len(self.connections) >= cap
         super().connection_made(CoalescingTransport(transport, self.loop))
@@ -268,10 +278,21 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self.scope[ON_LOST] = self.on_lost  # type: ignore[literal-required]
         self._raw_names = []
+        self._forwarded = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # uvicorn's, plus the name as the client wrote it and whether a proxy header came.
         self._raw_names.append(name)
-        super().on_header(name, value)
+        name = name.lower()
+        # llhttp keeps trailing OWS, which RFC 9110 5.5 excludes from the value.
+        value = value.rstrip(b" \t")
+        if name in _NOTED:
+            if name == b"expect":
+                if value.lower() == b"100-continue":
+                    self.expect_100_continue = True
+            else:
+                self._forwarded = True
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self.scope[RAW_HEADER_NAMES] = self._raw_names  # type: ignore[literal-required]
@@ -287,6 +308,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         # assigned loses CPython's fast attribute access for every one of uvicorn's lines.
         # The event loop runs nothing else during this call.
         httptools_impl.RequestResponseCycle = ExactCycle  # type: ignore[misc]
+        self.app = self._with_proxy_headers if self._forwarded else self._direct
         try:
             super().on_headers_complete()
         finally:
@@ -419,18 +441,12 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
 
 _REASON = re.compile(rb"^[\t\x20-\x7e\x80-\xff]*$")  # RFC 9112 4: HTAB, SP, VCHAR, obs-text
-
-
-class _Capture:
-    """Stands in for the transport while uvicorn writes a response head, which it writes in one call."""
-
-    __slots__ = ("head",)
-
-    def __init__(self) -> None:
-        self.head = b""
-
-    def write(self, data: bytes) -> None:
-        self.head += data
+# uvicorn's own checks (httptools_impl.HEADER_RE, HEADER_VALUE_RE), run once over all names and
+# once over all values of a head: a character refused in one of them is refused in their concatenation.
+_NAME_REFUSED = httptools_impl.HEADER_RE
+_VALUE_REFUSED = httptools_impl.HEADER_VALUE_RE
+_STATUS_LINE = httptools_impl.STATUS_LINE
+_NO_BODY = (204, 304)
 
 
 class ExactCycle(RequestResponseCycle):
@@ -439,40 +455,101 @@ class ExactCycle(RequestResponseCycle):
     ReverseHttp relays an application's response as the application wrote it, and its original
     clients look ``Link`` up case-sensitively: so header names keep their case, a ``reason`` key in
     ``http.response.start`` is the status line's reason phrase (``299 Custom Reason``), and the
-    server's ``Date`` and ``Server`` are left out when the app sends its own (one of each). uvicorn
-    still does the framing (Content-Length, chunked, Connection): its head is rewritten line by line,
-    as it writes one line per header, in order, after its status line.
+    server's ``Date`` and ``Server`` are left out when the app sends its own (one of each).
+
+    :meth:`send` is uvicorn's, line for line in what it decides (the refusal of a name or value
+    with a character RFC 9110 forbids, Content-Length and chunked framing, ``Connection: close``
+    when the connection is not kept alive, no body for HEAD, 204 and 304), but writes the head
+    directly: every response of a relayed request (the requester's, the poll's, the reply's) has
+    names with capitals, and writing uvicorn's head and then rewriting it cost more than uvicorn's
+    head itself.
     """
 
     async def send(self, message: Any) -> None:
-        if message["type"] != "http.response.start" or self.response_started:
-            await super().send(message)
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
             return
-        headers = list(message.get("headers", []))
-        own = {name.lower() for name, _ in headers}
-        if (
-            "reason" not in message
-            and b"date" not in own
-            and b"server" not in own
-            and own.issuperset(k for k, _ in headers)
-        ):
-            # Lowercase names only: what uvicorn writes needs no change (most responses).
-            await super().send(message)
-            return
-        defaults = [(k, v) for k, v in self.default_headers if k not in own]
-        self.default_headers = defaults
-        capture = _Capture()
-        transport, self.transport = self.transport, capture  # type: ignore[assignment]
-        try:
-            await super().send(message)
-        finally:
-            self.transport = transport
-        if not capture.head:
-            return  # disconnected: nothing was written
-        lines = capture.head.split(b"\r\n")
+        if not self.response_started:
+            if message["type"] != "http.response.start":
+                raise RuntimeError(f"Expected ASGI message 'http.response.start', but got '{message['type']}'.")
+            self._write_head(message)
+        elif not self.response_complete:
+            if message["type"] != "http.response.body":
+                raise RuntimeError(f"Expected ASGI message 'http.response.body', but got '{message['type']}'.")
+            self._write_body(message.get("body", b""), message.get("more_body", False))
+        else:
+            raise RuntimeError(f"Unexpected ASGI message '{message['type']}' sent, after response already completed.")
+
+    def _write_head(self, message: Any) -> None:
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        status: int = message["status"]
+        headers: list[tuple[bytes, bytes]] = list(message.get("headers", ()))
+        if self.access_log:
+            self.access_logger.info(
+                '%s - "%s %s HTTP/%s" %d',
+                get_client_addr(self.scope),
+                self.scope["method"],
+                get_path_with_query_string(self.scope),
+                self.scope["http_version"],
+                status,
+            )
         reason = message.get("reason")
         if isinstance(reason, bytes) and _REASON.match(reason):
-            lines[0] = b"HTTP/1.1 %d %s" % (message["status"], reason)
-        for i, (name, value) in enumerate([*defaults, *headers], start=1):
-            lines[i] = name + b": " + value
-        self.transport.write(b"\r\n".join(lines))
+            content = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        else:
+            content = [_STATUS_LINE[status]]
+        lowered = [name.lower() for name, _ in headers]
+        defaults = self.default_headers
+        if b"date" in lowered or b"server" in lowered:
+            defaults = [(k, v) for k, v in defaults if k not in lowered]
+        for name, value in defaults:
+            content += (name, b": ", value, b"\r\n")
+        has_connection_close = False
+        for (name, value), lower in zip(headers, lowered, strict=True):
+            if lower == b"content-length" and self.chunked_encoding is None:
+                self.expected_content_length = int(value.decode())
+                self.chunked_encoding = False
+            elif lower == b"transfer-encoding" and value.lower() == b"chunked":
+                self.expected_content_length = 0
+                self.chunked_encoding = True
+            elif lower == b"connection":
+                if b"close" in [token.lower().strip() for token in value.split(b",")]:
+                    self.keep_alive = False
+                    has_connection_close = True
+            content += (name, b": ", value, b"\r\n")
+        if headers:
+            if _NAME_REFUSED.search(b"".join(lowered)):
+                raise RuntimeError("Invalid HTTP header name.")
+            if _VALUE_REFUSED.search(b"".join([value for _, value in headers])):
+                raise RuntimeError("Invalid HTTP header value.")
+        if not self.keep_alive and not has_connection_close:
+            content.append(b"connection: close\r\n")
+        if self.chunked_encoding is None and self.scope["method"] != "HEAD" and status not in _NO_BODY:
+            self.chunked_encoding = True  # neither Content-Length nor Transfer-Encoding given
+            content.append(b"transfer-encoding: chunked\r\n")
+        content.append(b"\r\n")
+        self.transport.write(b"".join(content))
+
+    def _write_body(self, body: bytes, more_body: bool) -> None:
+        if self.scope["method"] == "HEAD":
+            self.expected_content_length = 0
+        elif self.chunked_encoding:
+            content = [b"%x\r\n" % len(body), body, b"\r\n"] if body else []
+            if not more_body:
+                content.append(b"0\r\n\r\n")
+            self.transport.write(b"".join(content))
+        else:
+            if len(body) > self.expected_content_length:
+                raise RuntimeError("Response content longer than Content-Length")
+            self.expected_content_length -= len(body)
+            self.transport.write(body)
+        if not more_body:
+            if self.expected_content_length != 0:
+                raise RuntimeError("Response content shorter than Content-Length")
+            self.response_complete = True
+            self.message_event.set()
+            if not self.keep_alive:
+                self.transport.close()
+            self.on_response()

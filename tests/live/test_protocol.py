@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import socket
 from dataclasses import replace
 from typing import Any
@@ -341,3 +342,98 @@ def test_on_lost_calls_back_once_and_at_once_when_already_lost():
     fresh.fire()
     fresh.fire()
     assert calls == ["late", "held"]
+
+
+# What the app sends for each path, and the request line: our head writer must frame and refuse
+# exactly as uvicorn does (reversehub.server.protocol.ExactCycle).
+FRAMING_CASES: dict[str, tuple[bytes, int, list[tuple[bytes, bytes]], list[bytes]]] = {
+    "length": (b"GET", 200, [(b"content-type", b"text/plain"), (b"content-length", b"5")], [b"hello"]),
+    "chunked": (b"GET", 200, [(b"content-type", b"text/plain")], [b"one", b"two"]),
+    "explicit-chunked": (b"GET", 201, [(b"transfer-encoding", b"chunked")], [b"abc"]),
+    "head-no-length": (b"HEAD", 200, [(b"content-type", b"text/plain")], [b""]),
+    "head-with-length": (b"HEAD", 200, [(b"content-length", b"99")], [b""]),
+    "no-content": (b"GET", 204, [(b"x-a", b"1")], [b""]),
+    "not-modified": (b"GET", 304, [(b"etag", b'"x"')], [b""]),
+    "app-closes": (b"GET", 200, [(b"connection", b"keep-alive, Close"), (b"content-length", b"2")], [b"ok"]),
+    "two-lengths": (b"GET", 200, [(b"content-length", b"2"), (b"content-length", b"7")], [b"ok"]),
+    "bad-name": (b"GET", 200, [(b"x bad", b"1"), (b"content-length", b"2")], [b"ok"]),
+    "bad-value": (b"GET", 200, [(b"x-ok", b"a\r\nx-injected: 1"), (b"content-length", b"2")], [b"ok"]),
+    "too-short": (b"GET", 200, [(b"content-length", b"5")], [b"ok"]),
+    "too-long": (b"GET", 200, [(b"content-length", b"1")], [b"ok"]),
+}
+
+
+async def framing_app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    _, status, headers, bodies = FRAMING_CASES[scope["path"][1:]]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    for i, body in enumerate(bodies):
+        await send({"type": "http.response.body", "body": body, "more_body": i < len(bodies) - 1})
+
+
+async def raw_exchange(port: int, request: bytes) -> bytes:
+    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+        await stream.send(request)
+        with anyio.fail_after(5):
+            return await read_until_eof(stream)
+
+
+@pytest.mark.parametrize("case", list(FRAMING_CASES))
+async def test_the_head_is_framed_and_refused_as_uvicorn_does(case):
+    """Byte for byte what vanilla uvicorn writes (the date aside), on a kept-alive and a closing
+    connection, for lowercase names: framing, ``Connection: close``, HEAD/204/304, refusals."""
+    method = FRAMING_CASES[case][0]
+    got = {}
+    for protocol in (HttpToolsProtocol, CoalescingHttpToolsProtocol):
+        async with serve_live(framing_app, http=protocol) as url:
+            port = int(url.rsplit(":", 1)[1])
+            # A second request after the first shows whether the connection was kept alive.
+            twice = b"%s /%s HTTP/1.1\r\nHost: x\r\n\r\n" % (method, case.encode())
+            last = b"%s /%s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % (method, case.encode())
+            got[protocol] = [await raw_exchange(port, twice + last), await raw_exchange(port, last)]
+    for ours, vanilla in zip(got[CoalescingHttpToolsProtocol], got[HttpToolsProtocol], strict=True):
+        strip_date = re.compile(rb"\r\ndate: [^\r]*")
+        assert strip_date.sub(b"", ours) == strip_date.sub(b"", vanilla)
+
+
+async def test_names_keep_their_case_and_the_apps_date_and_server_win():
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        headers = [(b"Server", b"App/1"), (b"X-Mixed", b"Yes"), (b"Content-Length", b"2"), (b"DATE", b"then")]
+        await send({"type": "http.response.start", "status": 299, "reason": b"Custom Reason", "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with serve_live(app, http=CoalescingHttpToolsProtocol) as url:
+        data = await raw_exchange(int(url.rsplit(":", 1)[1]), b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert data == (
+        b"HTTP/1.1 299 Custom Reason\r\nServer: App/1\r\nX-Mixed: Yes\r\nContent-Length: 2\r\nDATE: then\r\n"
+        b"connection: close\r\n\r\nok"
+    )
+
+
+async def test_proxy_headers_still_apply_per_request():
+    """uvicorn's proxy-headers layer runs for a request that carries X-Forwarded-* (from a trusted
+    address: 127.0.0.1 by default) and is skipped for one without, on the same connection."""
+
+    async def whoami(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        out = b"%s %s" % (scope["client"][0].encode(), scope["scheme"].encode())
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(out))]})
+        await send({"type": "http.response.body", "body": out})
+
+    async with serve_live(whoami, http=CoalescingHttpToolsProtocol) as url:
+        port = int(url.rsplit(":", 1)[1])
+        async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+            buffered = bytearray()
+            seen = []
+            for extra in [
+                b"X-Forwarded-For: 203.0.113.5\r\nX-Forwarded-Proto: https\r\n",
+                b"",
+                b"x-forwarded-proto: https\r\n",
+            ]:
+                await stream.send(b"GET / HTTP/1.1\r\nHost: x\r\n%s\r\n" % extra)
+                seen.append((await read_response(stream, buffered))[1])
+    assert seen == [b"203.0.113.5 https", b"127.0.0.1 http", b"127.0.0.1 https"]

@@ -37,3 +37,29 @@ async def test_a_capability_has_one_spelling(make_app):
         assert (await client.get("/reversehttp/r/" + other)).status_code == 404, other
     for other in _spellings(private_cap):
         assert (await client.get("/reversehttp/p/" + other)).status_code == 404, other
+
+
+async def test_request_urls_made_here_are_remembered_within_a_bound(monkeypatch, settings):
+    """The request URLs this process made (polled without a MAC check) and the registrations it
+    caches are bounded; a URL pushed out of the first is still accepted, checked like any other."""
+    from relay import registry as module
+    from relay.registry import Reg, Registry
+    from reversehub.core import db
+
+    monkeypatch.setattr(module, "ISSUED_CAPS", 3)
+    monkeypatch.setattr(module, "CACHED_NAMES", 2)
+    engine = db.create_engine(settings.database_url)
+    try:
+        registry = Registry(db.sessionmaker(engine), settings)
+        reg = Reg("app", b"s" * 32, 60.0, 0.0, 1e12)
+        caps = [registry.issue_request_cap(reg) for _ in range(5)]
+        assert list(registry._issued) == caps[2:]
+        for name in ("a", "b", "c"):
+            registry._remember(name, None)
+        assert list(registry._cache) == ["b", "c"]
+        registry._remember("app", reg)
+        assert await registry.by_request_cap(caps[0]) == reg  # no longer remembered: checked by its MAC
+        assert await registry.by_request_cap(caps[4]) == reg
+        assert await registry.by_request_cap(caps[4][:-2] + "AA") is None
+    finally:
+        await engine.dispose()
