@@ -57,6 +57,22 @@ if v == tonumber(ARGV[2]) and tonumber(ARGV[1]) > 0 then redis.call('PEXPIRE', K
 return v
 """
 
+# SET NX, and only when it stored, SET of a second key: one round trip for the relay's "bind these
+# requests to this request URL and note that the name's application is working on them".
+_SET_IF_ABSENT = """
+local px = tonumber(ARGV[2])
+local stored
+if px > 0 then
+  stored = redis.call('SET', KEYS[1], ARGV[1], 'PX', px, 'NX')
+else
+  stored = redis.call('SET', KEYS[1], ARGV[1], 'NX')
+end
+if not stored then return 0 end
+px = tonumber(ARGV[4])
+if px > 0 then redis.call('SET', KEYS[2], ARGV[3], 'PX', px) else redis.call('SET', KEYS[2], ARGV[3]) end
+return 1
+"""
+
 # A sink receives a message, or None meaning "(re)subscribed: you may have missed messages".
 Sink = Callable[[bytes | None], None]
 
@@ -79,6 +95,11 @@ def _translated() -> Iterator[None]:
         raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
     except RedisError as exc:
         raise BrokerUnavailable(f"redis error: {exc}") from exc
+
+
+def _px(ttl: float | None) -> int | None:
+    """A time-to-live in whole milliseconds, at least one (Redis refuses PX 0)."""
+    return max(1, math.ceil(ttl * 1000)) if ttl is not None else None
 
 
 class _Lost:
@@ -299,6 +320,7 @@ class RedisBroker:
         )
         self._redis = aioredis.Redis(connection_pool=self._pool)
         self._incr = self._redis.register_script(_INCR)
+        self._set_if_absent = self._redis.register_script(_SET_IF_ABSENT)
         self._pubsub = _PubSub(self._pool, connect_timeout, self._pubsub_lost)
         self._waiting: dict[str, _Waiters] = {}
         self._subscriptions: set[RedisSubscription] = set()
@@ -495,8 +517,7 @@ class RedisBroker:
     # Keys -------------------------------------------------------------------------------------
     async def set(self, key: str, value: bytes, ttl: float | None = None, *, nx: bool = False) -> bool:
         self._check()
-        px = max(1, math.ceil(ttl * 1000)) if ttl is not None else None
-        return bool(await self._run(self._redis.set(self._k(key), value, px=px, nx=nx)))
+        return bool(await self._run(self._redis.set(self._k(key), value, px=_px(ttl), nx=nx)))
 
     async def get(self, key: str) -> bytes | None:
         self._check()
@@ -511,6 +532,27 @@ class RedisBroker:
         self._check()
         px = max(1, math.ceil(ttl * 1000)) if ttl is not None else 0
         return int(await self._run(self._incr(keys=[self._k(key)], args=[px, amount])))
+
+    async def swap(self, key: str, value: bytes, ttl: float | None = None) -> bytes | None:
+        self._check()
+        old = await self._run(self._redis.set(self._k(key), value, px=_px(ttl), get=True))
+        if isinstance(old, str):
+            return old.encode()
+        return old if isinstance(old, bytes) else None
+
+    async def getdel(self, key: str) -> bytes | None:
+        self._check()
+        value = await self._run(self._redis.getdel(self._k(key)))
+        return value.encode() if isinstance(value, str) else value
+
+    async def set_if_absent(
+        self, key: str, value: bytes, ttl: float | None, also: tuple[str, bytes, float | None]
+    ) -> bool:
+        self._check()
+        also_key, also_value, also_ttl = also
+        keys = [self._k(key), self._k(also_key)]
+        args: list[bytes | int] = [value, _px(ttl) or 0, also_value, _px(also_ttl) or 0]
+        return bool(await self._run(self._set_if_absent(keys=keys, args=args)))
 
     async def aclose(self) -> None:
         if self._closed:
