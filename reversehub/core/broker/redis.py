@@ -4,7 +4,7 @@ Layout in Redis (every name starts with the prefix, ``reversehub:`` unless the U
 ``?prefix=...``, so several deployments or test runs can share one server):
 
 - ``{prefix}q:{queue}`` is a list (RPUSH at the back, LPUSH at the front, LPOP to take). Each push
-  also publishes on ``{prefix}qn:{queue}`` so that processes with consumers waiting on that queue
+  also publishes on ``{prefix}qn:{queue}`` (in the same script) so that processes with consumers waiting on that queue
   try to take it at once.
 - ``{prefix}ch:{channel}`` is a pub/sub channel.
 - ``{prefix}k:{key}`` is a plain string with an optional PX expiry.
@@ -55,6 +55,14 @@ _INCR = """
 local v = redis.call('INCRBY', KEYS[1], ARGV[2])
 if v == tonumber(ARGV[2]) and tonumber(ARGV[1]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return v
+"""
+
+# RPUSH (or LPUSH) and the notification to consumers waiting on other processes, in one command: a
+# script costs the client less than a pipeline of the two, and a push is made per relayed request.
+_PUSH = """
+local n = redis.call(ARGV[2], KEYS[1], ARGV[1])
+redis.call('PUBLISH', KEYS[2], '')
+return n
 """
 
 # SET NX, and only when it stored, SET of a second key: one round trip for the relay's "bind these
@@ -321,6 +329,7 @@ class RedisBroker:
         self._redis = aioredis.Redis(connection_pool=self._pool)
         self._incr = self._redis.register_script(_INCR)
         self._set_if_absent = self._redis.register_script(_SET_IF_ABSENT)
+        self._push = self._redis.register_script(_PUSH)
         self._pubsub = _PubSub(self._pool, connect_timeout, self._pubsub_lost)
         self._waiting: dict[str, _Waiters] = {}
         self._subscriptions: set[RedisSubscription] = set()
@@ -365,21 +374,14 @@ class RedisBroker:
     # Queues -----------------------------------------------------------------------------------
     async def push(self, queue: str, item: bytes) -> int:
         self._check()
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.rpush(self._q(queue), item)
-            pipe.publish(self._qn(queue), b"")
-            length, _ = await self._run(pipe.execute())
-        return int(length)
+        return int(await self._run(self._push(keys=[self._q(queue), self._qn(queue)], args=[item, "RPUSH"])))
 
     async def push_front(self, queue: str, item: bytes) -> None:
         self._check()
         await self._put_back(queue, item)
 
     async def _put_back(self, queue: str, item: bytes) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.lpush(self._q(queue), item)
-            pipe.publish(self._qn(queue), b"")
-            await self._run(pipe.execute())
+        await self._run(self._push(keys=[self._q(queue), self._qn(queue)], args=[item, "LPUSH"]))
 
     async def _take(self, queue: str) -> bytes | None:
         """LPOP that survives the caller's cancellation: an item popped for a cancelled caller goes back."""
