@@ -353,12 +353,14 @@ async def main(args: argparse.Namespace) -> None:
             rps = await relayed_rps(cluster, args, tag=str(n))
             await fan.start(cluster.ports[0])
             spans = [await fan.round(cluster.ports[0]) for _ in range(args.rounds)]
+            metric_name = 'hub_deliveries_total{outcome="delivered"}'
+            shares = [round(await metric(port, metric_name)) for port in cluster.ports]
             results[n] = {**rps, "fanout_s": statistics.median(spans)}
             print(
                 f"{n} process(es): relayed {rps['rps']:.0f} req/s ({rps['errors']:.0f} errors), "
                 f"server CPU {rps['cpu_us']:.0f} us per request; "
                 f"fan-out to {args.subscribers}: {results[n]['fanout_s']:.2f} s "
-                f"(rounds {', '.join(f'{s:.2f}' for s in spans)})",
+                f"(rounds {', '.join(f'{s:.2f}' for s in spans)}; delivered per process {shares})",
                 flush=True,
             )
             if "redis_calls" in rps:
