@@ -498,6 +498,38 @@ async def test_a_lost_pubsub_connection_is_reopened(redis_url: str) -> None:
 
 
 @pytest.mark.redis
+async def test_a_lost_command_connection_is_reopened(redis_url: str) -> None:
+    """Commands share one pipelined connection: when Redis drops it, what was waiting on it fails with
+    BrokerUnavailable (its reply can no longer be matched), and the next command connects again."""
+    import redis.asyncio as aioredis
+
+    prefix = f"reversehub-test:{uuid.uuid4().hex}:"
+    a = RedisBroker(redis_url, prefix=prefix)
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        await a.set("k", b"v")
+        conn = a._commands._conn
+        assert conn is not None
+        host, port = conn._writer.get_extra_info("sockname")[:2]
+        assert await admin.client_kill(f"{host}:{port}")
+
+        async def answers() -> bool:
+            try:
+                return await a.get("k") == b"v"
+            except BrokerUnavailable:
+                return False  # the one that met the closed connection
+
+        await wait_for(answers, timeout=5, interval=0.05)
+        assert a._commands._conn is not conn
+        # Many commands at once on the one connection, each with its own reply.
+        values = await asyncio.gather(*(a.incr(f"n{i % 7}") for i in range(700)))
+        assert sorted(values) == sorted(v for i in range(7) for v in range(1, 101))
+    finally:
+        await admin.aclose()
+        await a.aclose()
+
+
+@pytest.mark.redis
 async def test_close_finishes_the_unsubscribes_of_cancelled_subscribers(redis_url: str) -> None:
     """A subscriber cancelled just before aclose(): its UNSUBSCRIBE runs in a task of its own, which
     aclose() must finish (left pending, the loop closing under it broke a later test)."""
