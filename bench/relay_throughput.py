@@ -12,6 +12,8 @@ Servers, the load generator and the pollers are separate processes; the load and
 raw HTTP/1.1 over asyncio sockets (uvloop) so that they cost the server's core as little as possible.
 A relayed request is three HTTP exchanges on the server (request, poll, reply), so relayed/bare
 cannot pass about 0.33 on one server process. ``--pipeline`` lets pollers ask for application/http.
+``--redis-url redis://...?prefix=x:`` runs the relayed server on the Redis broker (issue 18 compares
+its CPU per relayed request with the in-process broker's).
 
 It also prints each server's CPU time per request (Linux /proc), which moves far less than the rates
 when other work shares the machine. The bare server is vanilla uvicorn, which writes each response as
@@ -244,6 +246,7 @@ def main() -> None:
     parser.add_argument("--pipeline", action="store_true")
     parser.add_argument("--ptth", action="store_true", help="serve the name by --pollers PTTH connections")
     parser.add_argument("--ptth-for")
+    parser.add_argument("--redis-url", help="relay through the Redis broker (a key prefix of its own per run)")
     parser.add_argument("--serve-bare", type=int)
     parser.add_argument("--load")
     parser.add_argument("--pollers-for")
@@ -277,7 +280,8 @@ def main() -> None:
         bare = spawn(__file__, "--serve-bare", str(bare_port))
         server = subprocess.Popen(
             [os.path.join(os.path.dirname(PY), "reversehub"), "serve", "--port", str(port), "--public-url", origin,
-             "--database-url", f"sqlite:///{tmp}/bench.db", "--log-level", "warning", "--reply-timeout", "60"],
+             "--database-url", f"sqlite:///{tmp}/bench.db", "--log-level", "warning", "--reply-timeout", "60",
+             *(["--redis-url", args.redis_url] if args.redis_url else [])],
             cwd=ROOT,
         )  # fmt: skip
         poll = None

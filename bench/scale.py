@@ -15,6 +15,11 @@ machine it competes with the servers for the CPU (the figures say what *this* ma
 - fan-out: ``--subscribers`` subscriptions with plain HTTP callbacks (a server in this process, on
   ``--callback-ports`` ports since the hub bounds concurrency per callback host); one publish on
   process 0; time from the publish to the last delivery (median of ``--rounds``).
+- per relayed request: the server processes' CPU time (user + system, from /proc) and, with
+  ``--redis-stats``, Redis's own CPU and the commands it ran (``INFO commandstats``); use a Redis of
+  your own for those (``redis-server --port 6391 --save ''``), as any other client's work counts too.
+- ``--memory-baseline``: the same relayed run on one process with the in-process broker (no Redis),
+  and the ratio of the Redis broker's rate per process to it.
 - idle: ``--idle`` polls held open across the processes of the last run: time until all are
   parked, each process's RSS, and the latency of relayed requests to another name meanwhile.
 """
@@ -54,6 +59,32 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def redis_stats(url: str) -> tuple[float, dict[str, int]]:
+    """Redis's CPU seconds and its calls per command so far (INFO cpu, INFO commandstats)."""
+    u = urllib.parse.urlsplit(url)
+    out = subprocess.run(
+        ["redis-cli", "-h", u.hostname or "127.0.0.1", "-p", str(u.port or 6379), "info", "all"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    cpu, calls = 0.0, {}
+    for line in out.splitlines():
+        if line.startswith(("used_cpu_sys:", "used_cpu_user:")):
+            cpu += float(line.split(":")[1])
+        elif line.startswith("cmdstat_"):
+            name, _, rest = line[len("cmdstat_") :].partition(":")
+            calls[name] = int(rest.split(",")[0].split("=")[1])
+    return cpu, calls
+
+
 def target_of(url: str) -> str:
     u = urllib.parse.urlsplit(url)
     return u.path + ("?" + u.query if u.query else "")
@@ -63,12 +94,14 @@ def target_of(url: str) -> str:
 
 
 class Cluster:
-    def __init__(self, n: int, database: str, redis: str, tmp: str, poll_timeout: float) -> None:
+    def __init__(self, n: int, database: str, redis: str | None, tmp: str, poll_timeout: float) -> None:
         self.ports = [free_port() for _ in range(n)]
         self.bases = [f"http://127.0.0.1:{p}" for p in self.ports]
         exe = os.path.join(ROOT, ".venv", "bin", "reversehub")
-        common = ["--database-url", database, "--redis-url", redis, "--allow-private-networks"]
+        common = ["--database-url", database, "--allow-private-networks"]
+        common += ["--redis-url", redis] if redis else []
         common += ["--poll-timeout", str(poll_timeout), "--log-level", "warning", "--public-url", self.bases[0]]
+        self.redis = redis is not None
         self.procs = []
         for port in self.ports:
             log = open(os.path.join(tmp, f"serve-{n}-{port}.log"), "wb")
@@ -161,15 +194,30 @@ async def relayed_rps(cluster: Cluster, args: argparse.Namespace, tag: str) -> d
         tasks.append(asyncio.ensure_future(requester(cluster.ports[(j + 1) % n], path, stop, done, errors)))
     await asyncio.sleep(1.0)  # warm-up
     start, errors_before = len(done), len(errors)
+    stats = bool(args.redis_stats and cluster.redis)
+    cpu0 = [cpu_s(p.pid) for p in cluster.procs]
+    redis0 = redis_stats(args.redis) if stats else (0.0, {})
     t0 = time.monotonic()
     await asyncio.sleep(args.seconds)
     count, elapsed = len(done) - start, time.monotonic() - t0
+    cpu1 = [cpu_s(p.pid) for p in cluster.procs]
+    redis1 = redis_stats(args.redis) if stats else (0.0, {})
     stop.set()
     await asyncio.sleep(0.2)
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    return {"rps": count / elapsed, "errors": len(errors) - errors_before}
+    per = max(count, 1)
+    result = {
+        "rps": count / elapsed,
+        "errors": len(errors) - errors_before,
+        "cpu_us": 1e6 * (sum(cpu1) - sum(cpu0)) / per,
+    }
+    if stats:
+        result["redis_cpu_us"] = 1e6 * (redis1[0] - redis0[0]) / per
+        calls = {k: (v - redis0[1].get(k, 0)) / per for k, v in redis1[1].items()}
+        result["redis_calls"] = {k: round(v, 2) for k, v in sorted(calls.items(), key=lambda kv: -kv[1]) if v >= 0.01}
+    return result
 
 
 # ---------------------------------------------------------------- fan-out
@@ -305,13 +353,18 @@ async def main(args: argparse.Namespace) -> None:
             rps = await relayed_rps(cluster, args, tag=str(n))
             await fan.start(cluster.ports[0])
             spans = [await fan.round(cluster.ports[0]) for _ in range(args.rounds)]
+            metric_name = 'hub_deliveries_total{outcome="delivered"}'
+            shares = [round(await metric(port, metric_name)) for port in cluster.ports]
             results[n] = {**rps, "fanout_s": statistics.median(spans)}
             print(
-                f"{n} process(es): relayed {rps['rps']:.0f} req/s ({rps['errors']:.0f} errors); "
+                f"{n} process(es): relayed {rps['rps']:.0f} req/s ({rps['errors']:.0f} errors), "
+                f"server CPU {rps['cpu_us']:.0f} us per request; "
                 f"fan-out to {args.subscribers}: {results[n]['fanout_s']:.2f} s "
-                f"(rounds {', '.join(f'{s:.2f}' for s in spans)})",
+                f"(rounds {', '.join(f'{s:.2f}' for s in spans)}; delivered per process {shares})",
                 flush=True,
             )
+            if "redis_calls" in rps:
+                print(f"  redis: CPU {rps['redis_cpu_us']:.0f} us, calls per request {rps['redis_calls']}", flush=True)
             if last:
                 idle = await idle_pollers(cluster, args)
                 print(
@@ -327,13 +380,35 @@ async def main(args: argparse.Namespace) -> None:
             for server in fan.servers:
                 server.close()
             await drop_database(database)
+    if args.memory_baseline:
+        database = await scratch_database(args.postgres)
+        cluster = Cluster(1, database, None, tmp, poll_timeout=20)
+        try:
+            await cluster.ready()
+            memory = await relayed_rps(cluster, args, tag="m")
+        finally:
+            cluster.stop()
+            await drop_database(database)
+        print(
+            f"1 process, in-process broker: relayed {memory['rps']:.0f} req/s ({memory['errors']:.0f} errors), "
+            f"server CPU {memory['cpu_us']:.0f} us per request",
+            flush=True,
+        )
+        for n in counts:
+            r = results[n]
+            print(
+                f"  Redis broker, {n} process(es): rate per process / in-process rate "
+                f"x{r['rps'] / n / memory['rps']:.2f}; in-process CPU per request / Redis's "
+                f"x{memory['cpu_us'] / r['cpu_us']:.2f}"
+            )
     base = counts[0]
     print(f"\nscaling ratio (vs {base} process):")
     for n in counts:
         r = results[n]
         print(
             f"  {n}: relayed rps x{r['rps'] / results[base]['rps']:.2f}, "
-            f"fan-out speed x{results[base]['fanout_s'] / r['fanout_s']:.2f}"
+            f"fan-out speed x{results[base]['fanout_s'] / r['fanout_s']:.2f}, "
+            f"server CPU per relayed request x{r['cpu_us'] / results[base]['cpu_us']:.2f}"
         )
 
 
@@ -349,6 +424,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--round-timeout", type=float, default=120)
     p.add_argument("--idle", type=int, default=10_000)
+    p.add_argument("--memory-baseline", action="store_true", help="also run one process on the in-process broker")
+    p.add_argument("--redis-stats", action="store_true", help="Redis CPU and commands per request (own Redis only)")
     p.add_argument(
         "--postgres",
         default=os.environ.get("REVERSEHUB_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),

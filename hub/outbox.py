@@ -49,6 +49,10 @@ from reversehub.core.services import Services
 logger = logging.getLogger(__name__)
 
 CLAIM_BATCH = 2000
+# A worker claims up to this many times delivery_concurrency rows of hosts that can take them
+# (Outbox.claim_room), and skips the hosts that cannot: origins of at most SKIPPED_ORIGINS.
+CLAIM_AHEAD = 2
+SKIPPED_ORIGINS = 64
 FLUSH_BATCH = 1000
 FLUSH_DELAY = 0.02
 # Outcomes and given-back claims kept while the database cannot take them, at most this many times
@@ -65,6 +69,17 @@ PAYLOAD_CACHE_BYTES = 32 * 1024 * 1024
 
 def _payload_size(payload: Payload) -> int:
     return len(payload.body) + 256  # and the row's other fields, roughly
+
+
+def origin_of(callback: str) -> str:
+    """``scheme://host:port`` of a callback URL, spelled as in the URL (the claim matches it in SQL)."""
+    start = callback.find("://") + 3
+    end = len(callback)
+    for c in "/?#":
+        i = callback.find(c, start)
+        if 0 <= i < end:
+            end = i
+    return callback[:end]
 
 
 def interleave(rows: Iterable[tuple[str, store.Claimed]]) -> list[tuple[str, store.Claimed]]:
@@ -116,6 +131,8 @@ class Outbox:
         # max_inflight and starves the others.
         self.host_backlog = 2 * self.settings.delivery_per_host
         self._queued: dict[str, deque[tuple[float, store.Claimed]]] = defaultdict(deque)
+        # How the callbacks of each host with rows here spell its origin (claim_room: skipped in SQL).
+        self._origins: dict[str, set[str]] = defaultdict(set)
         self._queued_total = 0
         self.max_queued = 40 * max(self.settings.delivery_concurrency, 16)
         self._giveback: list[tuple[int, str]] = []  # claims given back (due now) at the next write
@@ -164,17 +181,19 @@ class Outbox:
         failures = 0
         while not self._closing:
             self._wake = anyio.Event()
-            room = self.max_inflight - len(self._inflight)
+            saturated = self._saturated()
+            room = self.claim_room(saturated)
             rows: list[store.Claimed] = []
             # Claims made while the heartbeat is stale could be taken over as they are made.
             if room > 0 and self.alive():
                 try:
                     rows = await store.claim(
                         self.services.sessions,
-                        min(room, CLAIM_BATCH),
+                        room,
                         self.settings.delivery_claim_seconds,
                         self.worker,
                         self.settings.outbox_stale,
+                        skip_origins=self._skipped_origins(saturated),
                     )
                 except Exception as exc:
                     failures += 1
@@ -189,6 +208,32 @@ class Outbox:
                 continue
             with anyio.move_on_after(self.settings.outbox_scan_interval):
                 await self._wake.wait()
+
+    def _saturated(self) -> list[str]:
+        """The hosts that have as many rows started here as they may (``host_backlog``)."""
+        backlog = self.host_backlog
+        return [host for host, load in self._host_load.items() if host and load >= backlog]
+
+    def claim_room(self, saturated: list[str]) -> int:
+        """How many rows to claim now: what this process can start sending soon, at most CLAIM_BATCH.
+
+        Claimed rows are out of other processes' reach until settled, so a worker claims what its
+        free sending slots (and as many again, so that a send finishing finds the next row here)
+        can take, not all it could hold: a large publish is then shared by every process. Rows of
+        saturated hosts do not count against that room, and the claim skips those hosts in SQL:
+        otherwise a never-answering host's rows would fill the room, and the hosts that answer
+        would get nothing claimed (the trap of an earlier "claim what can start soon")."""
+        stuck = sum(self._host_load[host] + len(self._queued.get(host, ())) for host in saturated)
+        busy = len(self._inflight) + self._queued_total - stuck
+        room = CLAIM_AHEAD * self.settings.delivery_concurrency - busy
+        return max(0, min(room, self.max_inflight - len(self._inflight), CLAIM_BATCH))
+
+    def _skipped_origins(self, saturated: list[str]) -> list[str]:
+        """How the callbacks of the ``saturated`` hosts spell their origins, for the claim to skip
+        them; at most SKIPPED_ORIGINS (a host spelled many ways is skipped as far as that goes, and
+        what is claimed for it beyond waits in the bounded queue)."""
+        origins = [origin for host in saturated for origin in self._origins.get(host, ())]
+        return origins[:SKIPPED_ORIGINS]
 
     async def _take(self, rows: list[store.Claimed]) -> None:
         """Start (or queue, or defer) the claimed ``rows``."""
@@ -206,6 +251,8 @@ class Outbox:
             await self._pause(backoff(1, RETRY_BASE, RETRY_MAX))
             return
         for host, row in interleave((self._host_key(r.callback), r) for r in rows):
+            if host:
+                self._origins[host].add(origin_of(row.callback))
             if not host or self._host_load[host] < self.host_backlog:
                 self._start(row, host)
             elif self._queued_total < self.max_queued:
@@ -363,6 +410,7 @@ class Outbox:
         if not self._host_load[host]:  # nothing of this host is running or waiting
             del self._host_load[host]
             self._hosts.pop(host, None)
+            self._origins.pop(host, None)
         if outcome is None:
             self._giveback.append((row.id, row.token))
         else:

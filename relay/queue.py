@@ -5,9 +5,11 @@ Nothing here assumes one process. Broker names:
 - ``relay.q.{name}``: the FIFO of queued requests of a name. Each item is
   ``{id} {client}\\n{message/http bytes}``. Pollers blocked on it are served in arrival order, which
   gives round-robin across pollers (broker contract).
-- ``relay.reply.{id}``: the channel on which the requester of item ``id`` waits for its reply
-  (subscribed before the push, so no reply is missed). A message is ``R`` + a serialized response,
-  or ``E{status} {reason}`` when the relay answers for the application.
+- ``relay.reply.{process}``: the channel of the process whose requester queued an item (an item id
+  starts with its process's random prefix). Each process subscribes to its own once, before it
+  queues anything, so no reply is missed and a relayed request costs no SUBSCRIBE of its own. A
+  message is ``{id} `` + ``R`` + a serialized response, or ``{id} E{status} {reason}`` when the relay
+  answers for the application. A reply to a requester of the same process never leaves it.
 - ``relay.bound.{cap}``: the requests a request URL delivered, until answered (TTL: reply timeout).
   A reply POSTed to that URL on any process finds them; a repeated GET re-delivers them, so a lost
   poll response costs nothing.
@@ -36,7 +38,8 @@ from typing import NamedTuple
 import anyio
 
 from relay.errors import BadReply, Busy, NoPoller, NoReply, NotFound, RequesterError, Unavailable, Withdrawn
-from reversehub.core.broker import Broker, BrokerUnavailable
+from reversehub.core.backoff import backoff
+from reversehub.core.broker import Broker, BrokerClosed, BrokerUnavailable
 from reversehub.core.contracts import RELAY_ONLINE
 from reversehub.core.settings import Settings
 
@@ -46,6 +49,9 @@ _ID_PREFIX = secrets.token_hex(8) + "-"
 _ids = itertools.count()
 CHANGED_CHANNEL = "relay.changed"
 _UNSHIELDED = nullcontext()
+# Seconds a requester waits for this process's reply channel to be subscribed (at start, or after
+# the broker's pub/sub connection was lost) before it is answered 503.
+INBOX_WAIT = 2.0
 
 
 def queue_key(name: str) -> str:
@@ -53,7 +59,8 @@ def queue_key(name: str) -> str:
 
 
 def reply_channel(item_id: str) -> str:
-    return "relay.reply." + item_id
+    """The channel of the process that queued item ``item_id`` (its id's prefix names it)."""
+    return "relay.reply." + item_id.partition("-")[0]
 
 
 def bound_key(cap: str) -> str:
@@ -117,6 +124,44 @@ class Delivery(NamedTuple):
             items.append(Item.unpack(rest[end + 1 : end + 1 + size]))
             pos = end + 1 + size
         return cls(next_cap.decode("ascii"), ctype.decode("ascii"), items)
+
+
+class _Reply:
+    """Where one requester's reply lands: kept here, not in a future, so that a requester's wake-up
+    (a cancellation of its wait) never loses a reply that came at the same moment."""
+
+    __slots__ = ("message", "error", "waiter")
+
+    def __init__(self) -> None:
+        self.message: bytes | None = None
+        self.error: BaseException | None = None
+        self.waiter: asyncio.Future[None] | None = None
+
+    def put(self, message: bytes) -> None:
+        if self.message is None:
+            self.message = message
+            self._wake()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> bytes:
+        while self.message is None:
+            if self.error is not None:
+                error, self.error = self.error, None
+                raise error
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        return self.message
 
 
 class _Wakeups:
@@ -201,6 +246,11 @@ class Dispatcher:
         # When the broker's calls never suspend, no cancellation can land between two of them and
         # shielding them (an anyio CancelScope per delivery) would buy nothing.
         self._inline = broker.never_suspends
+        # Requesters of this process waiting for their replies, by item id; replies for them come on
+        # this process's channel (subscribed by :meth:`run`), or straight from :meth:`answer` here.
+        self._replies: dict[str, _Reply] = {}
+        self._inbox = reply_channel(new_item_id())
+        self._inbox_open = asyncio.Event()
 
     def _shielded(self) -> AbstractContextManager[object]:
         """Run broker calls that must not be cut apart (taken items end up bound or back in the queue)."""
@@ -225,7 +275,10 @@ class Dispatcher:
         """
         queue = queue_key(name)
         settings = self.settings
-        async with self.broker.subscribe(reply_channel(item_id)) as sub:
+        if not self._inbox_open.is_set():
+            await self._await_inbox()
+        sub = self._replies[item_id] = _Reply()
+        try:
             length = await self.broker.push(queue, raw)
             if length > settings.max_queued_per_name and await self.broker.remove(queue, raw):
                 raise Busy("too many queued requests for this name", max(1, math.ceil(settings.unavailable_timeout)))
@@ -265,21 +318,62 @@ class Dispatcher:
                 raise
             finally:
                 self._wakeups.done(item_id)
+        finally:
+            del self._replies[item_id]
+
+    async def _await_inbox(self) -> None:
+        """Wait (briefly) until this process's reply channel is subscribed: a request queued before
+        that could have its reply published to nobody."""
+        try:
+            with anyio.fail_after(INBOX_WAIT):
+                await self._inbox_open.wait()
+        except TimeoutError:
+            raise BrokerUnavailable("the relay's reply channel is not subscribed") from None
 
     async def run(self) -> None:
-        """Wake requesters whose check is due (:class:`_Wakeups`); runs as long as the relay does.
+        """Wake requesters whose check is due (:class:`_Wakeups`), and hand replies arriving on this
+        process's channel to their requesters; runs as long as the relay does.
 
-        Nothing in it touches the broker, so it cannot fail when the broker does."""
-        await self._wakeups.run()
+        The clock touches nothing of the broker, so it cannot fail when the broker does."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._wakeups.run)
+            tg.start_soon(self._receive)
+
+    async def _receive(self) -> None:
+        failures = 0
+        while True:
+            try:
+                async with self.broker.subscribe(self._inbox) as sub:
+                    self._inbox_open.set()
+                    failures = 0
+                    while True:
+                        message = await sub.get()
+                        item_id, _, reply = message.partition(b" ")
+                        waiting = self._replies.get(item_id.decode("ascii", "replace"))
+                        if waiting is not None:
+                            waiting.put(reply)
+            except BrokerClosed:
+                return
+            except BrokerUnavailable as exc:
+                # Replies may have been published while the channel was down: every requester
+                # waiting now is answered 503 (its request may be retried), as a lost reply would
+                # otherwise leave it waiting until its reply timeout; new ones wait until the
+                # channel is subscribed again.
+                self._inbox_open.clear()
+                for waiting in self._replies.values():
+                    waiting.fail(exc)
+                failures += 1
+                logger.warning("relay reply channel lost (%s); subscribing again", exc)
+                await anyio.sleep(backoff(failures, 0.05, 1.0))
+            finally:
+                self._inbox_open.clear()
 
     # Pollers ------------------------------------------------------------------------------------
     async def mark_polling(self, name: str, online_url: str) -> None:
         """A poll starts: the name has a poller; announce it when none was seen before."""
         ttl = self.settings.poll_timeout + self.settings.unavailable_timeout
-        if await self.broker.set(seen_key(name), b"1", ttl, nx=True):
+        if await self.broker.swap(seen_key(name), b"1", ttl) is None:
             await self.broker.publish(RELAY_ONLINE, online_url.encode())
-        else:
-            await self.broker.set(seen_key(name), b"1", ttl)
 
     async def mark_gone(self, name: str) -> None:
         """A poller disconnected: unless another comes soon, queued requests are not waited for."""
@@ -321,8 +415,9 @@ class Dispatcher:
         settings = self.settings
         ttl = settings.reply_timeout + settings.unavailable_timeout
         with self._shielded():
-            if await self.broker.set(bound_key(cap), delivery.pack(raw_items), ttl, nx=True):
-                await self.broker.set(seen_key(name), b"1", ttl)
+            if await self.broker.set_if_absent(
+                bound_key(cap), delivery.pack(raw_items), ttl, (seen_key(name), b"1", ttl)
+            ):
                 return delivery
             await self.put_back(name, raw_items)
             existing = await self.bound(cap)
@@ -338,8 +433,8 @@ class Dispatcher:
 
     async def claim(self, cap: str) -> Delivery:
         """Take the delivery bound to ``cap`` for answering it (exactly one reply wins)."""
-        raw = await self.broker.get(bound_key(cap))
-        if raw is None or not await self.broker.delete(bound_key(cap)):
+        raw = await self.broker.getdel(bound_key(cap))
+        if raw is None:
             raise NotFound("no request is waiting for a reply at this URL")
         return Delivery.unpack(raw)
 
@@ -350,10 +445,17 @@ class Dispatcher:
         await self.broker.set(bound_key(cap), delivery.pack(), ttl, nx=True)
 
     async def answer(self, item: Item, response: bytes) -> None:
-        await self.broker.publish(reply_channel(item.id), b"R" + response)
+        await self._send(item.id, b"R" + response)
 
     async def fail(self, item: Item, error: RequesterError) -> None:
-        await self.broker.publish(reply_channel(item.id), b"E%d %s" % (error.status, error.reason.encode()))
+        await self._send(item.id, b"E%d %s" % (error.status, error.reason.encode()))
+
+    async def _send(self, item_id: str, reply: bytes) -> None:
+        waiting = self._replies.get(item_id)
+        if waiting is not None:  # its requester is in this process: no broker needed
+            waiting.put(reply)
+            return
+        await self.broker.publish(reply_channel(item_id), b"%s %s" % (item_id.encode("ascii"), reply))
 
     async def drain(self, name: str, error: RequesterError) -> int:
         """Answer every queued request of a deleted name for the application."""

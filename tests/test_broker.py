@@ -98,6 +98,9 @@ async def test_declared_abilities_hold(make: Make) -> None:
             a.get("k"),
             a.incr("n", 1.0),
             a.delete("k"),
+            a.swap("k", b"v", 1.0),
+            a.getdel("k"),
+            a.set_if_absent("k", b"v", 1.0, ("k2", b"v", 1.0)),
             a.publish("ch", b"m"),
         ]
         assert [finishes_at_once(c) for c in calls] == [True] * len(calls)
@@ -334,6 +337,47 @@ async def test_incr_by_an_amount_applies_the_ttl_on_creation(make: Make) -> None
     assert await b.incr("c", amount=2) == 2
 
 
+async def test_swap_returns_what_it_replaced(make: Make) -> None:
+    a, b = make(), make()
+    assert await a.swap("s", b"1", ttl=60) is None
+    assert await b.swap("s", b"2", ttl=0.05) == b"1"
+    assert await a.get("s") == b"2"
+    await wait_for(lambda: _is_none(a.get("s")), timeout=2)  # the new ttl applies
+    assert await b.swap("s", b"3") is None  # expired counts as absent
+    assert await a.swap("s", b"4") == b"3"
+
+
+async def test_getdel_hands_a_value_to_exactly_one_caller(make: Make) -> None:
+    a, b = make(), make()
+    assert await a.getdel("g") is None
+    for round_ in range(20):
+        await a.set("g", b"v%d" % round_, ttl=60)
+        got = await asyncio.gather(*(broker.getdel("g") for broker in (a, b, a, b)))
+        assert sorted(got, key=lambda v: v is None) == [b"v%d" % round_, None, None, None]
+    assert await b.get("g") is None
+    await a.set("g", b"short", ttl=0.05)
+    await wait_for(lambda: _is_none(a.get("g")), timeout=2)
+    assert await b.getdel("g") is None
+
+
+async def test_set_if_absent_sets_the_second_key_only_when_it_stored(make: Make) -> None:
+    a, b = make(), make()
+    assert await a.set_if_absent("bound", b"d1", 60, ("seen", b"1", 0.05)) is True
+    assert await b.get("bound") == b"d1"
+    assert await b.get("seen") == b"1"
+    await wait_for(lambda: _is_none(a.get("seen")), timeout=2)  # each key has its own ttl
+    assert await b.set_if_absent("bound", b"d2", 60, ("seen", b"2", 60)) is False
+    assert await a.get("bound") == b"d1"
+    assert await a.get("seen") is None  # untouched when the first key was there
+    assert await a.getdel("bound") == b"d1"
+    assert await b.set_if_absent("bound", b"d3", None, ("seen", b"3", None)) is True
+    assert (await a.get("bound"), await a.get("seen")) == (b"d3", b"3")
+    # Concurrent callers: exactly one stores.
+    await a.delete("bound")
+    results = await asyncio.gather(*(m.set_if_absent("bound", b"x", 60, ("seen", b"1", 60)) for m in (a, b, a, b)))
+    assert sorted(results) == [False, False, False, True]
+
+
 # Closing --------------------------------------------------------------------------------------
 async def test_closed_broker_raises(make: Make) -> None:
     b = make()
@@ -353,6 +397,12 @@ async def test_closed_broker_raises(make: Make) -> None:
         await b.set("k", b"v")
     with pytest.raises(BrokerClosed):
         await b.incr("k")
+    with pytest.raises(BrokerClosed):
+        await b.swap("k", b"v")
+    with pytest.raises(BrokerClosed):
+        await b.getdel("k")
+    with pytest.raises(BrokerClosed):
+        await b.set_if_absent("k", b"v", None, ("k2", b"v", None))
 
 
 async def test_close_wakes_waiting_consumers(make: Make) -> None:
@@ -445,6 +495,38 @@ async def test_a_lost_pubsub_connection_is_reopened(redis_url: str) -> None:
         await admin.aclose()
         await a.aclose()
         await b.aclose()
+
+
+@pytest.mark.redis
+async def test_a_lost_command_connection_is_reopened(redis_url: str) -> None:
+    """Commands share one pipelined connection: when Redis drops it, what was waiting on it fails with
+    BrokerUnavailable (its reply can no longer be matched), and the next command connects again."""
+    import redis.asyncio as aioredis
+
+    prefix = f"reversehub-test:{uuid.uuid4().hex}:"
+    a = RedisBroker(redis_url, prefix=prefix)
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        await a.set("k", b"v")
+        conn = a._commands._conn
+        assert conn is not None
+        host, port = conn._writer.get_extra_info("sockname")[:2]
+        assert await admin.client_kill(f"{host}:{port}")
+
+        async def answers() -> bool:
+            try:
+                return await a.get("k") == b"v"
+            except BrokerUnavailable:
+                return False  # the one that met the closed connection
+
+        await wait_for(answers, timeout=5, interval=0.05)
+        assert a._commands._conn is not conn
+        # Many commands at once on the one connection, each with its own reply.
+        values = await asyncio.gather(*(a.incr(f"n{i % 7}") for i in range(700)))
+        assert sorted(values) == sorted(v for i in range(7) for v in range(1, 101))
+    finally:
+        await admin.aclose()
+        await a.aclose()
 
 
 @pytest.mark.redis

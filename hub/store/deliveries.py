@@ -21,7 +21,20 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
-from sqlalchemy import Select, and_, bindparam, delete, exists, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
@@ -147,13 +160,19 @@ async def claim(
     lease_seconds: float,
     worker: str | None = None,
     stale_seconds: float | None = None,
+    skip_origins: Collection[str] = (),
 ) -> list[Claimed]:
     """Claim up to ``limit`` due deliveries for ``worker``, only the oldest pending one of each subscription.
 
     First the claims of dead workers (heartbeat older than ``stale_seconds``), then rows due by
     ``next_attempt_at`` (never claimed, retries whose time came, and claims whose lease of
     ``lease_seconds`` ran out), in one transaction. A claim made without a worker holds only for
-    its lease."""
+    its lease.
+
+    Rows whose callback is on one of ``skip_origins`` (``scheme://host:port`` as the callbacks spell
+    it) are left for later or for another process: the worker's hosts that cannot take more now. A
+    row claimed for such a host would only wait in this process, out of every other process's reach,
+    and fill the room this worker has for the hosts that answer."""
     now = time.time()
     token = secrets.token_hex(8)
     earlier = aliased(Delivery)
@@ -162,6 +181,8 @@ async def claim(
         earlier.state == DeliveryState.PENDING,
         earlier.seq < Delivery.seq,
     )
+    if skip_origins:
+        first = and_(first, ~exists().where(Subscription.id == Delivery.subscription_id, on_origins(skip_origins)))
     # A claim pushes the row's next attempt out to the lease's end: rows in flight drop out of the
     # due index, and a claim nobody renews falls due again by itself.
     values = dict(
@@ -213,6 +234,22 @@ async def claim(
             )
         ).all()
     return [Claimed(*row, token) for row in rows]
+
+
+def on_origins(origins: Collection[str]) -> ColumnElement[bool]:
+    """Subscriptions whose callback is on one of ``origins`` (``scheme://host:port``): the origin
+    itself, or followed by a path, a query or a fragment (``http://h:80`` is not ``http://h:8080``)."""
+    matches: list[ColumnElement[bool]] = []
+    for origin in sorted(origins):
+        escaped = _escape_like(origin)
+        matches.append(Subscription.callback == origin)
+        matches += [Subscription.callback.like(escaped + c + "%", escape="\\") for c in "/?#"]
+    return or_(*matches)
+
+
+def _escape_like(text: str) -> str:
+    """``text`` as a literal in a LIKE pattern (escape character ``\\``)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 async def _take(s: AsyncSession, chosen: Select[Any], values: Mapping[str, object]) -> int:
@@ -397,7 +434,7 @@ async def hurry(sessions: async_sessionmaker[AsyncSession], callback_prefixes: C
     if not callback_prefixes:
         return 0
     now = time.time()
-    escaped = [p.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") for p in sorted(callback_prefixes)]
+    escaped = [_escape_like(p) for p in sorted(callback_prefixes)]
     hurried = 0
     async with writing(sessions) as s:
         for i in range(0, len(escaped), HURRY_CHUNK):

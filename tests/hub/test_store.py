@@ -73,3 +73,32 @@ async def test_a_delivery_and_its_subscription_through_their_states(sessions):
     assert await raw_states(sessions, "hub_subscriptions") == ["gone", "unsubscribed", "expired"]
     assert sorted(await raw_states(sessions, "hub_deliveries")) == ["cancelled", "cancelled", "delivered"]
     assert await store.pending_count(sessions) == 0
+
+
+async def test_a_claim_skips_the_origins_it_is_told_to_and_only_those(sessions):
+    """Outbox.claim_room: the hosts saturated in a worker are skipped in SQL. An origin is matched
+    whole: ``http://h.test:80`` does not skip ``http://h.test:8080``, nor a ``_`` or ``%`` in it
+    anything but itself."""
+    now = time.time()
+    callbacks = [
+        "http://busy.test:80/a",
+        "http://busy.test:80?b",
+        "http://busy.test:80",
+        "http://busy.test:8080/c",
+        "http://b_sy.test/d",
+        "http://bxsy.test/e",
+        "http://free.test/f",
+    ]
+    for callback in callbacks:
+        await store.activate(sessions, TOPIC, callback, None, 600, now)
+    async with store.writing(sessions) as s:
+        await store.enqueue(s, TOPIC, "text/plain", b"one", now)
+    skip = ["http://busy.test:80", "http://b_sy.test"]
+    claimed = await store.claim(sessions, 10, 30.0, skip_origins=skip)
+    assert sorted(c.callback for c in claimed) == [
+        "http://busy.test:8080/c",
+        "http://bxsy.test/e",
+        "http://free.test/f",
+    ]
+    rest = await store.claim(sessions, 10, 30.0)  # skipped, not taken: due for whoever can send them
+    assert sorted(c.callback for c in rest) == sorted(set(callbacks) - {c.callback for c in claimed})

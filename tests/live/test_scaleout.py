@@ -472,6 +472,101 @@ async def test_outbox_work_overflowing_one_process_goes_to_the_other(database: s
     print(f"\noutbox overflow: {subscribers * updates} deliveries, sent per process {per_process}")
 
 
+async def test_a_never_answering_host_is_skipped_by_the_claim_and_starves_no_one(
+    database: str, broker_url: str
+) -> None:
+    """Two apps (two processes' worth, as above) on one PostgreSQL outbox and Redis; one publish to
+    the subscribers of a callback host that never answers (subscribed first, so its rows are the
+    oldest) and of one that answers. Each process holds no more of the silent host's rows than one
+    claim's room: once that host is saturated here, the claim skips it in SQL, and the rest of its
+    rows stay in the table. Both processes deliver to the host that answers, and all its deliveries
+    arrive in bounded time. (Claiming everything that fits in max_inflight, a process took every row
+    of the silent host and held them, out of every other process's reach.)"""
+    from sqlalchemy import text
+
+    from reversehub.core import db
+    from reversehub.core.settings import Settings
+    from reversehub.server.app import create_app
+    from tests.conftest import started as running
+
+    silent_subscribers, good_subscribers = 40, 40
+    release = anyio.Event()
+    good: Counter[str] = Counter()
+
+    def callback_app(answer: bool) -> Starlette:
+        async def callback(request: Request) -> Response:
+            if request.method == "GET":
+                return PlainTextResponse(request.query_params.get("hub.challenge", ""))
+            if not answer:
+                await release.wait()  # never, as far as the test goes
+                return Response(status_code=204)
+            await anyio.sleep(0.05)  # a real callback takes a moment: one process cannot do it all at once
+            good[request.path_params["n"]] += 1
+            return Response(status_code=204)
+
+        return Starlette(routes=[Route("/cb/{n}", callback, methods=["GET", "POST"])])
+
+    settings = Settings(
+        database_url=database,
+        redis_url=broker_url,
+        public_url="http://hub.test",
+        migrate=False,
+        allow_private_networks=True,
+        delivery_concurrency=4,  # so a claim's room (2 x 4) is far below the rows of one publish
+        delivery_per_host=2,
+        delivery_timeout=120.0,  # the silent host's sends stay in flight for the whole test
+        outbox_scan_interval=0.1,
+    )
+    local = ("127.0.0.1", 4711)
+    async with AsyncExitStack() as stack:
+        silent_base = await stack.enter_async_context(serve_live(callback_app(answer=False)))
+        stack.callback(release.set)  # before that server stops: it waits for the requests it holds
+        good_base = await stack.enter_async_context(serve_live(callback_app(answer=True)))
+        apps = [create_app(settings) for _ in range(2)]
+        a, b = [await stack.enter_async_context(running(app, local)) for app in apps]
+        topic = "https://example.com/silent-host"
+        for n in range(silent_subscribers):
+            await subscribe(a, "", topic, f"{silent_base}/cb/{n}")
+        for n in range(good_subscribers):
+            await subscribe(b, "", topic, f"{good_base}/cb/{n}")
+        await wait_for(
+            lambda: _equals(active_subscriptions(database), silent_subscribers + good_subscribers), timeout=30
+        )
+        t0 = time.monotonic()
+        await publish(a, "", topic, "u0")
+        await wait_for(lambda: len(good) == good_subscribers, timeout=30)
+        took = time.monotonic() - t0
+
+        def sent() -> list[float]:
+            return [app.state.hub.metrics.deliveries.labels("delivered")._value.get() for app in apps]
+
+        await wait_for(lambda: sum(sent()) == good_subscribers, timeout=10)  # counted after the answer
+        per_process = sent()
+        engine = db.create_engine(database, pool_size=1, max_overflow=0)
+        try:
+            async with engine.connect() as conn:
+                held = (
+                    await conn.execute(
+                        text(
+                            "select d.claim_worker, count(*) from hub_deliveries d join hub_subscriptions s"
+                            " on s.id = d.subscription_id where s.callback like :silent and d.state = 'pending'"
+                            " and d.claim_token is not null group by d.claim_worker"
+                        ),
+                        {"silent": silent_base + "/%"},
+                    )
+                ).all()
+        finally:
+            await engine.dispose()
+    assert max(good.values()) == 1
+    assert all(n > 0 for n in per_process), per_process
+    room = 2 * settings.delivery_concurrency
+    assert all(count <= room for _, count in held), held
+    print(
+        f"\nsilent host: {good_subscribers} deliveries to the answering host in {took:.2f} s, sent per process "
+        f"{per_process}; silent host's rows held per process {[count for _, count in held]} of {silent_subscribers}"
+    )
+
+
 async def test_workers_of_a_killed_supervisor_drain_and_exit(
     launch: Callable[..., Proc], database: str, broker_url: str
 ) -> None:

@@ -9,7 +9,10 @@ Three small abilities, each with the semantics both implementations must keep (t
   or reordered. :meth:`Broker.remove` lets a producer withdraw an item nobody took in time; it
   returns ``False`` when a consumer already has it, which settles the race in one place.
 - **Channels**: fire-and-forget fan-out to every current subscriber on every process.
-- **Keys**: small values with an optional time-to-live, atomic set-if-absent and counters.
+- **Keys**: small values with an optional time-to-live, atomic set-if-absent and counters, and a few
+  compound operations (:meth:`Broker.swap`, :meth:`Broker.getdel`, :meth:`Broker.set_if_absent`) that
+  are each one atomic step and, over Redis, one round trip: the relay makes several key operations per
+  relayed request, and a round trip each was most of what a request cost with Redis.
 
 Each broker also declares what it is (:attr:`Broker.spans_processes`, :attr:`Broker.never_suspends`), so
 callers ask an ability instead of naming an implementation.
@@ -95,6 +98,21 @@ class Broker(Protocol):
 
     async def incr(self, key: str, ttl: float | None = None, amount: int = 1) -> int:
         """Add ``amount`` (one) and return the new value; ``ttl`` is applied when the key is created."""
+        ...
+
+    async def swap(self, key: str, value: bytes, ttl: float | None = None) -> bytes | None:
+        """Store ``value`` (expiring after ``ttl``) and return the value it replaced (None if absent)."""
+        ...
+
+    async def getdel(self, key: str) -> bytes | None:
+        """Take ``key``'s value and delete it; of concurrent callers only one gets it."""
+        ...
+
+    async def set_if_absent(
+        self, key: str, value: bytes, ttl: float | None, also: tuple[str, bytes, float | None]
+    ) -> bool:
+        """Store ``value`` at ``key`` only if absent and, when it was stored, ``also`` = (key, value,
+        ttl) unconditionally, in one atomic step. True if ``key`` was stored."""
         ...
 
     async def aclose(self) -> None: ...

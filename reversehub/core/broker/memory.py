@@ -237,6 +237,34 @@ class MemoryBroker:
         self._keys[key] = (str(value).encode(), self._keys[key][1])
         return value
 
+    async def swap(self, key: str, value: bytes, ttl: float | None = None) -> bytes | None:
+        self._check()
+        old = self._live(key)
+        self._keys[key] = (value, time.monotonic() + ttl if ttl is not None else None)
+        self._wrote()
+        return old
+
+    async def getdel(self, key: str) -> bytes | None:
+        self._check()
+        value = self._live(key)
+        if value is not None:
+            del self._keys[key]
+        return value
+
+    async def set_if_absent(
+        self, key: str, value: bytes, ttl: float | None, also: tuple[str, bytes, float | None]
+    ) -> bool:
+        self._check()
+        if self._live(key) is not None:
+            return False
+        now = time.monotonic()
+        self._keys[key] = (value, now + ttl if ttl is not None else None)
+        also_key, also_value, also_ttl = also
+        self._keys[also_key] = (also_value, now + also_ttl if also_ttl is not None else None)
+        self._wrote()
+        self._wrote()
+        return True
+
     async def aclose(self) -> None:
         self._closed = True
         for waiters in self._waiters.values():

@@ -4,7 +4,7 @@ Layout in Redis (every name starts with the prefix, ``reversehub:`` unless the U
 ``?prefix=...``, so several deployments or test runs can share one server):
 
 - ``{prefix}q:{queue}`` is a list (RPUSH at the back, LPUSH at the front, LPOP to take). Each push
-  also publishes on ``{prefix}qn:{queue}`` so that processes with consumers waiting on that queue
+  also publishes on ``{prefix}qn:{queue}`` (in the same script) so that processes with consumers waiting on that queue
   try to take it at once.
 - ``{prefix}ch:{channel}`` is a pub/sub channel.
 - ``{prefix}k:{key}`` is a plain string with an optional PX expiry.
@@ -16,6 +16,11 @@ with LPOP when a push notification (or a new waiter) arrives and hands them to i
 order they started waiting. Across processes, whichever process's LPOP comes first wins; an item
 is still handed to exactly one consumer because LPOP is atomic.
 
+Commands go over ONE connection per broker, pipelined (:class:`_Commands`): written as they come,
+their replies matched in order. The relay makes seven commands per relayed request, and redis-py's
+client (a pooled connection, its retry and timeout machinery per command) cost several times the CPU
+of the command itself.
+
 Failures: a Redis error on a command raises :class:`BrokerUnavailable` (the relay answers 503).
 The pub/sub connection reconnects by itself with backoff and resubscribes; while it is down, channel
 messages are missed (channels are fire-and-forget) and queue waiters are woken to look again once
@@ -25,10 +30,11 @@ it is back, so no queued item waits for a notification that was lost.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -38,7 +44,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from reversehub.core.backoff import backoff
@@ -55,6 +61,30 @@ _INCR = """
 local v = redis.call('INCRBY', KEYS[1], ARGV[2])
 if v == tonumber(ARGV[2]) and tonumber(ARGV[1]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return v
+"""
+
+# RPUSH (or LPUSH) and the notification to consumers waiting on other processes, in one command: a
+# script costs the client less than a pipeline of the two, and a push is made per relayed request.
+_PUSH = """
+local n = redis.call(ARGV[2], KEYS[1], ARGV[1])
+redis.call('PUBLISH', KEYS[2], '')
+return n
+"""
+
+# SET NX, and only when it stored, SET of a second key: one round trip for the relay's "bind these
+# requests to this request URL and note that the name's application is working on them".
+_SET_IF_ABSENT = """
+local px = tonumber(ARGV[2])
+local stored
+if px > 0 then
+  stored = redis.call('SET', KEYS[1], ARGV[1], 'PX', px, 'NX')
+else
+  stored = redis.call('SET', KEYS[1], ARGV[1], 'NX')
+end
+if not stored then return 0 end
+px = tonumber(ARGV[4])
+if px > 0 then redis.call('SET', KEYS[2], ARGV[3], 'PX', px) else redis.call('SET', KEYS[2], ARGV[3]) end
+return 1
 """
 
 # A sink receives a message, or None meaning "(re)subscribed: you may have missed messages".
@@ -79,6 +109,11 @@ def _translated() -> Iterator[None]:
         raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
     except RedisError as exc:
         raise BrokerUnavailable(f"redis error: {exc}") from exc
+
+
+def _px(ttl: float | None) -> int | None:
+    """A time-to-live in whole milliseconds, at least one (Redis refuses PX 0)."""
+    return max(1, math.ceil(ttl * 1000)) if ttl is not None else None
 
 
 class _Lost:
@@ -268,6 +303,116 @@ class _PubSub:
         await self._conn.disconnect(nowait=True)
 
 
+class _Commands:
+    """ONE connection for commands, pipelined: each command is written at once and its reply is
+    matched in order by a reader task (Redis answers a connection's commands in order).
+
+    redis-py's client takes a pooled connection per command, wraps it in its retry and timeout
+    machinery and parses the reply in the caller: several times the CPU of the command itself, and a
+    relayed request makes seven. A command whose reply is overdue (``timeout``) or whose connection
+    fails fails with :class:`BrokerUnavailable`, with every command still waiting on that
+    connection (their replies can no longer be matched); the next command connects again.
+    """
+
+    def __init__(self, pool: aioredis.ConnectionPool, timeout: float) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._conn: AbstractConnection | None = None
+        self._pending: deque[asyncio.Future[Any]] = deque()
+        self._reader: asyncio.Task[None] | None = None
+        self._connecting = asyncio.Lock()
+        self._closing: set[asyncio.Task[None]] = set()  # disconnects of broken connections
+
+    async def _connected(self) -> AbstractConnection:
+        async with self._connecting:
+            if self._conn is None:
+                conn: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
+                with _translated():
+                    await conn.connect()  # type: ignore[no-untyped-call]
+                self._conn = conn
+                self._reader = asyncio.get_running_loop().create_task(self._read(conn))
+            return self._conn
+
+    async def call(self, *args: Any) -> Any:
+        """Run one command; a connection found broken when it is written is opened again once (a
+        Redis restart is survived, as redis-py's retry did)."""
+        for attempt in (1, 2):
+            conn = self._conn or await self._connected()
+            fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            try:
+                conn._writer.writelines(conn.pack_command(*args))  # type: ignore[union-attr]
+            except (OSError, RuntimeError, AttributeError) as exc:  # closed, or closing, under us
+                self._lost(conn, exc)
+                if attempt == 1:
+                    continue
+                raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
+            self._pending.append(fut)
+            timer = asyncio.get_running_loop().call_later(self._timeout, self._overdue, conn, fut)
+            try:
+                return await fut
+            finally:
+                timer.cancel()
+        raise AssertionError("unreachable")
+
+    def _overdue(self, conn: AbstractConnection, fut: asyncio.Future[Any]) -> None:
+        if not fut.done():
+            self._lost(conn, RedisTimeoutError("no reply in time"))
+
+    def _lost(self, conn: AbstractConnection, exc: BaseException) -> None:
+        """``conn`` is broken: fail what waits on it, and let the next command connect again."""
+        if self._conn is not conn:
+            return
+        self._conn = None
+        pending, self._pending = self._pending, deque()
+        error = BrokerUnavailable(f"redis unavailable: {exc}")
+        for fut in pending:
+            if not fut.done():
+                fut.set_exception(error)
+        if self._reader is not None and self._reader is not asyncio.current_task():
+            self._reader.cancel()
+        self._reader = None
+        task = asyncio.get_running_loop().create_task(conn.disconnect(nowait=True))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _read(self, conn: AbstractConnection) -> None:
+        while True:
+            try:
+                reply: Any = await conn.read_response(timeout=math.inf)
+            except ResponseError as exc:
+                reply = exc
+            except (RedisError, OSError) as exc:
+                self._lost(conn, exc)
+                return
+            if not self._pending:
+                self._lost(conn, RedisError("a reply nobody asked for"))
+                return
+            fut = self._pending.popleft()
+            if fut.done():
+                continue  # its caller was cancelled: the reply is dropped (LPOP: see RedisBroker._take)
+            if isinstance(reply, ResponseError):
+                fut.set_exception(reply)
+            else:
+                fut.set_result(reply)
+
+    async def aclose(self) -> None:
+        conn, reader = self._conn, self._reader
+        self._conn = self._reader = None
+        for fut in self._pending:
+            if not fut.done():
+                fut.set_exception(BrokerClosed("broker is closed"))
+        self._pending.clear()
+        if reader is not None:
+            reader.cancel()
+            try:
+                await reader
+            except asyncio.CancelledError:
+                pass
+        if conn is not None:
+            await conn.disconnect(nowait=True)
+        await asyncio.gather(*self._closing, return_exceptions=True)
+
+
 class RedisBroker:
     """The broker over Redis. ``url`` is a redis:// URL, optionally with ``?prefix=name:``."""
 
@@ -286,8 +431,9 @@ class RedisBroker:
     ) -> None:
         url, url_prefix = split_prefix(url)
         self.prefix = prefix if prefix is not None else url_prefix
-        # Short retries: a Redis restart is survived, an outage is reported at once (the relay: 503).
-        # Bursts of commands wait for one of ``max_connections`` instead of failing.
+        # The pool only configures the connections (URL, timeouts, connect retries): commands go over
+        # one pipelined connection and pub/sub over another. Short retries when connecting: a Redis
+        # restart is survived, an outage is reported at once (the relay: 503).
         self._pool = aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
@@ -297,8 +443,8 @@ class RedisBroker:
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
-        self._redis = aioredis.Redis(connection_pool=self._pool)
-        self._incr = self._redis.register_script(_INCR)
+        self._commands = _Commands(self._pool, command_timeout)
+        self._shas = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_INCR, _SET_IF_ABSENT, _PUSH)}
         self._pubsub = _PubSub(self._pool, connect_timeout, self._pubsub_lost)
         self._waiting: dict[str, _Waiters] = {}
         self._subscriptions: set[RedisSubscription] = set()
@@ -316,9 +462,17 @@ class RedisBroker:
         if self._closed:
             raise BrokerClosed("broker is closed")
 
-    async def _run(self, command: Awaitable[T]) -> T:
+    async def _call(self, *args: Any) -> Any:
         with _translated():
-            return await command
+            return await self._commands.call(*args)
+
+    async def _script(self, script: str, keys: list[str | bytes], *args: Any) -> Any:
+        """EVALSHA, and EVAL once Redis says it does not know the script (it restarted)."""
+        with _translated():
+            try:
+                return await self._commands.call("EVALSHA", self._shas[script], len(keys), *keys, *args)
+            except NoScriptError:
+                return await self._commands.call("EVAL", script, len(keys), *keys, *args)
 
     def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Run ``coro`` outside the caller's cancellation (a put-back must happen even if the caller is
@@ -343,27 +497,18 @@ class RedisBroker:
     # Queues -----------------------------------------------------------------------------------
     async def push(self, queue: str, item: bytes) -> int:
         self._check()
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.rpush(self._q(queue), item)
-            pipe.publish(self._qn(queue), b"")
-            length, _ = await self._run(pipe.execute())
-        return int(length)
+        return int(await self._script(_PUSH, [self._q(queue), self._qn(queue)], item, "RPUSH"))
 
     async def push_front(self, queue: str, item: bytes) -> None:
         self._check()
         await self._put_back(queue, item)
 
     async def _put_back(self, queue: str, item: bytes) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.lpush(self._q(queue), item)
-            pipe.publish(self._qn(queue), b"")
-            await self._run(pipe.execute())
+        await self._script(_PUSH, [self._q(queue), self._qn(queue)], item, "LPUSH")
 
     async def _take(self, queue: str) -> bytes | None:
         """LPOP that survives the caller's cancellation: an item popped for a cancelled caller goes back."""
-        task: asyncio.Task[bytes | None] = asyncio.get_running_loop().create_task(
-            self._run(self._redis.lpop(self._q(queue)))  # type: ignore[arg-type]
-        )
+        task: asyncio.Task[bytes | None] = asyncio.get_running_loop().create_task(self._call("LPOP", self._q(queue)))
         self._background.add(task)  # aclose() waits for it
         task.add_done_callback(self._background.discard)
         try:
@@ -458,11 +603,11 @@ class RedisBroker:
 
     async def remove(self, queue: str, item: bytes) -> bool:
         self._check()
-        return int(await self._run(self._redis.lrem(self._q(queue), 1, item))) > 0  # type: ignore[arg-type]
+        return int(await self._call("LREM", self._q(queue), 1, item)) > 0
 
     async def length(self, queue: str) -> int:
         self._check()
-        return int(await self._run(self._redis.llen(self._q(queue))))
+        return int(await self._call("LLEN", self._q(queue)))
 
     # Channels ---------------------------------------------------------------------------------
     @asynccontextmanager
@@ -479,7 +624,7 @@ class RedisBroker:
 
     async def publish(self, channel: str, message: bytes) -> None:
         self._check()
-        await self._run(self._redis.publish(self._ch(channel), message))
+        await self._call("PUBLISH", self._ch(channel), message)
 
     @asynccontextmanager
     async def subscribe(self, channel: str) -> AsyncIterator[RedisSubscription]:
@@ -495,22 +640,50 @@ class RedisBroker:
     # Keys -------------------------------------------------------------------------------------
     async def set(self, key: str, value: bytes, ttl: float | None = None, *, nx: bool = False) -> bool:
         self._check()
-        px = max(1, math.ceil(ttl * 1000)) if ttl is not None else None
-        return bool(await self._run(self._redis.set(self._k(key), value, px=px, nx=nx)))
+        args: list[Any] = ["SET", self._k(key), value]
+        if ttl is not None:
+            args += ["PX", _px(ttl)]
+        if nx:
+            args.append("NX")
+        return await self._call(*args) is not None
 
     async def get(self, key: str) -> bytes | None:
         self._check()
-        value = await self._run(self._redis.get(self._k(key)))
+        value = await self._call("GET", self._k(key))
         return value.encode() if isinstance(value, str) else value
 
     async def delete(self, key: str) -> bool:
         self._check()
-        return int(await self._run(self._redis.delete(self._k(key)))) > 0
+        return int(await self._call("DEL", self._k(key))) > 0
 
     async def incr(self, key: str, ttl: float | None = None, amount: int = 1) -> int:
         self._check()
         px = max(1, math.ceil(ttl * 1000)) if ttl is not None else 0
-        return int(await self._run(self._incr(keys=[self._k(key)], args=[px, amount])))
+        return int(await self._script(_INCR, [self._k(key)], px, amount))
+
+    async def swap(self, key: str, value: bytes, ttl: float | None = None) -> bytes | None:
+        self._check()
+        args: list[Any] = ["SET", self._k(key), value]
+        if ttl is not None:
+            args += ["PX", _px(ttl)]
+        old = await self._call(*args, "GET")
+        if isinstance(old, str):
+            return old.encode()
+        return old if isinstance(old, bytes) else None
+
+    async def getdel(self, key: str) -> bytes | None:
+        self._check()
+        value = await self._call("GETDEL", self._k(key))
+        return value.encode() if isinstance(value, str) else value
+
+    async def set_if_absent(
+        self, key: str, value: bytes, ttl: float | None, also: tuple[str, bytes, float | None]
+    ) -> bool:
+        self._check()
+        also_key, also_value, also_ttl = also
+        keys: list[str | bytes] = [self._k(key), self._k(also_key)]
+        args = [value, _px(ttl) or 0, also_value, _px(also_ttl) or 0]
+        return bool(await self._script(_SET_IF_ABSENT, keys, *args))
 
     async def aclose(self) -> None:
         if self._closed:
@@ -532,5 +705,5 @@ class RedisBroker:
         for sub in self._subscriptions:
             sub._close()
         await self._pubsub.aclose()
-        await self._redis.aclose()
+        await self._commands.aclose()
         await self._pool.disconnect()
