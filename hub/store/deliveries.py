@@ -43,6 +43,7 @@ class Enqueued:
 
     payload_id: int
     deliveries: int
+    payload: Payload | None = None  # as stored (not attached to a session)
 
 
 async def enqueue(
@@ -66,13 +67,8 @@ async def enqueue(
     dropped silently, and one dead callback cannot grow the outbox without bound.
     """
     await bump_topic(s, topic, now, **(topic_values or {}))
-    payload_id = (
-        await s.execute(
-            insert(Payload)
-            .values(uid=secrets.token_hex(8), topic=topic, content_type=content_type, body=body, created_at=now)
-            .returning(Payload.id)
-        )
-    ).scalar_one()
+    stored = dict(uid=secrets.token_hex(8), topic=topic, content_type=content_type, body=body, created_at=now)
+    payload_id = (await s.execute(insert(Payload).values(**stored).returning(Payload.id))).scalar_one()
     # Every active subscriber takes its next sequence number, and the deliveries are made from the
     # numbers as stored, in SQL: no row goes through Python, so the publisher's 2xx does not wait
     # on a round trip per subscriber. This transaction holds the topic (bump_topic: no subscription of it can
@@ -122,7 +118,7 @@ async def enqueue(
             )
             .execution_options(synchronize_session=False)
         )
-    return Enqueued(payload_id, queued)
+    return Enqueued(payload_id, queued, Payload(id=payload_id, **stored))
 
 
 @dataclass(frozen=True)
@@ -156,17 +152,8 @@ async def claim(
     its lease."""
     now = time.time()
     token = secrets.token_hex(8)
-    earlier = aliased(Delivery)
-    first = ~exists().where(
-        earlier.subscription_id == Delivery.subscription_id,
-        earlier.state == DeliveryState.PENDING,
-        earlier.seq < Delivery.seq,
-    )
-    # A claim pushes the row's next attempt out to the lease's end: rows in flight drop out of the
-    # due index, and a claim nobody renews falls due again by itself.
-    values = dict(
-        claim_token=token, claim_worker=worker, claimed_until=now + lease_seconds, next_attempt_at=now + lease_seconds
-    )
+    first = _first()
+    values = _claim_values(token, worker, now, lease_seconds)
     claimed = 0
     async with writing(sessions) as s:
         if worker is not None and stale_seconds is not None:
@@ -194,24 +181,68 @@ async def claim(
             claimed += await _take(s, due, values)
         if not claimed:
             return []
-        rows = (
-            await s.execute(
-                select(
-                    Delivery.id,
-                    Delivery.payload_id,
-                    Delivery.subscription_id,
-                    Delivery.seq,
-                    Delivery.attempts,
-                    Delivery.created_at,
-                    Subscription.callback,
-                    Subscription.topic,
-                    Subscription.secret,
-                )
-                .join(Subscription, Subscription.id == Delivery.subscription_id)
-                .where(Delivery.claim_token == token)
-                .order_by(Delivery.id)  # oldest first, as chosen (PostgreSQL has no natural order)
+        return await _claimed(s, token)
+
+
+async def claim_payload(
+    s: AsyncSession, payload_id: int, limit: int, lease_seconds: float, worker: str
+) -> list[Claimed]:
+    """Claim for ``worker``, in ``s``'s transaction (the publish that just queued them), up to
+    ``limit`` deliveries of ``payload_id`` that are the oldest pending one of their subscription.
+
+    The publishing process sends them without waiting for its outbox to find them: the claim
+    travels with the publish's own commit, so the first delivery costs no further transaction and
+    no wake-up. Rows past ``limit``, and those behind an earlier pending delivery, stay for
+    :func:`claim` (by any process)."""
+    token = secrets.token_hex(8)
+    chosen = (
+        select(Delivery.id)
+        .where(Delivery.payload_id == payload_id, Delivery.state == DeliveryState.PENDING, _first())
+        .order_by(Delivery.id)
+        .limit(limit)
+    )
+    if not limit or not await _take(s, chosen, _claim_values(token, worker, time.time(), lease_seconds)):
+        return []
+    return await _claimed(s, token)
+
+
+def _first() -> Any:
+    """Only the oldest pending delivery of a subscription may be claimed: deliveries go in order."""
+    earlier = aliased(Delivery)
+    return ~exists().where(
+        earlier.subscription_id == Delivery.subscription_id,
+        earlier.state == DeliveryState.PENDING,
+        earlier.seq < Delivery.seq,
+    )
+
+
+def _claim_values(token: str, worker: str | None, now: float, lease_seconds: float) -> dict[str, object]:
+    # A claim pushes the row's next attempt out to the lease's end: rows in flight drop out of the
+    # due index, and a claim nobody renews falls due again by itself.
+    until = now + lease_seconds
+    return dict(claim_token=token, claim_worker=worker, claimed_until=until, next_attempt_at=until)
+
+
+async def _claimed(s: AsyncSession, token: str) -> list[Claimed]:
+    """The rows claimed under ``token``, with what sending them needs of their subscriptions."""
+    rows = (
+        await s.execute(
+            select(
+                Delivery.id,
+                Delivery.payload_id,
+                Delivery.subscription_id,
+                Delivery.seq,
+                Delivery.attempts,
+                Delivery.created_at,
+                Subscription.callback,
+                Subscription.topic,
+                Subscription.secret,
             )
-        ).all()
+            .join(Subscription, Subscription.id == Delivery.subscription_id)
+            .where(Delivery.claim_token == token)
+            .order_by(Delivery.id)  # oldest first, as chosen (PostgreSQL has no natural order)
+        )
+    ).all()
     return [Claimed(*row, token) for row in rows]
 
 
