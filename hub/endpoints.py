@@ -66,11 +66,12 @@ def _hub(request: Request) -> Hub:
 
 def error_response(exc: HubError) -> Response:
     """The one mapping of the hub's errors to HTTP: status, a one-line reason, and the headers some
-    statuses need (a 401's challenge, a 429's ``Retry-After``)."""
+    statuses need (a 401's challenge, a 429's or 503's ``Retry-After``: RFC 9110 10.2.3, so that a
+    client whose subscribes outran the verification queue knows when to ask again)."""
     headers: dict[str, str] = {}
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = BEARER_CHALLENGE
-    elif isinstance(exc, RateLimited):
+    elif isinstance(exc, (RateLimited, Busy)):
         headers["Retry-After"] = str(exc.retry_after)
     for kind, status in STATUS.items():
         if isinstance(exc, kind):

@@ -10,7 +10,7 @@ HubError
 ├── TooLarge            413: a body over its limit (max_form_size, max_topic_size)
 ├── KeyReused           422: an Idempotency-Key used before for another request (hub.store.idempotency)
 ├── RateLimited         429: a topic's or callback host's budget is spent (with Retry-After)
-├── Busy                503: too many verifications waiting, or the hub is starting or closing
+├── Busy                503: too many verifications waiting, or the hub is starting or closing (with Retry-After)
 └── FetchFailed         a topic fetch failed (logged by the fetcher, never sent to a client)
 """
 
@@ -58,7 +58,11 @@ class RateLimited(HubError):
 
 
 class Busy(HubError):
-    """The hub cannot take more work of this kind right now."""
+    """The hub cannot take more work of this kind right now; ask again in ``retry_after`` seconds."""
+
+    def __init__(self, reason: str, retry_after: int = 1) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
 
 
 class FetchFailed(HubError):

@@ -150,6 +150,21 @@ class Outbox:
     def wake(self) -> None:
         self._wake.set()
 
+    def room(self) -> tuple[int, list[str]]:
+        """How many deliveries this worker would claim now (0 while its claims might not hold), and
+        the origins the claim must skip (:meth:`claim_room`): a publish claims as the worker would."""
+        if self._closing or not self.alive():
+            return 0, []
+        saturated = self._saturated()
+        return self.claim_room(saturated), self._skipped_origins(saturated)
+
+    async def hand(self, rows: list[store.Claimed], payload: Payload) -> None:
+        """Send ``rows`` of ``payload``, claimed for this worker by the publish that stored them
+        (:func:`hub.store.claim_payload`): the body is in memory already, nothing to load."""
+        if _payload_size(payload) <= PAYLOAD_CACHE_BYTES:
+            self._payloads[payload.id] = payload
+        await self._take(rows)
+
     def close(self) -> None:
         self._closing = True
         self._wake.set()

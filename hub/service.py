@@ -225,14 +225,17 @@ class Hub:
         publish was (then nothing is stored). The key commits with the payload."""
         entries = await self.fetcher.entries_of(ping.content_type, ping.body)
         now = time.time()
-        async with store.writing(self.services.sessions) as s:
-            if key is not None:
-                found = await idempotency.prior(s, key[0])
-                if found is not None:
-                    return found
-                idempotency.remember(s, key[0], key[1], PUBLISHED, now)
-            queued = (
-                await store.enqueue(
+        outbox = self.outbox
+        # Shielded from the commit to the hand-off: rows claimed for this worker and never handed
+        # to it would wait for their lease to run out.
+        with anyio.CancelScope(shield=True):
+            async with store.writing(self.services.sessions) as s:
+                if key is not None:
+                    found = await idempotency.prior(s, key[0])
+                    if found is not None:
+                        return found
+                    idempotency.remember(s, key[0], key[1], PUBLISHED, now)
+                enqueued = await store.enqueue(
                     s,
                     ping.topic,
                     ping.content_type,
@@ -247,13 +250,25 @@ class Hub:
                         "next_poll_at": now + self.settings.poll_max_interval,
                     },
                 )
-            ).deliveries
-            topic_id = await store.topic_id(s, ping.topic) if entries else None
-            if topic_id is not None:
-                await store.remember_entries(s, topic_id, entries)
-        self.metrics.publishes.labels("fat").inc()
-        if queued:
-            self.outbox.wake()
+                queued = enqueued.deliveries
+                # This process's outbox claims what it has room for in this transaction: the first
+                # deliveries go out as the publisher gets its 2xx, not after another transaction.
+                room, skip = outbox.room() if queued else (0, [])
+                claimed = (
+                    await store.claim_payload(
+                        s, enqueued.payload_id, room, self.settings.delivery_claim_seconds, outbox.worker, skip
+                    )
+                    if room
+                    else []
+                )
+                topic_id = await store.topic_id(s, ping.topic) if entries else None
+                if topic_id is not None:
+                    await store.remember_entries(s, topic_id, entries)
+            self.metrics.publishes.labels("fat").inc()
+            if claimed and enqueued.payload is not None:
+                await outbox.hand(claimed, enqueued.payload)
+        if queued > len(claimed):
+            outbox.wake()
             await self._announce(WORK)
         return queued
 

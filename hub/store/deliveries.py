@@ -56,6 +56,7 @@ class Enqueued:
 
     payload_id: int
     deliveries: int
+    payload: Payload | None = None  # as stored (not attached to a session)
 
 
 async def enqueue(
@@ -79,13 +80,8 @@ async def enqueue(
     dropped silently, and one dead callback cannot grow the outbox without bound.
     """
     await bump_topic(s, topic, now, **(topic_values or {}))
-    payload_id = (
-        await s.execute(
-            insert(Payload)
-            .values(uid=secrets.token_hex(8), topic=topic, content_type=content_type, body=body, created_at=now)
-            .returning(Payload.id)
-        )
-    ).scalar_one()
+    stored = dict(uid=secrets.token_hex(8), topic=topic, content_type=content_type, body=body, created_at=now)
+    payload_id = (await s.execute(insert(Payload).values(**stored).returning(Payload.id))).scalar_one()
     # Every active subscriber takes its next sequence number, and the deliveries are made from the
     # numbers as stored, in SQL: no row goes through Python, so the publisher's 2xx does not wait
     # on a round trip per subscriber. This transaction holds the topic (bump_topic: no subscription of it can
@@ -135,7 +131,7 @@ async def enqueue(
             )
             .execution_options(synchronize_session=False)
         )
-    return Enqueued(payload_id, queued)
+    return Enqueued(payload_id, queued, Payload(id=payload_id, **stored))
 
 
 @dataclass(frozen=True)
@@ -175,19 +171,8 @@ async def claim(
     and fill the room this worker has for the hosts that answer."""
     now = time.time()
     token = secrets.token_hex(8)
-    earlier = aliased(Delivery)
-    first = ~exists().where(
-        earlier.subscription_id == Delivery.subscription_id,
-        earlier.state == DeliveryState.PENDING,
-        earlier.seq < Delivery.seq,
-    )
-    if skip_origins:
-        first = and_(first, ~exists().where(Subscription.id == Delivery.subscription_id, on_origins(skip_origins)))
-    # A claim pushes the row's next attempt out to the lease's end: rows in flight drop out of the
-    # due index, and a claim nobody renews falls due again by itself.
-    values = dict(
-        claim_token=token, claim_worker=worker, claimed_until=now + lease_seconds, next_attempt_at=now + lease_seconds
-    )
+    first = _first(skip_origins)
+    values = _claim_values(token, worker, now, lease_seconds)
     claimed = 0
     async with writing(sessions) as s:
         if worker is not None and stale_seconds is not None:
@@ -215,24 +200,79 @@ async def claim(
             claimed += await _take(s, due, values)
         if not claimed:
             return []
-        rows = (
-            await s.execute(
-                select(
-                    Delivery.id,
-                    Delivery.payload_id,
-                    Delivery.subscription_id,
-                    Delivery.seq,
-                    Delivery.attempts,
-                    Delivery.created_at,
-                    Subscription.callback,
-                    Subscription.topic,
-                    Subscription.secret,
-                )
-                .join(Subscription, Subscription.id == Delivery.subscription_id)
-                .where(Delivery.claim_token == token)
-                .order_by(Delivery.id)  # oldest first, as chosen (PostgreSQL has no natural order)
+        return await _claimed(s, token)
+
+
+async def claim_payload(
+    s: AsyncSession,
+    payload_id: int,
+    limit: int,
+    lease_seconds: float,
+    worker: str,
+    skip_origins: Collection[str] = (),
+) -> list[Claimed]:
+    """Claim for ``worker``, in ``s``'s transaction (the publish that just queued them), up to
+    ``limit`` deliveries of ``payload_id`` that are the oldest pending one of their subscription.
+
+    The publishing process sends them without waiting for its outbox to find them: the claim
+    travels with the publish's own commit, so the first delivery costs no further transaction and
+    no wake-up. Rows past ``limit``, those behind an earlier pending delivery, and those of hosts the
+    worker cannot take more for (``skip_origins``, as in :func:`claim`) stay for :func:`claim` (by
+    any process)."""
+    token = secrets.token_hex(8)
+    first = _first(skip_origins)
+    chosen = (
+        select(Delivery.id)
+        .where(Delivery.payload_id == payload_id, Delivery.state == DeliveryState.PENDING, first)
+        .order_by(Delivery.id)
+        .limit(limit)
+    )
+    if not limit or not await _take(s, chosen, _claim_values(token, worker, time.time(), lease_seconds)):
+        return []
+    return await _claimed(s, token)
+
+
+def _first(skip_origins: Collection[str] = ()) -> Any:
+    """Only the oldest pending delivery of a subscription may be claimed: deliveries go in order;
+    none whose callback is on one of ``skip_origins``."""
+    earlier = aliased(Delivery)
+    first = ~exists().where(
+        earlier.subscription_id == Delivery.subscription_id,
+        earlier.state == DeliveryState.PENDING,
+        earlier.seq < Delivery.seq,
+    )
+    if skip_origins:
+        first = and_(first, ~exists().where(Subscription.id == Delivery.subscription_id, on_origins(skip_origins)))
+    return first
+
+
+def _claim_values(token: str, worker: str | None, now: float, lease_seconds: float) -> dict[str, object]:
+    # A claim pushes the row's next attempt out to the lease's end: rows in flight drop out of the
+    # due index, and a claim nobody renews falls due again by itself.
+    until = now + lease_seconds
+    return dict(claim_token=token, claim_worker=worker, claimed_until=until, next_attempt_at=until)
+
+
+async def _claimed(s: AsyncSession, token: str) -> list[Claimed]:
+    """The rows claimed under ``token``, with what sending them needs of their subscriptions."""
+    rows = (
+        await s.execute(
+            select(
+                Delivery.id,
+                Delivery.payload_id,
+                Delivery.subscription_id,
+                Delivery.seq,
+                Delivery.attempts,
+                Delivery.created_at,
+                Subscription.callback,
+                Subscription.topic,
+                Subscription.secret,
             )
-        ).all()
+            .join(Subscription, Subscription.id == Delivery.subscription_id)
+            .where(Delivery.claim_token == token)
+            .order_by(Delivery.id)  # oldest first, as chosen (PostgreSQL has no natural order)
+        )
+    ).all()
     return [Claimed(*row, token) for row in rows]
 
 

@@ -61,6 +61,9 @@ async def test_a_database_error_in_the_outbox_is_retried_and_ends_nothing(make_h
     """Retried inside the outbox: its run neither ends nor has to be started again by its supervisor."""
     app, client = await make_hub()
     await subscribe(client, peer, TOPIC, SUB + "/cb")
+    # As in a process other than the publisher's: its outbox claims the deliveries and loads their
+    # payload itself (the publisher's own claims them in the publish, hub.store.claim_payload).
+    monkeypatch.setattr(app.state.hub.outbox, "room", lambda: 0)
     calls = flaky(monkeypatch, name, 2)
     await publish(client, b"1")
     await wait_for(lambda: calls[0] > 2, timeout=20)
@@ -68,6 +71,63 @@ async def test_a_database_error_in_the_outbox_is_retried_and_ends_nothing(make_h
     await wait_for(lambda: [d.body for d in peer.to("/cb")][-2:] == [b"1", b"2"], timeout=20)
     assert (await client.get("/healthz")).status_code == 200
     assert "the hub's outbox failed" not in caplog.text
+
+
+async def test_the_publishing_process_sends_what_its_publish_claimed(make_hub, peer, monkeypatch):
+    """The publish's own transaction claims its deliveries for this process's outbox, which sends
+    them at once: no claim query, no wake-up between the publisher's 2xx and the first delivery."""
+    app, client = await make_hub()
+    for i in range(3):
+        await subscribe(client, peer, TOPIC, f"{SUB}/cb{i}")
+    polled = []
+    real = store.claim
+
+    async def claim(*args, **kwargs):
+        rows = await real(*args, **kwargs)
+        polled.extend(rows)
+        return rows
+
+    monkeypatch.setattr(store, "claim", claim)
+    await publish(client, b"handed")
+    await wait_for(lambda: all([d.body for d in peer.to(f"/cb{i}")] == [b"handed"] for i in range(3)))
+    assert polled == []
+    await wait_for(lambda: _settled(app.state.hub.services.sessions))
+
+
+async def _settled(sessions) -> bool:
+    return await _rows(sessions, "SELECT state, claim_token FROM hub_deliveries") == [("delivered", None)] * 3
+
+
+async def test_a_publish_claims_only_the_first_pending_delivery_of_each_subscription(database_url):
+    """What the publish claims keeps each subscription's order: a subscription with an earlier
+    delivery pending gets its new one claimed only after that one is settled."""
+    from reversehub.core import db
+
+    engine = db.create_engine(database_url)
+    sessions = db.sessionmaker(engine)
+    try:
+        now = time.time()
+        for name in ("a", "b", "c"):
+            await store.activate(sessions, TOPIC, f"{SUB}/{name}", None, 600, now)
+        async with store.writing(sessions) as s:
+            first = await store.enqueue(s, TOPIC, "text/plain", b"1", now)
+            taken = await store.claim_payload(s, first.payload_id, 2, 30.0, "w1")
+        assert [c.callback for c in taken] == [f"{SUB}/a", f"{SUB}/b"]  # the limit, in order
+        async with store.writing(sessions) as s:
+            second = await store.enqueue(s, TOPIC, "text/plain", b"2", now)
+            assert await store.claim_payload(s, second.payload_id, 10, 30.0, "w1") == []
+        rest = await store.claim(sessions, 10, 30.0)
+        assert [(c.callback, c.payload_id) for c in rest] == [(f"{SUB}/c", first.payload_id)]
+        await store.record(
+            sessions, [store.Outcome(c.id, c.subscription_id, c.token, "delivered", 204, None) for c in taken]
+        )
+        after = await store.claim(sessions, 10, 30.0)
+        assert sorted((c.callback, c.payload_id) for c in after) == [
+            (f"{SUB}/a", second.payload_id),
+            (f"{SUB}/b", second.payload_id),
+        ]
+    finally:
+        await engine.dispose()
 
 
 async def _rows(sessions, sql: str) -> list[tuple]:

@@ -10,8 +10,10 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from sqlalchemy import func, select
 
 from hub.fairness import HostSlots
+from hub.models import Subscription, SubscriptionState
 from reversehub.core.outbound import Response
 from tests.hub.conftest import hub_settings
 from tests.hub.peers import form
@@ -100,3 +102,38 @@ async def test_host_slots_are_dropped_when_idle():
     async with slots.hold("a"):
         assert slots.load("a") == 1
     assert slots.load("a") == 0 and not slots._hosts
+
+
+async def test_one_client_subscribes_2000_callbacks_on_one_host_by_honouring_retry_after(make_app):
+    """The docs promise 1,000 verifications waiting per callback host: past that a subscribe gets
+    503 with Retry-After, and a client that asks again then has all its subscriptions (issue 18)."""
+    fake = Tarpit()  # every callback on one host, which holds its GETs until released
+    app, client = await make_app(outbound=fake, **hub_settings())
+    refused = []
+    for i in range(2000):
+        callback = f"http://tarpit.test/cb/{i}"
+        r = await client.post("/hub", data=form(mode="subscribe", topic=TOPIC, callback=callback))
+        if r.status_code == 503:
+            assert "callback host" in r.text and r.headers["retry-after"] == "1"
+            refused.append(callback)
+        else:
+            assert r.status_code == 202, r.text
+    assert len(refused) == 1000  # exactly the documented bound of waiting verifications per host
+    fake.release.set()
+    verifier = app.state.hub.verifier
+    while refused:
+        await wait_for(lambda: verifier.waiting < 1000, timeout=30)  # what Retry-After stands for
+        r = await client.post("/hub", data=form(mode="subscribe", topic=TOPIC, callback=refused[-1]))
+        if r.status_code == 202:
+            refused.pop()
+        else:
+            assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    await wait_for(lambda: verifier.waiting == 0, timeout=30)
+    assert fake.hanging == 2000
+    async with app.state.hub.services.sessions() as s:
+        active = (
+            await s.execute(
+                select(func.count()).where(Subscription.topic == TOPIC, Subscription.state == SubscriptionState.ACTIVE)
+            )
+        ).scalar_one()
+    assert active == 2000
