@@ -63,7 +63,7 @@ async def test_a_database_error_in_the_outbox_is_retried_and_ends_nothing(make_h
     await subscribe(client, peer, TOPIC, SUB + "/cb")
     # As in a process other than the publisher's: its outbox claims the deliveries and loads their
     # payload itself (the publisher's own claims them in the publish, hub.store.claim_payload).
-    monkeypatch.setattr(app.state.hub.outbox, "room", lambda: 0)
+    monkeypatch.setattr(app.state.hub.outbox, "room", lambda: (0, []))
     calls = flaky(monkeypatch, name, 2)
     await publish(client, b"1")
     await wait_for(lambda: calls[0] > 2, timeout=20)
