@@ -31,10 +31,6 @@ NAMING_CONVENTION = {
 }
 
 SQLITE_POOL_SIZE = 10
-# Each pooled connection keeps a page cache of its own (SQLite's default: 2 MiB) of pages the OS
-# already caches: the pool's would grow with the database to SQLITE_POOL_SIZE times that, whether
-# the process serves anything or not. A small one each bounds it; a miss is a read from the OS cache.
-SQLITE_CACHE_KIB = 512
 
 ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"}
 
@@ -125,7 +121,6 @@ def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
-            cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
             cur.close()
 
         return engine
