@@ -218,6 +218,7 @@ def fanout_args(args: argparse.Namespace) -> argparse.Namespace:
         setup_timeout=args.setup_timeout,
         round_timeout=args.round_timeout,
         rounds=args.rounds,
+        ptth_share=0.0,  # every subscriber long-polls, as nchan's do
     )
 
 
