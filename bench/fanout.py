@@ -499,19 +499,31 @@ async def wait_ready(base: str, timeout: float = 30) -> None:
 
 
 async def publish_round(
-    n: int, pid: int, port: int, topic: str, sink: Sink, args: argparse.Namespace
+    n: int,
+    pid: int,
+    port: int,
+    topic: str,
+    sink: Sink,
+    args: argparse.Namespace,
+    target: str = "",
+    cpu: Callable[[], float] | None = None,
+    peak_rss_mb: Callable[[], float] | None = None,
 ) -> dict[str, float]:
-    """One fat ping to all N subscribers; times it until the last of them has the body."""
+    """One fat ping to all N subscribers; times it until the last of them has the body. ``target``
+    (the publish's path, default /publish?hub.topic=TOPIC), ``cpu`` and ``peak_rss_mb`` (the
+    server's, default those of process ``pid``) let another server be timed the same way."""
+    cpu = cpu or (lambda: proc_cpu(pid))
+    peak_rss_mb = peak_rss_mb or (lambda: proc_rss_mb(pid))
     sink.got = {}
     sink.done = asyncio.Event()
     sink.body = b"<entry>fan-out %d</entry>" % time.time_ns()
-    cpu0 = proc_cpu(pid)
+    cpu0 = cpu()
     own0 = time.process_time()
     pub = Conn("127.0.0.1", port)
     t0 = time.monotonic()
     st, _, _ = await pub.request(
         "POST",
-        "/publish?" + urllib.parse.urlencode({"hub.topic": topic}),
+        target or "/publish?" + urllib.parse.urlencode({"hub.topic": topic}),
         sink.body,
         {"Content-Type": "application/atom+xml"},
     )
@@ -529,10 +541,10 @@ async def publish_round(
         "publish_ack_ms": t_ack * 1000,
         "all_delivered_s": span,
         "deliveries_per_s": n / span,
-        "hub_cpu_s": proc_cpu(pid) - cpu0,
+        "hub_cpu_s": cpu() - cpu0,
         # With --in-process this is the hub's CPU too; otherwise the bench's own (clients, pollers).
         "bench_cpu_s": time.process_time() - own0,
-        "hub_peak_rss_mb": proc_rss_mb(pid),
+        "hub_peak_rss_mb": peak_rss_mb(),
     }
 
 

@@ -66,18 +66,8 @@ async def hold(url: str, n: int) -> None:
     await asyncio.sleep(3600)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--polls", type=int, default=10_000)
-    parser.add_argument("--hold")
-    args = parser.parse_args()
-    limit = raise_fd_limit()
-    if args.hold:
-        asyncio.run(hold(args.hold, args.polls))
-        return
-    if args.polls + 100 > limit:
-        raise SystemExit(f"RLIMIT_NOFILE hard limit {limit} is too low for {args.polls} polls")
-
+def measure(polls: int) -> dict[str, float]:
+    """Start a server, hold ``polls`` polls on it; its RSS before and after (KiB) and per poll."""
     port = 18000 + os.getpid() % 1000
     origin = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,22 +97,41 @@ def main() -> None:
             time.sleep(1)
             before = rss_kib(server.pid)
             start = time.monotonic()
-            holder = subprocess.Popen([sys.executable, __file__, "--hold", first, "--polls", str(args.polls)])
-            while (n := waiting(origin)) < args.polls:
+            holder = subprocess.Popen([sys.executable, __file__, "--hold", first, "--polls", str(polls)])
+            while (n := waiting(origin)) < polls:
                 if time.monotonic() - start > 300:
                     raise SystemExit(f"only {n} polls waiting after 300 s")
                 time.sleep(0.5)
             time.sleep(1)
             after = rss_kib(server.pid)
-            per = (after - before) / args.polls
-            print(f"{args.polls} waiting polls in {time.monotonic() - start:.1f} s")
-            print(f"server RSS {before / 1024:.1f} MiB -> {after / 1024:.1f} MiB")
-            print(f"resident memory per waiting poll: {per:.1f} KiB (target < 20 KiB)")
+            return {
+                "before_kib": before,
+                "after_kib": after,
+                "seconds": time.monotonic() - start,
+                "per_poll_kib": (after - before) / polls,
+            }
         finally:
             if holder is not None:
                 holder.kill()
             server.terminate()
             server.wait(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--polls", type=int, default=10_000)
+    parser.add_argument("--hold")
+    args = parser.parse_args()
+    limit = raise_fd_limit()
+    if args.hold:
+        asyncio.run(hold(args.hold, args.polls))
+        return
+    if args.polls + 100 > limit:
+        raise SystemExit(f"RLIMIT_NOFILE hard limit {limit} is too low for {args.polls} polls")
+    m = measure(args.polls)
+    print(f"{args.polls} waiting polls in {m['seconds']:.1f} s")
+    print(f"server RSS {m['before_kib'] / 1024:.1f} MiB -> {m['after_kib'] / 1024:.1f} MiB")
+    print(f"resident memory per waiting poll: {m['per_poll_kib']:.1f} KiB (target <= 10 KiB)")
 
 
 if __name__ == "__main__":

@@ -163,36 +163,53 @@ async def floor(workdir: str, with_sqlalchemy: bool, settle: float) -> dict[str,
         return server.memory()
 
 
+async def subscribe_all(
+    port: int, db: str, sink: Sink, args: argparse.Namespace
+) -> tuple[asyncio.Server, asyncio.Server, str]:
+    """Subscribe ``sink.n`` plain HTTP callbacks (served here, counted by ``sink``), each with a
+    hub.secret, to one Atom topic served here; return once all are verified and the database holds
+    them all active: the callbacks' server, the topic's server (both to close) and the topic."""
+    n = sink.n
+    callbacks = await asyncio.get_running_loop().create_server(
+        lambda: CallbackServer(sink), "127.0.0.1", 0, backlog=4096
+    )
+    topics = await asyncio.start_server(serve_topic, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{callbacks.sockets[0].getsockname()[1]}"
+    topic = f"http://127.0.0.1:{topics.sockets[0].getsockname()[1]}/topic"
+    gate = asyncio.Semaphore(64)
+
+    async def subscribe(i: int) -> None:
+        form = {"hub.mode": "subscribe", "hub.topic": topic, "hub.callback": f"{base}/cb/{i}"}
+        form["hub.secret"] = f"secret-{i}"  # deliveries are signed, as in hub_fanout.py
+        while True:
+            async with gate:
+                status = await request(port, "POST", "/hub", urllib.parse.urlencode(form).encode(), FORM)
+            if status != 503:  # 503: too many verifications waiting; the hub says to come back
+                break
+            await asyncio.sleep(1.0)
+        if status != 202:
+            raise RuntimeError(f"subscribe answered {status}")
+
+    await asyncio.gather(*(subscribe(i) for i in range(n)))
+    await asyncio.wait_for(sink.all_verified.wait(), args.timeout)
+    await until_active(db, n, args.timeout)
+    return callbacks, topics, topic
+
+
+def serve_cmd(args: argparse.Namespace, port: int, db: str) -> list[str]:
+    return [*args.rh_cmd, "serve", "--host", "127.0.0.1", "--port", str(port), "--database-url", f"sqlite:///{db}",
+            "--allow-private-networks"]  # fmt: skip
+
+
 async def reversehub(workdir: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """(c) idle, then (d) one publish to ``args.callbacks`` HTTP callbacks, on one ``serve`` process."""
     port = free_port()
     db = os.path.join(workdir, f"hub-{port}.db")
-    cmd = [*args.rh_cmd, "serve", "--host", "127.0.0.1", "--port", str(port), "--database-url", f"sqlite:///{db}",
-           "--allow-private-networks"]  # fmt: skip
-    n = args.callbacks
-    async with Server(cmd, port, workdir) as server:
+    async with Server(serve_cmd(args, port, db), port, workdir) as server:
         await asyncio.sleep(args.settle)
         idle = server.memory()
-        sink = Sink(n)
-        callbacks = await asyncio.get_running_loop().create_server(
-            lambda: CallbackServer(sink), "127.0.0.1", 0, backlog=4096
-        )
-        topics = await asyncio.start_server(serve_topic, "127.0.0.1", 0)
-        base = f"http://127.0.0.1:{callbacks.sockets[0].getsockname()[1]}"
-        topic = f"http://127.0.0.1:{topics.sockets[0].getsockname()[1]}/topic"
-        gate = asyncio.Semaphore(64)
-
-        async def subscribe(i: int) -> None:
-            form = {"hub.mode": "subscribe", "hub.topic": topic, "hub.callback": f"{base}/cb/{i}"}
-            form["hub.secret"] = f"secret-{i}"  # deliveries are signed, as in hub_fanout.py
-            async with gate:
-                status = await request(port, "POST", "/hub", urllib.parse.urlencode(form).encode(), FORM)
-            if status != 202:
-                raise RuntimeError(f"subscribe answered {status}")
-
-        await asyncio.gather(*(subscribe(i) for i in range(n)))
-        await asyncio.wait_for(sink.all_verified.wait(), args.timeout)
-        await until_active(db, n, args.timeout)
+        sink = Sink(args.callbacks)
+        callbacks, topics, topic = await subscribe_all(port, db, sink, args)
         await asyncio.sleep(args.settle)
         subscribed = server.memory()
         peak = dict(subscribed)
@@ -220,6 +237,46 @@ async def reversehub(workdir: str, args: argparse.Namespace) -> dict[str, dict[s
         callbacks.close()
         topics.close()
     return {"idle": idle, "subscribed": subscribed, "after": after, "peak": peak}
+
+
+async def per_subscription(workdir: str, n: int, args: argparse.Namespace) -> tuple[dict[str, float], dict[str, float]]:
+    """PSS of a fresh ``serve`` process idle, and once ``n`` subscriptions are verified and active."""
+    port = free_port()
+    db = os.path.join(workdir, f"hub-{port}.db")
+    async with Server(serve_cmd(args, port, db), port, workdir) as server:
+        await asyncio.sleep(args.settle)
+        idle = server.memory()
+        callbacks, topics, _ = await subscribe_all(port, db, Sink(n), args)
+        await asyncio.sleep(args.settle)
+        subscribed = server.memory()
+        callbacks.close()
+        topics.close()
+    return idle, subscribed
+
+
+async def run_per_subscription(args: argparse.Namespace) -> None:
+    """Memory per active subscription: the growth of a fresh process's PSS from idle to N verified
+    subscriptions, over N, for each N; and between two N, the growth per subscription added."""
+    growth: dict[int, list[float]] = {n: [] for n in args.per_subscription}
+    anon: dict[int, list[float]] = {n: [] for n in args.per_subscription}
+    with tempfile.TemporaryDirectory(prefix="memory-") as workdir:
+        for _ in range(args.repeats):
+            for n in args.per_subscription:
+                idle, subscribed = await per_subscription(workdir, n, args)
+                growth[n].append((subscribed["pss"] - idle["pss"]) * KIB_PER_MIB / n)
+                anon[n].append((subscribed["anon"] - idle["anon"]) * KIB_PER_MIB / n)
+                print(
+                    f"# N={n:,}: PSS {idle['pss']:.1f} MB idle -> {subscribed['pss']:.1f} MB subscribed",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    print("| active subscriptions N | PSS growth per subscription KiB | anonymous KiB |\n|---|---|---|")
+    for n in args.per_subscription:
+        print(f"| {n:,} | {cell(growth[n])} | {cell(anon[n])} |")
+    ns = sorted(args.per_subscription)
+    for small, large in zip(ns, ns[1:], strict=False):
+        added = (statistics.median(growth[large]) * large - statistics.median(growth[small]) * small) / (large - small)
+        print(f"# from N={small:,} to N={large:,}: {added:.2f} KiB of PSS per subscription added (medians)")
 
 
 def cell(values: list[float]) -> str:
@@ -291,11 +348,18 @@ def main() -> None:
         default=os.path.join(os.path.dirname(sys.executable), "reversehub"),
         help="command that runs reversehub's CLI (split on spaces) [default: the script beside this Python]",
     )
+    parser.add_argument(
+        "--per-subscription",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="only measure PSS growth per verified subscription, from idle to N (e.g. 1000 10000)",
+    )
     args = parser.parse_args()
     args.rh_cmd = args.rh_cmd.split()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # N callbacks' connections, for large N
-    asyncio.run(run(args))
+    asyncio.run(run_per_subscription(args) if args.per_subscription else run(args))
 
 
 if __name__ == "__main__":

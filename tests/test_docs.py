@@ -88,7 +88,10 @@ def test_readme_flags_exist() -> None:
             if isinstance(param, click.Option):
                 known.update(param.opts + param.secondary_opts)
         if isinstance(command, click.Group):
-            for sub in command.commands.values():
+            ctx = click.Context(command)
+            for name in command.list_commands(ctx):  # the client's commands are added lazily
+                sub = command.get_command(ctx, name)
+                assert sub is not None
                 collect(sub)
 
     collect(main)

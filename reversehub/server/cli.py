@@ -67,7 +67,34 @@ def _address(ctx: click.Context, param: click.Parameter, value: str | None) -> s
     return value
 
 
-@click.group()
+class _Commands(click.Group):
+    """The server's commands, and the Python client's (``clients.cli``), imported only when one of
+    them is named or the commands are listed: a serving process never runs them, and importing them
+    brings the whole client library into its memory."""
+
+    _clients_added = False
+
+    def _add_clients(self) -> None:
+        if not self._clients_added:
+            self._clients_added = True
+            from clients.cli import commands
+
+            for command in commands:
+                self.add_command(command)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and not self._clients_added:
+            self._add_clients()
+            command = super().get_command(ctx, cmd_name)
+        return command
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._add_clients()
+        return super().list_commands(ctx)
+
+
+@click.group(cls=_Commands)
 @click.version_option(package_name="reversehub")
 def main() -> None:
     """reversehub: a WebSub hub and ReverseHttp relay."""
@@ -502,13 +529,3 @@ def db_upgrade(database_url: str) -> None:
     except (DBAPIError, OSError) as exc:
         raise _database_error(database_url, exc) from None
     click.echo("database at head")
-
-
-def _register_client_commands() -> None:
-    from clients.cli import commands
-
-    for command in commands:
-        main.add_command(command)
-
-
-_register_client_commands()

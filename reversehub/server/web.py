@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-from importlib.resources import files
+from importlib.util import find_spec
+from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-JS_DIR = files("clients") / "js"
+
+def _package_dir(name: str) -> Path:
+    """Where package ``name`` is, found without importing it: importing ``clients`` runs its
+    ``__init__``, which loads the whole Python client library into the serving process."""
+    spec = find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"package {name} is not installed")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+JS_DIR = _package_dir("clients") / "js"
 
 
 def _static(path: str, filename: str, media_type: str) -> Route:
