@@ -15,7 +15,7 @@ import pytest
 
 from tests.live.test_ptth import DRAFT, Server, _ready, _start, _stop, handshake
 from tests.relay.helpers import links
-from tests.support import free_port
+from tests.support import free_port, unavailable
 
 pytestmark = [pytest.mark.anyio, pytest.mark.live]
 
@@ -42,7 +42,7 @@ def upstream(tmp_path: Path) -> Iterator[Server]:
 def nginx(tmp_path: Path, upstream: Server) -> Iterator[int]:
     binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
     if binary is None:
-        pytest.skip("nginx not found (apt-get install nginx)")
+        unavailable("nginx not found (apt-get install nginx-light)")
     port = free_port()
     location = _documented_location().replace("127.0.0.1:8000", f"127.0.0.1:{upstream.port}")
     temp = "".join(
