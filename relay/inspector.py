@@ -26,6 +26,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relay.models import Exchange, Registration
+from relay.ptth_connection import Response
 from relay.registry import Reg
 from reversehub.core.settings import Settings
 
@@ -74,16 +75,28 @@ class Inspector:
         self._buffered = 0  # bytes in _buffer
         self._lock = anyio.Lock()
 
-    def record(self, reg: Reg, raw: bytes, status: int, outcome: str, response: bytes | None, elapsed: float) -> None:
-        """Keep one exchange (``raw``: the packed item, relay.queue.Item; ``response``: serialized, or
-        None when the relay answered by itself). Only the kept bytes are copied."""
+    def record(
+        self, reg: Reg, raw: bytes, status: int, outcome: str, response: bytes | Response | None, elapsed: float
+    ) -> None:
+        """Keep one exchange (``raw``: the packed item, relay.queue.Item; ``response``: serialized,
+        parsed (a PTTH connection's), or None when the relay answered by itself). Only the kept bytes
+        are copied; a parsed response is serialized by :meth:`flush`, and only if its row is kept."""
         if self.keep <= 0:
             return
         newline = raw.index(b"\n")
         client = raw[:newline].partition(b" ")[2].decode("latin-1")
         request, cut = _cut(raw, self.max_body, newline + 1)
-        reply, reply_cut = _cut(response, self.max_body) if response is not None else (None, False)
-        size = len(request) + (len(reply) if reply is not None else 0)
+        reply: bytes | Response | None
+        if response is None:
+            reply, reply_cut, size = None, False, len(request)
+        elif isinstance(response, Response):
+            reply_cut = len(response.body) > self.max_body
+            reply = response._replace(body=response.body[: self.max_body]) if reply_cut else response
+            # The head is bounded by the header limits; counted roughly, as the bound needs no more.
+            size = len(request) + len(reply.body) + 64 * (len(reply.headers) + 1)
+        else:
+            reply, reply_cut = _cut(response, self.max_body)
+            size = len(request) + len(reply)
         self._buffered += size
         while self._buffer and self._buffered > MAX_BUFFERED_BYTES:
             self._buffered -= self._buffer.popleft()["size"]
@@ -120,6 +133,8 @@ class Inspector:
                 if seen < self.keep:
                     counts[row["name"]] = seen + 1
                     del row["size"]
+                    if isinstance(row["response"], Response):
+                        row["response"] = row["response"].serialized()
                     rows.append(row)
             rows.reverse()
             # Shielded: aiosqlite hangs on a statement cancelled half-way.
