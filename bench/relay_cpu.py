@@ -1,12 +1,14 @@
 """CPU and function calls per relayed request, in one process, with no sockets.
 
-    .venv/bin/python bench/relay_cpu.py [--requests 5000] [--rounds 3] [--pipeline] [--calls]
+    .venv/bin/python bench/relay_cpu.py [--requests 5000] [--rounds 3] [--pipeline | --ptth] [--calls [--top N]]
                                         [--concurrency 64] [--pollers 16]
 
 The real app (``create_app``, embedded SQLite, in-process broker) under the real listener
 (``config_for``: reversehub.server.protocol's protocol, uvicorn's proxy-headers layer), but each
 connection's transport is an object in this process: requesters send ``GET /relay/bench/``, pollers
-poll and answer "hello" as bench/relay_throughput.py's do, and nothing crosses the kernel.
+poll and answer "hello" as bench/relay_throughput.py's do, and nothing crosses the kernel. With
+``--ptth`` the pollers upgrade their request URL to PTTH connections instead (bench/relay_throughput.py
+``--ptth``'s backends: "hello" to every request, all those of one write answered in one).
 
 It prints the process's CPU time per relayed request for each round (the server's Python work plus
 this script's small load; no system calls, so it says nothing about the kernel's share) and, with
@@ -50,9 +52,13 @@ class Wire(asyncio.Transport):
         self._on_response = on_response
         self._buffer = bytearray()
         self._closing = False
+        self.protocol: Any = None
 
     def write(self, data: Any) -> None:
         self._buffer += data
+        self.batch()
+
+    def batch(self) -> None:
         while (end := self._buffer.find(b"\r\n\r\n")) >= 0:
             head = bytes(self._buffer[:end])
             m = _LENGTH.search(head)
@@ -93,6 +99,12 @@ class Wire(asyncio.Transport):
     def get_write_buffer_size(self) -> int:
         return 0
 
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self.protocol
+
 
 async def run(args: argparse.Namespace) -> None:
     from uvicorn.server import ServerState
@@ -115,7 +127,9 @@ async def run(args: argparse.Namespace) -> None:
 
     def connect(on_response: Callable[[bytes, bytes], None]) -> Any:
         protocol = config.http_protocol_class(config=config, server_state=state, app_state={}, _loop=loop)
-        protocol.connection_made(Wire(next(ports), on_response))
+        wire = Wire(next(ports), on_response)
+        wire.protocol = protocol
+        protocol.connection_made(wire)
         return protocol
 
     def close(protocol: Any) -> None:
@@ -123,6 +137,33 @@ async def run(args: argparse.Namespace) -> None:
         protocol.connection_lost(None)
 
     accept = b"application/http" if args.pipeline else b"message/http"
+
+    class PtthBackend:
+        """A PTTH connection on request URL ``url`` answering "hello" to every request."""
+
+        def __init__(self, url: bytes) -> None:
+            self.upgraded = False
+            self.count = 0
+            self.protocol = connect(self.on_message)
+            self.wire = self.protocol.transport._transport
+            self.protocol.data_received(
+                b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nConnection: upgrade\r\nUpgrade: ptth\r\n"
+                b"ALPN: http%%2F1.1\r\n\r\n" % url
+            )
+
+        def on_message(self, head: bytes, body: bytes) -> None:
+            if not self.upgraded:
+                if not head.startswith(b"HTTP/1.1 101 "):
+                    raise SystemExit(f"PTTH handshake answered {head[:40]!r}")
+                self.upgraded = True
+                return
+            if not self.count:
+                loop.call_soon(self.answer)
+            self.count += 1
+
+        def answer(self) -> None:
+            count, self.count = self.count, 0
+            self.wire.protocol.data_received(REPLY * count)
 
     class Poller:
         def __init__(self, url: bytes) -> None:
@@ -198,10 +239,10 @@ async def run(args: argparse.Namespace) -> None:
             )
             while len(firsts) < _ + 1:
                 await asyncio.sleep(0.001)
-        pollers = [Poller(url) for url in firsts]
+        pollers: list[Any] = [(PtthBackend if args.ptth else Poller)(url) for url in firsts]
         await one_round(min(1000, args.requests))  # warm-up
         rounds = [await one_round(args.requests) for _ in range(args.rounds)]
-        mode = "application/http pipelines" if args.pipeline else "message/http"
+        mode = "PTTH" if args.ptth else "application/http pipelines" if args.pipeline else "message/http"
         print(f"CPU per relayed request ({mode}): {' '.join(f'{r:.0f}' for r in rounds)} µs", end="")
         print(f"; best {min(rounds):.0f}, median {statistics.median(rounds):.0f}")
         if args.calls:
@@ -211,8 +252,14 @@ async def run(args: argparse.Namespace) -> None:
             profile.disable()
             calls = pstats.Stats(profile).total_calls  # type: ignore[attr-defined]
             print(f"function calls per relayed request: {calls / args.requests:.0f} (cProfile, one round)")
+            if args.top:
+                pstats.Stats(profile).sort_stats(args.sort).print_stats(args.top)
         for poller in pollers:
-            close(poller.protocol)
+            if args.ptth:
+                poller.wire.close()
+                poller.wire.protocol.connection_lost(None)
+            else:
+                close(poller.protocol)
 
 
 def main() -> None:
@@ -222,7 +269,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--pollers", type=int, default=16)
     parser.add_argument("--pipeline", action="store_true")
+    parser.add_argument("--ptth", action="store_true", help="--pollers PTTH connections serve the name")
     parser.add_argument("--calls", action="store_true")
+    parser.add_argument("--top", type=int, default=0, help="with --calls: print the N costliest functions")
+    parser.add_argument("--sort", default="tottime", help="with --top: the pstats order (tottime, cumulative, calls)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import uvloop

@@ -38,6 +38,7 @@ from relay.errors import (
 )
 from relay.held import Hold
 from relay.inspector import describe
+from relay.ptth_connection import Response as PtthResponse
 from relay.queue import Delivery, Item, new_item_id
 from relay.registry import Reg, cap_name, is_label
 from relay.service import Park, Relay
@@ -237,6 +238,12 @@ def _unpack_reply(raw: bytes, method: str = "GET") -> tuple[int, list[tuple[byte
     return int(lines[0][9:12]), headers, body, lines[0][13:]
 
 
+def _parsed_reply(response: PtthResponse) -> tuple[int, list[tuple[bytes, bytes]], bytes, bytes]:
+    """What :func:`_unpack_reply` gives for ``response.serialized()``, from the parsed response."""
+    headers = [(key, value) for key, value in response.headers if key.lower() not in _HOP_BY_HOP]
+    return response.status, headers, response.body, response.reason
+
+
 async def public(scope: Scope, receive: Receive, send: Send) -> None:
     """Any request to a public URL (relay.routes): queue it for the application and relay its reply.
 
@@ -307,7 +314,9 @@ class _RequesterGone(Exception):
     """The requester's connection was lost while it waited: nobody is left to answer."""
 
 
-async def _relay_while_connected(relay: Relay, name: str, item_id: str, raw: bytes, on_lost: OnLost) -> bytes:
+async def _relay_while_connected(
+    relay: Relay, name: str, item_id: str, raw: bytes, on_lost: OnLost
+) -> bytes | PtthResponse:
     """:meth:`Relay.relay`, ended at once when the requester's connection is lost: its request
     leaves the queue and its bytes are given back then, not after the reply timeout."""
     task = asyncio.current_task()
@@ -331,7 +340,7 @@ async def _relay_while_connected(relay: Relay, name: str, item_id: str, raw: byt
         on_lost.callback = None  # the only request waiting on this connection was this one
 
 
-async def _live(relay: Relay, name: str, item_id: str, raw: bytes, on_lost: OnLost | None) -> bytes:
+async def _live(relay: Relay, name: str, item_id: str, raw: bytes, on_lost: OnLost | None) -> bytes | PtthResponse:
     if on_lost is None:
         return await relay.relay(name, item_id, raw)
     return await _relay_while_connected(relay, name, item_id, raw, on_lost)
@@ -355,7 +364,7 @@ async def _forward(
     status, outcome = 500, "error"
     reg: Reg | None = None
     raw: bytes | None = None
-    reply: bytes | None = None
+    reply: bytes | PtthResponse | None = None
     try:
         reg = await relay.lookup(name) if is_label(name) else None
         if reg is None:
@@ -368,7 +377,10 @@ async def _forward(
             reply = await relay.relay(name, item_id, raw)
         else:
             reply = await _relay_while_connected(relay, name, item_id, raw, on_lost)
-        status, headers, body, reason = _unpack_reply(reply, method)
+        if isinstance(reply, PtthResponse):  # a PTTH connection of this process answered (relay.ptth)
+            status, headers, body, reason = _parsed_reply(reply)
+        else:
+            status, headers, body, reason = _unpack_reply(reply, method)
         outcome = "stored" if stored else "replied"
         return status, headers, body, reason
     except _RequesterGone:

@@ -26,6 +26,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from relay.models import Exchange, Registration
+from relay.ptth_connection import Response
 from relay.registry import Reg
 from reversehub.core.settings import Settings
 
@@ -63,6 +64,12 @@ def _message(raw: bytes | None) -> dict[str, Any] | None:
     return {"line": lines[0], "headers": headers, **_body(body)}
 
 
+# What Inspector.record keeps of an exchange: its size, the registration, the time, the packed
+# item and its first newline, the request cut short (None: the item's message whole, not cut), whether
+# cut, the status, the outcome, the response (cut short), whether cut, the time taken.
+_Recorded = tuple[int, Reg, float, bytes, int, bytes | None, bool, int, str, bytes | Response | None, bool, float]
+
+
 class Inspector:
     """Recent exchanges per name: :meth:`record` on the hot path, rows written by :meth:`run`."""
 
@@ -70,39 +77,64 @@ class Inspector:
         self.sessions = sessions
         self.keep = settings.inspector_requests
         self.max_body = settings.inspector_max_body
-        self._buffer: deque[dict[str, Any]] = deque()
+        self._buffer: deque[_Recorded] = deque()
         self._buffered = 0  # bytes in _buffer
         self._lock = anyio.Lock()
 
-    def record(self, reg: Reg, raw: bytes, status: int, outcome: str, response: bytes | None, elapsed: float) -> None:
-        """Keep one exchange (``raw``: the packed item, relay.queue.Item; ``response``: serialized, or
-        None when the relay answered by itself). Only the kept bytes are copied."""
+    def record(
+        self, reg: Reg, raw: bytes, status: int, outcome: str, response: bytes | Response | None, elapsed: float
+    ) -> None:
+        """Keep one exchange (``raw``: the packed item, relay.queue.Item; ``response``: serialized,
+        parsed (a PTTH connection's), or None when the relay answered by itself). Only the kept bytes
+        are copied; a parsed response is serialized by :meth:`flush`, and only if its row is kept."""
         if self.keep <= 0:
             return
+        max_body = self.max_body
         newline = raw.index(b"\n")
-        client = raw[:newline].partition(b" ")[2].decode("latin-1")
-        request, cut = _cut(raw, self.max_body, newline + 1)
-        reply, reply_cut = _cut(response, self.max_body) if response is not None else (None, False)
-        size = len(request) + (len(reply) if reply is not None else 0)
+        # Only a long message is cut (copied) here: a short one is held as it is, and what the row
+        # keeps of it is made by flush(), for the rows it keeps (most of a busy name's are dropped).
+        if len(raw) - newline - 1 > max_body:
+            request: bytes | None
+            request, cut = _cut(raw, max_body, newline + 1)
+            size = len(request)
+        else:
+            request, cut, size = None, False, len(raw)
+        reply: bytes | Response | None
+        reply_cut = False
+        if response is None:
+            reply = None
+        elif isinstance(response, Response):
+            reply_cut = len(response.body) > max_body
+            reply = response._replace(body=response.body[:max_body]) if reply_cut else response
+            # The head is bounded by the header limits; counted roughly, as the bound needs no more.
+            size += len(reply.body) + 64 * (len(reply.headers) + 1)
+        else:
+            reply, reply_cut = _cut(response, max_body) if len(response) > max_body else (response, False)
+            size += len(reply)
         self._buffered += size
         while self._buffer and self._buffered > MAX_BUFFERED_BYTES:
-            self._buffered -= self._buffer.popleft()["size"]
+            self._buffered -= self._buffer.popleft()[0]
         self._buffer.append(
-            {
-                "size": size,
-                "name": reg.name,
-                "registered_at": reg.created_at,
-                "at": time.time(),
-                "client": client[:64],
-                "request": request,
-                "request_truncated": cut,
-                "status": status,
-                "outcome": outcome[:32],
-                "response": reply,
-                "response_truncated": reply_cut,
-                "duration_ms": round(elapsed * 1000, 3),
-            }
+            (size, reg, time.time(), raw, newline, request, cut, status, outcome, reply, reply_cut, elapsed)
         )
+
+    @staticmethod
+    def _row(recorded: _Recorded) -> dict[str, Any]:
+        """The Exchange row of what :meth:`record` kept."""
+        _, reg, at, raw, newline, request, cut, status, outcome, reply, reply_cut, elapsed = recorded
+        return {
+            "name": reg.name,
+            "registered_at": reg.created_at,
+            "at": at,
+            "client": raw[:newline].partition(b" ")[2].decode("latin-1")[:64],
+            "request": raw[newline + 1 :] if request is None else request,
+            "request_truncated": cut,
+            "status": status,
+            "outcome": outcome[:32],
+            "response": reply.serialized() if isinstance(reply, Response) else reply,
+            "response_truncated": reply_cut,
+            "duration_ms": round(elapsed * 1000, 3),
+        }
 
     async def flush(self) -> None:
         """Write what was recorded here, then keep only the last ``keep`` rows of each name in it."""
@@ -115,12 +147,12 @@ class Inspector:
             # Only a name's last `keep` of the batch: the older ones would be deleted as they are written.
             counts: dict[str, int] = {}
             rows = []
-            for row in reversed(batch):
-                seen = counts.get(row["name"], 0)
+            for recorded in reversed(batch):
+                name = recorded[1].name
+                seen = counts.get(name, 0)
                 if seen < self.keep:
-                    counts[row["name"]] = seen + 1
-                    del row["size"]
-                    rows.append(row)
+                    counts[name] = seen + 1
+                    rows.append(self._row(recorded))
             rows.reverse()
             # Shielded: aiosqlite hangs on a statement cancelled half-way.
             with anyio.CancelScope(shield=True):

@@ -32,7 +32,7 @@ from urllib.parse import unquote
 from prometheus_client import Gauge
 
 from relay.errors import BadReply, BodyTooLarge, Busy, InvalidInput, NoReply, NotFound
-from relay.ptth_connection import NotProcessed, PtthConnection, method_of
+from relay.ptth_connection import NotProcessed, PtthConnection, Response, method_of
 from relay.queue import Item, queue_key
 from reversehub.core.broker import BrokerClosed, BrokerUnavailable
 from reversehub.core.takeover import TAKEOVER, Takeover
@@ -140,8 +140,8 @@ class PtthPool:
             conn.stop()
 
     # Requests of this process --------------------------------------------------------------------
-    async def direct(self, name: str, raw: bytes) -> bytes | None:
-        """The reply to packed request ``raw``, written by its requester directly on a connection of
+    async def direct(self, name: str, raw: bytes) -> Response | None:
+        """The response to packed request ``raw``, written by its requester directly on a connection of
         ``name`` with room; None when there is none, or the broker's queue must have it: a request
         is queued there already (it goes first), or a poll of the name waits here (pollers and PTTH
         connections take turns through the queue, as the broker hands requests out in arrival order)."""
@@ -159,7 +159,7 @@ class PtthPool:
             return None
         if not conn.popping and await self.relay.broker.length(queue_key(name)):
             return None
-        future: asyncio.Future[bytes] = conn.loop.create_future()
+        future: asyncio.Future[Response] = conn.loop.create_future()
         conn.write(raw, method, future, time.monotonic() + self._reply_timeout)
         if self._clock is None:
             self._clock = asyncio.get_running_loop().create_task(self._expire())

@@ -67,10 +67,34 @@ class NotProcessed(Exception):
     (written after its ``Connection: close``): the requester queues it the usual way."""
 
 
+class Response(NamedTuple):
+    """An application's response read on a PTTH connection, parsed once: what a requester of this
+    process is handed (relay.endpoints ``_forward``), and what :meth:`serialized` makes of it for the
+    broker's requesters and the inspector."""
+
+    status: int
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]  # as written, but framing (Transfer-Encoding; Content-Length but a HEAD's)
+    body: bytes  # de-chunked; cut short only by Inspector.record (then ``size`` says the whole)
+    head: bool  # it answers a HEAD: no body, the application's Content-Length kept
+    size: int  # bytes of the whole body
+
+    def serialized(self) -> bytes:
+        """The response as the relay's replies are serialized (relay.endpoints ``_unpack_reply``):
+        status line, the application's header lines as written (but framing), a Content-Length for
+        the body read."""
+        lines = [b"HTTP/1.1 %d %s" % (self.status, self.reason)]
+        lines += [name + b": " + value for name, value in self.headers]
+        if not self.head:
+            lines.append(b"Content-Length: %d" % self.size)
+        lines.append(b"\r\n")
+        return b"\r\n".join(lines) + self.body
+
+
 class _Pending(NamedTuple):
     raw: bytes  # the packed queue item (relay.queue.Item)
     method: bytes
-    future: asyncio.Future[bytes] | None  # a requester of this process waiting here, or None: the broker
+    future: asyncio.Future[Response] | None  # a requester of this process waiting here, or None: the broker
     deadline: float  # monotonic time its requester stops waiting (504), if it waits here
 
 
@@ -257,28 +281,26 @@ class PtthConnection(asyncio.Protocol):
 
     # Responses -----------------------------------------------------------------------------------
     def _complete(self) -> None:
-        """The response to the oldest request in flight is in: relay it, serialized as the relay's
-        replies are (relay.endpoints ``_unpack_reply``): status line, the application's header lines
-        as written (but framing), a Content-Length for the body read."""
+        """The response to the oldest request in flight is in: relay it, parsed to its requester of
+        this process, serialized to one of the broker's (:meth:`Response.serialized`)."""
         pending = self.in_flight.popleft()
         self._headers_done = False
         head = pending.method == b"HEAD"
-        lines = [b"HTTP/1.1 %d %s" % (self._status, self._reason)]
-        for name, value in self._headers:
-            if (name[0] | 32) in (99, 116):  # c, t: cheap first look, most headers are neither
-                lower = name.lower()
-                if lower == b"transfer-encoding" or (lower == b"content-length" and not head):
-                    continue  # de-chunked; framed by the length of what was read
-            lines.append(name + b": " + value)
-        if not head:
-            lines.append(b"Content-Length: %d" % self._size)
-        lines.append(b"\r\n")
+        # De-chunked and framed by the length of what was read: the framing fields go.
+        headers = [
+            (name, value)
+            for name, value in self._headers
+            if (name[0] | 32) not in (99, 116)  # c, t: cheap first look, most headers are neither
+            or not ((lower := name.lower()) == b"transfer-encoding" or (lower == b"content-length" and not head))
+        ]
         body = self._body
-        response = b"\r\n".join(lines) + (body[0] if len(body) == 1 else b"".join(body))
+        response = Response(
+            self._status, self._reason, headers, body[0] if len(body) == 1 else b"".join(body), head, self._size
+        )
         self._body = []
         future = pending.future
         if future is None:
-            self.pool.answer(pending.raw, response)
+            self.pool.answer(pending.raw, response.serialized())
         elif not future.done():
             future.set_result(response)
         if not self._persist:
@@ -313,7 +335,7 @@ class PtthConnection(asyncio.Protocol):
             return not self.in_flight
         return len(self.in_flight) < self.depth
 
-    def write(self, raw: bytes, method: bytes, future: asyncio.Future[bytes] | None, deadline: float = 0.0) -> None:
+    def write(self, raw: bytes, method: bytes, future: asyncio.Future[Response] | None, deadline: float = 0.0) -> None:
         """Write the packed request ``raw`` (its message, as the requester sent it)."""
         transport = self.transport
         if transport is None or transport.is_closing():

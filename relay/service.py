@@ -33,6 +33,7 @@ from relay.held import HeldBytes
 from relay.inspector import Inspector
 from relay.mailbox import NUDGE, Mailbox, accepted, mail_id
 from relay.ptth import PtthPool
+from relay.ptth_connection import Response
 from relay.queue import CHANGED_CHANNEL, Delivery, Dispatcher, Item, queue_key, seen_key
 from relay.registry import CACHE_TTL, SOLO_CACHE_TTL, Reg, Registry, cap_name, private_cap
 from relay.routes import RelayUrls
@@ -377,15 +378,18 @@ class Relay:
     async def lookup(self, name: str) -> Reg | None:
         return await self.registry.lookup(name)
 
-    async def relay(self, name: str, item_id: str, raw: bytes) -> bytes:
-        """Queue the packed request ``raw`` for ``name``'s pollers and wait for its reply."""
+    async def relay(self, name: str, item_id: str, raw: bytes) -> bytes | Response:
+        """Queue the packed request ``raw`` for ``name``'s pollers and wait for its reply (serialized;
+        parsed when a PTTH connection of this process answered it)."""
         if self.ptth.count:  # a PTTH connection of the name here may take it directly (relay.ptth)
             reply = await self.ptth.direct(name, raw)
             if reply is not None:
                 return reply
         return await self.dispatcher.relay(name, item_id, raw)
 
-    async def mail(self, reg: Reg, raw: bytes, live: Callable[[], Awaitable[bytes]]) -> tuple[bytes, bool]:
+    async def mail(
+        self, reg: Reg, raw: bytes, live: Callable[[], Awaitable[bytes | Response]]
+    ) -> tuple[bytes | Response, bool]:
         """A request to mailbox name ``reg``: relayed ``live()`` while a poller is there and no stored
         mail waits before it, else stored (relay.mailbox). Returns the reply and whether it was stored
         (the reply is then the 202 with its Location)."""

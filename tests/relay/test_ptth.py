@@ -115,6 +115,14 @@ async def _connect(port: int, path: str) -> tuple[asyncio.StreamReader, asyncio.
     return reader, writer
 
 
+async def _serving(app, client, port, name: str) -> tuple[dict[str, str], asyncio.StreamReader, asyncio.StreamWriter]:
+    """Register ``name`` and open a PTTH connection on its request URL: its links and the connection."""
+    urls = await register(client, name)
+    reader, writer = await _connect(port, httpx.URL(urls["first"]).raw_path.decode())
+    await wait_for(lambda: name in app.state.relay.ptth.by_name)
+    return urls, reader, writer
+
+
 async def test_an_open_connection_keeps_its_lease_and_has_tcp_keepalive(live):
     app, url, port = live
     relay = app.state.relay
@@ -136,9 +144,7 @@ async def test_a_request_waiting_for_a_busy_connection_is_not_given_up(live):
     timeout (0.3 s) and is served once the first is answered."""
     app, url, port = live
     async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-        urls = await register(client, "busy")
-        reader, writer = await _connect(port, httpx.URL(urls["first"]).raw_path.decode())
-        await wait_for(lambda: "busy" in app.state.relay.ptth.by_name)
+        _, reader, writer = await _serving(app, client, port, "busy")
         results: dict[str, httpx.Response] = {}
         async with anyio.create_task_group() as tg:
 
@@ -174,9 +180,7 @@ async def test_a_mailbox_name_is_polled_not_taken_over(live):
 async def test_a_request_unanswered_within_the_reply_timeout_is_504_and_the_late_answer_dropped(live):
     app, url, port = live
     async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-        urls = await register(client, "slow")
-        reader, writer = await _connect(port, httpx.URL(urls["first"]).raw_path.decode())
-        await wait_for(lambda: "slow" in app.state.relay.ptth.by_name)
+        _, reader, writer = await _serving(app, client, port, "slow")
         started = time.monotonic()
         r = await client.get("/relay/slow/late")
         assert r.status_code == 504
@@ -209,4 +213,39 @@ async def test_under_uvicorns_own_protocols_an_upgrade_is_a_poll(settings, http)
         writer.write(f"GET {path} HTTP/1.1\r\nHost: h\r\n{offer}\r\n\r\n".encode())
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         assert head.startswith(b"HTTP/1.1 204 "), head
+        writer.close()
+
+
+async def test_the_inspector_keeps_a_ptth_exchange_as_the_application_wrote_it(live):
+    """A response read on a PTTH connection reaches its requester parsed (relay.ptth_connection
+    Response) and the inspector serialized: status line, header names and order as written, the whole
+    body's Content-Length, the body cut at --inspector-max-body."""
+    app, url, port = live
+    limit = app.state.settings.inspector_max_body
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        urls, reader, writer = await _serving(app, client, port, "seen")
+        results: dict[str, httpx.Response] = {}
+        for path, body in (("small", b"hello"), ("big", b"z" * (limit + 10))):
+            asked = asyncio.ensure_future(client.get(f"/relay/seen/{path}"))
+            assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).startswith(b"GET /relay/seen/")
+            writer.write(
+                b"HTTP/1.1 201 Made Here\r\nX-Case: One\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n"
+                b"\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+            )
+            results[path] = await asyncio.wait_for(asked, 10)
+        small = results["small"]
+        assert small.status_code == 201 and small.reason_phrase == "Made Here" and small.text == "hello"
+        assert small.headers["x-case"] == "One" and "connection" not in small.headers
+        assert small.headers["content-length"] == "5" and "transfer-encoding" not in small.headers
+        assert len(results["big"].content) == limit + 10
+        kept = (await client.get(urls["location"] + "/requests")).json()["requests"]
+        big, small_kept = kept[0], kept[1]
+        assert small_kept["response"] == {
+            "line": "HTTP/1.1 201 Made Here",
+            "headers": [["X-Case", "One"], ["Connection", "keep-alive"], ["Content-Length", "5"]],
+            "body": "hello",
+        }
+        assert not small_kept["response_truncated"] and small_kept["outcome"] == "replied"
+        assert big["response_truncated"] and big["response"]["body"] == "z" * limit
+        assert ["Content-Length", str(limit + 10)] in big["response"]["headers"]
         writer.close()
