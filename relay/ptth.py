@@ -146,7 +146,7 @@ class PtthPool:
         is queued there already (it goes first), or a poll of the name waits here (pollers and PTTH
         connections take turns through the queue, as the broker hands requests out in arrival order)."""
         conns = self.by_name.get(name)
-        if not conns or not self._direct or name in self.relay._parked:
+        if not conns or not self._direct or self.relay.polled_here(name):
             return None
         method = method_of(raw)
         self._turn += 1

@@ -324,6 +324,10 @@ class Relay:
         if name:
             await self.dispatcher.unbind(name, cap, [item.pack() for item in delivery.items])
 
+    def polled_here(self, name: str) -> bool:
+        """Whether a poll of ``name`` waits in this process."""
+        return name in self._parked
+
     # Replies --------------------------------------------------------------------------------------
     async def claim(self, cap: str) -> Delivery:
         """The delivery a reply POSTed to ``cap`` answers, taken for it; NotFound when none waits.

@@ -289,6 +289,14 @@ def _get(server: Server, name: str, path: str = "") -> asyncio.Future[bytes]:
     return asyncio.ensure_future(raw_request(server, f"GET /relay/{name}/{path} HTTP/1.1\r\nHost: h\r\n\r\n".encode()))
 
 
+async def _in_step(server: Server, backend: Backend, name: str, word: str) -> None:
+    """The connection is still in step: the next request and its response are read as such."""
+    requester = _get(server, name, word)
+    assert _target(await backend.request()) == f"/relay/{name}/{word}"
+    backend.respond(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(word), word.encode()))
+    assert (await requester).endswith(b"\r\n\r\n" + word.encode())
+
+
 def _target(request: bytes) -> str:
     return request.split(b" ", 2)[1].decode()
 
@@ -394,10 +402,7 @@ async def test_bodiless_responses_are_framed_per_rfc_9112(live, method, response
     head, _, body = answer.partition(b"\r\n\r\n")
     assert body == expect_body
     # The connection is still in step: the next response is read as such.
-    requester = _get(live, name, "next")
-    assert _target(await backend.request()) == f"/relay/{name}/next"
-    backend.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext")
-    assert (await requester).endswith(b"\r\n\r\nnext")
+    await _in_step(live, backend, name, "next")
     await backend.close()
 
 
@@ -526,10 +531,7 @@ async def test_the_requesters_hop_by_hop_fields_stay_off_the_ptth_connection(liv
     assert await backend.request() == f"GET /relay/{name}/old HTTP/1.1\r\nHost: h\r\nX-Kept: Yes\r\n\r\n".encode()
     backend.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     assert (await requester).endswith(b"\r\n\r\nok")
-    requester = _get(live, name, "after")
-    assert _target(await backend.request()) == f"/relay/{name}/after"
-    backend.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nafter")
-    assert (await requester).endswith(b"after")
+    await _in_step(live, backend, name, "after")
     await backend.close()
 
 
